@@ -1,0 +1,398 @@
+"""Arithmetic ops: elementwise binary/unary math, comparisons, where, matmul, cast.
+
+This module is also the reference for how an op entry is written.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import FLOATS, ShapeError, TensorType, broadcast_shapes, same_dtype
+from .registry import Arg, Attr, Op, Sample, register
+
+_BIN = (Arg((2, 3)), Arg((2, 3)))
+_BCAST = (Arg((4, 1, 3)), Arg((5, 1)))
+
+
+class _Binary(Op):
+    """Elementwise, broadcasting, same dtype in and out."""
+
+    family = "arithmetic"
+    inputs = ("a", "b")
+    samples = [Sample(_BIN), Sample(_BCAST, note="broadcast both ways"), Sample((Arg(()), Arg((3,))))]
+    onnx_op = ""
+
+    def shape(self, a, b):
+        return TensorType(same_dtype(self.name, a, b), broadcast_shapes(a.shape, b.shape))
+
+    def onnx(self, e, ins, outs):
+        e.node(self.onnx_op, ins, outs)
+
+
+@register
+class Add(_Binary):
+    name, onnx_op = "add", "Add"
+
+    def kernel(self, a, b):
+        return a + b
+
+    def grad(self, b, inputs, outputs, cts):
+        return [cts[0], cts[0]]
+
+
+@register
+class Sub(_Binary):
+    name, onnx_op = "sub", "Sub"
+
+    def kernel(self, a, b):
+        return a - b
+
+    def grad(self, b, inputs, outputs, cts):
+        return [cts[0], b.neg(cts[0])]
+
+
+@register
+class Mul(_Binary):
+    name, onnx_op = "mul", "Mul"
+
+    def kernel(self, a, b):
+        return a * b
+
+    def grad(self, b, inputs, outputs, cts):
+        x, y = inputs
+        return [b.mul(cts[0], y), b.mul(cts[0], x)]
+
+
+@register
+class Div(_Binary):
+    name, onnx_op = "div", "Div"
+    samples = [Sample((Arg((2, 3)), Arg((2, 3), "positive"))), Sample((Arg((4, 1, 3)), Arg((5, 1), "positive")))]
+
+    def kernel(self, a, b):
+        if a.dtype.kind in "iu":
+            return a // b  # integer division floors, as ONNX Div does for non-negative ints
+        return a / b
+
+    def grad(self, b, inputs, outputs, cts):
+        x, y = inputs
+        dx = b.div(cts[0], y)
+        return [dx, b.neg(b.mul(dx, outputs[0]))]
+
+
+@register
+class Pow(_Binary):
+    name, onnx_op = "pow", "Pow"
+    samples = [Sample((Arg((2, 3), "positive"), Arg((2, 3)))), Sample((Arg((3,), "positive"), Arg(())))]
+
+    def kernel(self, a, b):
+        return np.power(a, b)
+
+    def grad(self, b, inputs, outputs, cts):
+        x, y = inputs
+        dy = cts[0]
+        # d/dx = y * x**(y-1); d/dy = log(x) * x**y, with the log guarded so x <= 0 gives 0, not NaN
+        dx = b.mul(dy, b.mul(y, b.pow(x, b.sub(y, 1.0))))
+        positive = b.gt(x, 0.0)
+        safe_x = b.where(positive, x, 1.0)
+        dexp = b.mul(dy, b.mul(b.log(safe_x), outputs[0]))
+        return [dx, b.where(positive, dexp, 0.0)]
+
+
+@register
+class Maximum(_Binary):
+    name, onnx_op = "maximum", "Max"
+
+    def kernel(self, a, b):
+        return np.maximum(a, b)
+
+    def grad(self, b, inputs, outputs, cts):
+        pick = b.ge(inputs[0], inputs[1])
+        return [b.where(pick, cts[0], 0.0), b.where(pick, 0.0, cts[0])]
+
+
+@register
+class Minimum(_Binary):
+    name, onnx_op = "minimum", "Min"
+
+    def kernel(self, a, b):
+        return np.minimum(a, b)
+
+    def grad(self, b, inputs, outputs, cts):
+        pick = b.le(inputs[0], inputs[1])
+        return [b.where(pick, cts[0], 0.0), b.where(pick, 0.0, cts[0])]
+
+
+@register
+class Mod(_Binary):
+    name = "mod"
+    differentiable = False
+    samples = [Sample((Arg((2, 3), "int", 0, 20), Arg((2, 3), "int", 1, 7)))]
+
+    def kernel(self, a, b):
+        return np.mod(a, b)
+
+    def onnx(self, e, ins, outs):
+        e.node("Mod", ins, outs, fmod=1 if e.in_types[0].dtype in FLOATS else 0)
+
+
+class _Compare(_Binary):
+    differentiable = False
+
+    def shape(self, a, b):
+        same_dtype(self.name, a, b)
+        return TensorType("bool", broadcast_shapes(a.shape, b.shape))
+
+
+def _compare(name: str, onnx_op: str, fn, negate: str | None = None):
+    """Register a comparison op; ONNX lacks NotEqual so ``ne`` lowers as Not(Equal)."""
+
+    def onnx(self, e, ins, outs):
+        if negate:
+            (tmp,) = e.node(negate, ins, 1)
+            e.node("Not", [tmp], outs)
+        else:
+            e.node(onnx_op, ins, outs)
+
+    cls = type(name.capitalize(), (_Compare,), {
+        "name": name, "onnx_op": onnx_op, "kernel": lambda self, a, b: fn(a, b), "onnx": onnx,
+        "__doc__": f"Elementwise `{name}` comparison; bool result."})
+    register(cls)
+
+
+_compare("eq", "Equal", np.equal)
+_compare("ne", "", np.not_equal, negate="Equal")
+_compare("lt", "Less", np.less)
+_compare("le", "LessOrEqual", np.less_equal)
+_compare("gt", "Greater", np.greater)
+_compare("ge", "GreaterOrEqual", np.greater_equal)
+
+
+@register
+class Where(Op):
+    """``where(cond, a, b)``: a where cond else b (broadcasting)."""
+
+    name, family = "where", "arithmetic"
+    inputs = ("cond", "a", "b")
+    samples = [Sample((Arg((2, 3), "bool"), Arg((2, 3)), Arg((2, 3)))),
+               Sample((Arg((2, 1), "bool"), Arg((3,)), Arg(())))]
+
+    def shape(self, c, a, b):
+        if c.dtype != "bool":
+            raise ShapeError(f"the condition of `where` must be bool, got {c}")
+        return TensorType(same_dtype("where", a, b), broadcast_shapes(c.shape, a.shape, b.shape))
+
+    def kernel(self, c, a, b):
+        return np.where(c, a, b)
+
+    def grad(self, b, inputs, outputs, cts):
+        c = inputs[0]
+        return [None, b.where(c, cts[0], 0.0), b.where(c, 0.0, cts[0])]
+
+    def onnx(self, e, ins, outs):
+        e.node("Where", ins, outs)
+
+
+class _Unary(Op):
+    family = "arithmetic"
+    samples = [Sample((Arg((2, 3)),)), Sample((Arg(()),))]
+    onnx_op = ""
+
+    def shape(self, x):
+        return x
+
+    def onnx(self, e, ins, outs):
+        e.node(self.onnx_op, ins, outs)
+
+
+@register
+class Neg(_Unary):
+    name, onnx_op = "neg", "Neg"
+
+    def kernel(self, x):
+        return -x
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.neg(cts[0])]
+
+
+@register
+class Abs(_Unary):
+    name, onnx_op = "abs", "Abs"
+
+    def kernel(self, x):
+        return np.abs(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.mul(cts[0], b.sign(inputs[0]))]
+
+
+@register
+class Sign(_Unary):
+    name, onnx_op = "sign", "Sign"
+    differentiable = False
+
+    def kernel(self, x):
+        return np.sign(x)
+
+
+@register
+class Exp(_Unary):
+    name, onnx_op = "exp", "Exp"
+
+    def kernel(self, x):
+        return np.exp(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.mul(cts[0], outputs[0])]
+
+
+@register
+class Log(_Unary):
+    name, onnx_op = "log", "Log"
+    samples = [Sample((Arg((2, 3), "positive"),))]
+
+    def kernel(self, x):
+        return np.log(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.div(cts[0], inputs[0])]
+
+
+@register
+class Sqrt(_Unary):
+    name, onnx_op = "sqrt", "Sqrt"
+    samples = [Sample((Arg((2, 3), "positive"),))]
+
+    def kernel(self, x):
+        return np.sqrt(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.div(b.mul(cts[0], 0.5), outputs[0])]
+
+
+@register
+class Clip(Op):
+    """``clip(x, lo, hi)``: x limited to [lo, hi]; gradient passes inside the range."""
+
+    name, family = "clip", "arithmetic"
+    attrs = {"lo": Attr("float"), "hi": Attr("float")}
+    samples = [Sample((Arg((3, 4)),), {"lo": -0.5, "hi": 0.5})]
+
+    def shape(self, x, lo, hi):
+        if lo > hi:
+            raise ShapeError(f"clip range is empty: lo = {lo} > hi = {hi}")
+        return x
+
+    def kernel(self, x, lo, hi):
+        return np.clip(x, lo, hi).astype(x.dtype, copy=False)
+
+    def grad(self, b, inputs, outputs, cts, lo, hi):
+        x = inputs[0]
+        inside = b.logical_and(b.ge(x, lo), b.le(x, hi))
+        return [b.where(inside, cts[0], 0.0)]
+
+    def onnx(self, e, ins, outs, lo, hi):
+        dt = e.in_types[0].dtype
+        e.node("Clip", [ins[0], e.const(np.asarray(lo, dtype=_np(dt))), e.const(np.asarray(hi, dtype=_np(dt)))], outs)
+
+
+@register
+class LogicalAnd(Op):
+    name, family = "logical_and", "arithmetic"
+    inputs = ("a", "b")
+    differentiable = False
+    samples = [Sample((Arg((2, 3), "bool"), Arg((2, 3), "bool")))]
+
+    def shape(self, a, b):
+        if a.dtype != "bool" or b.dtype != "bool":
+            raise ShapeError(f"`and` needs bool operands, got {a} and {b}")
+        return TensorType("bool", broadcast_shapes(a.shape, b.shape))
+
+    def kernel(self, a, b):
+        return np.logical_and(a, b)
+
+    def onnx(self, e, ins, outs):
+        e.node("And", ins, outs)
+
+
+@register
+class MatMul(Op):
+    """``a @ b`` with NumPy semantics (batched, broadcasting batch dims)."""
+
+    name, family = "matmul", "arithmetic"
+    inputs = ("a", "b")
+    samples = [Sample((Arg((2, 3)), Arg((3, 4)))), Sample((Arg((2, 5, 3)), Arg((3, 4)))),
+               Sample((Arg((2, 5, 3)), Arg((2, 3, 4)))), Sample((Arg((3,)), Arg((3, 4)))),
+               Sample((Arg((2, 3)), Arg((3,))))]
+
+    def shape(self, a, b):
+        dtype = same_dtype("@", a, b)
+        if a.rank == 0 or b.rank == 0:
+            raise ShapeError(f"`@` needs tensors of rank >= 1, got {a} @ {b}")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.rank >= 2 else b.shape[0]
+        if ka != kb:
+            raise ShapeError(f"{a} @ {b}: inner dims {ka} and {kb} differ")
+        batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        rows = a.shape[-2:-1] if a.rank >= 2 else ()
+        cols = b.shape[-1:] if b.rank >= 2 else ()
+        return TensorType(dtype, batch + rows + cols)
+
+    def kernel(self, a, b):
+        return np.matmul(a, b)
+
+    def grad(self, b, inputs, outputs, cts):
+        x, y = inputs
+        dy = cts[0]
+        tx, ty = b.type(x), b.type(y)
+        # promote vectors to matrices so one pair of rules covers every case
+        x2 = b.unsqueeze(x, axes=(0,)) if tx.rank == 1 else x
+        y2 = b.unsqueeze(y, axes=(1,)) if ty.rank == 1 else y
+        d2 = dy
+        if tx.rank == 1:
+            d2 = b.unsqueeze(d2, axes=(-2,))
+        if ty.rank == 1:
+            d2 = b.unsqueeze(d2, axes=(-1,))
+        dx = b.matmul(d2, b.transpose(y2, perm=_swap_last(b.type(y2).rank)))
+        dw = b.matmul(b.transpose(x2, perm=_swap_last(b.type(x2).rank)), d2)
+        if tx.rank == 1:
+            dx = b.squeeze(dx, axes=(-2,))
+        if ty.rank == 1:
+            dw = b.squeeze(dw, axes=(-1,))
+        return [dx, dw]
+
+    def onnx(self, e, ins, outs):
+        e.node("MatMul", ins, outs)
+
+
+@register
+class Cast(Op):
+    """``cast(x, f32)``: convert the dtype; the gradient flows between float types."""
+
+    name, family = "cast", "arithmetic"
+    attrs = {"dtype": Attr("dtype", choices=("f16", "f32", "f64", "i32", "i64", "bool"))}
+    samples = [Sample((Arg((2, 3)),), {"dtype": "f32"}), Sample((Arg((2, 3), "int", 0, 5),), {"dtype": "f64"}, grad=False)]
+
+    def shape(self, x, dtype):
+        return x.with_dtype(dtype)
+
+    def kernel(self, x, dtype):
+        return x.astype(_np(dtype))
+
+    def grad(self, b, inputs, outputs, cts, dtype):
+        src = b.type(inputs[0]).dtype
+        if src not in FLOATS or dtype not in FLOATS:
+            return [None]
+        return [b.cast(cts[0], dtype=src)]
+
+    def onnx(self, e, ins, outs, dtype):
+        e.node("Cast", ins, outs, to=e.onnx_dtype(dtype))
+
+
+def _swap_last(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank - 2)) + (rank - 1, rank - 2)
+
+
+def _np(dtype: str):
+    from ..types import np_dtype
+
+    return np_dtype(dtype)

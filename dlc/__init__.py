@@ -1,0 +1,1 @@
+"""dlc: a graph-first declarative deep-learning model compiler."""

@@ -1,0 +1,147 @@
+"""Errors with source locations: the one error family of dlc.
+
+Every user-facing failure is a :class:`DlcError` (or a :class:`DlcErrors`
+bundle of several).  Each carries a stable code, a message saying what was
+expected and what was found, an optional source span, a hint, and notes that
+point at other spans.  :meth:`DlcError.render` formats it the way a good
+compiler does: ``file:line:col``, the source line and a caret under the span.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class Source:
+    """The text of one spec file; compared by identity, never by content."""
+
+    __slots__ = ("path", "text", "_lines")
+
+    def __init__(self, path: str, text: str):
+        self.path = path
+        self.text = text
+        self._lines: list[str] | None = None
+
+    def line(self, number: int) -> str:
+        """The 1-based line ``number`` without its newline ('' when out of range)."""
+        if self._lines is None:
+            self._lines = self.text.splitlines()
+        return self._lines[number - 1] if 0 < number <= len(self._lines) else ""
+
+    def __repr__(self) -> str:
+        return f"Source({self.path!r})"
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A span in a source file: 1-based line and column, end exclusive."""
+
+    source: Source | None
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    @property
+    def path(self) -> str:
+        return self.source.path if self.source else "<unknown>"
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+NO_LOC = Loc(None, 0, 0, 0, 0)
+
+# Error codes are stable: tests and users may rely on them.
+CODES = {
+    "E0001": "syntax error",
+    "E0002": "file error",
+    "E0003": "limit exceeded",
+    "E0101": "unknown name",
+    "E0102": "wrong arguments",
+    "E0103": "type error",
+    "E0104": "shape mismatch",
+    "E0105": "unbound dim",
+    "E0106": "cycle",
+    "E0107": "duplicate definition",
+    "E0108": "requirement failed",
+    "E0109": "import error",
+    "E0110": "invalid value",
+    "E0201": "train block error",
+    "E0301": "gradient error",
+    "E0401": "runtime error",
+    "E0402": "non-finite value",
+    "E0403": "checkpoint error",
+    "E0501": "export error",
+}
+
+
+@dataclass
+class DlcError(Exception):
+    """A user error with a source span.  ``code`` is a key of :data:`CODES`."""
+
+    code: str
+    message: str
+    loc: Loc | None = None
+    hint: str | None = None
+    notes: list[tuple[str, Loc | None]] = field(default_factory=list)
+    label: str | None = None  # text printed after the caret
+    context: str | None = None  # e.g. the layer path "mlp → head (dense)"
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def render(self) -> str:
+        kind = CODES.get(self.code, "error")
+        out = [f"error[{self.code}]: {self.message}" if self.message else f"error[{self.code}]: {kind}"]
+        if self.loc is not None and self.loc.source is not None:
+            out.extend(_snippet(self.loc, self.label))
+        elif self.loc is not None and self.loc is not NO_LOC:
+            out.append(f"  --> {self.loc}")
+        for text, loc in self.notes:
+            out.append(f"   = note: {text}" + (f" at {loc}" if loc and loc.source else ""))
+        if self.context:
+            out.append(f"   = in: {self.context}")
+        if self.hint:
+            out.append(f"   = hint: {self.hint}")
+        return "\n".join(out)
+
+
+def _snippet(loc: Loc, label: str | None) -> list[str]:
+    number = str(loc.line)
+    pad = " " * len(number)
+    text = loc.source.line(loc.line)
+    start = max(loc.col - 1, 0)
+    end = loc.end_col - 1 if loc.end_line == loc.line else len(text)
+    width = max(end - start, 1)
+    caret = " " * start + "^" * width + (f" {label}" if label else "")
+    return [
+        f"{pad}--> {loc}",
+        f"{pad} |",
+        f"{number} | {text}",
+        f"{pad} | {caret.rstrip()}",
+    ]
+
+
+class DlcErrors(Exception):
+    """Several errors found in one run, reported together."""
+
+    def __init__(self, errors: list[DlcError]):
+        self.errors = list(errors)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n\n".join(e.render() for e in self.errors)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def suggest(name: str, candidates) -> str | None:
+    """A "did you mean" hint for ``name`` among ``candidates``, or None."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None

@@ -1,0 +1,221 @@
+"""The NumPy interpreter: plan once, run many times.
+
+:class:`Plan` turns a graph into a flat schedule of kernel calls over
+numbered value slots; each slot is released right after its last use, so
+peak memory follows the live set rather than the whole graph.  Symbolic dims
+are bound per run from the shapes of the feeds; attrs that mention them are
+resolved then (a dict lookup per such node, not a graph walk).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, size_of, solve
+from dlc.compiler.graph import Graph, Value
+from dlc.compiler.ops.registry import get_op
+from dlc.compiler.types import FLOATS, np_dtype
+from dlc.grammar.errors import DlcError
+
+MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
+
+
+@dataclass
+class _Step:
+    node: int
+    kernel: Callable
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    attrs: dict
+    symbolic: bool  # attrs mention Syms: resolve per run
+    frees: tuple[int, ...]
+
+
+class Plan:
+    """An executable schedule for ``graph`` computing ``outputs`` (default: all).
+
+    ``compute_dtype=np.float64`` runs every float value in float64 (used by
+    gradient checks); otherwise dtypes are those of the graph.
+    """
+
+    def __init__(self, graph: Graph, outputs: list[str] | None = None, *, compute_dtype=None):
+        self.graph = graph
+        self.output_names = list(graph.outputs) if outputs is None else list(outputs)
+        self.compute_dtype = compute_dtype
+        wanted = [graph.outputs[name] for name in self.output_names]
+        live = graph.ancestors({v.node for v in wanted})
+        order = [n for n in graph.topo_order() if n in live]
+        slot_of: dict[Value, int] = {}
+        for n in order:
+            for v in graph.out_values(n):
+                slot_of[v] = len(slot_of)
+        self.n_slots = len(slot_of)
+        self.sources: list[tuple[str, Any, int, int]] = []  # (kind, key, slot, node)
+        steps: list[_Step] = []
+        last_use: dict[int, int] = {}
+        for n in order:
+            data = graph[n]
+            op = data["op"]
+            if op in ("input", "param", "state"):
+                self.sources.append((op, data["attrs"]["name"], slot_of[Value(n)], n))
+                continue
+            if op == "const":
+                self.sources.append(("const", data["attrs"]["value"], slot_of[Value(n)], n))
+                continue
+            opdef = get_op(op)
+            ins = tuple(slot_of[v] for v in data["inputs"])
+            for s in ins:
+                last_use[s] = len(steps)
+            attrs = dict(data["attrs"])
+            if compute_dtype is not None and op == "cast" and attrs["dtype"] in FLOATS:
+                attrs["dtype"] = _dtype_name(compute_dtype)
+            steps.append(_Step(n, opdef.kernel, ins, tuple(slot_of[v] for v in graph.out_values(n)),
+                               attrs, _mentions_sym(attrs), ()))
+        self.out_slots = [slot_of[v] for v in wanted]
+        keep = set(self.out_slots)
+        frees: dict[int, list[int]] = {}
+        for s, i in last_use.items():
+            if s not in keep:
+                frees.setdefault(i, []).append(s)
+        for i, st in enumerate(steps):
+            st.frees = tuple(frees.get(i, ()))
+        self.steps = steps
+        self.input_nodes = {graph[n]["attrs"]["name"]: n for n in graph.inputs}
+
+    # -- running ------------------------------------------------------------
+    def bind_dims(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """Unify the declared input types with the feeds' shapes."""
+        env: dict[str, Any] = {}
+        for name, n in self.input_nodes.items():
+            if name not in feeds:
+                continue
+            declared = self.graph[n]["types"][0].shape
+            actual = np.shape(feeds[name])
+            if len(declared) != len(actual) or not all(
+                    solve(d, a, env) for d, a in zip(declared, actual)):
+                raise DlcError("E0401", f"input `{name}` has shape {list(actual)}, but the model declares "
+                               f"{_fmt(evaluate_shape(declared, env))}", self.graph[n]["loc"])
+        return env
+
+    def run(self, feeds: Mapping[str, Any], params: Mapping[str, np.ndarray] | None = None,
+            state: Mapping[str, np.ndarray] | None = None, *, check_finite: bool = False) -> dict:
+        """Execute; returns ``{output name: array}``.
+
+        ``check_finite`` raises E0402 at the first node whose output holds a
+        NaN or Inf, naming its op and source line."""
+        params = params or {}
+        state = state or {}
+        env = self.bind_dims(feeds)
+        slots: list[Any] = [None] * self.n_slots
+        for kind, key, slot, n in self.sources:
+            if kind == "const":
+                value = key
+            else:
+                table = feeds if kind == "input" else params if kind == "param" else state
+                if key not in table:
+                    raise DlcError("E0401", f"no value given for {kind} `{key}`", self.graph[n]["loc"],
+                                   hint=f"expected {kind}s: {', '.join(sorted(self._names(kind)))}")
+                value = table[key]
+            slots[slot] = self._convert(value, self.graph[n]["types"][0].dtype)
+        for st in self.steps:
+            attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
+            try:
+                result = st.kernel(*[slots[s] for s in st.ins], **attrs)
+            except DlcError:
+                raise
+            except (ValueError, IndexError, FloatingPointError, KeyError) as e:
+                data = self.graph[st.node]
+                raise DlcError("E0401", f"`{data['op']}` failed at run time: {e}", data["loc"]) from e
+            if len(st.outs) == 1:
+                result = (result,)
+            for s, value in zip(st.outs, result):
+                value = np.asarray(value)
+                if self.compute_dtype is not None and value.dtype.kind == "f":
+                    value = value.astype(self.compute_dtype, copy=False)
+                slots[s] = value
+                if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+                    data = self.graph[st.node]
+                    raise DlcError("E0402", f"`{data['op']}` produced a non-finite value (NaN or Inf)",
+                                   data["loc"], context=data["scope"] or None,
+                                   hint="lower the learning rate, clip gradients, or check log/div inputs")
+            for s in st.frees:
+                slots[s] = None
+        return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
+
+    def _convert(self, value, dtype: str) -> np.ndarray:
+        target = np_dtype(dtype)
+        if self.compute_dtype is not None and dtype in FLOATS:
+            target = np.dtype(self.compute_dtype)
+        arr = np.asarray(value)
+        if arr.dtype != target:
+            arr = arr.astype(target)
+        return arr
+
+    def _names(self, kind: str) -> list[str]:
+        return [k for kd, k, _, _ in self.sources if kd == kind]
+
+
+def _mentions_sym(value) -> bool:
+    if isinstance(value, Sym):
+        return True
+    if isinstance(value, dict):
+        return any(_mentions_sym(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_mentions_sym(v) for v in value)
+    return False
+
+
+def _resolve(value, env):
+    if isinstance(value, Sym):
+        out = value.evaluate(env)
+        if isinstance(out, Sym):
+            raise DlcError("E0105", f"dim {out} is not bound by any input at run time")
+        return out
+    if isinstance(value, dict):
+        return {k: _resolve(v, env) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_resolve(v, env) for v in value)
+    if isinstance(value, list):
+        return [_resolve(v, env) for v in value]
+    return value
+
+
+def _dtype_name(dt) -> str:
+    from dlc.compiler.types import dtype_name
+
+    return dtype_name(dt)
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the declared types (ints in [0, 2), floats ~ N(0, 1)).
+
+    Symbolic dims come from ``dims``; sizes are checked with Python ints
+    before anything is allocated."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for n in graph.inputs:
+        name = graph[n]["attrs"]["name"]
+        t = graph[n]["types"][0]
+        if name.startswith("__"):
+            continue
+        try:
+            shape = concrete_shape(t.shape, dims)
+        except KeyError as e:
+            raise DlcError("E0105", f"input `{name}` has the symbolic dim {e.args[0]} with no value",
+                           graph[n]["loc"], hint=f"bind it, e.g. --bind {e.args[0]}=4") from None
+        if size_of(shape) > MAX_ELEMENTS:
+            raise DlcError("E0003", f"input `{name}` would have {size_of(shape)} elements "
+                           f"(limit {MAX_ELEMENTS})", graph[n]["loc"])
+        if t.dtype in FLOATS:
+            feeds[name] = rng.standard_normal(shape).astype(np_dtype(t.dtype))
+        elif t.dtype == "bool":
+            feeds[name] = rng.random(shape) < 0.5
+        else:
+            feeds[name] = rng.integers(0, 2, size=shape).astype(np_dtype(t.dtype))
+    return feeds

@@ -1,0 +1,70 @@
+"""Build one-op graphs from registry samples (shared by the generic op tests)."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from dlc.compiler.builder import Builder
+from dlc.compiler.graph import Graph, Value
+from dlc.compiler.ops.registry import Arg, all_ops
+from dlc.compiler.types import TensorType, dtype_name
+
+
+def cases(kind: str = "all"):
+    """(id, op class, sample index, sample) for every sample of every op."""
+    out = []
+    for name, cls in all_ops().items():
+        if name in ("scan", "scan_grad"):
+            continue
+        if kind == "primitive" and cls.composite:
+            continue
+        for i, s in enumerate(cls.samples):
+            out.append((f"{name}-{i}", cls, i, s))
+    return out
+
+
+def materialise(sample, float_dtype, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in sample.inputs:
+        if isinstance(spec, Arg):
+            arrays.append(spec.make(rng, float_dtype))
+        else:
+            a = np.asarray(spec)
+            arrays.append(a.astype(float_dtype) if a.dtype.kind == "f" else a)
+    return arrays
+
+
+def one_op_graph(cls, sample, arrays, mode: str = "train"):
+    """A graph applying ``cls`` to the sample: float inputs are params
+    ``p0, p1, …`` (so backprop can target them), others are inputs ``i0, …``.
+    Returns (graph, builder, outputs, params, feeds)."""
+    g = Graph(cls.name)
+    b = Builder(g, mode=mode)
+    values, params, feeds = [], {}, {}
+    for k, a in enumerate(arrays):
+        t = TensorType(dtype_name(a.dtype), tuple(a.shape))
+        if a.dtype.kind == "f":
+            name = f"p{k}"
+            n = g.add_node("param", (), {"name": name, "init": ("zeros", {})}, (t,))
+            g.params[name] = n
+            params[name] = a
+        else:
+            name = f"i{k}"
+            n = g.add_node("input", (), {"name": name}, (t,))
+            g.inputs.append(n)
+            feeds[name] = a
+        values.append(Value(n))
+    out = b.apply(cls.name, *values, **sample.attrs)
+    outs = list(out) if isinstance(out, tuple) else [out]
+    for j, v in enumerate(outs):
+        g.outputs[f"y{j}"] = v
+    for n in g.inputs:  # random ops: a fixed key
+        if g[n]["attrs"]["name"] == "__rng":
+            feeds["__rng"] = np.array(12345, dtype=np.int64)
+    return g, b, outs, params, feeds
+
+
+def seed_of(case_id: str) -> int:
+    return zlib.crc32(case_id.encode())
