@@ -87,7 +87,10 @@ class Builder:
 
     def apply(self, op: str, *inputs, **attrs):
         """Add one application of ``op``; returns a Value or a tuple of Values."""
-        opdef = get_op(op)
+        try:
+            opdef = get_op(op)
+        except KeyError:
+            raise self.error("E0101", f"unknown op `{op}`") from None
         try:
             attrs = opdef.check_attrs(attrs)
         except ShapeError as e:
@@ -112,7 +115,9 @@ class Builder:
         return lambda *inputs, **attrs: self.apply(op, *inputs, **attrs)
 
     def _tensors(self, op: str, inputs) -> list[Value]:
-        like = next((self.type(v).dtype for v in inputs if isinstance(v, Value)), None)
+        # a number takes the dtype of the first non-bool tensor: where(mask, x, 0.0) makes 0.0 x's dtype
+        dtypes = [self.type(v).dtype for v in inputs if isinstance(v, Value)]
+        like = next((d for d in dtypes if d != "bool"), dtypes[0] if dtypes else None)
         out = []
         for v in inputs:
             if isinstance(v, Value):

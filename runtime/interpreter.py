@@ -128,7 +128,7 @@ class Plan:
             except (ValueError, IndexError, FloatingPointError, KeyError) as e:
                 data = self.graph[st.node]
                 raise DlcError("E0401", f"`{data['op']}` failed at run time: {e}", data["loc"]) from e
-            if len(st.outs) == 1:
+            if not isinstance(result, tuple):
                 result = (result,)
             for s, value in zip(st.outs, result):
                 value = np.asarray(value)

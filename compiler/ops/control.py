@@ -34,7 +34,8 @@ class Scan(Op):
     outputs = None
     attrs = {"body": Attr("any"), "n_carry": Attr("int"), "n_seq": Attr("int", 1),
              "axis": Attr("int", 0), "reverse": Attr("bool", False)}
-    samples = []  # scan is tested through specs and tests/test_scan.py, not generic samples
+    samples = []
+    tested_by = "tests/test_scan.py"  # a body graph cannot be a generic sample
 
     # -- types -------------------------------------------------------------------
     def shape(self, *types, body, n_carry, n_seq, axis, reverse):
