@@ -1,0 +1,225 @@
+"""Activations: relu and friends, sigmoid, tanh, softplus, gelu, softmax.
+
+Gradients reuse the forward output where that is cheaper and stable
+(sigmoid, tanh, softmax); ``gelu`` is the tanh approximation, which ONNX
+expresses without ``Erf`` and NumPy without SciPy.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..types import FLOATS, ShapeError
+from .registry import Arg, Attr, Composite, Op, Sample, register
+from .shape import norm_axes
+
+_UNARY = [Sample((Arg((3, 4)),)), Sample((Arg(()),))]
+
+
+class _Activation(Op):
+    family = "activation"
+    samples = _UNARY
+    onnx_op = ""
+
+    def shape(self, x, **attrs):
+        if x.dtype not in FLOATS:
+            raise ShapeError(f"`{self.name}` needs a float tensor, got {x}")
+        return x
+
+    def onnx(self, e, ins, outs, **attrs):
+        e.node(self.onnx_op, ins, outs, **attrs)
+
+
+@register
+class Identity(_Activation):
+    """``identity(x)``: x itself (a named no-op, handy as a default activation)."""
+
+    name, onnx_op = "identity", "Identity"
+
+    def shape(self, x):
+        return x
+
+    def kernel(self, x):
+        return x
+
+    def grad(self, b, inputs, outputs, cts):
+        return [cts[0]]
+
+
+@register
+class Relu(_Activation):
+    """``relu(x)`` = max(x, 0); the gradient at 0 is taken as 0."""
+
+    name, onnx_op = "relu", "Relu"
+
+    def kernel(self, x):
+        return np.maximum(x, 0)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.where(b.gt(inputs[0], 0.0), cts[0], 0.0)]
+
+
+@register
+class LeakyRelu(_Activation):
+    """``leaky_relu(x, alpha=0.01)``."""
+
+    name, onnx_op = "leaky_relu", "LeakyRelu"
+    attrs = {"alpha": Attr("float", 0.01)}
+    samples = _UNARY + [Sample((Arg((5,)),), {"alpha": 0.2})]
+
+    def kernel(self, x, alpha):
+        return np.where(x > 0, x, x * np.asarray(alpha, x.dtype))
+
+    def grad(self, b, inputs, outputs, cts, alpha):
+        return [b.where(b.gt(inputs[0], 0.0), cts[0], b.mul(cts[0], alpha))]
+
+
+@register
+class Elu(_Activation):
+    """``elu(x, alpha=1.0)`` = x for x > 0, alpha * (exp(x) - 1) otherwise."""
+
+    name, onnx_op = "elu", "Elu"
+    attrs = {"alpha": Attr("float", 1.0)}
+
+    def kernel(self, x, alpha):
+        a = np.asarray(alpha, x.dtype)
+        return np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))
+
+    def grad(self, b, inputs, outputs, cts, alpha):
+        # for x <= 0: d/dx alpha*(e^x - 1) = y + alpha
+        return [b.where(b.gt(inputs[0], 0.0), cts[0], b.mul(cts[0], b.add(outputs[0], alpha)))]
+
+
+@register
+class Selu(Composite):
+    """``selu(x)``: scale * elu(x, alpha) with the self-normalising constants."""
+
+    name, family = "selu", "activation"
+    samples = _UNARY
+    ALPHA, SCALE = 1.6732632423543772, 1.0507009873554805
+
+    def expand(self, b, x):
+        return b.mul(b.elu(x, alpha=self.ALPHA), self.SCALE)
+
+
+@register
+class Sigmoid(_Activation):
+    """``sigmoid(x)`` = 1 / (1 + exp(-x)), without overflow for large |x|."""
+
+    name, onnx_op = "sigmoid", "Sigmoid"
+
+    def kernel(self, x):
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+    def grad(self, b, inputs, outputs, cts):
+        y = outputs[0]
+        return [b.mul(cts[0], b.mul(y, b.sub(1.0, y)))]
+
+
+@register
+class Tanh(_Activation):
+    """``tanh(x)``."""
+
+    name, onnx_op = "tanh", "Tanh"
+
+    def kernel(self, x):
+        return np.tanh(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        y = outputs[0]
+        return [b.mul(cts[0], b.sub(1.0, b.mul(y, y)))]
+
+
+@register
+class Softplus(_Activation):
+    """``softplus(x)`` = log(1 + exp(x)), stable for large |x|."""
+
+    name, onnx_op = "softplus", "Softplus"
+
+    def kernel(self, x):
+        return np.logaddexp(np.zeros((), x.dtype), x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.mul(cts[0], b.sigmoid(inputs[0]))]
+
+
+@register
+class Softsign(_Activation):
+    """``softsign(x)`` = x / (1 + |x|)."""
+
+    name, onnx_op = "softsign", "Softsign"
+
+    def kernel(self, x):
+        return x / (1 + np.abs(x))
+
+    def grad(self, b, inputs, outputs, cts):
+        d = b.add(b.abs(inputs[0]), 1.0)
+        return [b.div(cts[0], b.mul(d, d))]
+
+
+@register
+class Swish(Composite):
+    """``swish(x)`` = x * sigmoid(x) (also called SiLU)."""
+
+    name, family = "swish", "activation"
+    samples = _UNARY
+
+    def expand(self, b, x):
+        return b.mul(x, b.sigmoid(x))
+
+
+@register
+class Gelu(Composite):
+    """``gelu(x)``: the tanh approximation 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
+
+    name, family = "gelu", "activation"
+    samples = _UNARY
+
+    def expand(self, b, x):
+        inner = b.mul(b.add(x, b.mul(b.mul(b.mul(x, x), x), 0.044715)), math.sqrt(2 / math.pi))
+        return b.mul(b.mul(x, 0.5), b.add(b.tanh(inner), 1.0))
+
+
+class _SoftmaxLike(_Activation):
+    attrs = {"axis": Attr("int", -1)}
+    samples = [Sample((Arg((3, 5)),)), Sample((Arg((2, 3, 4)),), {"axis": 1})]
+
+    def shape(self, x, axis):
+        norm_axes(self.name, axis, x.rank)
+        return super().shape(x)
+
+    def onnx(self, e, ins, outs, axis):
+        e.node(self.onnx_op, ins, outs, axis=axis)
+
+
+@register
+class Softmax(_SoftmaxLike):
+    """``softmax(x, axis=-1)``, max-shifted."""
+
+    name, onnx_op = "softmax", "Softmax"
+
+    def kernel(self, x, axis):
+        z = np.exp(x - np.max(x, axis=axis, keepdims=True))
+        return z / np.sum(z, axis=axis, keepdims=True)
+
+    def grad(self, b, inputs, outputs, cts, axis):
+        y = outputs[0]
+        dot = b.sum(b.mul(cts[0], y), axes=axis, keepdims=True)
+        return [b.mul(y, b.sub(cts[0], dot))]
+
+
+@register
+class LogSoftmax(_SoftmaxLike):
+    """``log_softmax(x, axis=-1)`` = x - logsumexp(x, axis)."""
+
+    name, onnx_op = "log_softmax", "LogSoftmax"
+
+    def kernel(self, x, axis):
+        z = x - np.max(x, axis=axis, keepdims=True)
+        return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+    def grad(self, b, inputs, outputs, cts, axis):
+        total = b.sum(cts[0], axes=axis, keepdims=True)
+        return [b.sub(cts[0], b.mul(b.exp(outputs[0]), total))]

@@ -1,0 +1,200 @@
+"""Losses and metrics.
+
+Every loss takes ``reduction`` = ``"mean"`` (default), ``"sum"`` or
+``"none"`` (one value per example).  Classification losses take logits, not
+probabilities: the fused ``softmax_xent`` primitive has the stable gradient
+``softmax(logits) - one_hot(labels)`` and never forms log(0).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import FLOATS, INTS, ShapeError, TensorType
+from .registry import Arg, Attr, Composite, Op, Sample, register
+from .shape import i64
+
+_REDUCTION = Attr("str", "mean", ("mean", "sum", "none"))
+
+
+def reduce_loss(b, per_example, reduction: str):
+    if reduction == "mean":
+        return b.mean(per_example)
+    if reduction == "sum":
+        return b.sum(per_example)
+    return per_example
+
+
+@register
+class SoftmaxXent(Op):
+    """``softmax_xent(logits[..., C], labels[...])``: per-example
+    ``logsumexp(logits) - logits[label]`` (labels are integer class ids)."""
+
+    name, family = "softmax_xent", "loss"
+    inputs = ("logits", "labels")
+    samples = [Sample((Arg((4, 3)), Arg((4,), "int", 0, 3))),
+               Sample((Arg((2, 3, 5)), Arg((2, 3), "int", 0, 5)))]
+
+    def shape(self, logits, labels):
+        if logits.dtype not in FLOATS or labels.dtype not in INTS:
+            raise ShapeError(f"needs float logits and integer labels, got {logits} and {labels}")
+        if logits.rank < 1 or labels.shape != logits.shape[:-1]:
+            raise ShapeError(f"labels {labels} must have the shape of logits {logits} without its class axis")
+        if not isinstance(logits.shape[-1], int):
+            raise ShapeError(f"the class axis of {logits} must be a fixed size")
+        return TensorType(logits.dtype, labels.shape)
+
+    def kernel(self, logits, labels):
+        z = logits - np.max(logits, axis=-1, keepdims=True)
+        lse = np.log(np.sum(np.exp(z), axis=-1))
+        picked = np.take_along_axis(z, labels[..., None].astype(np.int64), axis=-1)[..., 0]
+        return lse - picked
+
+    def grad(self, b, inputs, outputs, cts):
+        logits, labels = inputs
+        t = b.type(logits)
+        diff = b.sub(b.softmax(logits, axis=-1), b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype))
+        return [b.mul(diff, b.unsqueeze(cts[0], axes=[-1])), None]
+
+    def onnx(self, e, ins, outs):
+        (logp,) = e.node("LogSoftmax", [ins[0]], 1, axis=-1)
+        (idx,) = e.node("Unsqueeze", [ins[1], i64(e, [-1])], 1)
+        if e.in_types[1].dtype != "i64":
+            (idx,) = e.node("Cast", [idx], 1, to=e.onnx_dtype("i64"))
+        (picked,) = e.node("GatherElements", [logp, idx], 1, axis=-1)
+        (sq,) = e.node("Squeeze", [picked, i64(e, [-1])], 1)
+        e.node("Neg", [sq], outs)
+
+
+@register
+class CrossEntropy(Composite):
+    """``cross_entropy(logits, labels, reduction="mean")``: integer labels use the
+    fused ``softmax_xent``; float labels of the logits' shape are soft targets."""
+
+    name, family = "cross_entropy", "loss"
+    inputs = ("logits", "labels")
+    attrs = {"reduction": _REDUCTION}
+    samples = [Sample((Arg((4, 3)), Arg((4,), "int", 0, 3))),
+               Sample((Arg((4, 3)), Arg((4, 3), "unit")), {"reduction": "sum"})]
+
+    def expand(self, b, logits, labels, reduction):
+        if b.type(labels).dtype in FLOATS:
+            per = b.neg(b.sum(b.mul(labels, b.log_softmax(logits, axis=-1)), axes=-1))
+        else:
+            per = b.softmax_xent(logits, labels)
+        return reduce_loss(b, per, reduction)
+
+
+@register
+class BceWithLogits(Composite):
+    """``bce_with_logits(logits, targets, reduction="mean")``: binary cross-entropy
+    of sigmoid(logits), as relu(x) - x t + softplus(-|x|) (no overflow)."""
+
+    name, family = "bce_with_logits", "loss"
+    inputs = ("logits", "targets")
+    attrs = {"reduction": _REDUCTION}
+    samples = [Sample((Arg((4, 1)), Arg((4, 1), "unit")))]
+
+    def expand(self, b, x, t, reduction):
+        per = b.add(b.sub(b.relu(x), b.mul(x, t)), b.softplus(b.neg(b.abs(x))))
+        return reduce_loss(b, per, reduction)
+
+
+@register
+class BinaryCrossEntropy(Composite):
+    """``binary_cross_entropy(p, targets, reduction="mean", eps=1e-7)`` on
+    probabilities, clipped to [eps, 1-eps]; prefer ``bce_with_logits``."""
+
+    name, family = "binary_cross_entropy", "loss"
+    inputs = ("p", "targets")
+    attrs = {"reduction": _REDUCTION, "eps": Attr("float", 1e-7)}
+    samples = [Sample((Arg((4, 2), "unit"), Arg((4, 2), "unit")))]
+
+    def expand(self, b, p, t, reduction, eps):
+        p = b.clip(p, lo=eps, hi=1.0 - eps)
+        per = b.neg(b.add(b.mul(t, b.log(p)), b.mul(b.sub(1.0, t), b.log(b.sub(1.0, p)))))
+        return reduce_loss(b, per, reduction)
+
+
+@register
+class Mse(Composite):
+    """``mse(pred, target, reduction="mean")``: squared error, averaged over every element."""
+
+    name, family = "mse", "loss"
+    inputs = ("pred", "target")
+    attrs = {"reduction": _REDUCTION}
+    samples = [Sample((Arg((4, 3)), Arg((4, 3)))), Sample((Arg((4, 1)), Arg((4, 1))), {"reduction": "none"})]
+
+    def expand(self, b, pred, target, reduction):
+        d = b.sub(pred, target)
+        return reduce_loss(b, b.mul(d, d), reduction)
+
+
+@register
+class L1Loss(Composite):
+    """``l1_loss(pred, target, reduction="mean")``: absolute error."""
+
+    name, family = "l1_loss", "loss"
+    inputs = ("pred", "target")
+    attrs = {"reduction": _REDUCTION}
+    samples = [Sample((Arg((4, 3)), Arg((4, 3))))]
+
+    def expand(self, b, pred, target, reduction):
+        return reduce_loss(b, b.abs(b.sub(pred, target)), reduction)
+
+
+@register
+class Nll(Composite):
+    """``nll(logprobs[..., C], labels[...], reduction="mean")``: -logprobs[label]."""
+
+    name, family = "nll", "loss"
+    inputs = ("logprobs", "labels")
+    attrs = {"reduction": _REDUCTION}
+    samples = [Sample((Arg((4, 3)), Arg((4,), "int", 0, 3)))]
+
+    def expand(self, b, logp, labels, reduction):
+        t = b.type(logp)
+        mask = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
+        return reduce_loss(b, b.neg(b.sum(b.mul(logp, mask), axes=-1)), reduction)
+
+
+@register
+class KlNormal(Composite):
+    """``kl_normal(mu, logvar, reduction="mean")``: KL(N(mu, exp(logvar)) ‖ N(0, 1)),
+    summed over the last axis (the VAE regulariser)."""
+
+    name, family = "kl_normal", "loss"
+    inputs = ("mu", "logvar")
+    attrs = {"reduction": _REDUCTION}
+    samples = [Sample((Arg((4, 3)), Arg((4, 3))))]
+
+    def expand(self, b, mu, logvar, reduction):
+        inner = b.sub(b.sub(b.add(logvar, 1.0), b.mul(mu, mu)), b.exp(logvar))
+        return reduce_loss(b, b.mul(b.sum(inner, axes=-1), -0.5), reduction)
+
+
+@register
+class Accuracy(Composite):
+    """``accuracy(logits, labels)``: the fraction of argmax predictions equal to labels."""
+
+    name, family = "accuracy", "loss"
+    inputs = ("logits", "labels")
+    samples = [Sample((Arg((6, 3)), Arg((6,), "int", 0, 3)), grad=False)]
+
+    def expand(self, b, logits, labels):
+        hit = b.eq(b.argmax(logits, axis=-1), b.cast(labels, dtype="i64"))
+        return b.mean(b.cast(hit, dtype=b.type(logits).dtype))
+
+
+@register
+class BinaryAccuracy(Composite):
+    """``binary_accuracy(logits, targets)``: fraction with (logits > 0) == (targets > 0.5)."""
+
+    name, family = "binary_accuracy", "loss"
+    inputs = ("logits", "targets")
+    samples = [Sample((Arg((6, 1)), Arg((6, 1), "unit")), grad=False)]
+
+    def expand(self, b, logits, targets):
+        t = b.type(logits).dtype
+        tgt = b.gt(b.cast(targets, dtype=t), 0.5)
+        hit = b.eq(b.cast(b.gt(logits, 0.0), dtype="i64"), b.cast(tgt, dtype="i64"))
+        return b.mean(b.cast(hit, dtype=t))
