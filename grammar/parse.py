@@ -1,0 +1,396 @@
+"""Text → AST.  ``parse(text, path)`` returns a :class:`~dlc.grammar.ast.Module`
+or raises a :class:`DlcError` (E0001) that points at the offending token,
+says what was expected in words, and adds a hint for common mistakes.
+
+The grammar (``dl.lark``) is compiled once per process; pipelines
+(``x |> f(a)``) are desugared here into calls (``f(x, a)``), so later stages
+never see them.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer, v_args
+
+from . import ast as A
+from .errors import DlcError, Loc, Source
+
+MAX_SOURCE_CHARS = 2_000_000
+_KEYWORDS = {"use", "const", "layer", "model", "train", "input", "param", "output", "return",
+             "require", "repeat", "scan", "over", "and", "or", "not", "true", "false", "step"}
+_DTYPES = {"f16", "f32", "f64", "i32", "i64", "bool"}
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    grammar = (Path(__file__).with_name("dl.lark")).read_text()
+    return lark.Lark(grammar, start="module", parser="lalr", lexer="contextual",
+                     propagate_positions=True, maybe_placeholders=True)
+
+
+def parse(text: str, path: str = "<string>") -> A.Module:
+    """Parse ``text`` (the contents of ``path``) into a Module."""
+    source = Source(path, text)
+    if len(text) > MAX_SOURCE_CHARS:
+        raise DlcError("E0003", f"{path} is {len(text)} characters long (limit {MAX_SOURCE_CHARS})")
+    try:
+        tree = _parser().parse(text)
+    except lark.exceptions.UnexpectedInput as e:
+        raise _syntax_error(e, source) from None
+    except RecursionError:
+        raise DlcError("E0003", "the expression nests too deeply", Loc(source, 1, 1, 1, 2)) from None
+    try:
+        return _ToAst(source).transform(tree)
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, DlcError):
+            raise e.orig_exc from None
+        raise
+
+
+def parse_file(path: str | Path) -> A.Module:
+    """Read and parse a spec file; unreadable files are E0002."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DlcError("E0002", f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DlcError("E0002", f"cannot read {path}: {e}") from None
+    return parse(text, str(path))
+
+
+# -- syntax errors -----------------------------------------------------------------
+_WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
+          "ADD_OP": "`+` or `-`", "MUL_OP": "an operator", "COMP_OP": "a comparison", "$END": "end of file",
+          "SCAN_AXIS": "`axis`", "SCAN_INIT": "`init`", "SCAN_REVERSE": "`reverse`"}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _WORDS:
+        return _WORDS[name]
+    try:
+        pattern = _parser().get_terminal(name).pattern
+    except KeyError:
+        return name.lower()
+    if isinstance(pattern, lark.lexer.PatternStr):
+        return f"`{pattern.value}`"
+    return name.lower()
+
+
+_EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "PLUS", "NOT", "TRUE", "FALSE",
+               "REPEAT", "SCAN"}
+_OPERATORS = {"ADD_OP", "MUL_OP", "COMP_OP", "STAR", "MINUS", "PLUS", "__ANON_0", "__ANON_1", "DOT", "LPAR",
+              "LSQB", "AND", "OR", "SLASH", "PERCENT", "AT"}
+
+
+def _expected(names) -> str:
+    names = {n for n in names if not n.startswith("_") or n.startswith("__ANON")}
+    words = set()
+    if {"NAME", "INT", "LPAR"} <= names:  # everything that can start an expression
+        words.add("an expression")
+        names -= _EXPR_START
+    if {"ADD_OP", "MUL_OP"} <= names:  # everything that can continue one
+        words.add("an operator")
+        names -= _OPERATORS
+    words |= {_describe_terminal(n) for n in names}
+    words = sorted(words or {"something else"}, key=lambda w: (w.startswith("`"), w))
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
+
+
+def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> DlcError:
+    line, col = max(getattr(e, "line", 1) or 1, 1), max(getattr(e, "column", 1) or 1, 1)
+    if isinstance(e, lark.exceptions.UnexpectedCharacters):
+        ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""
+        hint = {"'": "strings use double quotes: \"...\"", "\t": None}.get(ch)
+        if ch == ":" and source.text[e.pos_in_stream:e.pos_in_stream + 2] == ":=":
+            hint = "bindings use `=`, not `:=`"
+        loc = Loc(source, line, col, line, col + 1)
+        return DlcError("E0001", f"unexpected character {ch!r}", loc,
+                        hint=hint or (f"expected {_expected(e.allowed)}" if e.allowed else None))
+    if isinstance(e, lark.exceptions.UnexpectedEOF) or (
+            isinstance(e, lark.exceptions.UnexpectedToken) and e.token.type == "$END"):
+        last = source.text.rstrip().splitlines() or [""]
+        line = len(last)
+        loc = Loc(source, line, len(last[-1]) + 1, line, len(last[-1]) + 2)
+        expected = getattr(e, "expected", None) or getattr(e, "accepts", None) or ()
+        hint = "a `{` or `(` is never closed" if {"RBRACE", "RPAR", "RSQB"} & set(expected) else None
+        return DlcError("E0001", f"unexpected end of file; expected {_expected(expected)}", loc, hint=hint)
+    tok: Token = e.token
+    end = col + max(len(str(tok)), 1)
+    loc = Loc(source, line, col, tok.end_line or line, tok.end_column or end)
+    expected = set(getattr(e, "accepts", None) or e.expected)
+    return DlcError("E0001", f"unexpected {_token_words(tok)}; expected {_expected(expected)}", loc,
+                    hint=_hint(tok, expected, source, line))
+
+
+def _token_words(tok: Token) -> str:
+    if tok.type == "NAME":
+        return f"name `{tok}`"
+    if tok.type in ("INT", "FLOAT"):
+        return f"number `{tok}`"
+    if tok.type == "STRING":
+        return f"string {tok}"
+    return f"`{tok}`" if str(tok) in _KEYWORDS else f"`{tok}`"
+
+
+def _hint(tok: Token, expected: set, source: Source, line: int) -> str | None:
+    text = str(tok)
+    if text == ":" and source.line(line)[tok.column:tok.column + 1] == "=":
+        return "bindings use `=`, not `:=`"
+    if text in ("def", "fn", "function", "class"):
+        return "layers are declared with `layer NAME(args) { ... }`"
+    if text == "let" or text == "var":
+        return "bindings need no keyword: `h = relu(x)`"
+    if text in _KEYWORDS and "NAME" in expected:
+        return f"`{text}` is a keyword; choose another name"
+    if tok.type in ("NAME", "INT", "FLOAT", "STRING") and ("COMMA" in expected or "RPAR" in expected):
+        return "is a `,` missing between arguments?"
+    if text == "=" and "NAME" not in expected:
+        return "to compare, use `==`; a binding has a single name (or names) on its left"
+    if text == "{" and "LPAR" in expected:
+        return "a layer needs a parameter list, even an empty one: `layer f() { ... }`"
+    if tok.type == "NAME" and source.line(line).lstrip().startswith(("input", "param")) and "COLON" in expected:
+        return "declarations need a type: `input x: f32[B, 4]`"
+    return None
+
+
+# -- tree → AST --------------------------------------------------------------------
+def _opt(items):
+    return tuple(i for i in items if i is not None)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _loc(self, meta) -> Loc:
+        if getattr(meta, "empty", True) and not hasattr(meta, "line"):
+            return Loc(self.source, 1, 1, 1, 1)
+        return Loc(self.source, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok_loc(self, tok: Token) -> Loc:
+        return Loc(self.source, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    # declarations
+    def module(self, meta, items):
+        return A.Module(tuple(items), loc=self._loc(meta))
+
+    def use(self, meta, items):
+        return A.Use(_unquote(items[0]), loc=self._loc(meta))
+
+    def const(self, meta, items):
+        return A.Const(str(items[0]), items[1], loc=self._loc(meta))
+
+    def layer(self, meta, items):
+        name, formals, body = items
+        return A.LayerDef(str(name), formals, body, loc=self._tok_loc(name))
+
+    def model(self, meta, items):
+        name, formals, body = items
+        return A.ModelDef(str(name), formals or (), body, loc=self._tok_loc(name))
+
+    def train(self, meta, items):
+        return A.TrainDef(str(items[0]), tuple(items[1:]), loc=self._tok_loc(items[0]))
+
+    def formals(self, meta, items):
+        return _opt(items)
+
+    def formal(self, meta, items):
+        name, typ, default = items
+        return A.Formal(str(name), typ, default, loc=self._loc(meta))
+
+    def block(self, meta, items):
+        return tuple(items)
+
+    def input(self, meta, items):
+        name, typ = items
+        return A.InputDecl(str(name), self._tensor_type(typ, "input"), loc=self._loc(meta))
+
+    def param(self, meta, items):
+        name, typ, init = items
+        return A.ParamDecl(str(name), self._tensor_type(typ, "param"), init, loc=self._loc(meta))
+
+    def _tensor_type(self, typ, what: str) -> A.TensorTypeExpr:
+        if isinstance(typ, A.TensorTypeExpr):
+            return typ
+        raise DlcError("E0001", f"an {what} needs a tensor type, got `{typ.name}`", typ.loc,
+                       hint=f"for example `{what} x: f32[B, 4]`")
+
+    def output(self, meta, items):
+        return A.OutputDecl(str(items[0]), items[1], loc=self._loc(meta))
+
+    def binding(self, meta, items):
+        return A.Binding(items[0], items[1], loc=self._loc(meta))
+
+    def targets(self, meta, items):
+        return tuple(str(t) for t in items)
+
+    def ret(self, meta, items):
+        return A.Return(tuple(items), loc=self._loc(meta))
+
+    def require(self, meta, items):
+        cond, msg = items
+        return A.Require(cond, _unquote(msg) if msg is not None else None, loc=self._loc(meta))
+
+    def train_item(self, meta, items):
+        return A.TrainItem(str(items[0]), items[1], loc=self._loc(meta))
+
+    def step(self, meta, items):
+        return A.StepGroup(str(items[0]), tuple(items[1:]), loc=self._loc(meta))
+
+    # types
+    def tensor_type(self, meta, items):
+        dtype, dims = items
+        if str(dtype) not in _DTYPES:
+            raise DlcError("E0103", f"unknown dtype `{dtype}`", self._tok_loc(dtype),
+                           hint="dtypes are " + ", ".join(sorted(_DTYPES)))
+        return A.TensorTypeExpr(str(dtype), dims, loc=self._loc(meta))
+
+    def tensor_type_nodtype(self, meta, items):
+        return A.TensorTypeExpr(None, items[0], loc=self._loc(meta))
+
+    def scalar_type(self, meta, items):
+        return A.ScalarTypeExpr(str(items[0]), loc=self._loc(meta))
+
+    def dims(self, meta, items):
+        return _opt(items)
+
+    # expressions
+    def pipe(self, meta, items):
+        value, fn = items
+        loc = self._loc(meta)
+        if isinstance(fn, A.Call):
+            return A.Call(fn.func, (value,) + fn.args, fn.kwargs, loc=loc)
+        if isinstance(fn, (A.Name, A.Attribute)):
+            return A.Call(fn, (value,), (), loc=loc)
+        raise DlcError("E0001", "the right side of `|>` must be a layer or op, optionally called",
+                       fn.loc, hint="write `x |> dense(64)` or `x |> relu`")
+
+    def or_expr(self, meta, items):
+        return A.BinOp("or", items[0], items[1], loc=self._loc(meta))
+
+    def and_expr(self, meta, items):
+        return A.BinOp("and", items[0], items[1], loc=self._loc(meta))
+
+    def not_(self, meta, items):
+        return A.UnaryOp("not", items[0], loc=self._loc(meta))
+
+    def compare(self, meta, items):
+        return A.BinOp(str(items[1]), items[0], items[2], loc=self._loc(meta))
+
+    def binop(self, meta, items):
+        return A.BinOp(str(items[1]), items[0], items[2], loc=self._loc(meta))
+
+    def neg(self, meta, items):
+        operand = items[0]
+        if isinstance(operand, A.Number):  # fold so `-1` is a literal (axes, dims)
+            return A.Number(-operand.value, loc=self._loc(meta))
+        return A.UnaryOp("-", operand, loc=self._loc(meta))
+
+    def pos(self, meta, items):
+        return items[0]
+
+    def power(self, meta, items):
+        return A.BinOp("**", items[0], items[1], loc=self._loc(meta))
+
+    def call(self, meta, items):
+        func, (args, kwargs) = items
+        return A.Call(func, args, kwargs, loc=self._loc(meta))
+
+    def args(self, meta, items):
+        args, kwargs, seen = [], [], set()
+        for item in _opt(items):
+            if isinstance(item, A.Keyword):
+                if item.name in seen:
+                    raise DlcError("E0102", f"the argument `{item.name}` is given twice", item.loc)
+                seen.add(item.name)
+                kwargs.append(item)
+            elif kwargs:
+                raise DlcError("E0001", "a positional argument follows a keyword argument", item.loc,
+                               hint="put positional arguments first")
+            else:
+                args.append(item)
+        return tuple(args), tuple(kwargs)
+
+    def kwarg(self, meta, items):
+        return A.Keyword(str(items[0]), items[1], loc=self._loc(meta))
+
+    def index(self, meta, items):
+        return A.Index(items[0], items[1], loc=self._loc(meta))
+
+    def subscripts(self, meta, items):
+        return _opt(items)
+
+    def slice2(self, meta, items):
+        return A.Slice(items[0], items[1], None, loc=self._loc(meta))
+
+    def slice3(self, meta, items):
+        return A.Slice(items[0], items[1], items[2], loc=self._loc(meta))
+
+    def attribute(self, meta, items):
+        return A.Attribute(items[0], str(items[1]), loc=self._loc(meta))
+
+    def glob(self, meta, items):
+        return A.Attribute(items[0], "*", loc=self._loc(meta))
+
+    def name(self, meta, items):
+        text = str(items[0])
+        return A.Name(text, loc=self._loc(meta))
+
+    name_atom = name
+
+    def int(self, meta, items):
+        return A.Number(int(items[0]), loc=self._loc(meta))
+
+    int_atom = int
+
+    def float(self, meta, items):
+        return A.Number(float(items[0]), loc=self._loc(meta))
+
+    def string(self, meta, items):
+        return A.String(_unquote(items[0]), loc=self._loc(meta))
+
+    def true(self, meta, items):
+        return A.Bool(True, loc=self._loc(meta))
+
+    def false(self, meta, items):
+        return A.Bool(False, loc=self._loc(meta))
+
+    def list(self, meta, items):
+        return A.ListExpr(_opt(items), loc=self._loc(meta))
+
+    def empty_tuple(self, meta, items):
+        return A.TupleExpr((), loc=self._loc(meta))
+
+    def tuple(self, meta, items):
+        return A.TupleExpr(_opt(items), loc=self._loc(meta))
+
+    def repeat(self, meta, items):
+        count, callee, (args, kwargs) = items
+        return A.Repeat(count, A.Name(str(callee), loc=self._tok_loc(callee)), args, kwargs, loc=self._loc(meta))
+
+    def scan(self, meta, items):
+        callee, args, over, _axis_kw, axis, _init_kw, init, reverse = items
+        pos, kwargs = args if args is not None else ((), ())
+        if pos:
+            raise DlcError("E0102", "arguments of a scanned layer must be given by keyword", pos[0].loc,
+                           hint="the carried state comes from `init (...)` and the sequence from `over`")
+        init_args = ()
+        if init is not None:
+            init_args, init_kw = init
+            if init_kw:
+                raise DlcError("E0102", "`init (...)` takes the initial carries positionally", init_kw[0].loc)
+        axis_expr = A.Number(int(axis), loc=self._tok_loc(axis)) if axis is not None else None
+        return A.Scan(A.Name(str(callee), loc=self._tok_loc(callee)), kwargs, over, axis_expr, init_args,
+                      reverse is not None, loc=self._loc(meta))
+
+
+def _unquote(tok) -> str:
+    import re
+
+    escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), str(tok)[1:-1])
