@@ -149,7 +149,7 @@ def _hint(tok: Token, expected: set, source: Source, line: int) -> str | None:
         return "is a `,` missing between arguments?"
     if text == "=" and "NAME" not in expected:
         return "to compare, use `==`; a binding has a single name (or names) on its left"
-    if text == "{" and "LPAR" in expected:
+    if text == "{" and "LPAR" in expected and "NAME" not in expected:
         return "a layer needs a parameter list, even an empty one: `layer f() { ... }`"
     if tok.type == "NAME" and source.line(line).lstrip().startswith(("input", "param")) and "COLON" in expected:
         return "declarations need a type: `input x: f32[B, 4]`"

@@ -1,0 +1,114 @@
+"""Block statements that are not bindings: ``param``, ``input``, ``require``.
+
+Parameters are always created in the main graph, named by the frame's scope
+path (``h.W``); their initialiser is recorded on the node as
+``(name, kwargs)`` and run when a model's parameters are materialised.
+"""
+from __future__ import annotations
+
+import re
+
+from dlc.grammar import ast as A
+
+from ..dims import Sym
+from ..graph import Value
+from ..types import TensorType
+from .expr import evaluate
+from .frame import Frame, describe
+
+# positional arguments of initialisers, in order (`normal(0.02)` is a std)
+INIT_POSITIONAL = {"constant": ("value",), "normal": ("std", "mean"), "uniform": ("low", "high"),
+                   "truncated_normal": ("std", "mean")}
+MAX_PARAM_ELEMENTS = 2**28
+
+
+def tensor_shape(frame: Frame, t: A.TensorTypeExpr, what: str) -> tuple:
+    shape = []
+    for d in t.dims:
+        v = evaluate(d, frame)
+        if not isinstance(v, (int, Sym)) or isinstance(v, bool):
+            raise frame.error("E0103", f"a dim of {what} must be an integer or a symbolic dim, got {describe(v)}",
+                              d.loc)
+        if isinstance(v, int) and v < 0:
+            raise frame.error("E0110", f"a dim of {what} is negative ({v})", d.loc)
+        shape.append(v)
+    return tuple(shape)
+
+
+def declare_param(frame: Frame, stmt: A.ParamDecl) -> None:
+    from ..ops.init import init_names
+
+    shape = tensor_shape(frame, stmt.type, f"param `{stmt.name}`")
+    free = [d for d in shape if isinstance(d, Sym)]
+    if free:
+        raise frame.error("E0105", f"param `{stmt.name}` has the symbolic dim {free[0]} in its shape "
+                          f"[{', '.join(map(str, shape))}]", stmt.type.loc,
+                          hint="a parameter's size must be fixed; use a fixed size or an int argument")
+    count = 1
+    for d in shape:
+        count *= d
+    if count > MAX_PARAM_ELEMENTS:
+        raise frame.error("E0003", f"param `{stmt.name}` would hold {count} elements (limit {MAX_PARAM_ELEMENTS})",
+                          stmt.type.loc)
+    init = _init_spec(frame, stmt, init_names())
+    name = frame.path(stmt.name)
+    graph = frame.ctx.graph
+    if name in graph.params:
+        raise frame.error("E0107", f"a parameter named `{name}` already exists", stmt.loc,
+                          hint="two layer calls share a scope; bind them to different names")
+    t = TensorType(stmt.type.dtype or "f32", shape)
+    n = graph.add_node("param", (), {"name": name, "init": init}, (t,), loc=stmt.loc, scope=frame.scope)
+    graph.params[name] = n
+    frame.define(stmt.name, frame.capture(Value(n)), stmt.loc)
+
+
+def _init_spec(frame: Frame, stmt: A.ParamDecl, names: list[str]) -> tuple[str, dict]:
+    e = stmt.init
+    if e is None:  # biases start at zero, matrices Glorot-uniform
+        return ("zeros", {}) if len(stmt.type.dims) <= 1 else ("glorot_uniform", {})
+    if isinstance(e, A.Name):
+        func, args, kwargs = e, (), ()
+    elif isinstance(e, A.Call) and isinstance(e.func, A.Name):
+        func, args, kwargs = e.func, e.args, e.kwargs
+    else:
+        raise frame.error("E0103", "a param's initialiser is a call such as `he_normal()` or `zeros()`", e.loc,
+                          hint="initialisers: " + ", ".join(names))
+    if func.id not in names:
+        from dlc.grammar.errors import suggest
+
+        raise frame.error("E0101", f"unknown initialiser `{func.id}`", func.loc,
+                          hint=suggest(func.id, names) or "initialisers: " + ", ".join(names))
+    values = {}
+    positional = INIT_POSITIONAL.get(func.id, ("gain",))
+    if len(args) > len(positional):
+        raise frame.error("E0102", f"`{func.id}` takes at most {len(positional)} positional argument(s)", e.loc)
+    for key, a in list(zip(positional, args)) + [(k.name, k.value) for k in kwargs]:
+        v = evaluate(a, frame)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise frame.error("E0103", f"argument `{key}` of `{func.id}` must be a number, got {describe(v)}",
+                              a.loc)
+        values[key] = v
+    return func.id, values
+
+
+def check_require(frame: Frame, stmt: A.Require) -> None:
+    ok = evaluate(stmt.cond, frame)
+    if not isinstance(ok, bool):
+        raise frame.error("E0103", f"`require` needs a condition known at compile time, got {describe(ok)}",
+                          stmt.cond.loc)
+    if not ok:
+        message = _format(frame, stmt.message) if stmt.message else "requirement failed"
+        raise frame.error("E0108", message, stmt.cond.loc)
+
+
+def _format(frame: Frame, text: str) -> str:
+    """Fill ``{name}`` in a require message with compile-time values."""
+
+    def fill(m):
+        try:
+            v = frame.lookup(m.group(1), None)
+        except Exception:
+            return m.group(0)
+        return str(v) if isinstance(v, (int, float, str, Sym)) else m.group(0)
+
+    return re.sub(r"\{([A-Za-z_][A-Za-z_0-9]*)\}", fill, text)

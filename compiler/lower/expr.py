@@ -1,0 +1,337 @@
+"""Expressions → values: compile-time numbers, dims, strings and lists are
+computed here; tensor expressions become graph nodes through the frame's
+builder.  Calls dispatch to ops (``apply_op``) or layers (``layers.call_layer``).
+"""
+from __future__ import annotations
+
+import operator
+
+from dlc.grammar import ast as A
+from dlc.grammar.errors import DlcError, suggest
+
+from ..dims import Sym
+from ..graph import Value
+from ..ops.registry import REQUIRED, get_op
+from ..types import TensorType
+from .frame import DType, Frame, LayerRef, OpRef, describe, is_tensor
+
+_TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod", "@": "matmul",
+                  "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
+                  "and": "logical_and", "or": "logical_or"}
+_SCALAR_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
+                  "%": operator.mod, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+                  "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+MAX_DEPTH = 200
+
+
+def evaluate(e, frame: Frame):
+    """The value of expression ``e`` in ``frame``."""
+    ctx = frame.ctx
+    ctx.depth += 1
+    try:
+        if ctx.depth > MAX_DEPTH:
+            raise DlcError("E0003", "the expression nests too deeply", e.loc)
+        return _EVAL[type(e)](e, frame)
+    finally:
+        ctx.depth -= 1
+
+
+def _name(e: A.Name, frame: Frame):
+    return frame.lookup(e.id, e.loc)
+
+
+def _number(e, frame):
+    return e.value
+
+
+def _list(e, frame):
+    return [evaluate(i, frame) for i in e.items]
+
+
+def _tuple(e, frame):
+    return tuple(evaluate(i, frame) for i in e.items)
+
+
+def _unary(e: A.UnaryOp, frame: Frame):
+    v = evaluate(e.operand, frame)
+    if e.op == "not":
+        if is_tensor(v):
+            return _apply(frame, "logical_not", [v], {}, e.loc)
+        if not isinstance(v, bool):
+            raise frame.error("E0103", f"`not` needs a boolean, got {describe(v)}", e.operand.loc)
+        return not v
+    if is_tensor(v):
+        return _apply(frame, "neg", [v], {}, e.loc)
+    if isinstance(v, (int, float, Sym)) and not isinstance(v, bool):
+        return -v
+    raise frame.error("E0103", f"cannot negate {describe(v)}", e.operand.loc)
+
+
+def _binop(e: A.BinOp, frame: Frame):
+    left, right = evaluate(e.left, frame), evaluate(e.right, frame)
+    if is_tensor(left) or is_tensor(right):
+        for side, v in (("left", left), ("right", right)):
+            if not is_tensor(v) and not (isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise frame.error("E0103", f"`{e.op}` between a tensor and {describe(v)}",
+                                  (e.left if side == "left" else e.right).loc,
+                                  hint="symbolic dims are not tensors; use a fixed size" if isinstance(v, Sym)
+                                  else None)
+        return _apply(frame, _TENSOR_BINOPS[e.op], [left, right], {}, e.loc)
+    if e.op in ("and", "or"):
+        if not isinstance(left, bool) or not isinstance(right, bool):
+            raise frame.error("E0103", f"`{e.op}` needs booleans, got {describe(left)} and {describe(right)}", e.loc)
+        return left and right if e.op == "and" else left or right
+    ok = (int, float, Sym)
+    if not (isinstance(left, ok) and isinstance(right, ok)) and e.op not in ("==", "!=", "+"):
+        raise frame.error("E0103", f"`{e.op}` between {describe(left)} and {describe(right)}", e.loc)
+    try:
+        if e.op == "/":
+            return _divide(left, right)
+        if e.op == "@":
+            raise TypeError("`@` needs tensors")
+        if e.op == "%" and isinstance(left, Sym):
+            if isinstance(right, int) and all(c.denominator == 1 and c.numerator % right == 0
+                                              for c in left.terms.values()):
+                return 0
+            raise ValueError(f"{left} % {right} depends on a size known only at run time")
+        return _SCALAR_BINOPS[e.op](left, right)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
+        raise frame.error("E0110", f"cannot compute `{e.op}` of {describe(left)} and {describe(right)}: {exc}",
+                          e.loc) from None
+
+
+def _divide(a, b):
+    if isinstance(b, (int, float)) and b == 0:
+        raise ZeroDivisionError("division by zero")
+    if isinstance(a, Sym):
+        if not isinstance(b, int):
+            raise TypeError("a dim can only be divided by an integer")
+        return a / b
+    if isinstance(a, int) and isinstance(b, int) and not isinstance(a, bool) and a % b == 0:
+        return a // b
+    return a / b
+
+
+def _call(e: A.Call, frame: Frame):
+    fn = evaluate(e.func, frame)
+    args = [evaluate(a, frame) for a in e.args]
+    kwargs = {k.name: evaluate(k.value, frame) for k in e.kwargs}
+    return call_value(frame, fn, args, kwargs, e)
+
+
+def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
+    """Call an op or layer value with evaluated arguments (``e`` gives locations)."""
+    if isinstance(fn, OpRef):
+        if fn.name in ("reduce_max", "maximum", "reduce_min", "minimum"):
+            fn = OpRef(_min_max(fn.name, args), fn.kwargs)
+        if not any(is_tensor(a) for a in args) and fn.name not in _NULLARY_OK and not kwargs.get("shape"):
+            # `leaky_relu(alpha = 0.2)` with no tensor: a partial application, used as an activation
+            if not args and all(k in get_op(fn.name).attrs for k in kwargs):
+                return OpRef(fn.name, tuple(sorted({**dict(fn.kwargs), **kwargs}.items())))
+        return _apply(frame, fn.name, args, {**dict(fn.kwargs), **kwargs}, e.loc, arg_locs=_arg_locs(e))
+    if isinstance(fn, LayerRef):
+        from .layers import call_layer
+
+        return call_layer(frame, fn, args, {**dict(fn.kwargs), **kwargs}, e.loc)
+    raise frame.error("E0103", f"{describe(fn)} cannot be called", e.func.loc if isinstance(e, A.Call) else e.loc)
+
+
+_NULLARY_OK = {"fill", "zeros", "ones", "uniform", "normal"}
+
+
+def _min_max(name: str, args: list) -> str:
+    """``max(x)`` / ``max(x, axis = 1)`` reduce; ``max(a, b)`` is elementwise."""
+    kind = "max" if "max" in name else "min"
+    return ("maximum" if kind == "max" else "minimum") if len(args) >= 2 else f"reduce_{kind}"
+
+
+def _arg_locs(e):
+    return [a.loc for a in e.args] if isinstance(e, A.Call) else None
+
+
+def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None):
+    """Map positional/keyword arguments onto ``op``'s tensor inputs and attrs, then build it."""
+    opdef = get_op(op)
+    inputs = list(opdef.inputs)
+    variadic = opdef.variadic()
+    if variadic:
+        inputs = inputs[:-1]
+    tensors: list = []
+    attrs: dict = {}
+    attr_names = list(opdef.attrs)
+    pos = list(args)
+    # tensor inputs first (numbers may stand for tensors: `x * 2`), then attrs in declaration order
+    for _ in inputs:
+        if not pos:
+            break
+        tensors.append(pos.pop(0))
+    if variadic:
+        if len(pos) == 1 and isinstance(pos[0], (list, tuple)) and pos[0] and all(is_tensor(v) for v in pos[0]):
+            tensors.extend(pos.pop(0))  # concat([a, b], axis = 1)
+        else:
+            while pos and is_tensor(pos[0]):
+                tensors.append(pos.pop(0))
+    for name, value in kwargs.items():
+        if name in inputs:
+            idx = inputs.index(name)
+            if idx < len(tensors):
+                raise frame.error("E0102", f"`{op}` got the input `{name}` twice", loc)
+            while len(tensors) < idx:
+                tensors.append(None)
+            tensors.append(value)
+        elif name == "axis" and "axis" not in opdef.attrs and "axes" in opdef.attrs:
+            attrs["axes"] = value
+        elif name in opdef.attrs:
+            attrs[name] = value
+        else:
+            hint = suggest(name, [*opdef.attrs, *inputs])
+            raise frame.error("E0102", f"`{op}` has no argument `{name}`", loc,
+                              hint=hint or _signature_hint(op, opdef))
+    for value in pos:
+        free = [a for a in attr_names if a not in attrs]
+        if not free:
+            raise frame.error("E0102", f"`{op}` takes {_count_words(opdef)}, got {len(args)}", loc,
+                              hint=_signature_hint(op, opdef))
+        attrs[free[0]] = value
+        attr_names.remove(free[0])
+    missing = [n for i, n in enumerate(inputs) if i >= len(tensors) or tensors[i] is None]
+    if missing:
+        raise frame.error("E0102", f"`{op}` needs the input{'s' if len(missing) > 1 else ''} "
+                          + ", ".join(f"`{m}`" for m in missing), loc, hint=_signature_hint(op, opdef))
+    for i, t in enumerate(tensors):
+        if not (is_tensor(t) or (isinstance(t, (int, float)) and not isinstance(t, Sym))):
+            where = arg_locs[i] if arg_locs and i < len(arg_locs) else loc
+            raise frame.error("E0103", f"input {i + 1} of `{op}` must be a tensor, got {describe(t)}", where)
+    attrs = {k: _attr_value(frame, op, k, v, loc) for k, v in attrs.items()}
+    with frame.builder.at(loc=loc, context=frame.context or None, scope=frame.scope):
+        return frame.builder.apply(op, *tensors, **attrs)
+
+
+def _attr_value(frame: Frame, op: str, key: str, v, loc):
+    if isinstance(v, DType):
+        return v.name
+    if is_tensor(v):
+        raise frame.error("E0103", f"argument `{key}` of `{op}` must be a constant, not a tensor", loc,
+                          hint="pass tensors as inputs; attributes are fixed when the graph is built")
+    if isinstance(v, list):
+        return tuple(_attr_value(frame, op, key, x, loc) for x in v)
+    if isinstance(v, tuple):
+        return tuple(_attr_value(frame, op, key, x, loc) for x in v)
+    if isinstance(v, (OpRef, LayerRef)):
+        raise frame.error("E0103", f"argument `{key}` of `{op}` cannot be {describe(v)}", loc)
+    return v
+
+
+def _count_words(opdef) -> str:
+    n = len([i for i in opdef.inputs if not i.startswith("*")]) + len(opdef.attrs)
+    return f"at most {n} argument{'s' if n != 1 else ''}"
+
+
+def _signature_hint(op: str, opdef) -> str:
+    parts = [i.lstrip("*") + ("..." if i.startswith("*") else "") for i in opdef.inputs]
+    for k, a in opdef.attrs.items():
+        parts.append(k if a.default is REQUIRED else f"{k} = {a.default!r}")
+    return f"`{op}({', '.join(parts)})`"
+
+
+def _attribute(e: A.Attribute, frame: Frame):
+    """``embed.E`` / ``h.0.W``: a parameter of another scope (explicit sharing)."""
+    parts = []
+    node = e
+    while isinstance(node, A.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, A.Name):
+        raise frame.error("E0103", "only parameters can be reached with `.`", e.loc)
+    parts.append(node.id)
+    path = ".".join(reversed(parts))
+    if "*" in parts:
+        raise frame.error("E0103", f"the pattern `{path}` only makes sense in a train block", e.loc)
+    if node.id in frame.pending:  # make sure the scope the path points into has been built
+        frame.force(node.id, node.loc)
+    graph = frame.ctx.graph
+    for candidate in (frame.path(path), path):
+        if candidate in graph.params:
+            return frame.capture(Value(graph.params[candidate]))
+    hint = suggest(path, list(graph.params)) or ("parameters so far: " + ", ".join(sorted(graph.params)[:12])
+                                                 if graph.params else None)
+    raise frame.error("E0101", f"no parameter `{path}`", e.loc, hint=hint)
+
+
+def _index(e: A.Index, frame: Frame):
+    value = evaluate(e.value, frame)
+    if isinstance(value, (list, tuple)):
+        if len(e.items) != 1 or isinstance(e.items[0], A.Slice):
+            raise frame.error("E0103", "a list takes one integer index", e.loc)
+        i = evaluate(e.items[0], frame)
+        if not isinstance(i, int) or not -len(value) <= i < len(value):
+            raise frame.error("E0110", f"index {i!r} out of range for a list of {len(value)}", e.items[0].loc)
+        return value[i]
+    if not is_tensor(value):
+        raise frame.error("E0103", f"cannot index {describe(value)}", e.value.loc)
+    t: TensorType = frame.builder.type(value)
+    if len(e.items) == 1 and not isinstance(e.items[0], A.Slice):
+        idx = evaluate(e.items[0], frame)
+        if is_tensor(idx):  # E[ids]: gather rows
+            return _apply(frame, "gather", [value, idx], {"axis": 0}, e.loc)
+    if len(e.items) > t.rank:
+        raise frame.error("E0104", f"{len(e.items)} indices for a tensor of rank {t.rank} ({t})", e.loc)
+    starts, stops, steps, axes, squeeze = [], [], [], [], []
+    for axis, item in enumerate(e.items):
+        if isinstance(item, A.Slice):
+            parts = [evaluate(p, frame) if p is not None else None for p in (item.start, item.stop, item.step)]
+            for p, src in zip(parts, (item.start, item.stop, item.step)):
+                if p is not None and not isinstance(p, (int, Sym)):
+                    raise frame.error("E0103", f"slice bounds must be integers, got {describe(p)}", src.loc)
+            if parts == [None, None, None]:
+                continue
+            starts.append(parts[0])
+            stops.append(parts[1])
+            steps.append(parts[2] if parts[2] is not None else 1)
+        else:
+            i = evaluate(item, frame)
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise frame.error("E0103", f"an index must be an integer, got {describe(i)}", item.loc)
+            d = t.shape[axis]
+            if isinstance(d, int) and not -d <= i < d:
+                raise frame.error("E0110", f"index {i} is out of range for axis {axis} of size {d}", item.loc)
+            starts.append(i)
+            stops.append(i + 1 if i != -1 else None)
+            steps.append(1)
+            squeeze.append(axis)
+        axes.append(axis)
+    out = value
+    if axes:
+        out = _apply(frame, "slice", [value], {"starts": starts, "stops": stops, "steps": steps, "axes": axes}, e.loc)
+    if squeeze:
+        out = _apply(frame, "squeeze", [out], {"axes": squeeze}, e.loc)
+    return out
+
+
+def _repeat(e: A.Repeat, frame: Frame):
+    from .layers import repeat
+
+    return repeat(frame, e)
+
+
+def _scan(e: A.Scan, frame: Frame):
+    from .layers import scan
+
+    return scan(frame, e)
+
+
+def _string(e, frame):
+    return e.value
+
+
+def _bool(e, frame):
+    return e.value
+
+
+def _slice(e, frame):
+    raise frame.error("E0001", "a slice is only valid inside `[...]`", e.loc)
+
+
+_EVAL = {A.Name: _name, A.Number: _number, A.String: _string, A.Bool: _bool, A.BinOp: _binop,
+         A.UnaryOp: _unary, A.Call: _call, A.Attribute: _attribute, A.Index: _index, A.ListExpr: _list,
+         A.TupleExpr: _tuple, A.Repeat: _repeat, A.Scan: _scan, A.Slice: _slice}
