@@ -396,3 +396,6 @@ def _np(dtype: str):
     from ..types import np_dtype
 
     return np_dtype(dtype)
+
+
+from . import mathfn  # noqa: E402,F401  (cos, sin, floor, logical_or, logical_not)

@@ -1,0 +1,101 @@
+"""More elementwise ops of the ``arithmetic`` family (imported by arith.py):
+cos and sin (cosine schedules, positional encodings), floor, and the boolean
+``or`` / ``not`` behind the language's operators."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import FLOATS, ShapeError, TensorType, broadcast_shapes
+from .registry import Arg, Op, Sample, register
+
+
+class _FloatUnary(Op):
+    family = "arithmetic"
+    samples = [Sample((Arg((2, 3)),)), Sample((Arg(()),))]
+    onnx_op = ""
+
+    def shape(self, x):
+        if x.dtype not in FLOATS:
+            raise ShapeError(f"`{self.name}` needs a float tensor, got {x}")
+        return x
+
+    def onnx(self, e, ins, outs):
+        e.node(self.onnx_op, ins, outs)
+
+
+@register
+class Cos(_FloatUnary):
+    """``cos(x)``."""
+
+    name, onnx_op = "cos", "Cos"
+
+    def kernel(self, x):
+        return np.cos(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.neg(b.mul(cts[0], b.sin(inputs[0])))]
+
+
+@register
+class Sin(_FloatUnary):
+    """``sin(x)``."""
+
+    name, onnx_op = "sin", "Sin"
+
+    def kernel(self, x):
+        return np.sin(x)
+
+    def grad(self, b, inputs, outputs, cts):
+        return [b.mul(cts[0], b.cos(inputs[0]))]
+
+
+@register
+class Floor(_FloatUnary):
+    """``floor(x)``; its gradient is zero almost everywhere, so it is not differentiable here."""
+
+    name, onnx_op = "floor", "Floor"
+    differentiable = False
+
+    def kernel(self, x):
+        return np.floor(x)
+
+
+@register
+class LogicalOr(Op):
+    """``a or b`` on bool tensors."""
+
+    name, family = "logical_or", "arithmetic"
+    inputs = ("a", "b")
+    differentiable = False
+    samples = [Sample((Arg((2, 3), "bool"), Arg((2, 3), "bool")))]
+
+    def shape(self, a, b):
+        if a.dtype != "bool" or b.dtype != "bool":
+            raise ShapeError(f"`or` needs bool operands, got {a} and {b}")
+        return TensorType("bool", broadcast_shapes(a.shape, b.shape))
+
+    def kernel(self, a, b):
+        return np.logical_or(a, b)
+
+    def onnx(self, e, ins, outs):
+        e.node("Or", ins, outs)
+
+
+@register
+class LogicalNot(Op):
+    """``not x`` on a bool tensor."""
+
+    name, family = "logical_not", "arithmetic"
+    differentiable = False
+    samples = [Sample((Arg((2, 3), "bool"),))]
+
+    def shape(self, x):
+        if x.dtype != "bool":
+            raise ShapeError(f"`not` needs a bool tensor, got {x}")
+        return x
+
+    def kernel(self, x):
+        return np.logical_not(x)
+
+    def onnx(self, e, ins, outs):
+        e.node("Not", ins, outs)
