@@ -115,8 +115,11 @@ def pick_model(loaded: Loaded, name: str | None) -> A.ModelDef:
     return loaded.models[name]
 
 
-def compile_model(loaded: Loaded, model: A.ModelDef, mode: str = "eval", hyper: dict | None = None) -> Lowered:
-    """Lower ``model`` in ``mode`` into a typed graph."""
+def compile_model(loaded: Loaded, model: A.ModelDef, mode: str = "eval", hyper: dict | None = None,
+                  extra: dict[str, A.Expr] | None = None) -> Lowered:
+    """Lower ``model`` in ``mode`` into a typed graph.  ``extra`` maps further
+    output names to expressions evaluated in the model's scope (the train
+    block's losses and metrics)."""
     graph = Graph(model.name)
     builder = Builder(graph, mode=mode, context=model.name)
     ctx = Ctx(graph, builder, mode)
@@ -139,6 +142,17 @@ def compile_model(loaded: Loaded, model: A.ModelDef, mode: str = "eval", hyper: 
         if s.name in graph.outputs:
             raise frame.error("E0107", f"output `{s.name}` is declared twice", s.loc)
         graph.outputs[s.name] = v
+    for name, e in (extra or {}).items():
+        from .expr import evaluate
+
+        frame.binding = name.replace("/", "_")
+        v = evaluate(e, frame)
+        if not is_tensor(v) or graph.type_of(v).rank != 0:
+            got = f"a tensor of type {graph.type_of(v)}" if is_tensor(v) else describe(v)
+            raise DlcError("E0201", f"`{name}` must be a scalar tensor, got {got}", e.loc,
+                           hint="reduce it, e.g. with mean(...)")
+        graph.outputs[name] = v
+    frame.binding = None
     return Lowered(graph, model, mode, values,
                    {graph[n]["attrs"]["name"]: graph[n]["types"][0] for n in graph.inputs},
                    {k: graph.type_of(v) for k, v in graph.outputs.items()})

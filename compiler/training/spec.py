@@ -1,0 +1,273 @@
+"""The ``train`` block, validated strictly into a :class:`TrainSpec`.
+
+Every key and every argument of every call is checked against a table; an
+unknown one is an E0201 error with a suggestion, a wrong type says what was
+expected.  Nothing is silently defaulted except what the tables declare.
+Durations in schedules and the early-stopping patience are in epochs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlc.grammar import ast as A
+from dlc.grammar.errors import DlcError, suggest
+
+NUM, BOOL, STR = "a number", "true or false", "a name"
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 0.01},
+    "momentum": {"lr": 0.01, "beta": 0.9},
+    "nesterov": {"lr": 0.01, "beta": 0.9},
+    "adagrad": {"lr": 0.01, "eps": 1e-10, "initial": 0.0},
+    "rmsprop": {"lr": 0.001, "rho": 0.9, "eps": 1e-8},
+    "adadelta": {"lr": 1.0, "rho": 0.95, "eps": 1e-6},
+    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    "ftrl": {"lr": 0.1, "l1": 0.0, "l2": 0.0, "beta": 1.0},
+}
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "step": {"every": None, "gamma": 0.1},
+    "exponential": {"gamma": None, "every": 1.0},
+    "inverse": {"gamma": None, "power": 1.0},
+    "cosine": {"total": None, "min_lr": 0.0},
+    "warmup": {"epochs": None, "then": "constant"},
+}
+KEYS = ("data", "inputs", "loss", "optimizer", "schedule", "clip", "batch", "epochs", "metrics", "early_stop",
+        "regularize", "weight_decay", "params", "seed", "step")
+STEP_KEYS = ("loss", "params", "optimizer", "schedule", "clip", "every")
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    """A validated call such as ``adam(lr = 1e-3)``: name and complete kwargs."""
+
+    name: str
+    kwargs: dict
+    loc: Any = None
+
+
+@dataclass
+class StepSpec:
+    name: str
+    loss: A.Expr
+    params: tuple[str, ...]  # glob patterns over parameter names
+    optimizer: CallSpec
+    schedule: CallSpec
+    clip: CallSpec | None
+    every: int = 1
+
+
+@dataclass
+class TrainSpec:
+    model: str
+    data: CallSpec
+    inputs: dict[str, str]
+    steps: list[StepSpec]
+    batch: int = 32
+    epochs: int = 10
+    metrics: list[tuple[str, A.Expr]] = field(default_factory=list)
+    early_stop: CallSpec | None = None
+    regularize: list[CallSpec] = field(default_factory=list)
+    weight_decay: CallSpec | None = None
+    seed: int = 0
+    loc: Any = None
+
+
+def parse_train(t: A.TrainDef) -> TrainSpec:
+    items = {}
+    groups = []
+    for it in t.items:
+        if isinstance(it, A.StepGroup):
+            groups.append(it)
+            continue
+        if it.key not in KEYS or it.key == "step":
+            raise _err(f"unknown train key `{it.key}`", it.loc, suggest(it.key, KEYS) or "keys: " + ", ".join(KEYS))
+        if it.key in items:
+            raise _err(f"train key `{it.key}` is given twice", it.loc)
+        items[it.key] = it
+    if "data" not in items:
+        raise _err("the train block needs `data`", t.loc, "e.g. `data = digits()`")
+    spec = TrainSpec(model=t.model, data=_data(items["data"].value), inputs={}, steps=[], loc=t.loc)
+    if "inputs" in items:
+        spec.inputs = _mapping(items["inputs"].value)
+    spec.batch = _int(items, "batch", 32, low=1)
+    spec.epochs = _int(items, "epochs", 10, low=0)
+    spec.seed = _int(items, "seed", 0, low=0)
+    if "metrics" in items:
+        spec.metrics = _metrics(items["metrics"].value)
+    if "early_stop" in items:
+        spec.early_stop = _call(items["early_stop"].value, {"patience": {"patience": None, "monitor": "val.loss",
+                                                                          "restore_best": True, "min_delta": 0.0}},
+                                "early stopping")
+    if "regularize" in items:
+        value = items["regularize"].value
+        calls = value.items if isinstance(value, A.ListExpr) else (value,)
+        table = {"l1": {"strength": None, "params": "*"}, "l2": {"strength": None, "params": "*"}}
+        spec.regularize = [_call(c, table, "regulariser") for c in calls]
+    if "weight_decay" in items:
+        v = items["weight_decay"].value
+        if isinstance(v, A.Number):
+            spec.weight_decay = CallSpec("decay", {"strength": float(v.value), "params": "*"}, v.loc)
+        else:
+            spec.weight_decay = _call(v, {"decay": {"strength": None, "params": "*"}}, "weight decay")
+    if groups:
+        for key in ("loss", "optimizer", "params", "schedule", "clip"):
+            if key in items:
+                raise _err(f"`{key}` belongs inside each `step` group when the block has step groups",
+                           items[key].loc)
+        spec.steps = [_step(g.name, {i.key: i for i in g.items}, g.loc, g.items) for g in groups]
+    else:
+        spec.steps = [_step("main", items, t.loc, ())]
+    return spec
+
+
+def _step(name: str, items: dict, loc, raw) -> StepSpec:
+    for it in raw:
+        if it.key not in STEP_KEYS:
+            raise _err(f"unknown key `{it.key}` in step `{name}`", it.loc,
+                       suggest(it.key, STEP_KEYS) or "keys: " + ", ".join(STEP_KEYS))
+    if "loss" not in items:
+        raise _err(f"step `{name}` needs a `loss`" if raw else "the train block needs a `loss`", loc,
+                   "name a scalar output: `loss = loss`")
+    optimizer = (_call(items["optimizer"].value, OPTIMIZERS, "optimizer") if "optimizer" in items
+                 else CallSpec("sgd", dict(OPTIMIZERS["sgd"])))
+    schedule = _schedule(items["schedule"].value) if "schedule" in items else CallSpec("constant", {})
+    clip = None
+    if "clip" in items:
+        clip = _call(items["clip"].value, {"norm": {"max": None}, "value": {"max": None}}, "clipping")
+    every = _int(items, "every", 1, low=1)
+    params = _patterns(items["params"].value) if "params" in items else ("*",)
+    return StepSpec(name, items["loss"].value, params, optimizer, schedule, clip, every)
+
+
+def _schedule(e) -> CallSpec:
+    spec = _call(e, SCHEDULES, "schedule")
+    if spec.name == "warmup":
+        then = spec.kwargs["then"]
+        inner = _schedule(then if isinstance(then, A.Call) else A.Name(str(then), loc=e.loc))
+        if inner.name == "warmup":
+            raise _err("warm-up cannot be followed by another warm-up", e.loc)
+        spec = CallSpec("warmup", {**spec.kwargs, "then": inner}, spec.loc)
+    return spec
+
+
+def _call(e, table: dict, what: str) -> CallSpec:
+    if isinstance(e, A.Name):
+        e = A.Call(e, (), (), loc=e.loc)
+    if not isinstance(e, A.Call) or not isinstance(e.func, A.Name):
+        raise _err(f"expected {what} such as `{next(iter(table))}(...)`", e.loc)
+    name = e.func.id
+    if name not in table:
+        raise _err(f"unknown {what} `{name}`", e.func.loc, suggest(name, table) or "choose from " + ", ".join(table))
+    params = table[name]
+    keys = list(params)
+    if len(e.args) > len(keys):
+        raise _err(f"`{name}` takes at most {len(keys)} positional argument(s)", e.loc, _sig(name, params))
+    given = dict(zip(keys, e.args))
+    for k in e.kwargs:
+        if k.name not in params:
+            raise _err(f"`{name}` has no argument `{k.name}`", k.loc, suggest(k.name, keys) or _sig(name, params))
+        given[k.name] = k.value
+    out = {}
+    for k, default in params.items():
+        if k not in given:
+            if default is None:
+                raise _err(f"`{name}` needs `{k}`", e.loc, _sig(name, params))
+            out[k] = default
+            continue
+        out[k] = _literal(given[k], default, f"argument `{k}` of `{name}`")
+    return CallSpec(name, out, e.loc)
+
+
+def _literal(e, like, what: str):
+    """A compile-time value for a train argument, typed like its default (None: a number)."""
+    if isinstance(like, bool):
+        if isinstance(e, A.Bool):
+            return e.value
+        raise _err(f"{what} must be {BOOL}", e.loc)
+    if like is None or isinstance(like, (int, float)):
+        if not isinstance(e, A.Number):
+            raise _err(f"{what} must be {NUM}", e.loc)
+        return float(e.value) if isinstance(like, float) else e.value
+    if isinstance(e, A.Call):
+        return e  # a nested call (warm-up's `then`), validated by its owner
+    if isinstance(e, (A.Name, A.Attribute, A.String)):
+        return _dotted(e)
+    raise _err(f"{what} must be {STR}", e.loc)
+
+
+def _dotted(e) -> str:
+    if isinstance(e, A.String):
+        return e.value
+    if isinstance(e, A.Name):
+        return e.id
+    if isinstance(e, A.Attribute):
+        return f"{_dotted(e.value)}.{e.attr}"
+    raise _err("expected a name", e.loc)
+
+
+def _patterns(e) -> tuple[str, ...]:
+    items = e.items if isinstance(e, A.ListExpr) else (e,)
+    return tuple(_dotted(i) for i in items)
+
+
+def _data(e) -> CallSpec:
+    if isinstance(e, A.String):
+        return CallSpec(e.value, {}, e.loc)
+    if isinstance(e, A.Name):
+        return CallSpec(e.id, {}, e.loc)
+    if not isinstance(e, A.Call) or not isinstance(e.func, A.Name) or e.args:
+        raise _err("`data` is a data set call such as `digits(seed = 0)` or a file name", e.loc)
+    kwargs = {}
+    for k in e.kwargs:
+        kwargs[k.name] = _plain(k.value)
+    return CallSpec(e.func.id, kwargs, e.loc)
+
+
+def _plain(e):
+    if isinstance(e, (A.Number, A.String, A.Bool)):
+        return e.value
+    if isinstance(e, A.ListExpr):
+        return [_plain(i) for i in e.items]
+    if isinstance(e, (A.Name, A.Attribute)):
+        return _dotted(e)
+    raise _err("expected a number, string, boolean or list", e.loc)
+
+
+def _mapping(e) -> dict[str, str]:
+    if not isinstance(e, A.Call) or not isinstance(e.func, A.Name) or e.func.id != "map" or e.args:
+        raise _err("`inputs` maps model inputs to data arrays: `inputs = map(xs = x, y = y_cls)`", e.loc)
+    return {k.name: _dotted(k.value) for k in e.kwargs}
+
+
+def _metrics(e) -> list[tuple[str, A.Expr]]:
+    items = e.items if isinstance(e, A.ListExpr) else (e,)
+    out, seen = [], set()
+    for it in items:
+        base = it.id if isinstance(it, A.Name) else it.func.id if isinstance(it, A.Call) and isinstance(
+            it.func, A.Name) else "metric"
+        name, n = base, 1
+        while name in seen:
+            n += 1
+            name = f"{base}_{n}"
+        seen.add(name)
+        out.append((name, it))
+    return out
+
+
+def _int(items: dict, key: str, default: int, low: int) -> int:
+    if key not in items:
+        return default
+    e = items[key].value
+    if not isinstance(e, A.Number) or not isinstance(e.value, int) or e.value < low:
+        raise _err(f"`{key}` must be an integer >= {low}", e.loc)
+    return e.value
+
+
+def _sig(name: str, params: dict) -> str:
+    return f"`{name}(" + ", ".join(k if v is None else f"{k} = {v}" for k, v in params.items()) + ")`"
+
+
+def _err(message: str, loc, hint: str | None = None) -> DlcError:
+    return DlcError("E0201", message, loc, hint=hint)

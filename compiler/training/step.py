@@ -1,0 +1,122 @@
+"""The training-step graph: forward, backward and optimizer update in one graph.
+
+For one step group of a train block, :func:`build_step` takes the model
+lowered in train mode (with the group's loss and the block's metrics as
+extra outputs) and adds: regularisation terms, the symbolic gradients of the
+selected parameters, clipping, the learning rate from the schedule, and the
+optimizer update.  Its outputs are ``loss``, ``metric/<name>``,
+``new/<param>`` and ``new/<state>``; its state inputs are the optimizer
+slots (``<slot>/<param>``) and the update counter ``step/<group>``.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+
+from dlc.grammar.errors import DlcError
+
+from ..builder import Builder
+from ..graph import Graph, Value
+from ..passes.backprop import backprop
+from ..types import TensorType
+from . import optim
+from .spec import StepSpec, TrainSpec
+
+
+@dataclass
+class StepGraph:
+    graph: Graph
+    group: str
+    params: list[str]  # parameters this step updates
+    state_init: dict[str, tuple[TensorType, float]]  # state name → (type, initial fill value)
+    every: int = 1
+
+
+def select_params(patterns, names: list[str], loc=None, what="step") -> list[str]:
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    if not chosen:
+        raise DlcError("E0201", f"the {what}'s parameter patterns {', '.join(patterns)} match no parameter", loc,
+                       hint="parameters: " + ", ".join(names[:20]))
+    return chosen
+
+
+def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: int) -> StepGraph:
+    """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step."""
+    b = Builder(graph, mode="train", role="optimizer", scope="train")
+    loss = graph.outputs.pop(f"loss/{step.name}")
+    names = select_params(step.params, list(graph.params), spec.loc)
+    param_values = {n: Value(graph.params[n]) for n in names}
+    dtype = graph.type_of(loss).dtype
+    total = loss
+    with b.at(scope="train/regularize"):
+        for reg in spec.regularize:
+            for n in select_params((reg.kwargs["params"],), names, reg.loc, "regulariser"):
+                p = param_values[n]
+                term = b.sum(b.abs(p)) if reg.name == "l1" else b.mul(b.sum(b.mul(p, p)), 0.5)
+                total = b.add(total, b.mul(term, reg.kwargs["strength"]))
+    grads = backprop(graph, total, names, builder=b)
+    state_init: dict[str, tuple[TensorType, float]] = {}
+
+    def state(name: str, t: TensorType, init: float) -> Value:
+        n = graph.add_node("state", (), {"name": name}, (t,), scope="train")
+        state_init[name] = (t, init)
+        graph.state[name] = (n, None)
+        return Value(n)
+
+    counter_name = f"step/{step.name}"
+    counter = state(counter_name, TensorType("i64", ()), 0)
+    with b.at(scope="train/schedule"):
+        done = b.cast(counter, dtype=dtype)
+        lr = optim.schedule(b, step.schedule, step.optimizer.kwargs["lr"], done, steps_per_epoch)
+    with b.at(scope="train/clip"):
+        grads = _clip(b, step.clip, grads, names)
+    new: dict[str, Value] = {counter_name: b.add(counter, 1)}
+    t = b.add(done, 1.0)
+    opt = step.optimizer
+    for n in names:
+        p, g = param_values[n], grads[n]
+        with b.at(scope=f"train/{opt.name}/{n}"):
+            slot_values = {s: state(f"{opt.name}.{s}/{n}", graph.type_of(p), init)
+                           for s, init in optim.slots(opt.name, opt.kwargs).items()}
+            new_p, new_slots = optim.update(b, opt.name, opt.kwargs, p, g, slot_values, lr, t)
+            if spec.weight_decay is not None and n in select_params((spec.weight_decay.kwargs["params"],), names,
+                                                                    spec.weight_decay.loc, "weight decay"):
+                new_p = b.sub(new_p, b.mul(b.mul(lr, spec.weight_decay.kwargs["strength"]), p))
+        new[n] = new_p
+        for s, v in new_slots.items():
+            new[f"{opt.name}.{s}/{n}"] = v
+    for key, (node, _) in list(graph.state.items()):
+        graph.state[key] = (node, new[key])
+    outputs = {"loss": loss, **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")}}
+    outputs.update({f"new/{k}": v for k, v in new.items()})
+    outputs["lr"] = lr
+    graph.outputs = outputs
+    return StepGraph(graph, step.name, names, state_init, step.every)
+
+
+def _clip(b: Builder, clip, grads: dict, names: list[str]) -> dict:
+    if clip is None:
+        return grads
+    limit = clip.kwargs["max"]
+    if clip.name == "value":
+        return {n: b.clip(grads[n], lo=-limit, hi=limit) for n in names}
+    squares = [b.sum(b.mul(grads[n], grads[n])) for n in names]
+    total = squares[0]
+    for s in squares[1:]:
+        total = b.add(total, s)
+    norm = b.sqrt(total)
+    scale = b.div(limit, b.maximum(norm, limit))  # 1 when within the limit
+    return {n: b.mul(grads[n], scale) for n in names}
+
+
+def initial_state(step: StepGraph) -> dict[str, np.ndarray]:
+    from ..dims import is_static
+    from ..types import np_dtype
+
+    out = {}
+    for name, (t, value) in step.state_init.items():
+        assert is_static(t.shape), name
+        out[name] = np.full(t.shape, value, dtype=np_dtype(t.dtype))
+    return out

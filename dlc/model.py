@@ -1,0 +1,236 @@
+"""The library API: ``dlc.load(path)`` / ``dlc.compile(source)`` → :class:`Model`.
+
+A Model is one model of a spec, compiled in one mode (``eval`` by default,
+``train`` for dropout and friends), with its parameters materialised from
+their initialisers (seeded: the same seed gives the same numbers).
+Everything else — running, gradients, training, ONNX — goes through it.
+"""
+from __future__ import annotations
+
+import hashlib
+import zlib
+from functools import cached_property
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from dlc.compiler.builder import Builder
+from dlc.compiler.graph import RNG_INPUT, Graph
+from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
+from dlc.compiler.ops.init import initialize
+from dlc.compiler.passes.backprop import backprop
+from dlc.compiler.types import TensorType
+from dlc.grammar.errors import DlcError
+
+BACKENDS = ("numpy", "onnxruntime")
+
+
+def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0, **hyper) -> "Model":
+    """Load the spec at ``path``; ``model`` picks one of several (default: the last)."""
+    return Model(load_module(str(path)), model, mode=mode, seed=seed, hyper=hyper)
+
+
+def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
+            **hyper) -> "Model":
+    """Compile spec text (``use`` resolves relative to the current directory)."""
+    return Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
+                 hyper=hyper)
+
+
+class Model:
+    def __init__(self, loaded: Loaded, model: str | None, *, mode: str = "eval", seed: int = 0,
+                 hyper: dict | None = None):
+        if mode not in ("eval", "train"):
+            raise DlcError("E0110", f"mode must be `eval` or `train`, got {mode!r}")
+        self.loaded = loaded
+        self.defn = pick_model(loaded, model)
+        self.name = self.defn.name
+        self.mode = mode
+        self.hyper = dict(hyper or {})
+        self.seed = seed
+        self.lowered = compile_model(loaded, self.defn, mode, self.hyper)
+        self.graph: Graph = self.lowered.graph
+        self.params: dict[str, np.ndarray] = init_params(self.graph, seed)
+        self.state: dict[str, np.ndarray] = {}
+        self._plans: dict = {}
+
+    # -- description -------------------------------------------------------------
+    @property
+    def inputs(self) -> dict[str, TensorType]:
+        return {k: v for k, v in self.lowered.inputs.items() if not k.startswith("__")}
+
+    @property
+    def outputs(self) -> dict[str, TensorType]:
+        return dict(self.lowered.outputs)
+
+    @cached_property
+    def spec_hash(self) -> str:
+        h = hashlib.sha256()
+        for text in self.loaded.sources:
+            h.update(text.encode())
+        h.update(repr((self.name, sorted(self.hyper.items()))).encode())
+        return h.hexdigest()[:16]
+
+    def param_count(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def symbolic_dims(self) -> list[str]:
+        names = set()
+        for t in self.lowered.inputs.values():
+            for d in t.shape:
+                if not isinstance(d, int):
+                    names |= d.names()
+        return sorted(names)
+
+    def dims_from(self, name: str, arr: np.ndarray) -> dict[str, int]:
+        """Symbolic dims bound by feeding ``arr`` to input ``name``."""
+        from dlc.compiler.dims import solve
+
+        env: dict = {}
+        t = self.lowered.inputs[name]
+        if len(t.shape) == np.ndim(arr):
+            for d, a in zip(t.shape, np.shape(arr)):
+                solve(d, a, env)
+        return {k: v for k, v in env.items() if isinstance(v, int)}
+
+    def loss_name(self) -> str:
+        """The output trained by the train block (or the one named ``loss``)."""
+        spec = self.train_spec(required=False)
+        if spec is not None and len(spec.steps) == 1:
+            from dlc.grammar import ast as A
+
+            e = spec.steps[0].loss
+            if isinstance(e, A.Name) and e.id in self.graph.outputs:
+                return e.id
+        if "loss" in self.graph.outputs:
+            return "loss"
+        scalars = [k for k, t in self.outputs.items() if t.rank == 0 and t.is_float]
+        if len(scalars) == 1:
+            return scalars[0]
+        raise DlcError("E0301", f"model `{self.name}` has no single loss output",
+                       hint="name the scalar output `loss`, or add a train block with `loss = ...`")
+
+    # -- running -----------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray], *, outputs=None, seed: int = 0, backend: str = "numpy") -> dict:
+        """Run the model forward; returns ``{output: array}``."""
+        feeds = dict(feeds)
+        feeds.setdefault(RNG_INPUT, np.int64(seed))
+        if backend == "numpy":
+            key = tuple(outputs) if outputs else None
+            if key not in self._plans:
+                from dlc.runtime.interpreter import Plan
+
+                self._plans[key] = Plan(self.graph, list(outputs) if outputs else None)
+            return self._plans[key].run(feeds, self.params, self.state)
+        if backend == "onnxruntime":
+            from dlc.runtime.ort import OrtSession
+
+            session = OrtSession(self.to_onnx())
+            result = session.run(feeds)
+            return {k: result[k] for k in (outputs or result)}
+        raise DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
+
+    def gradients(self, feeds: Mapping[str, np.ndarray], *, loss: str | None = None, seed: int = 0) -> dict:
+        """``{param: d loss / d param}`` for one batch, by the symbolic backward graph."""
+        from dlc.runtime.interpreter import Plan
+
+        key = ("grad", loss)
+        if key not in self._plans:
+            g = self.graph.copy()
+            loss_v = g.outputs[loss or self.loss_name()]
+            names = sorted(g.params)
+            grads = backprop(g, loss_v, names, builder=Builder(g, mode=self.mode, role="backward"))
+            g.outputs = {n: grads[n] for n in names}
+            self._plans[key] = Plan(g)
+        feeds = {**feeds, RNG_INPUT: np.int64(seed)}
+        return self._plans[key].run(feeds, self.params, self.state)
+
+    # -- training ------------------------------------------------------------------
+    def train_spec(self, required: bool = True):
+        from dlc.compiler.training.spec import parse_train
+
+        t = self.loaded.trains.get(self.name)
+        if t is None:
+            if required:
+                raise DlcError("E0201", f"no `train {self.name} {{ ... }}` block in {self.loaded.path}",
+                               self.defn.loc)
+            return None
+        return parse_train(t)
+
+    def check_train(self) -> None:
+        """Validate the train block (if any) by building its step graphs."""
+        if self.name in self.loaded.trains:
+            from dlc.runtime.train import build_steps
+
+            build_steps(self, self.train_spec(), steps_per_epoch=1)
+
+    def train_graph(self, optimizer: bool = True) -> Graph:
+        """The forward+backward graph (``optimizer``: plus the update) of the first step group."""
+        if optimizer:
+            from dlc.runtime.train import build_steps
+
+            return build_steps(self, self.train_spec(), steps_per_epoch=1)[0].graph
+        g = self.graph.copy()
+        loss_v = g.outputs[self.loss_name()]
+        grads = backprop(g, loss_v, sorted(g.params), builder=Builder(g, mode=self.mode, role="backward"))
+        g.outputs = {**g.outputs, **{f"grad/{k}": v for k, v in grads.items()}}
+        return g
+
+    def train(self, **options):
+        """Train as the train block says (options override it); returns the History."""
+        from dlc.runtime.train import train
+
+        return train(self, **options)
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Load parameters from a checkpoint directory or file; returns its manifest."""
+        from dlc.runtime.checkpoint import load as load_ckpt
+
+        expect = {k: (v.shape, v.dtype) for k, v in self.params.items()}
+        ckpt = load_ckpt(Path(path), expect_spec_hash=self.spec_hash, expect_params=expect)
+        self.params = {k: np.array(v) for k, v in ckpt.params.items()}
+        return ckpt.meta
+
+    # -- export ----------------------------------------------------------------------
+    def to_onnx(self, train: bool = False):
+        """The ONNX ModelProto of the inference graph, or of the training step."""
+        from dlc.compiler.onnx_export import export_graph
+
+        if train:
+            from dlc.runtime.train import build_steps, steps_per_epoch_for
+
+            spec = self.train_spec()
+            step = build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))[0]
+            return export_graph(step.graph, params=None, name=self.name, doc=_doc(self), train=True)
+        eval_graph = self.graph if self.mode == "eval" else load_eval_graph(self)
+        return export_graph(eval_graph, params=self.params, state=self.state, name=self.name, doc=_doc(self))
+
+
+def load_eval_graph(model: Model) -> Graph:
+    return compile_model(model.loaded, model.defn, "eval", model.hyper).graph
+
+
+def init_params(graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    """Every parameter drawn from its initialiser with a generator seeded by
+    (seed, name), so adding a parameter never changes the others."""
+    out = {}
+    for name, n in graph.params.items():
+        init_name, kwargs = graph[n]["attrs"]["init"]
+        t = graph[n]["types"][0]
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        try:
+            out[name] = initialize(init_name, kwargs, tuple(t.shape), t.dtype, rng)
+        except ValueError as e:
+            raise DlcError("E0110", f"cannot initialise `{name}`: {e}", graph[n]["loc"]) from None
+    return out
+
+
+def _doc(model: Model) -> str:
+    text = model.loaded.sources[0]
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return "\n".join(lines)
