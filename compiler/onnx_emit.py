@@ -136,7 +136,7 @@ class Emitter:
 
     def const(self, array) -> str:
         """A constant tensor with the array's dtype and shape (deduplicated)."""
-        arr = np.ascontiguousarray(array)
+        arr = np.ascontiguousarray(array).reshape(np.shape(array))  # ascontiguousarray makes 0-d arrays 1-d
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         name = self._consts.get(key)
         if name is None:

@@ -104,14 +104,12 @@ def main(debug):
 @_report
 def check(files):
     """Parse and type-check FILES; report every error found."""
-    import dlc
+    from dlc.model import check as check_file
 
     failed = 0
     for f in files:
         try:
-            m = dlc.load(f, mode="train")
-            m.check_train()
-            click.echo(f"{f}: ok ({len(m.params)} parameters, {m.param_count():,} weights)")
+            click.echo(f"{f}: ok: {check_file(f)}")
         except (DlcError, DlcErrors) as e:
             failed += 1
             click.echo(e.render(), err=True)

@@ -175,6 +175,7 @@ class Model:
         loss_v = g.outputs[self.loss_name()]
         grads = backprop(g, loss_v, sorted(g.params), builder=Builder(g, mode=self.mode, role="backward"))
         g.outputs = {**g.outputs, **{f"grad/{k}": v for k, v in grads.items()}}
+        g.prune({v.node for v in g.outputs.values()})
         return g
 
     def train(self, **options):
@@ -193,18 +194,43 @@ class Model:
         return ckpt.meta
 
     # -- export ----------------------------------------------------------------------
-    def to_onnx(self, train: bool = False):
-        """The ONNX ModelProto of the inference graph, or of the training step."""
-        from dlc.compiler.onnx_export import export_graph
+    def to_onnx(self, train: bool = False, check: bool = True):
+        """The ONNX ModelProto of the inference graph, or of the training step
+        (``check``: run the full onnx checker and strict shape inference)."""
+        from dlc.compiler.onnx_export import export_graph, verify
 
         if train:
             from dlc.runtime.train import build_steps, steps_per_epoch_for
 
             spec = self.train_spec()
-            step = build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))[0]
-            return export_graph(step.graph, params=None, name=self.name, doc=_doc(self), train=True)
-        eval_graph = self.graph if self.mode == "eval" else load_eval_graph(self)
-        return export_graph(eval_graph, params=self.params, state=self.state, name=self.name, doc=_doc(self))
+            graph = build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))[0].graph
+            proto = export_graph(graph, params=None, name=self.name, doc=_doc(self), train=True)
+        else:
+            graph = self.graph if self.mode == "eval" else load_eval_graph(self)
+            proto = export_graph(graph, params=self.params, state=self.state, name=self.name, doc=_doc(self))
+        if check:
+            verify(proto, graph)
+        return proto
+
+
+def check(path: str | Path) -> str:
+    """Compile every model of the spec at ``path`` in both modes and build its
+    training steps; returns a one-line summary or raises the first error."""
+    loaded = load_module(str(path))
+    parts = []
+    for name in loaded.models:
+        m = Model(loaded, name, mode="train")
+        compile_model(loaded, m.defn, "eval", {})
+        m.check_train()
+        parts.append(f"{name} ({m.param_count():,} weights{', trains' if name in loaded.trains else ''})")
+    for t in loaded.trains.values():
+        if t.model not in loaded.models:
+            from dlc.grammar.errors import suggest
+
+            raise DlcError("E0201", f"train block for unknown model `{t.model}`", t.loc,
+                           hint=suggest(t.model, loaded.models))
+    layers = len(loaded.env.layers)
+    return ", ".join(parts) if parts else f"no models, {layers} layer{'s' if layers != 1 else ''}"
 
 
 def load_eval_graph(model: Model) -> Graph:

@@ -224,7 +224,7 @@ def scan(frame: Frame, e: A.Scan):
     scope = frame.call_scope()
     body = Graph(cell.defn.name)
     bb = Builder(body, scope=scope, mode=frame.ctx.mode)
-    carry_vals = [_body_input(body, f"carry{i}", frame.builder.type(c)) for i, c in enumerate(inits)]
+    carry_vals = [_body_input(body, f"carry_in{i}", frame.builder.type(c)) for i, c in enumerate(inits)]
     seq_vals = [_body_input(body, f"seq{i}", t.with_shape(t.shape[:a] + t.shape[a + 1:]))
                 for i, (t, a) in enumerate(zip(seq_types, axes))]
     captured: dict = {}  # a value of the scan's graph → the body input standing for it

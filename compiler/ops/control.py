@@ -73,9 +73,13 @@ class Scan(Op):
     def kernel(self, *arrays, body, n_carry, n_seq, axis, reverse):
         from dlc.runtime.interpreter import Plan  # runtime depends on compiler, not the reverse, except here
 
-        plan = body.__dict__.get("_plan")
+        # run the body at the caller's precision (float64 under gradcheck), planned once per precision
+        wide = any(a.dtype == np.float64 for a in arrays) and any(
+            body[n]["types"][0].dtype == "f32" for n in body.inputs)
+        key = "_plan64" if wide else "_plan"
+        plan = body.__dict__.get(key)
         if plan is None:
-            plan = body.__dict__["_plan"] = Plan(body)
+            plan = body.__dict__[key] = Plan(body, compute_dtype=np.float64 if wide else None)
         k, m = n_carry, n_seq
         names = [body[n]["attrs"]["name"] for n in body.inputs]
         seqs = arrays[k:k + m]

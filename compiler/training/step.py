@@ -93,6 +93,8 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
     outputs.update({f"new/{k}": v for k, v in new.items()})
     outputs["lr"] = lr
     graph.outputs = outputs
+    # rules also build cotangents for inputs nobody asked about (d loss / d x): drop them
+    graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
     return StepGraph(graph, step.name, names, state_init, step.every)
 
 
