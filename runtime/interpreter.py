@@ -119,6 +119,11 @@ class Plan:
                                    hint=f"expected {kind}s: {', '.join(sorted(self._names(kind)))}")
                 value = table[key]
             slots[slot] = self._convert(value, self.graph[n]["types"][0].dtype)
+        with np.errstate(all="ignore"):  # NaN/Inf are reported by check_finite and the trainer, not warnings
+            self._execute(slots, env, check_finite)
+        return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
+
+    def _execute(self, slots: list, env: dict, check_finite: bool) -> None:
         for st in self.steps:
             attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
             try:
@@ -142,7 +147,6 @@ class Plan:
                                    hint="lower the learning rate, clip gradients, or check log/div inputs")
             for s in st.frees:
                 slots[s] = None
-        return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
 
     def _convert(self, value, dtype: str) -> np.ndarray:
         target = np_dtype(dtype)

@@ -27,6 +27,7 @@ from .data import batches, load_dataset, match_inputs, split
 from .runner import make_runner
 
 EVAL_BATCH = 1024
+BEST = "best/"  # checkpoint state prefix of the best parameters so far (early stopping's restore_best)
 
 
 @dataclass
@@ -103,7 +104,10 @@ def train(model, *, epochs: int | None = None, seed: int | None = None, checkpoi
     if resume and ckpt_dir is not None and ckpt.latest(ckpt_dir) is not None:
         c = ckpt.load(ckpt_dir, expect_spec_hash=model.spec_hash,
                       expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
-        params, state = dict(c.params), dict(c.state)
+        params = dict(c.params)
+        state = {k: v for k, v in c.state.items() if not k.startswith(BEST)}
+        best = {k[len(BEST):]: v for k, v in c.state.items() if k.startswith(BEST)}
+        stopper.best_params = best or None
         start_epoch, global_step = int(c.meta["epoch"]), int(c.meta["step"])
         history.epochs = list(c.meta.get("history", []))
         stopper.restore(c.meta.get("early_stop", {}))
@@ -145,7 +149,8 @@ def train(model, *, epochs: int | None = None, seed: int | None = None, checkpoi
         echo(_line(row, epochs))
         stopper.update(row, epoch + 1, params)
         if ckpt_dir is not None:
-            ckpt.save(ckpt_dir, params=params, state=state,
+            best = {BEST + k: v for k, v in (stopper.best_params or {}).items()} if stopper.restore_best else {}
+            ckpt.save(ckpt_dir, params=params, state={**state, **best},
                       meta={"spec_hash": model.spec_hash, "step": global_step, "epoch": epoch + 1, "seed": seed,
                             "model": model.name, "backend": backend, "history": history.epochs,
                             "early_stop": stopper.snapshot(),

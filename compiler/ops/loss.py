@@ -85,9 +85,42 @@ class CrossEntropy(Composite):
 
 
 @register
+class SigmoidXent(Op):
+    """``sigmoid_xent(logits, targets)``: elementwise binary cross-entropy of
+    sigmoid(logits), as relu(x) - x t + softplus(-|x|); its gradient is the
+    fused ``sigmoid(x) - t``, exact at x = 0 where the pieces have kinks."""
+
+    name, family = "sigmoid_xent", "loss"
+    inputs = ("logits", "targets")
+    samples = [Sample((Arg((4, 1)), Arg((4, 1), "unit"))), Sample((np.zeros((3,)), Arg((3,), "unit")))]
+
+    def shape(self, x, t):
+        from ..types import broadcast_shapes, same_dtype
+
+        return TensorType(same_dtype("sigmoid_xent", x, t), broadcast_shapes(x.shape, t.shape))
+
+    def kernel(self, x, t):
+        return np.maximum(x, 0) - x * t + np.logaddexp(np.zeros((), x.dtype), -np.abs(x))
+
+    def grad(self, b, inputs, outputs, cts):
+        x, t = inputs
+        return [b.mul(cts[0], b.sub(b.sigmoid(x), t)), b.neg(b.mul(cts[0], x))]
+
+    def onnx(self, e, ins, outs):
+        x, t = ins
+        (relu,) = e.node("Relu", [x], 1)
+        (xt,) = e.node("Mul", [x, t], 1)
+        (lin,) = e.node("Sub", [relu, xt], 1)
+        (ab,) = e.node("Abs", [x], 1)
+        (neg,) = e.node("Neg", [ab], 1)
+        (sp,) = e.node("Softplus", [neg], 1)
+        e.node("Add", [lin, sp], outs)
+
+
+@register
 class BceWithLogits(Composite):
     """``bce_with_logits(logits, targets, reduction="mean")``: binary cross-entropy
-    of sigmoid(logits), as relu(x) - x t + softplus(-|x|) (no overflow)."""
+    of sigmoid(logits) through the fused ``sigmoid_xent``."""
 
     name, family = "bce_with_logits", "loss"
     inputs = ("logits", "targets")
@@ -95,8 +128,7 @@ class BceWithLogits(Composite):
     samples = [Sample((Arg((4, 1)), Arg((4, 1), "unit")))]
 
     def expand(self, b, x, t, reduction):
-        per = b.add(b.sub(b.relu(x), b.mul(x, t)), b.softplus(b.neg(b.abs(x))))
-        return reduce_loss(b, per, reduction)
+        return reduce_loss(b, b.sigmoid_xent(x, t), reduction)
 
 
 @register
