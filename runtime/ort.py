@@ -38,6 +38,8 @@ class OrtSession:
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                          else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         opts.log_severity_level = 3  # errors only: unused-initializer warnings are noise here
+        # no busy-waiting between runs: the training loop does NumPy work between steps on the same cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(bytes(data), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
