@@ -119,7 +119,7 @@ def train(model, *, epochs: int | None = None, seed: int | None = None, checkpoi
             break
         t0 = time.perf_counter()
         bar = _bar(spe, f"epoch {epoch + 1}/{epochs}", progress)
-        total, count = 0.0, 0
+        totals = [[0.0, 0] for _ in steps]  # per step group: loss sum, examples
         for batch in batches(splits["train"], spec.batch, shuffle=True, seed=seed, epoch=epoch):
             for gi, (s, run) in enumerate(zip(steps, runners)):
                 if global_step % s.every:
@@ -133,16 +133,18 @@ def train(model, *, epochs: int | None = None, seed: int | None = None, checkpoi
                     params[name] = out[f"new/{name}"]
                 for name in s.state_init:
                     state[name] = out[f"new/{name}"]
-                if gi == 0:
-                    n = len(next(iter(batch.values())))
-                    total, count = total + loss * n, count + n
+                n = len(next(iter(batch.values())))
+                totals[gi][0] += loss * n
+                totals[gi][1] += n
             global_step += 1
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+                bar.set_postfix(loss=f"{totals[0][0] / max(totals[0][1], 1):.4f}")
         if bar is not None:
             bar.close()
-        row = {"epoch": epoch + 1, "loss": total / max(count, 1)}
+        row = {"epoch": epoch + 1, "loss": totals[0][0] / max(totals[0][1], 1)}
+        for st, (t, c) in list(zip(steps, totals))[1:]:
+            row[f"loss.{st.group}"] = t / max(c, 1)
         row.update({f"val.{k}": v for k, v in evaluate(evaluator, splits["val"], params, spec).items()})
         row["time"] = time.perf_counter() - t0
         history.epochs.append(row)
@@ -163,7 +165,7 @@ def train(model, *, epochs: int | None = None, seed: int | None = None, checkpoi
         history.best_epoch = stopper.best_epoch
         echo(f"restored the parameters of epoch {stopper.best_epoch} (best {stopper.monitor})")
     history.test = evaluate(evaluator, splits["test"], params, spec)
-    echo("test  " + "  ".join(f"{k} {v:.4f}" for k, v in history.test.items()))
+    echo("test  " + ("  ".join(f"{k} {v:.4f}" for k, v in history.test.items()) or "(no test split)"))
     model.params = {k: np.array(v) for k, v in params.items()}
     return history
 
@@ -178,11 +180,18 @@ def evaluate(run, arrays: dict, params: dict, spec) -> dict[str, float]:
         out = run({**batch, RNG_INPUT: np.int64(0)}, params, {})
         m = len(next(iter(batch.values())))
         for k, v in out.items():
-            key = "loss" if k == f"loss/{spec.steps[0].name}" else k.split("/", 1)[-1] if k.startswith(
-                "metric/") else None
+            key = _metric_key(k, spec.steps[0].name)
             if key is not None:
                 sums[key] = sums.get(key, 0.0) + float(v) * m
     return {k: v / n for k, v in sums.items()}
+
+
+def _metric_key(output: str, first_group: str) -> str | None:
+    """How an eval-graph output is reported: ``loss``, ``loss.<group>``, the metric's name, or not at all."""
+    kind, _, name = output.partition("/")
+    if kind == "loss":
+        return "loss" if name == first_group else f"loss.{name}"
+    return name if kind == "metric" else None
 
 
 def _locate_nonfinite(s: StepGraph, feeds, params, state, loss: float):
@@ -240,7 +249,8 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def _line(row: dict, epochs: int) -> str:
-    parts = [f"epoch {row['epoch']:>3}/{epochs}", f"loss {row['loss']:.4f}"]
+    parts = [f"epoch {row['epoch']:>3}/{epochs}"]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith("loss.")]
     parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val.")]
     parts.append(f"({row['time']:.1f}s)")
     return "  ".join(parts)
