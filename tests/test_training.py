@@ -264,3 +264,14 @@ train m {{ {block} }}
     text = e.value.render()
     for w in words:
         assert w in text, text
+
+
+def test_checkpoints_load_from_python(tmp_path):
+    spec = regression(tmp_path, epochs=2)
+    trained = dlc.load(spec, mode="train")
+    history = trained.train(checkpoint=tmp_path / "ck", **QUIET)
+    fresh = dlc.load(spec)
+    meta = fresh.load_checkpoint(tmp_path / "ck")
+    assert meta["epoch"] == 2 and meta["history"] == history.epochs
+    for k in trained.params:
+        assert np.array_equal(fresh.params[k], trained.params[k])
