@@ -75,7 +75,7 @@ def _hyper(pairs) -> dict:
 
 
 model_options = [
-    click.option("--model", "model_name", default=None, help="Which model of the file (default: the first)."),
+    click.option("--model", "model_name", default=None, help="Which model of the file (default: the last one)."),
     click.option("--set", "hyper", multiple=True, metavar="NAME=VALUE", help="Override a model hyperparameter."),
 ]
 
@@ -234,6 +234,8 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_na
     m = _load(file, model_name, hyper, mode="train")
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
                  progress=not no_progress, echo=click.echo)
+    if not checkpoint:
+        click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 
 
 @main.command()
