@@ -37,8 +37,7 @@ def node_flops(g: Graph, n: int) -> Dim:
         return 2 * _size(out.shape) * _size(w[1:])
     if op == "scan":
         body = d["attrs"]["body"]
-        k, m = d["attrs"]["n_carry"], d["attrs"]["n_seq"]
-        seq = ins[k]
+        seq = ins[d["attrs"]["n_carry"]]
         length = seq.shape[d["attrs"]["axis"] % seq.rank]
         return length * graph_flops(body)
     return sum((_size(t.shape) for t in d["types"]), 0)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +28,8 @@ import numpy as np
 
 from dlc.compiler.types import DTYPES
 from dlc.grammar.errors import DlcError
+
+from .files import write_atomic
 
 FORMAT = "dlc-checkpoint"
 LATEST_FORMAT = "dlc-checkpoint-latest"
@@ -70,35 +70,6 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-# -- atomic writes --------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a directory; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=_TMP, suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-# -- saving ---------------------------------------------------------------
 def _npz_bytes(params: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> tuple[bytes, dict]:
     arrays, listing = {}, {"params": {}, "state": {}}
     for group, prefix, items in (("params", "param/", params), ("state", "state/", state)):
@@ -167,9 +138,9 @@ def save(dir: Path, *, params: dict[str, np.ndarray], state: dict[str, np.ndarra
     except (TypeError, ValueError) as e:
         raise _err(f"checkpoint meta is not JSON-serialisable: {e}") from None
     manifest_path = folder / f"{stem}.json"
-    _write_atomic(folder / npz_name, data)
-    _write_atomic(manifest_path, text.encode())
-    _write_atomic(folder / LATEST, json.dumps({"format": LATEST_FORMAT, "manifest": manifest_path.name,
+    write_atomic(folder / npz_name, data, prefix=_TMP)
+    write_atomic(manifest_path, text.encode(), prefix=_TMP)
+    write_atomic(folder / LATEST, json.dumps({"format": LATEST_FORMAT, "manifest": manifest_path.name,
                                                "step": int(step)}).encode())
     _prune(folder, keep)
     return manifest_path

@@ -7,11 +7,11 @@ interrupted write never leaves a half-written model behind.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from dlc.grammar.errors import DlcError
+
+from .files import write_atomic
 
 
 def written_by_dlc(path: Path) -> bool:
@@ -30,13 +30,4 @@ def write_onnx(proto, target: Path, *, force: bool = False) -> None:
                        hint="choose another path with -o, or pass --force")
     target.parent.mkdir(parents=True, exist_ok=True)
     data = proto.SerializeToString(deterministic=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, data)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 
 from dlc.compiler.graph import Graph
 from dlc.grammar.errors import DlcError

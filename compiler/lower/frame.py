@@ -19,7 +19,7 @@ from ..builder import Builder
 from ..dims import Sym
 from ..graph import Graph, Value
 from ..ops.registry import all_ops
-from ..types import DTYPES, TensorType
+from ..types import DTYPES
 
 # names users write that map onto registry ops with other names
 ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather"}

@@ -17,7 +17,7 @@ from ..dims import Sym, shape_str, solve
 from ..graph import Graph, Value
 from ..types import TensorType, norm_axis
 from .expr import evaluate
-from .frame import DType, Frame, LayerRef, OpRef, describe, is_tensor
+from .frame import Frame, LayerRef, OpRef, describe, is_tensor
 
 MAX_REPEAT = 10_000
 

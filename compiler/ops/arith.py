@@ -296,25 +296,6 @@ class Clip(Op):
 
 
 @register
-class LogicalAnd(Op):
-    name, family = "logical_and", "arithmetic"
-    inputs = ("a", "b")
-    differentiable = False
-    samples = [Sample((Arg((2, 3), "bool"), Arg((2, 3), "bool")))]
-
-    def shape(self, a, b):
-        if a.dtype != "bool" or b.dtype != "bool":
-            raise ShapeError(f"`and` needs bool operands, got {a} and {b}")
-        return TensorType("bool", broadcast_shapes(a.shape, b.shape))
-
-    def kernel(self, a, b):
-        return np.logical_and(a, b)
-
-    def onnx(self, e, ins, outs):
-        e.node("And", ins, outs)
-
-
-@register
 class MatMul(Op):
     """``a @ b`` with NumPy semantics (batched, broadcasting batch dims)."""
 

@@ -103,8 +103,6 @@ class Scan(Op):
 
     # -- gradient (BPTT) ----------------------------------------------------------
     def grad(self, b: Builder, inputs, outputs, cts, body, n_carry, n_seq, axis, reverse):
-        from ..passes.backprop import vjp
-
         k, m = n_carry, n_seq
         n_y = len(body.outputs) - k
         ct_ys, ct_final = cts[:n_y], cts[n_y:]

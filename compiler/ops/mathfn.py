@@ -60,25 +60,42 @@ class Floor(_FloatUnary):
         return np.floor(x)
 
 
-@register
-class LogicalOr(Op):
-    """``a or b`` on bool tensors."""
+class _Logical(Op):
+    """A binary op on bool tensors (broadcasting)."""
 
-    name, family = "logical_or", "arithmetic"
+    family = "arithmetic"
     inputs = ("a", "b")
     differentiable = False
-    samples = [Sample((Arg((2, 3), "bool"), Arg((2, 3), "bool")))]
+    samples = [Sample((Arg((2, 3), "bool"), Arg((2, 3), "bool"))), Sample((Arg((2, 1), "bool"), Arg((3,), "bool")))]
+    word = onnx_op = ""
 
     def shape(self, a, b):
         if a.dtype != "bool" or b.dtype != "bool":
-            raise ShapeError(f"`or` needs bool operands, got {a} and {b}")
+            raise ShapeError(f"`{self.word}` needs bool operands, got {a} and {b}")
         return TensorType("bool", broadcast_shapes(a.shape, b.shape))
+
+    def onnx(self, e, ins, outs):
+        e.node(self.onnx_op, ins, outs)
+
+
+@register
+class LogicalAnd(_Logical):
+    """``a and b`` on bool tensors."""
+
+    name, word, onnx_op = "logical_and", "and", "And"
+
+    def kernel(self, a, b):
+        return np.logical_and(a, b)
+
+
+@register
+class LogicalOr(_Logical):
+    """``a or b`` on bool tensors."""
+
+    name, word, onnx_op = "logical_or", "or", "Or"
 
     def kernel(self, a, b):
         return np.logical_or(a, b)
-
-    def onnx(self, e, ins, outs):
-        e.node("Or", ins, outs)
 
 
 @register
