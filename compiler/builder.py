@@ -102,7 +102,9 @@ class Builder:
         try:
             out = opdef.shape(*types, **attrs)
         except ShapeError as e:
-            raise self.error("E0104", f"shape mismatch in `{op}`: {e}") from None
+            err = self.error("E0104", f"shape mismatch in `{op}`: {e}")
+            err.notes.extend(self._operand_notes(values))
+            raise err from None
         out = out if isinstance(out, tuple) else (out,)
         n = self.node(op, values, attrs, out)
         if opdef.outputs is not None and len(opdef.outputs) == 1:
@@ -131,6 +133,19 @@ class Builder:
             else:
                 raise self.error("E0103", f"`{op}` expects a tensor, got {_describe(v)}")
         return out
+
+    def _operand_notes(self, values) -> list:
+        """Where each operand of a failing op comes from, with its type (the other spans)."""
+        notes = []
+        for i, v in enumerate(values):
+            data = self.graph[v.node]
+            loc = data["loc"]
+            if loc is not None and loc != self.loc and getattr(loc, "source", None) is not None:
+                what = data["attrs"].get("name") if data["op"] in ("input", "param") else None
+                label = f"`{what}` is {data['types'][v.index]}, declared" if what else \
+                    f"operand {i + 1} is {data['types'][v.index]}, computed"
+                notes.append((label, loc))
+        return notes
 
     def error(self, code: str, message: str, hint: str | None = None) -> DlcError:
         return DlcError(code, message, self.loc, hint=hint, context=self.context)
