@@ -161,9 +161,11 @@ class Model:
     def check_train(self) -> None:
         """Validate the train block (if any) by building its step graphs."""
         if self.name in self.loaded.trains:
-            from dlc.runtime.train import build_steps
+            from dlc.runtime.train import build_steps, check_data
 
-            build_steps(self, self.train_spec(), steps_per_epoch=1)
+            spec = self.train_spec()
+            check_data(self, spec)
+            build_steps(self, spec, steps_per_epoch=1)
 
     def train_graph(self, optimizer: bool = True) -> Graph:
         """The forward+backward graph (``optimizer``: plus the update) of the first step group."""

@@ -19,7 +19,7 @@ from .errors import DlcError, Loc, Source
 
 MAX_SOURCE_CHARS = 2_000_000
 _KEYWORDS = {"use", "const", "layer", "model", "train", "input", "param", "output", "return",
-             "require", "repeat", "scan", "over", "and", "or", "not", "true", "false", "step"}
+             "require", "repeat", "scan", "over", "and", "or", "not", "true", "false"}
 _DTYPES = {"f16", "f32", "f64", "i32", "i64", "bool"}
 
 
@@ -240,7 +240,11 @@ class _ToAst(Transformer):
         return A.TrainItem(str(items[0]), items[1], loc=self._loc(meta))
 
     def step(self, meta, items):
-        return A.StepGroup(str(items[0]), tuple(items[1:]), loc=self._loc(meta))
+        word, name = items[0], items[1]
+        if str(word) != "step":
+            raise DlcError("E0001", f"unexpected name `{word}`; expected a `key = value` item or "
+                           "`step NAME { ... }`", self._tok_loc(word), hint="did you mean `step`?")
+        return A.StepGroup(str(name), tuple(items[2:]), loc=self._loc(meta))
 
     # types
     def tensor_type(self, meta, items):
@@ -373,6 +377,18 @@ class _ToAst(Transformer):
         count, callee, (args, kwargs) = items
         return A.Repeat(count, A.Name(str(callee), loc=self._tok_loc(callee)), args, kwargs, loc=self._loc(meta))
 
+    def over_name(self, meta, items):
+        return A.Name(str(items[0]), loc=self._loc(meta))
+
+    def over_tuple(self, meta, items):
+        return A.TupleExpr(_opt(items), loc=self._loc(meta))
+
+    def scan_axis(self, meta, items):
+        return A.Number(int(items[0]), loc=self._loc(meta))
+
+    def scan_axis_neg(self, meta, items):
+        return A.Number(-int(items[0]), loc=self._loc(meta))
+
     def scan(self, meta, items):
         callee, args, over, _axis_kw, axis, _init_kw, init, reverse = items
         pos, kwargs = args if args is not None else ((), ())
@@ -384,7 +400,7 @@ class _ToAst(Transformer):
             init_args, init_kw = init
             if init_kw:
                 raise DlcError("E0102", "`init (...)` takes the initial carries positionally", init_kw[0].loc)
-        axis_expr = A.Number(int(axis), loc=self._tok_loc(axis)) if axis is not None else None
+        axis_expr = axis
         return A.Scan(A.Name(str(callee), loc=self._tok_loc(callee)), kwargs, over, axis_expr, init_args,
                       reverse is not None, loc=self._loc(meta))
 

@@ -109,9 +109,10 @@ def expr(e) -> str:
         text = f"scan {e.callee.id}"
         if e.kwargs:
             text += f"({_args((), e.kwargs)})"
-        text += f" over {expr(e.over)}"
+        over = e.over
+        text += f" over {expr(over) if isinstance(over, (A.Name, A.TupleExpr)) else '(' + expr(over) + ')'}"
         if e.axis is not None:
-            text += f" axis {expr(e.axis)}"
+            text += f" axis {e.axis.value}"
         if e.init:
             text += f" init ({_args(e.init, ())},)"
         if e.reverse:

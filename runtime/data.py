@@ -229,14 +229,33 @@ def _load_csv(path: Path, target: str | None = None, n_classes: int | None = Non
 _FILES: dict[str, Callable[..., Dataset]] = {".npz": _load_npz, ".csv": _load_csv}
 
 
+def check_dataset(name: str, *, base_dir: Path | None = None, **options) -> None:
+    """Validate a data reference (name, file existence, options) without loading anything."""
+    suffix = Path(name).suffix.lower()
+    if suffix in _FILES:
+        path = _resolve(name, base_dir)
+        if not path.is_file():
+            raise DlcError("E0002", f"data file `{path}` does not exist",
+                           hint=f"paths are relative to `{base_dir or os.getcwd()}`")
+        _check_options(_FILES[suffix], name, options)
+    elif name not in BUILTINS:
+        load_dataset(name)  # raises the unknown-name error with its suggestion
+    else:
+        _check_options(BUILTINS[name], name, options)
+
+
 def _call(fn: Callable[..., Dataset], what: str, first, options: dict) -> Dataset:
+    _check_options(fn, what, options)
+    return fn(first, **options)
+
+
+def _check_options(fn: Callable[..., Dataset], what: str, options: dict) -> None:
     allowed = [p for p in inspect.signature(fn).parameters][1:]
     for key in options:
         if key not in allowed:
             raise DlcError("E0201", f"unknown option `{key}` for dataset `{what}`",
                            hint=suggest(key, allowed) or ("options: " + ", ".join(allowed) if allowed
                                                           else "it takes no options"))
-    return fn(first, **options)
 
 
 def load_dataset(name: str, *, seed: int = 0, base_dir: Path | None = None, **options) -> Dataset:

@@ -10,6 +10,7 @@ resumed from a checkpoint is bit-identical to one never interrupted.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
-from .data import batches, load_dataset, match_inputs, split
+from .data import batches, check_dataset, load_dataset, match_inputs, split
 from .runner import make_runner
 
 EVAL_BATCH = 1024
@@ -47,7 +48,8 @@ def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
     out = []
     for step in spec.steps:
         lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step))
-        out.append(build_step(lowered.graph, spec, step, steps_per_epoch))
+        # a group that runs every k batches makes 1/k of the updates: its schedule counts those
+        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
     return out
 
 
@@ -59,15 +61,40 @@ def eval_graph(model, spec):
     return compile_model(model.loaded, model.defn, "eval", model.hyper, extra=extra).graph
 
 
-def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:
+def data_options(model, spec) -> tuple[dict, dict]:
+    """(options of the data set itself, split options) of the train block's ``data``."""
     opts = dict(spec.data.kwargs)
-    fractions = opts.pop("split", (0.8, 0.1, 0.1))
-    same = bool(opts.pop("same", False))
-    data_seed = int(opts.pop("seed", spec.seed))
-    base = Path(model.loaded.path).parent if model.loaded.path != "<string>" else None
-    ds = load_dataset(spec.data.name, seed=data_seed, base_dir=base, **opts)
-    parts = split(ds, fractions, seed=data_seed, same=same)
-    return {k: match_inputs(v, model.inputs, spec.inputs or None) for k, v in parts.items()}
+    split_opts = {"fractions": opts.pop("split", (0.8, 0.1, 0.1)), "same": bool(opts.pop("same", False)),
+                  "seed": int(opts.pop("seed", spec.seed))}
+    base = Path(model.loaded.path).resolve().parent if model.loaded.path != "<string>" else None
+    return {"base_dir": base, **opts}, split_opts
+
+
+def check_data(model, spec) -> None:
+    """Validate the data reference of a train block without loading it (``dlc check``)."""
+    opts, _ = data_options(model, spec)
+    with _at(spec.data.loc):
+        check_dataset(spec.data.name, **opts)
+
+
+def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:
+    opts, so = data_options(model, spec)
+    data_seed, fractions, same = so["seed"], so["fractions"], so["same"]
+    with _at(spec.data.loc):
+        ds = load_dataset(spec.data.name, seed=data_seed, **opts)
+        parts = split(ds, fractions, seed=data_seed, same=same)
+        return {k: match_inputs(v, model.inputs, spec.inputs or None) for k, v in parts.items()}
+
+
+@contextlib.contextmanager
+def _at(loc):
+    """Give data errors (raised without a span) the span of the train block's `data`."""
+    try:
+        yield
+    except DlcError as e:
+        if e.loc is None:
+            e.loc = loc
+        raise
 
 
 def steps_per_epoch_for(model, spec) -> int:
@@ -187,11 +214,16 @@ def evaluate(run, arrays: dict, params: dict, spec) -> dict[str, float]:
 
 
 def _metric_key(output: str, first_group: str) -> str | None:
-    """How an eval-graph output is reported: ``loss``, ``loss.<group>``, the metric's name, or not at all."""
-    kind, _, name = output.partition("/")
+    """How an eval-graph output is reported: ``loss``, ``loss.<group>``, the metric's name, or not at
+    all (model outputs, and a metric that only repeats the loss)."""
+    kind, sep, name = output.partition("/")
+    if not sep:
+        return None
     if kind == "loss":
         return "loss" if name == first_group else f"loss.{name}"
-    return name if kind == "metric" else None
+    if kind == "metric" and name != "loss" and not name.startswith("loss."):
+        return name
+    return None
 
 
 def _locate_nonfinite(s: StepGraph, feeds, params, state, loss: float):

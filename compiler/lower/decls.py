@@ -16,9 +16,6 @@ from ..types import TensorType
 from .expr import evaluate
 from .frame import Frame, describe
 
-# positional arguments of initialisers, in order (`normal(0.02)` is a std)
-INIT_POSITIONAL = {"constant": ("value",), "normal": ("std", "mean"), "uniform": ("low", "high"),
-                   "truncated_normal": ("std", "mean")}
 MAX_PARAM_ELEMENTS = 2**28
 
 
@@ -78,15 +75,23 @@ def _init_spec(frame: Frame, stmt: A.ParamDecl, names: list[str]) -> tuple[str, 
 
         raise frame.error("E0101", f"unknown initialiser `{func.id}`", func.loc,
                           hint=suggest(func.id, names) or "initialisers: " + ", ".join(names))
+    from ..ops.init import init_params
+
     values = {}
-    positional = INIT_POSITIONAL.get(func.id, ("gain",))
+    positional = list(init_params(func.id))  # in order: `normal(0.02)` is a std
     if len(args) > len(positional):
-        raise frame.error("E0102", f"`{func.id}` takes at most {len(positional)} positional argument(s)", e.loc)
+        takes = f"takes {len(positional)} argument(s): {', '.join(positional)}" if positional else "takes no arguments"
+        raise frame.error("E0102", f"`{func.id}` {takes}", e.loc)
     for key, a in list(zip(positional, args)) + [(k.name, k.value) for k in kwargs]:
+        if key not in positional:
+            from dlc.grammar.errors import suggest
+
+            raise frame.error("E0102", f"`{func.id}` has no argument `{key}`", a.loc,
+                              hint=suggest(key, positional) or ("arguments: " + ", ".join(positional)))
         v = evaluate(a, frame)
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise frame.error("E0103", f"argument `{key}` of `{func.id}` must be a number, got {describe(v)}",
-                              a.loc)
+        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
+            raise frame.error("E0103", f"argument `{key}` of `{func.id}` must be a number or a string, got "
+                              f"{describe(v)}", a.loc)
         values[key] = v
     return func.id, values
 

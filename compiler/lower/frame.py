@@ -22,7 +22,8 @@ from ..ops.registry import all_ops
 from ..types import DTYPES
 
 # names users write that map onto registry ops with other names
-ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather"}
+ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather",
+           "max": "reduce_max", "min": "reduce_min"}  # max(a, b) becomes maximum in expr.call_value
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ class Ctx:
 
 class Frame:
     def __init__(self, ctx: Ctx, module: ModuleEnv, *, scope: str, context: str, builder: Builder,
-                 capture: Callable[[Value], Value] | None = None):
+                 capture: Callable[[Value], Value] | None = None, parent: "Frame | None" = None):
         self.ctx = ctx
+        self.parent = parent  # the calling frame (parameter paths like `embed.E` may point into it)
         self.module = module
         self.scope = scope
         self.context = context

@@ -30,7 +30,7 @@ def call_layer(frame: Frame, layer: LayerRef, args: list, kwargs: dict, loc, *, 
     short = scope.rsplit(".", 1)[-1]
     context = f"{frame.context} → {short} ({defn.name})" if frame.context else f"{short} ({defn.name})"
     child = Frame(frame.ctx, layer.module, scope=scope, context=context, builder=builder or frame.builder,
-                  capture=capture or frame.capture)
+                  capture=capture or frame.capture, parent=frame)
     if frame.ctx.depth > 150:
         raise frame.error("E0003", f"layers call each other too deeply (at `{defn.name}`)", loc,
                           hint="a layer cannot call itself")

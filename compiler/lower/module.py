@@ -35,6 +35,7 @@ class Loaded:
     models: dict[str, A.ModelDef] = field(default_factory=dict)
     trains: dict[str, A.TrainDef] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)  # texts of every file, for the spec hash
+    imported: set = field(default_factory=set)  # resolved paths already brought in (diamonds are fine)
 
 
 @dataclass
@@ -99,6 +100,9 @@ def _import(loaded: Loaded, use: A.Use, env: ModuleEnv, root: Path, here: Path |
         raise DlcError("E0109", "imports nest too deeply", use.loc)
     if not target.is_file():
         raise DlcError("E0109", f"cannot find `{use.path}` (looked for {target})", use.loc)
+    if target in loaded.imported:
+        return
+    loaded.imported.add(target)
     sub = parse_file(target)
     loaded.sources.append(target.read_text(encoding="utf-8"))
     _fill(loaded, sub, env, root, target, chain)
@@ -149,7 +153,9 @@ def compile_model(loaded: Loaded, model: A.ModelDef, mode: str = "eval", hyper: 
         v = evaluate(e, frame)
         if not is_tensor(v) or graph.type_of(v).rank != 0:
             got = f"a tensor of type {graph.type_of(v)}" if is_tensor(v) else describe(v)
-            raise DlcError("E0201", f"`{name}` must be a scalar tensor, got {got}", e.loc,
+            kind, _, short = name.partition("/")
+            what = "the loss" if kind == "loss" else f"the metric `{short}`"
+            raise DlcError("E0201", f"{what} must be a scalar tensor, got {got}", e.loc,
                            hint="reduce it, e.g. with mean(...)")
         graph.outputs[name] = v
     frame.binding = None

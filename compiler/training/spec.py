@@ -217,8 +217,14 @@ def _data(e) -> CallSpec:
         return CallSpec(e.value, {}, e.loc)
     if isinstance(e, A.Name):
         return CallSpec(e.id, {}, e.loc)
+    if isinstance(e, A.Call) and isinstance(e.func, A.Name) and e.func.id == "file":
+        if len(e.args) != 1 or not isinstance(e.args[0], A.String):
+            raise _err("`file(...)` takes the file name as a string: `file(\"data.csv\", target = \"label\")`",
+                       e.loc)
+        return CallSpec(e.args[0].value, {k.name: _plain(k.value) for k in e.kwargs}, e.loc)
     if not isinstance(e, A.Call) or not isinstance(e.func, A.Name) or e.args:
-        raise _err("`data` is a data set call such as `digits(seed = 0)` or a file name", e.loc)
+        raise _err("`data` is a data set call such as `digits(seed = 0)`, a file name, or "
+                   "`file(\"x.csv\", target = \"label\")`", e.loc)
     kwargs = {}
     for k in e.kwargs:
         kwargs[k.name] = _plain(k.value)
