@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,9 +107,21 @@ def rng_key(seed: int, step: int, group: int) -> np.int64:
     return np.int64((seed * 1_000_003 + step * 7_919 + group * 104_729) % 2_147_483_647)
 
 
-def train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
-          backend: str = "numpy", progress: bool = True, echo=print) -> History:
-    """Train ``model`` in place (its ``params`` end as the trained ones)."""
+def train(model, **options) -> History:
+    """Train ``model`` in place (its ``params`` end as the trained ones); see ``_train`` for options.
+
+    BLAS runs single-threaded meanwhile (``DLC_BLAS_THREADS`` overrides): the
+    matrices of a training step are small, and a second OpenBLAS thread that
+    competes for one of two cores made steps several times slower, never faster,
+    in benchmarks/bench.py."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(os.environ.get("DLC_BLAS_THREADS", "1")), user_api="blas"):
+        return _train(model, **options)
+
+
+def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
+           backend: str = "numpy", progress: bool = True, echo=print) -> History:
     from dlc.model import init_params
 
     spec = model.train_spec()
