@@ -16,10 +16,9 @@ from lark import Token, Transformer, v_args
 
 from . import ast as A
 from .errors import DlcError, Loc, Source
+from .syntax_errors import syntax_error as _syntax_error
 
 MAX_SOURCE_CHARS = 2_000_000
-_KEYWORDS = {"use", "const", "layer", "model", "train", "input", "param", "output", "return",
-             "require", "repeat", "scan", "over", "and", "or", "not", "true", "false"}
 _DTYPES = {"f16", "f32", "f64", "i32", "i64", "bool"}
 
 
@@ -38,122 +37,47 @@ def parse(text: str, path: str = "<string>") -> A.Module:
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as e:
-        raise _syntax_error(e, source) from None
+        raise _syntax_error(e, source, _parser()) from None
     except RecursionError:
         raise DlcError("E0003", "the expression nests too deeply", Loc(source, 1, 1, 1, 2)) from None
     try:
         return _ToAst(source).transform(tree)
+    except RecursionError:
+        raise _too_deep(tree, source) from None
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, DlcError):
             raise e.orig_exc from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise _too_deep(tree, source) from None
         raise
+
+
+def _too_deep(tree: lark.Tree, source: Source) -> DlcError:
+    """E0003 at the statement holding the most deeply nested expression (found without recursion)."""
+    deepest, where, stack = -1, None, [(tree, 0, None)]
+    while stack:
+        node, depth, stmt = stack.pop()
+        if depth <= 3 and getattr(node.meta, "line", None) is not None:
+            stmt = node  # module → declaration → block → statement: remember the outermost spans
+        if depth > deepest:
+            deepest, where = depth, stmt
+        stack.extend((c, depth + 1, stmt) for c in node.children if isinstance(c, lark.Tree))
+    meta = where.meta if where is not None else None
+    loc = Loc(source, meta.line, meta.column, meta.line, meta.column + 1) if meta else Loc(source, 1, 1, 1, 2)
+    return DlcError("E0003", "the expression nests too deeply", loc,
+                    hint="split it into several bindings")
 
 
 def parse_file(path: str | Path) -> A.Module:
     """Read and parse a spec file; unreadable files are E0002."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not a character
     except FileNotFoundError:
         raise DlcError("E0002", f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DlcError("E0002", f"cannot read {path}: {e}") from None
     return parse(text, str(path))
-
-
-# -- syntax errors -----------------------------------------------------------------
-_WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
-          "ADD_OP": "`+` or `-`", "MUL_OP": "an operator", "COMP_OP": "a comparison", "$END": "end of file",
-          "SCAN_AXIS": "`axis`", "SCAN_INIT": "`init`", "SCAN_REVERSE": "`reverse`"}
-
-
-def _describe_terminal(name: str) -> str:
-    if name in _WORDS:
-        return _WORDS[name]
-    try:
-        pattern = _parser().get_terminal(name).pattern
-    except KeyError:
-        return name.lower()
-    if isinstance(pattern, lark.lexer.PatternStr):
-        return f"`{pattern.value}`"
-    return name.lower()
-
-
-_EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "PLUS", "NOT", "TRUE", "FALSE",
-               "REPEAT", "SCAN"}
-_OPERATORS = {"ADD_OP", "MUL_OP", "COMP_OP", "STAR", "MINUS", "PLUS", "__ANON_0", "__ANON_1", "DOT", "LPAR",
-              "LSQB", "AND", "OR", "SLASH", "PERCENT", "AT"}
-
-
-def _expected(names) -> str:
-    names = {n for n in names if not n.startswith("_") or n.startswith("__ANON")}
-    words = set()
-    if {"NAME", "INT", "LPAR"} <= names:  # everything that can start an expression
-        words.add("an expression")
-        names -= _EXPR_START
-    if {"ADD_OP", "MUL_OP"} <= names:  # everything that can continue one
-        words.add("an operator")
-        names -= _OPERATORS
-    words |= {_describe_terminal(n) for n in names}
-    words = sorted(words or {"something else"}, key=lambda w: (w.startswith("`"), w))
-    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
-
-
-def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> DlcError:
-    line, col = max(getattr(e, "line", 1) or 1, 1), max(getattr(e, "column", 1) or 1, 1)
-    if isinstance(e, lark.exceptions.UnexpectedCharacters):
-        ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else ""
-        hint = {"'": "strings use double quotes: \"...\"", "\t": None}.get(ch)
-        if ch == ":" and source.text[e.pos_in_stream:e.pos_in_stream + 2] == ":=":
-            hint = "bindings use `=`, not `:=`"
-        loc = Loc(source, line, col, line, col + 1)
-        return DlcError("E0001", f"unexpected character {ch!r}", loc,
-                        hint=hint or (f"expected {_expected(e.allowed)}" if e.allowed else None))
-    if isinstance(e, lark.exceptions.UnexpectedEOF) or (
-            isinstance(e, lark.exceptions.UnexpectedToken) and e.token.type == "$END"):
-        last = source.text.rstrip().splitlines() or [""]
-        line = len(last)
-        loc = Loc(source, line, len(last[-1]) + 1, line, len(last[-1]) + 2)
-        expected = getattr(e, "expected", None) or getattr(e, "accepts", None) or ()
-        hint = "a `{` or `(` is never closed" if {"RBRACE", "RPAR", "RSQB"} & set(expected) else None
-        return DlcError("E0001", f"unexpected end of file; expected {_expected(expected)}", loc, hint=hint)
-    tok: Token = e.token
-    end = col + max(len(str(tok)), 1)
-    loc = Loc(source, line, col, tok.end_line or line, tok.end_column or end)
-    expected = set(getattr(e, "accepts", None) or e.expected)
-    return DlcError("E0001", f"unexpected {_token_words(tok)}; expected {_expected(expected)}", loc,
-                    hint=_hint(tok, expected, source, line))
-
-
-def _token_words(tok: Token) -> str:
-    if tok.type == "NAME":
-        return f"name `{tok}`"
-    if tok.type in ("INT", "FLOAT"):
-        return f"number `{tok}`"
-    if tok.type == "STRING":
-        return f"string {tok}"
-    return f"`{tok}`" if str(tok) in _KEYWORDS else f"`{tok}`"
-
-
-def _hint(tok: Token, expected: set, source: Source, line: int) -> str | None:
-    text = str(tok)
-    if text == ":" and source.line(line)[tok.column:tok.column + 1] == "=":
-        return "bindings use `=`, not `:=`"
-    if text in ("def", "fn", "function", "class"):
-        return "layers are declared with `layer NAME(args) { ... }`"
-    if text == "let" or text == "var":
-        return "bindings need no keyword: `h = relu(x)`"
-    if text in _KEYWORDS and "NAME" in expected:
-        return f"`{text}` is a keyword; choose another name"
-    if tok.type in ("NAME", "INT", "FLOAT", "STRING") and ("COMMA" in expected or "RPAR" in expected):
-        return "is a `,` missing between arguments?"
-    if text == "=" and "NAME" not in expected:
-        return "to compare, use `==`; a binding has a single name (or names) on its left"
-    if text == "{" and "LPAR" in expected and "NAME" not in expected:
-        return "a layer needs a parameter list, even an empty one: `layer f() { ... }`"
-    if tok.type == "NAME" and source.line(line).lstrip().startswith(("input", "param")) and "COLON" in expected:
-        return "declarations need a type: `input x: f32[B, 4]`"
-    return None
 
 
 # -- tree → AST --------------------------------------------------------------------

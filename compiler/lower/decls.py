@@ -22,6 +22,12 @@ MAX_PARAM_ELEMENTS = 2**28
 def tensor_shape(frame: Frame, t: A.TensorTypeExpr, what: str) -> tuple:
     shape = []
     for d in t.dims:
+        free = _unbound_dim(frame, d)
+        if free is not None:
+            hint = ("a param's size must be known when the model is built: use a number, or an int argument "
+                    "of the layer (`units: int`)" if what.startswith("param") else
+                    "a dim is bound where it appears alone in an input's or argument's type (`x: f32[B, H]`)")
+            raise frame.error("E0105", f"the dim `{free.id}` in the type of {what} is not bound", free.loc, hint=hint)
         v = evaluate(d, frame)
         if not isinstance(v, (int, Sym)) or isinstance(v, bool):
             raise frame.error("E0103", f"a dim of {what} must be an integer or a symbolic dim, got {describe(v)}",
@@ -30,6 +36,19 @@ def tensor_shape(frame: Frame, t: A.TensorTypeExpr, what: str) -> tuple:
             raise frame.error("E0110", f"a dim of {what} is negative ({v})", d.loc)
         shape.append(v)
     return tuple(shape)
+
+
+def _unbound_dim(frame: Frame, e) -> A.Name | None:
+    """The first capitalised name in dim expression ``e`` that nothing binds."""
+    if isinstance(e, A.Name):
+        known = any(e.id in table for table in (frame.names, frame.pending, frame.dims, frame.module.consts,
+                                                frame.module.layers))
+        return e if e.id[:1].isupper() and not known else None
+    if isinstance(e, A.BinOp):
+        return _unbound_dim(frame, e.left) or _unbound_dim(frame, e.right)
+    if isinstance(e, A.UnaryOp):
+        return _unbound_dim(frame, e.operand)
+    return None
 
 
 def declare_param(frame: Frame, stmt: A.ParamDecl) -> None:

@@ -12,7 +12,7 @@ from dlc.grammar.errors import DlcError, suggest
 from ..dims import Sym
 from ..graph import Value
 from ..ops.registry import REQUIRED, get_op
-from ..types import TensorType
+from ..types import ShapeError, TensorType
 from .frame import DType, Frame, LayerRef, OpRef, describe, is_tensor
 
 _TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod", "@": "matmul",
@@ -76,7 +76,13 @@ def _binop(e: A.BinOp, frame: Frame):
                                   (e.left if side == "left" else e.right).loc,
                                   hint="symbolic dims are not tensors; use a fixed size" if isinstance(v, Sym)
                                   else None)
-        return _apply(frame, _TENSOR_BINOPS[e.op], [left, right], {}, e.loc)
+        try:
+            return _apply(frame, _TENSOR_BINOPS[e.op], [left, right], {}, e.loc)
+        except DlcError as exc:  # name the operator as written: `@`, not `matmul`
+            prefix = f"shape mismatch in `{_TENSOR_BINOPS[e.op]}`"
+            if exc.message.startswith(prefix):
+                exc.message = f"shape mismatch in `{e.op}`" + exc.message[len(prefix):]
+            raise
     if e.op in ("and", "or"):
         if not isinstance(left, bool) or not isinstance(right, bool):
             raise frame.error("E0103", f"`{e.op}` needs booleans, got {describe(left)} and {describe(right)}", e.loc)
@@ -128,10 +134,16 @@ def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
             # `leaky_relu(alpha = 0.2)` with no tensor: a partial application, used as an activation
             if not args and all(k in get_op(fn.name).attrs for k in kwargs):
                 return OpRef(fn.name, tuple(sorted({**dict(fn.kwargs), **kwargs}.items())))
-        return _apply(frame, fn.name, args, {**dict(fn.kwargs), **kwargs}, e.loc, arg_locs=_arg_locs(e))
+        return _apply(frame, fn.name, args, {**dict(fn.kwargs), **kwargs}, e.loc, arg_locs=_arg_locs(e),
+                      kw_locs=_kw_locs(e))
     if isinstance(fn, LayerRef):
         from .layers import call_layer
 
+        names = [f.name for f in fn.defn.formals]
+        for k, where in _kw_locs(e).items():  # point at the keyword itself, not the whole call
+            if k not in names:
+                raise frame.error("E0102", f"`{fn.defn.name}` has no argument `{k}`", where,
+                                  hint=suggest(k, names) or f"`{fn.defn.name}({', '.join(names)})`")
         return call_layer(frame, fn, args, {**dict(fn.kwargs), **kwargs}, e.loc)
     raise frame.error("E0103", f"{describe(fn)} cannot be called", e.func.loc if isinstance(e, A.Call) else e.loc)
 
@@ -145,11 +157,15 @@ def _min_max(name: str, args: list) -> str:
     return ("maximum" if kind == "max" else "minimum") if len(args) >= 2 else f"reduce_{kind}"
 
 
+def _kw_locs(e) -> dict:
+    return {k.name: k.loc for k in e.kwargs} if isinstance(e, A.Call) else {}
+
+
 def _arg_locs(e):
     return [a.loc for a in e.args] if isinstance(e, A.Call) else None
 
 
-def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None):
+def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None, kw_locs=None):
     """Map positional/keyword arguments onto ``op``'s tensor inputs and attrs, then build it."""
     opdef = get_op(op)
     inputs = list(opdef.inputs)
@@ -185,7 +201,7 @@ def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None):
             attrs[name] = value
         else:
             hint = suggest(name, [*opdef.attrs, *inputs])
-            raise frame.error("E0102", f"`{op}` has no argument `{name}`", loc,
+            raise frame.error("E0102", f"`{op}` has no argument `{name}`", (kw_locs or {}).get(name, loc),
                               hint=hint or _signature_hint(op, opdef))
     for value in pos:
         free = [a for a in attr_names if a not in attrs]
@@ -202,9 +218,25 @@ def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None):
         if not (is_tensor(t) or (isinstance(t, (int, float)) and not isinstance(t, Sym))):
             where = arg_locs[i] if arg_locs and i < len(arg_locs) else loc
             raise frame.error("E0103", f"input {i + 1} of `{op}` must be a tensor, got {describe(t)}", where)
+        if _too_big(frame, t, tensors):
+            where = arg_locs[i] if arg_locs and i < len(arg_locs) else loc
+            raise frame.error("E0110", f"the number {t} does not fit in a 64-bit integer", where)
     attrs = {k: _attr_value(frame, op, k, v, loc) for k, v in attrs.items()}
     with frame.builder.at(loc=loc, context=frame.context or None, scope=frame.scope):
-        return frame.builder.apply(op, *tensors, **attrs)
+        try:
+            return frame.builder.apply(op, *tensors, **attrs)
+        except ShapeError as exc:  # raised by a composite op's expansion, outside the builder's own checks
+            raise frame.error("E0104", f"shape mismatch in `{op}`: {exc}", loc) from None
+        except (TypeError, ValueError, OverflowError) as exc:  # an attribute of the wrong kind reached a rule
+            raise frame.error("E0102", f"invalid arguments for `{op}`: {exc}", loc,
+                              hint=_signature_hint(op, opdef)) from None
+
+
+def _too_big(frame: Frame, v, tensors: list) -> bool:
+    """An integer (or an integral float meeting an integer tensor) outside int64."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or -2**63 <= v < 2**63:
+        return False
+    return isinstance(v, int) or any(is_tensor(t) and frame.builder.type(t).dtype[0] == "i" for t in tensors)
 
 
 def _attr_value(frame: Frame, op: str, key: str, v, loc):

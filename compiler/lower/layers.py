@@ -258,8 +258,9 @@ def scan(frame: Frame, e: A.Scan):
     body.inputs = [v.node for v in carry_vals + seq_vals + list(captured.values())]
     outer = inits + seqs + list(captured)
     with frame.builder.at(loc=e.loc, scope=scope, context=frame.context or None):
-        return frame.builder.apply("scan", *outer, body=body, n_carry=k, n_seq=len(seqs), axis=axes[0],
-                                   reverse=e.reverse)
+        results = frame.builder.apply("scan", *outer, body=body, n_carry=k, n_seq=len(seqs), axis=axes[0],
+                                      reverse=e.reverse)
+    return results if len(results) > 1 else results[0]  # no carries: just the stacked outputs
 
 
 def _body_input(body: Graph, name: str, t: TensorType) -> Value:

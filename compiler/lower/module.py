@@ -7,6 +7,7 @@ importing file, never escaping the top spec's folder, no cycles).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def _import(loaded: Loaded, use: A.Use, env: ModuleEnv, root: Path, here: Path |
     try:
         target.relative_to(root)
     except ValueError:
+        folder = f"the folder of {loaded.path}" if loaded.path != "<string>" else "the current folder"
         raise DlcError("E0109", f"`use \"{use.path}\"` leaves the spec's folder", use.loc,
-                       hint=f"imports must stay inside {root}") from None
+                       hint=f"`use` paths are relative to the importing file and must stay inside {folder}") from None
     chain = stack + [str(here)] if here else stack
     if str(target) in chain or target == here:
         names = [Path(p).name for p in chain[chain.index(str(target)):]] if str(target) in chain else []
@@ -99,13 +101,26 @@ def _import(loaded: Loaded, use: A.Use, env: ModuleEnv, root: Path, here: Path |
     if len(chain) > MAX_IMPORT_DEPTH:
         raise DlcError("E0109", "imports nest too deeply", use.loc)
     if not target.is_file():
-        raise DlcError("E0109", f"cannot find `{use.path}` (looked for {target})", use.loc)
+        raise DlcError("E0109", f"cannot find `{use.path}` (looked for {_shown(loaded, root, target)})", use.loc)
     if target in loaded.imported:
         return
     loaded.imported.add(target)
-    sub = parse_file(target)
-    loaded.sources.append(target.read_text(encoding="utf-8"))
+    try:
+        text = target.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DlcError("E0109", f"cannot read `{use.path}`: {e}", use.loc) from None
+    sub = parse(text, _shown(loaded, root, target))
+    loaded.sources.append(text)
     _fill(loaded, sub, env, root, target, chain)
+
+
+def _shown(loaded: Loaded, root: Path, target: Path) -> str:
+    """An imported file's path as errors show it: relative like the top spec's path, never absolute
+    unless that one was."""
+    rel = target.relative_to(root)
+    if loaded.path == "<string>":
+        return str(rel)
+    return os.path.normpath(Path(loaded.path).parent / rel)
 
 
 def pick_model(loaded: Loaded, name: str | None) -> A.ModelDef:

@@ -1,0 +1,148 @@
+"""The command line through click's CliRunner: every command on the real specs,
+exit codes, deterministic output, files written, and errors without tracebacks."""
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _at_repo_root(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def dlc(*args: str, code: int = 0):
+    try:
+        runner = CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        runner = CliRunner()
+    result = runner.invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert result.exit_code == code, (result.output, result.exception)
+    if code == 0:
+        assert result.exception is None, result.exception
+    return result
+
+
+def test_check_every_spec():
+    specs = sorted(glob.glob("specs/*.dl"))
+    out = dlc("check", *specs).stdout
+    for s in specs:
+        assert f"{s}: ok" in out
+
+
+def test_graph_text_is_deterministic_and_has_matmul():
+    first = dlc("graph", "specs/mlp.dl").stdout
+    assert first == dlc("graph", "specs/mlp.dl").stdout
+    assert "matmul(" in first and "param h.W : f32[64, 64]" in first
+    assert first.rstrip().splitlines()[-1].startswith("outputs:")
+
+
+def test_graph_dot():
+    out = dlc("graph", "specs/mlp.dl", "--format", "dot").stdout
+    assert out.startswith("digraph") and out.rstrip().endswith("}")
+
+
+def test_graph_json():
+    data = json.loads(dlc("graph", "specs/mlp.dl", "--format", "json").stdout)
+    assert data["nodes"] and any("matmul" in json.dumps(n) for n in data["nodes"])
+
+
+def test_graph_with_gradients_and_training_step():
+    assert "backward of" in dlc("graph", "specs/mlp.dl", "--grad").stdout
+    train = dlc("graph", "specs/mlp.dl", "--train").stdout
+    assert "adam" in train and "backward of" in train
+
+
+def test_summary_has_a_total_and_symbolic_lengths():
+    out = dlc("summary", "specs/lstm.dl").stdout
+    total = [line for line in out.splitlines() if line.startswith("total")]
+    assert len(total) == 1 and "4,546" in total[0] and "T" in total[0]
+    assert "f32[B, T, 32]" in out
+
+
+def test_run_with_bound_dims_writes_outputs(tmp_path):
+    out = tmp_path / "tmp.npz"
+    text = dlc("run", "specs/lstm.dl", "--bind", "B=2", "--bind", "T=5", "--out", out).stdout
+    assert "probs: float32[2, 2]" in text and f"saved 2 output(s) to {out}" in text
+    with np.load(out) as saved:
+        assert set(saved.files) == {"probs", "loss"}
+        assert saved["probs"].shape == (2, 2) and saved["loss"].shape == ()
+        np.testing.assert_allclose(saved["probs"].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_run_with_an_input_file(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    out = tmp_path / "y.npz"
+    dlc("run", "specs/mlp.dl", "--input", f"x={path}", "--out", out)
+    with np.load(out) as saved:
+        assert saved["probs"].shape == (3, 10)  # B comes from the file
+
+
+def test_run_with_an_unknown_input_is_an_error(tmp_path):
+    path = tmp_path / "z.npy"
+    np.save(path, np.zeros((2, 64), np.float32))
+    result = dlc("run", "specs/mlp.dl", "--input", f"z={path}", code=2)
+    assert "no input `z`" in result.stderr
+
+
+def test_compile_onnx(tmp_path):
+    import onnx
+
+    target = tmp_path / "tmp" / "m.onnx"
+    assert "wrote" in dlc("compile", "specs/mlp.dl", "--onnx", "-o", target).stdout
+    onnx.checker.check_model(onnx.load(str(target)), full_check=True)
+    first = target.read_bytes()
+    dlc("compile", "specs/mlp.dl", "--onnx", "-o", target)  # dlc's own file: replaced without --force
+    assert target.read_bytes() == first
+
+
+def test_compile_refuses_to_overwrite_a_foreign_file(tmp_path):
+    target = tmp_path / "notes.onnx"
+    target.write_text("my notes")
+    result = dlc("compile", "specs/mlp.dl", "--onnx", "-o", target, code=2)
+    assert "E0501" in result.stderr and "--force" in result.stderr
+    assert target.read_text() == "my notes"
+    dlc("compile", "specs/mlp.dl", "--onnx", "-o", target, "--force")
+    assert target.read_bytes()[:8] != b"my notes"
+
+
+def test_gradcheck():
+    out = dlc("gradcheck", "specs/xor.dl").stdout
+    assert "all 4 parameters within" in out
+
+
+def test_missing_file():
+    result = dlc("check", "specs/nope.dl", code=2)
+    assert "error[E0002]: no such file: specs/nope.dl" in result.stderr
+    result = dlc("graph", "specs/nope.dl", code=2)
+    assert "E0002" in result.stderr
+
+
+def test_bad_bind_and_set_are_user_errors():
+    assert "not an integer" in dlc("run", "specs/mlp.dl", "--bind", "B=two", code=2).stderr
+    assert "E0102" in dlc("summary", "specs/mlp.dl", "--set", "hiden=3", code=2).stderr
+    assert "did you mean `hidden`?" in dlc("summary", "specs/mlp.dl", "--set", "hiden=3", code=2).stderr
+
+
+def test_model_option_picks_a_model():
+    out = dlc("summary", "specs/xor.dl", "--model", "perceptron").stdout
+    assert "perceptron" in out
+    assert "did you mean `perceptron`?" in dlc("summary", "specs/xor.dl", "--model", "perceptro", code=2).stderr
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path):
+    spec = tmp_path / "bom.dl"
+    spec.write_bytes("\ufeffmodel m() {\n    input x: f32[B, 4]\n    output y = relu(x)\n}\n".encode("utf-8"))
+    assert "ok: m" in dlc("check", spec).stdout

@@ -1,0 +1,103 @@
+"""Golden error messages: `dlc check tests/bad/X.dl` prints exactly X.expected.
+
+Each program in tests/bad/ (and its subfolders) has one mistake; its .expected
+file holds the rendered stderr of `dlc check`, run from the repository root so
+paths are relative.  Files whose name starts with `_` are helpers imported by
+others and are not checked on their own.
+
+    DLC_UPDATE_GOLDEN=1 python -m pytest tests/test_errors.py   # rewrite the .expected files
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dlc.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = ROOT / "tests" / "bad"
+PROGRAMS = sorted(p for p in BAD.rglob("*.dl") if not p.name.startswith("_"))
+UPDATE = os.environ.get("DLC_UPDATE_GOLDEN") == "1"
+
+
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps stderr apart by itself
+
+
+def check(monkeypatch, *paths: str):
+    monkeypatch.chdir(ROOT)
+    return runner().invoke(main, ["check", *paths])
+
+
+def _id(p: Path) -> str:
+    return p.relative_to(BAD).as_posix()
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=_id)
+def test_golden_error_message(program, monkeypatch):
+    rel = program.relative_to(ROOT).as_posix()
+    result = check(monkeypatch, rel)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert result.stdout == ""
+    expected = program.with_suffix(".expected")
+    if UPDATE:
+        expected.write_text(result.stderr, encoding="utf-8")
+    assert expected.exists(), f"no {expected.name}; run with DLC_UPDATE_GOLDEN=1 to create it"
+    assert result.stderr == expected.read_text(encoding="utf-8")
+
+
+def test_messages_have_relative_paths_and_a_caret():
+    for program in PROGRAMS:
+        text = program.with_suffix(".expected").read_text(encoding="utf-8")
+        assert str(ROOT) not in text and "/tmp" not in text, program.name
+        first = text.splitlines()[0]
+        assert re.match(r"error\[E\d{4}\]: ", first), first
+        assert re.search(r"--> tests/bad/\S+:\d+:\d+", text), program.name
+        assert re.search(r"^ *\d* \| +\^+", text, re.M), program.name
+
+
+def test_no_stale_expected_files():
+    for expected in BAD.rglob("*.expected"):
+        assert expected.with_suffix(".dl").exists(), f"{expected} has no program"
+
+
+def test_the_required_mistakes_are_covered():
+    codes = {}
+    for program in PROGRAMS:
+        first = program.with_suffix(".expected").read_text(encoding="utf-8").splitlines()[0]
+        codes.setdefault(first[6:11], []).append(program.stem)
+    for code in ("E0001", "E0101", "E0102", "E0104", "E0105", "E0106", "E0108", "E0109", "E0201"):
+        assert code in codes, f"no golden error for {code}"
+    text = {p.stem: p.with_suffix(".expected").read_text(encoding="utf-8") for p in PROGRAMS}
+    assert "did you mean `relu`?" in text["unknown_name"]
+    assert "f32[B, 4] @ f32[3, 5]" in text["matmul_shape"]
+    assert all(f"`{n}`" in text["binding_cycle"].splitlines()[0] for n in "abc")
+    assert "did you mean `units`?" in text["unknown_kwarg"]
+    assert "model dim 6 is not divisible by heads = 4" in text["require_failed"]
+    assert "did you mean `optimizer`?" in text["unknown_train_key"]
+    assert "unknown optimizer `adma`" in text["unknown_optimizer"]
+    assert "import cycle: a.dl → b.dl → a.dl" in text["a"]
+
+
+def test_several_files_are_all_reported(monkeypatch):
+    result = check(monkeypatch, "tests/bad/unknown_name.dl", "specs/mlp.dl", "tests/bad/matmul_shape.dl")
+    assert result.exit_code == 2
+    assert "specs/mlp.dl: ok" in result.stdout
+    assert result.stderr.count("error[") == 2
+    assert result.stderr.rstrip().endswith("2 of 3 file(s) have errors")
+
+
+def test_debug_shows_the_traceback_instead(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner().invoke(main, ["--debug", "graph", "tests/bad/unknown_name.dl"])
+    assert result.exit_code != 0
+    assert type(result.exception).__name__ == "DlcError"
