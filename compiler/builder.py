@@ -144,7 +144,8 @@ class Builder:
                 what = data["attrs"].get("name") if data["op"] in ("input", "param") else None
                 label = f"`{what}` is {data['types'][v.index]}, declared" if what else \
                     f"operand {i + 1} is {data['types'][v.index]}, computed"
-                notes.append((label, loc))
+                if (label, loc) not in notes:  # x @ x: one note
+                    notes.append((label, loc))
         return notes
 
     def error(self, code: str, message: str, hint: str | None = None) -> DlcError:

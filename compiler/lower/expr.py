@@ -21,7 +21,7 @@ _TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "
 _SCALAR_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
                   "%": operator.mod, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
                   "<=": operator.le, ">": operator.gt, ">=": operator.ge}
-MAX_DEPTH = 200
+MAX_DEPTH = 2000  # nested evaluations: deep expressions, and long chains of lazily forced bindings
 
 
 def evaluate(e, frame: Frame):
@@ -88,6 +88,10 @@ def _binop(e: A.BinOp, frame: Frame):
             raise frame.error("E0103", f"`{e.op}` needs booleans, got {describe(left)} and {describe(right)}", e.loc)
         return left and right if e.op == "and" else left or right
     ok = (int, float, Sym)
+    if e.op in ("<", "<=", ">", ">=") and (isinstance(left, Sym) or isinstance(right, Sym)):
+        sym = left if isinstance(left, Sym) else right
+        raise frame.error("E0110", f"cannot compare the symbolic dim {sym} at compile time: its size is known "
+                          "only when the model runs", e.loc, hint="compare fixed sizes or int arguments")
     if not (isinstance(left, ok) and isinstance(right, ok)) and e.op not in ("==", "!=", "+"):
         raise frame.error("E0103", f"`{e.op}` between {describe(left)} and {describe(right)}", e.loc)
     try:
@@ -279,8 +283,12 @@ def _attribute(e: A.Attribute, frame: Frame):
     path = ".".join(reversed(parts))
     if "*" in parts:
         raise frame.error("E0103", f"the pattern `{path}` only makes sense in a train block", e.loc)
-    if node.id in frame.pending:  # make sure the scope the path points into has been built
-        frame.force(node.id, node.loc)
+    # make sure the scope the path points into has been built, in this block or a calling one
+    owner = frame
+    while owner is not None and node.id not in owner.pending and node.id not in owner.names:
+        owner = owner.parent
+    if owner is not None and node.id in owner.pending:
+        owner.force(node.id, node.loc)
     graph = frame.ctx.graph
     for candidate in (frame.path(path), path):
         if candidate in graph.params:

@@ -8,6 +8,7 @@ importing file, never escaping the top spec's folder, no cycles).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .frame import Ctx, Frame, LayerRef, ModuleEnv, describe, is_tensor
 from .layers import check_scalar, run_body
 
 MAX_IMPORT_DEPTH = 32
+RECURSION_LIMIT = 20_000
 
 
 @dataclass
@@ -139,6 +141,21 @@ def compile_model(loaded: Loaded, model: A.ModelDef, mode: str = "eval", hyper: 
     """Lower ``model`` in ``mode`` into a typed graph.  ``extra`` maps further
     output names to expressions evaluated in the model's scope (the train
     block's losses and metrics)."""
+    # lazily forced bindings recurse once per link of a dependency chain: allow long chains,
+    # and report one that is still too long as an error rather than a RecursionError
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, RECURSION_LIMIT))
+    try:
+        return _compile_model(loaded, model, mode, hyper, extra)
+    except RecursionError:
+        raise DlcError("E0003", f"model `{model.name}` nests too deeply (expressions or chains of bindings)",
+                       model.loc) from None
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _compile_model(loaded: Loaded, model: A.ModelDef, mode: str, hyper: dict | None,
+                   extra: dict[str, A.Expr] | None) -> Lowered:
     graph = Graph(model.name)
     builder = Builder(graph, mode=mode, context=model.name)
     ctx = Ctx(graph, builder, mode)

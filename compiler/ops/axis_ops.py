@@ -58,6 +58,8 @@ class Unsqueeze(Op):
                Sample((Arg(()),), {"axes": (0, 1)}, note="from scalar")]
 
     def shape(self, x, axes):
+        if not isinstance(axes, (int, np.integer, tuple, list)):
+            raise ShapeError(f"`unsqueeze` needs axes as an integer or a list of integers, got {axes}")
         rank = x.rank + (1 if isinstance(axes, (int, np.integer)) else len(axes))
         new = norm_axes("unsqueeze", axes, rank)
         rest = iter(x.shape)
