@@ -275,3 +275,43 @@ def test_checkpoints_load_from_python(tmp_path):
     assert meta["epoch"] == 2 and meta["history"] == history.epochs
     for k in trained.params:
         assert np.array_equal(fresh.params[k], trained.params[k])
+
+
+KILLER = """
+import os, runpy, signal, sys
+real = os.replace
+count = [0]
+def replace(src, dst):
+    if str(dst).endswith(".npz"):
+        count[0] += 1
+        if count[0] == 3:  # the third epoch's checkpoint: its arrays are in a temp file, not yet renamed
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst)
+os.replace = replace
+sys.argv = ["dlc"] + sys.argv[1:]
+runpy.run_module("dlc.cli", run_name="__main__")
+"""
+
+
+def test_sigkill_during_checkpoint_write_then_resume(tmp_path):
+    """A real `dlc train` process killed with SIGKILL mid-save, then `dlc train --resume`."""
+    import signal
+    import subprocess
+    import sys
+
+    spec = regression(tmp_path, opt="adam(lr = 0.01)", epochs=5)
+    ck = tmp_path / "ck"
+    args = [str(spec), "--checkpoint", str(ck), "--no-progress"]
+    killed = subprocess.run([sys.executable, "-c", KILLER, "train", *args], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert ckpt.load(ck).meta["epoch"] == 2  # the last good checkpoint survived
+    resumed = subprocess.run([sys.executable, "-m", "dlc.cli", "train", *args, "--resume"], capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    whole = dlc.load(spec, mode="train")
+    whole.train(**QUIET)
+    final = ckpt.load(ck)
+    assert final.meta["epoch"] == 5
+    for k in whole.params:
+        assert np.array_equal(final.params[k], whole.params[k]), k
