@@ -4,8 +4,9 @@ peak memory, and the ONNX path beside the NumPy interpreter.
     python benchmarks/bench.py            # all tables
     python benchmarks/bench.py --quick    # fewer repetitions
 
-Times are medians over repetitions (after one warm-up); peak memory is the
-Python heap peak of one step measured by tracemalloc (NumPy buffers included).
+Times are medians over repetitions (after one warm-up), with BLAS single-threaded
+as during training; peak memory is the Python heap peak of one step measured by
+tracemalloc (NumPy buffers included).
 """
 from __future__ import annotations
 
@@ -107,9 +108,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     reps = 3 if args.quick else 10
-    compile_table(reps)
-    step_table(reps)
-    inference_table(reps)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):  # as `dlc train` runs (runtime/train.py)
+        compile_table(reps)
+        step_table(reps)
+        inference_table(reps)
 
 
 if __name__ == "__main__":

@@ -83,21 +83,53 @@ class Plan:
             st.frees = tuple(frees.get(i, ()))
         self.steps = steps
         self.input_nodes = {graph[n]["attrs"]["name"]: n for n in graph.inputs}
+        self._dim_plan = self._plan_dims(graph, self.input_nodes)
 
     # -- running ------------------------------------------------------------
     def bind_dims(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
-        """Unify the declared input types with the feeds' shapes."""
+        """Unify the declared input types with the feeds' shapes.
+
+        Fixed dims are compared and plain names (``B``) bound directly; dim
+        expressions (``T - 1``) are solved last, once every plain name is known.
+        This runs once per scan step, so the per-input work is planned ahead."""
         env: dict[str, Any] = {}
-        for name, n in self.input_nodes.items():
+        deferred = []
+        for name, n, declared, fixed, names, exprs in self._dim_plan:
             if name not in feeds:
                 continue
-            declared = self.graph[n]["types"][0].shape
             actual = np.shape(feeds[name])
-            if len(declared) != len(actual) or not all(
-                    solve(d, a, env) for d, a in zip(declared, actual)):
-                raise DlcError("E0401", f"input `{name}` has shape {list(actual)}, but the model declares "
-                               f"{_fmt(evaluate_shape(declared, env))}", self.graph[n]["loc"])
+            ok = len(actual) == len(declared) and all(actual[ax] == d for ax, d in fixed)
+            for ax, var in names if ok else ():
+                if env.setdefault(var, actual[ax]) != actual[ax]:
+                    ok = False
+            if not ok:
+                self._shape_error(name, n, declared, actual, env)
+            if exprs:
+                deferred.append((name, n, declared, actual, exprs))
+        for name, n, declared, actual, exprs in deferred:
+            if not all(solve(d, actual[ax], env) for ax, d in exprs):
+                self._shape_error(name, n, declared, actual, env)
         return env
+
+    def _shape_error(self, name, n, declared, actual, env):
+        raise DlcError("E0401", f"input `{name}` has shape {list(actual)}, but the model declares "
+                       f"{_fmt(evaluate_shape(declared, env))}", self.graph[n]["loc"])
+
+    @staticmethod
+    def _plan_dims(graph: Graph, input_nodes: dict) -> list:
+        plan = []
+        for name, n in input_nodes.items():
+            declared = graph[n]["types"][0].shape
+            fixed, names, exprs = [], [], []
+            for ax, d in enumerate(declared):
+                if not isinstance(d, Sym):
+                    fixed.append((ax, d))
+                elif d.single_var() is not None:
+                    names.append((ax, d.single_var()))
+                else:
+                    exprs.append((ax, d))
+            plan.append((name, n, declared, fixed, names, exprs))
+        return plan
 
     def run(self, feeds: Mapping[str, Any], params: Mapping[str, np.ndarray] | None = None,
             state: Mapping[str, np.ndarray] | None = None, *, check_finite: bool = False) -> dict:
