@@ -132,6 +132,8 @@ def _call(e: A.Call, frame: Frame):
 def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
     """Call an op or layer value with evaluated arguments (``e`` gives locations)."""
     if isinstance(fn, OpRef):
+        if fn.name == "identity" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
+            return args[0]  # `act = identity`: no node for a no-op
         if fn.name in ("reduce_max", "maximum", "reduce_min", "minimum"):
             fn = OpRef(_min_max(fn.name, args), fn.kwargs)
         if not any(is_tensor(a) for a in args) and fn.name not in _NULLARY_OK and not kwargs.get("shape"):
