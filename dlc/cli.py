@@ -198,7 +198,8 @@ def _describe(arr: np.ndarray) -> str:
 @main.command(name="compile")
 @click.argument("file", type=click.Path())
 @click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Write an ONNX model.")
-@click.option("--train", "train_step", is_flag=True, help="Export the training step instead of inference.")
+@click.option("--train", "train_step", is_flag=True,
+              help="Export the training step (of the first step group) instead of inference.")
 @click.option("-o", "output", type=click.Path(), default=None, help="Output path (default: next to FILE).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file that dlc did not write.")
 @_with_model_options
@@ -242,14 +243,16 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_na
 @click.argument("file", type=click.Path())
 @click.option("--tol", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--loss", "loss_name", default=None, help="The scalar output to differentiate (default: the train "
+                                                         "block's first loss, or `loss`).")
 @_with_model_options
 @_report
-def gradcheck(file, tol, seed, model_name, hyper):
+def gradcheck(file, tol, seed, loss_name, model_name, hyper):
     """Check symbolic gradients of every parameter against float64 central differences."""
     from dlc.runtime.gradcheck import gradcheck as run_check
 
     m = _load(file, model_name, hyper, mode="train")
-    worst = run_check(m, seed=seed, echo=click.echo)
+    worst = run_check(m, loss=loss_name, seed=seed, echo=click.echo)
     bad = {k: v for k, v in worst.items() if v > tol}
     if bad:
         click.echo(f"{len(bad)} parameter(s) over tolerance {tol:g}", err=True)

@@ -15,11 +15,9 @@ from typing import Mapping
 
 import numpy as np
 
-from dlc.compiler.builder import Builder
 from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
 from dlc.compiler.ops.init import initialize
-from dlc.compiler.passes.backprop import backprop
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
 
@@ -51,9 +49,21 @@ class Model:
         self.seed = seed
         self.lowered = compile_model(loaded, self.defn, mode, self.hyper)
         self.graph: Graph = self.lowered.graph
-        self.params: dict[str, np.ndarray] = init_params(self.graph, seed)
+        self._params: dict[str, np.ndarray] | None = None  # drawn on first use (`dlc check` never needs them)
         self.state: dict[str, np.ndarray] = {}
         self._plans: dict = {}
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """name → array, initialised from the spec's initialisers with this model's seed."""
+        if self._params is None:
+            self._params = init_params(self.graph, self.seed)
+        return self._params
+
+    @params.setter
+    def params(self, value: dict[str, np.ndarray]) -> None:
+        self._params = dict(value)
+        self._plans = {k: v for k, v in self._plans.items() if not (isinstance(k, tuple) and k[:1] == ("ort",))}
 
     # -- description -------------------------------------------------------------
     @property
@@ -73,7 +83,9 @@ class Model:
         return h.hexdigest()[:16]
 
     def param_count(self) -> int:
-        return int(sum(p.size for p in self.params.values()))
+        from dlc.compiler.dims import size_of
+
+        return int(sum(size_of(self.graph[n]["types"][0].shape) for n in self.graph.params.values()))
 
     def symbolic_dims(self) -> list[str]:
         names = set()
@@ -95,9 +107,9 @@ class Model:
         return {k: v for k, v in env.items() if isinstance(v, int)}
 
     def loss_name(self) -> str:
-        """The output trained by the train block (or the one named ``loss``)."""
+        """The output trained by the train block's (first) step group, or the one named ``loss``."""
         spec = self.train_spec(required=False)
-        if spec is not None and len(spec.steps) == 1:
+        if spec is not None:
             from dlc.grammar import ast as A
 
             e = spec.steps[0].loss
@@ -109,39 +121,49 @@ class Model:
         if len(scalars) == 1:
             return scalars[0]
         raise DlcError("E0301", f"model `{self.name}` has no single loss output",
-                       hint="name the scalar output `loss`, or add a train block with `loss = ...`")
+                       hint="name the scalar output `loss`, or choose one (`--loss NAME`, `loss=`)")
+
+    def _output(self, name: str, code: str = "E0110") -> str:
+        if name not in self.graph.outputs:
+            from dlc.grammar.errors import suggest
+
+            raise DlcError(code, f"model `{self.name}` has no output `{name}`",
+                           hint=suggest(name, self.graph.outputs) or "outputs: " + ", ".join(self.graph.outputs))
+        return name
 
     # -- running -----------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray], *, outputs=None, seed: int = 0, backend: str = "numpy") -> dict:
-        """Run the model forward; returns ``{output: array}``."""
+        """Run the model forward (in its mode); returns ``{output: array}``."""
         feeds = dict(feeds)
         feeds.setdefault(RNG_INPUT, np.int64(seed))
+        wanted = [self._output(o) for o in outputs] if outputs else list(self.graph.outputs)
         if backend == "numpy":
-            key = tuple(outputs) if outputs else None
+            key = tuple(wanted)
             if key not in self._plans:
                 from dlc.runtime.interpreter import Plan
 
-                self._plans[key] = Plan(self.graph, list(outputs) if outputs else None)
+                self._plans[key] = Plan(self.graph, wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
-            from dlc.runtime.ort import OrtSession
+            if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
+                from dlc.compiler.onnx_export import export_graph
+                from dlc.runtime.ort import OrtSession
 
-            session = OrtSession(self.to_onnx())
-            result = session.run(feeds)
-            return {k: result[k] for k in (outputs or result)}
+                proto = export_graph(self.graph, params=self.params, state=self.state, name=self.name)
+                self._plans[("ort",)] = OrtSession(proto)
+            return self._plans[("ort",)].run(feeds, wanted)
         raise DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
 
     def gradients(self, feeds: Mapping[str, np.ndarray], *, loss: str | None = None, seed: int = 0) -> dict:
         """``{param: d loss / d param}`` for one batch, by the symbolic backward graph."""
+        from dlc.compiler.passes.backprop import gradient_graph
         from dlc.runtime.interpreter import Plan
 
+        loss = self._output(loss, "E0301") if loss else self.loss_name()
         key = ("grad", loss)
         if key not in self._plans:
-            g = self.graph.copy()
-            loss_v = g.outputs[loss or self.loss_name()]
-            names = sorted(g.params)
-            grads = backprop(g, loss_v, names, builder=Builder(g, mode=self.mode, role="backward"))
-            g.outputs = {n: grads[n] for n in names}
+            g, grads = gradient_graph(self.graph, loss, self.mode)
+            g.outputs = dict(grads)
             self._plans[key] = Plan(g)
         feeds = {**feeds, RNG_INPUT: np.int64(seed)}
         return self._plans[key].run(feeds, self.params, self.state)
@@ -173,9 +195,9 @@ class Model:
             from dlc.runtime.train import build_steps
 
             return build_steps(self, self.train_spec(), steps_per_epoch=1)[0].graph
-        g = self.graph.copy()
-        loss_v = g.outputs[self.loss_name()]
-        grads = backprop(g, loss_v, sorted(g.params), builder=Builder(g, mode=self.mode, role="backward"))
+        from dlc.compiler.passes.backprop import gradient_graph
+
+        g, grads = gradient_graph(self.graph, self.loss_name(), self.mode)
         g.outputs = {**g.outputs, **{f"grad/{k}": v for k, v in grads.items()}}
         g.prune({v.node for v in g.outputs.values()})
         return g
@@ -197,8 +219,9 @@ class Model:
 
     # -- export ----------------------------------------------------------------------
     def to_onnx(self, train: bool = False, check: bool = True):
-        """The ONNX ModelProto of the inference graph, or of the training step
-        (``check``: run the full onnx checker and strict shape inference)."""
+        """The ONNX ModelProto of the inference graph, or of the training step of
+        the train block's first step group (``check``: run the full onnx checker
+        and strict shape inference)."""
         from dlc.compiler.onnx_export import export_graph, verify
 
         if train:

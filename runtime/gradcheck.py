@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.compiler.builder import Builder
 from dlc.compiler.graph import RNG_INPUT
-from dlc.compiler.passes.backprop import backprop
+from dlc.compiler.passes.backprop import gradient_graph
 from dlc.grammar.errors import DlcError
 
 from .interpreter import Plan, random_feeds
@@ -21,14 +20,13 @@ from .interpreter import Plan, random_feeds
 def gradcheck(model, *, loss: str | None = None, seed: int = 0, samples: int = 12, eps: float = 1e-6,
               floor: float = 1e-4, dims: dict | None = None, echo=print) -> dict[str, float]:
     """Max relative error per parameter; prints one line per parameter."""
-    g = model.graph.copy()
     loss_name = loss or model.loss_name()
-    if loss_name not in g.outputs:
+    if loss_name not in model.graph.outputs:
         raise DlcError("E0301", f"the model has no output `{loss_name}` to differentiate",
-                       hint=f"outputs: {', '.join(g.outputs)}")
+                       hint=f"outputs: {', '.join(model.graph.outputs)}")
+    g, grads = gradient_graph(model.graph, loss_name, "train")
     loss_v = g.outputs[loss_name]
     names = sorted(g.params)
-    grads = backprop(g, loss_v, names, builder=Builder(g, mode="train", role="backward"))
     g.outputs = {"loss": loss_v, **{f"grad:{n}": grads[n] for n in names}}
     binding = {d: 3 for d in model.symbolic_dims()}
     binding.update(dims or {})

@@ -16,7 +16,7 @@ import numpy as np
 from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, size_of, solve
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.ops.registry import get_op
-from dlc.compiler.types import FLOATS, np_dtype
+from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
 MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
@@ -30,6 +30,7 @@ class _Step:
     outs: tuple[int, ...]
     attrs: dict
     symbolic: bool  # attrs mention Syms: resolve per run
+    context: bool  # the kernel wants the run's dims and precision (control flow)
     frees: tuple[int, ...]
 
 
@@ -70,9 +71,9 @@ class Plan:
                 last_use[s] = len(steps)
             attrs = dict(data["attrs"])
             if compute_dtype is not None and op == "cast" and attrs["dtype"] in FLOATS:
-                attrs["dtype"] = _dtype_name(compute_dtype)
+                attrs["dtype"] = dtype_name(compute_dtype)
             steps.append(_Step(n, opdef.kernel, ins, tuple(slot_of[v] for v in graph.out_values(n)),
-                               attrs, _mentions_sym(attrs), ()))
+                               attrs, _mentions_sym(attrs), opdef.takes_context, ()))
         self.out_slots = [slot_of[v] for v in wanted]
         keep = set(self.out_slots)
         frees: dict[int, list[int]] = {}
@@ -86,13 +87,13 @@ class Plan:
         self._dim_plan = self._plan_dims(graph, self.input_nodes)
 
     # -- running ------------------------------------------------------------
-    def bind_dims(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    def bind_dims(self, feeds: Mapping[str, np.ndarray], known: Mapping[str, int] | None = None) -> dict[str, int]:
         """Unify the declared input types with the feeds' shapes.
 
         Fixed dims are compared and plain names (``B``) bound directly; dim
         expressions (``T - 1``) are solved last, once every plain name is known.
         This runs once per scan step, so the per-input work is planned ahead."""
-        env: dict[str, Any] = {}
+        env: dict[str, Any] = dict(known or {})
         deferred = []
         for name, n, declared, fixed, names, exprs in self._dim_plan:
             if name not in feeds:
@@ -132,14 +133,16 @@ class Plan:
         return plan
 
     def run(self, feeds: Mapping[str, Any], params: Mapping[str, np.ndarray] | None = None,
-            state: Mapping[str, np.ndarray] | None = None, *, check_finite: bool = False) -> dict:
+            state: Mapping[str, np.ndarray] | None = None, *, check_finite: bool = False,
+            dims: Mapping[str, int] | None = None) -> dict:
         """Execute; returns ``{output name: array}``.
 
         ``check_finite`` raises E0402 at the first node whose output holds a
-        NaN or Inf, naming its op and source line."""
+        NaN or Inf, naming its op and source line.  ``dims`` are known values of
+        symbolic dims (a scan body gets its caller's)."""
         params = params or {}
         state = state or {}
-        env = self.bind_dims(feeds)
+        env = self.bind_dims(feeds, dims)
         slots: list[Any] = [None] * self.n_slots
         for kind, key, slot, n in self.sources:
             if kind == "const":
@@ -150,7 +153,7 @@ class Plan:
                     raise DlcError("E0401", f"no value given for {kind} `{key}`", self.graph[n]["loc"],
                                    hint=f"expected {kind}s: {', '.join(sorted(self._names(kind)))}")
                 value = table[key]
-            slots[slot] = self._convert(value, self.graph[n]["types"][0].dtype)
+            slots[slot] = self._convert(value, self.graph[n]["types"][0].dtype, key, kind)
         with np.errstate(all="ignore"):  # NaN/Inf are reported by check_finite and the trainer, not warnings
             self._execute(slots, env, check_finite)
         return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
@@ -158,6 +161,8 @@ class Plan:
     def _execute(self, slots: list, env: dict, check_finite: bool) -> None:
         for st in self.steps:
             attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
+            if st.context:
+                attrs = {**attrs, "_dims": env, "_compute_dtype": self.compute_dtype}
             try:
                 result = st.kernel(*[slots[s] for s in st.ins], **attrs)
             except DlcError:
@@ -180,14 +185,20 @@ class Plan:
             for s in st.frees:
                 slots[s] = None
 
-    def _convert(self, value, dtype: str) -> np.ndarray:
+    def _convert(self, value, dtype: str, name="", kind="input") -> np.ndarray:
+        """``value`` as the declared dtype; a cast that would change values (2.5 → 2, complex → real) is an error."""
         target = np_dtype(dtype)
         if self.compute_dtype is not None and dtype in FLOATS:
             target = np.dtype(self.compute_dtype)
         arr = np.asarray(value)
-        if arr.dtype != target:
-            arr = arr.astype(target)
-        return arr
+        if arr.dtype == target:
+            return arr
+        lossy = arr.dtype.kind == "c" or arr.dtype.kind == "f" and target.kind in "iub" and not (
+            np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
+        if lossy or arr.dtype.kind not in "biufc":
+            raise DlcError("E0401", f"{kind} `{name}` is {arr.dtype}, which cannot become {dtype_name(target)} "
+                           "without changing its values", hint=f"give {dtype_name(target)} values")
+        return arr.astype(target)
 
     def _names(self, kind: str) -> list[str]:
         return [k for kd, k, _, _ in self.sources if kd == kind]
@@ -216,12 +227,6 @@ def _resolve(value, env):
     if isinstance(value, list):
         return [_resolve(v, env) for v in value]
     return value
-
-
-def _dtype_name(dt) -> str:
-    from dlc.compiler.types import dtype_name
-
-    return dtype_name(dt)
 
 
 def _fmt(shape) -> str:

@@ -15,7 +15,7 @@ from dlc.grammar.errors import DlcError
 Runner = Callable[[dict, dict, dict], dict]
 
 
-def make_runner(graph: Graph, backend: str, *, train: bool = True) -> Runner:
+def make_runner(graph: Graph, backend: str) -> Runner:
     if backend == "numpy":
         from .interpreter import Plan
 

@@ -121,7 +121,11 @@ def train(model, **options) -> History:
 
 
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
-           backend: str = "numpy", progress: bool = True, echo=print) -> History:
+           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True) -> History:
+    """``fresh``: start from parameters initialised with the training seed (the
+    default: same seed, same run); False continues from ``model.params``
+    (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
+    newest checkpoint in ``checkpoint`` instead."""
     from dlc.model import init_params
 
     spec = model.train_spec()
@@ -131,9 +135,9 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     n_train = len(next(iter(splits["train"].values())))
     spe = max(math.ceil(n_train / spec.batch), 1)
     steps = build_steps(model, spec, spe)
-    runners = [make_runner(s.graph, backend, train=True) for s in steps]
-    evaluator = make_runner(eval_graph(model, spec), backend, train=True)
-    params = init_params(steps[0].graph, seed)
+    runners = [make_runner(s.graph, backend) for s in steps]
+    evaluator = make_runner(eval_graph(model, spec), backend)
+    params = init_params(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.params.items()}
     state: dict[str, np.ndarray] = {}
     for s in steps:
         state.update(initial_state(s))
@@ -166,7 +170,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
                     continue
                 feeds = {**batch, RNG_INPUT: rng_key(seed, global_step, gi)}
                 out = run(feeds, params, state)
-                loss = float(out["loss"])
+                loss = float(out["train/loss"])
                 if not math.isfinite(loss):
                     _locate_nonfinite(s, feeds, params, state, loss)
                 for name in s.params:
@@ -254,7 +258,9 @@ class _EarlyStop:
         self.monitor = kw.get("monitor", "val.loss")
         self.restore_best = bool(kw.get("restore_best", False))
         self.min_delta = float(kw.get("min_delta", 0.0))
-        self.lower_is_better = "loss" in self.monitor or "mse" in self.monitor or "error" in self.monitor
+        mode = kw.get("mode", "auto")  # auto: losses and errors go down, everything else (accuracy) up
+        self.lower_is_better = mode == "min" or mode == "auto" and any(
+            w in self.monitor for w in ("loss", "mse", "mae", "error", "perplexity"))
         self.best = None
         self.best_epoch = None
         self.best_params = None

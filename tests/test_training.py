@@ -204,7 +204,7 @@ def test_schedules_shape_the_learning_rate(tmp_path):
         state = initial_state(step)
         for t in (0, 3, 8, 12, 20):
             state["step/main"] = np.int64(t)
-            lr = float(run(feeds, m.params, state)["lr"])
+            lr = float(run(feeds, m.params, state)["train/lr"])
             assert lr == pytest.approx(want(t), rel=1e-5), (sched, t)
 
 
@@ -243,7 +243,12 @@ train m { data = xor(same = true)  inputs = map(y = y_f)  loss = loss  epochs = 
     ("data = digits()  loss = loss  optimizer = adam(learning_rate = 0.1)", ["no argument `learning_rate`"]),
     ("data = digitz()  loss = loss", ["unknown dataset `digitz`", "digits"]),
     ("data = digits()  loss = loss  batch = 0", ["`batch` must be an integer >= 1"]),
-    ("data = digits()  loss = probs", ["must be a scalar"]),
+    ("data = digits()  loss = probs", ["the loss must be a float scalar", "f32[B, 10]"]),
+    ("data = digits()  loss = sum(y)", ["the loss must be a float scalar", "i64[]"]),
+    ("data = digits()  loss = loss  optimizer = adam(beta1 = 1.0)", ["`beta1` of `adam` must be >= 0 and < 1"]),
+    ("data = digits()  loss = loss  clip = norm(-1.0)", ["`max` of `norm` must be > 0"]),
+    ("data = digits()  loss = loss  early_stop = patience(0)", ["`patience` of `patience` must be >= 1"]),
+    ("data = digits()  step a { loss = loss; params = \"nothing*\" }", ["step `a`", "match no parameter"]),
     ("loss = loss", ["needs `data`"]),
 ])
 def test_train_block_is_strict(block, words):

@@ -13,7 +13,7 @@ from ..dims import Sym
 from ..graph import Value
 from ..ops.registry import REQUIRED, get_op
 from ..types import ShapeError, TensorType
-from .frame import DType, Frame, LayerRef, OpRef, describe, is_tensor
+from .frame import ARITY_DISPATCH, DType, Frame, LayerRef, OpRef, describe, is_tensor
 
 _TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod", "@": "matmul",
                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
@@ -30,7 +30,7 @@ def evaluate(e, frame: Frame):
     ctx.depth += 1
     try:
         if ctx.depth > MAX_DEPTH:
-            raise DlcError("E0003", "the expression nests too deeply", e.loc)
+            raise DlcError("E0003", "the expression nests too deeply (or a chain of bindings is too long)", e.loc)
         return _EVAL[type(e)](e, frame)
     finally:
         ctx.depth -= 1
@@ -134,8 +134,9 @@ def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
     if isinstance(fn, OpRef):
         if fn.name == "identity" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
             return args[0]  # `act = identity`: no node for a no-op
-        if fn.name in ("reduce_max", "maximum", "reduce_min", "minimum"):
-            fn = OpRef(_min_max(fn.name, args), fn.kwargs)
+        if fn.name in ARITY_DISPATCH:
+            reduce, elementwise = ARITY_DISPATCH[fn.name]
+            fn = OpRef(elementwise if len(args) >= 2 else reduce, fn.kwargs)
         if not any(is_tensor(a) for a in args) and fn.name not in _NULLARY_OK and not kwargs.get("shape"):
             # `leaky_relu(alpha = 0.2)` with no tensor: a partial application, used as an activation
             if not args and all(k in get_op(fn.name).attrs for k in kwargs):
@@ -155,12 +156,6 @@ def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
 
 
 _NULLARY_OK = {"fill", "zeros", "ones", "uniform", "normal"}
-
-
-def _min_max(name: str, args: list) -> str:
-    """``max(x)`` / ``max(x, axis = 1)`` reduce; ``max(a, b)`` is elementwise."""
-    kind = "max" if "max" in name else "min"
-    return ("maximum" if kind == "max" else "minimum") if len(args) >= 2 else f"reduce_{kind}"
 
 
 def _kw_locs(e) -> dict:

@@ -22,8 +22,9 @@ from ..ops.registry import all_ops
 from ..types import DTYPES
 
 # names users write that map onto registry ops with other names
-ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather",
-           "max": "reduce_max", "min": "reduce_min"}  # max(a, b) becomes maximum in expr.call_value
+ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather"}
+# `max(x)` reduces, `max(a, b)` is elementwise: expr.call_value picks by arity
+ARITY_DISPATCH = {"max": ("reduce_max", "maximum"), "min": ("reduce_min", "minimum")}
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class Frame:
         """The scope of the next layer call: the binding's name, numbered after the first."""
         base = self.binding or fallback
         n = self.calls.get(base, 0) + 1
+        while n > 1 and f"{base}_{n}" in self.names or f"{base}_{n}" in self.pending:
+            n += 1  # `base_2` is a binding of its own: do not take its scope
         self.calls[base] = n
         return self.path(base if n == 1 else f"{base}_{n}")
 
@@ -130,7 +133,7 @@ class Frame:
         if name in self.module.layers:
             return self.module.layers[name]
         op = ALIASES.get(name, name)
-        if op in all_ops():
+        if op in all_ops() or op in ARITY_DISPATCH:
             return OpRef(op)
         if name in DTYPES:
             return DType(name)
@@ -141,7 +144,7 @@ class Frame:
 
     def visible(self) -> list[str]:
         return [*self.names, *self.pending, *self.dims, *self.module.consts, *self.module.layers,
-                *all_ops(), *ALIASES]
+                *all_ops(), *ALIASES, *ARITY_DISPATCH]
 
     def force(self, name: str, loc: Loc | None) -> None:
         """Evaluate the pending binding that defines ``name``."""
@@ -193,7 +196,11 @@ def const_value(module: ModuleEnv, name: str):
         decl = module.consts[name]
         module.const_values[name] = _EVALUATING
         frame = Frame(_CONST_CTX, module, scope="", context="", builder=None)  # type: ignore[arg-type]
-        value = evaluate(decl.value, frame)
+        try:
+            value = evaluate(decl.value, frame)
+        except BaseException:
+            del module.const_values[name]  # not "being evaluated" any more: the next compile reports it again
+            raise
         if isinstance(value, Value):
             raise DlcError("E0103", f"const `{name}` must be a number, string or list, not a tensor", decl.loc)
         module.const_values[name] = value

@@ -106,7 +106,7 @@ def unify(child: Frame, caller: Frame, what: str, f: A.Formal, value, loc) -> No
     for dim_expr, d in zip(want.dims, actual.shape):
         pattern = dim_pattern(child, dim_expr)
         if not solve(pattern, d, child.dims):
-            bound = {k: v for k, v in child.dims.items()}
+            bound = {k: v for k, v in child.dims.items() if str(v) != k}  # `B = B` says nothing
             raise caller.error("E0104", f"argument `{f.name}` of `{what}` must be {expected}, got {actual}", loc,
                                notes=[(f"`{f.name}` declared", f.loc)] + (
                                    [(f"already bound: {', '.join(f'{k} = {v}' for k, v in bound.items())}", None)]
@@ -217,6 +217,9 @@ def scan(frame: Frame, e: A.Scan):
         axes = [norm_axis(axis, t.rank) for t in seq_types]
     except Exception:
         raise frame.error("E0104", f"axis {axis} is out of range for {seq_types[0]}", e.loc) from None
+    if len(set(axes)) > 1:
+        raise frame.error("E0104", f"axis {axis} means different axes for sequences of different ranks "
+                          f"({', '.join(str(t) for t in seq_types)})", e.loc, hint="give a non-negative axis")
     lengths = {t.shape[a] for t, a in zip(seq_types, axes)}
     if len(lengths) > 1:
         raise frame.error("E0104", "scanned sequences differ in length: "
@@ -236,6 +239,12 @@ def scan(frame: Frame, e: A.Scan):
 
     # params live in the main graph: each reaches the body through every enclosing capture
     kwargs = {k: to_body(v) if is_tensor(v) else v for k, v in kwargs.items()}
+    positional = len(seq_vals) + len(carry_vals)
+    if positional > len(cell.defn.formals):
+        raise frame.error("E0102", f"`{cell.defn.name}` takes {len(cell.defn.formals)} argument(s), but the scan "
+                          f"passes {positional}: {len(seq_vals)} sequence slice(s) and {len(carry_vals)} "
+                          "carried value(s) from `init`", e.loc,
+                          hint="a cell takes the sequence slices first, then one argument per `init` value")
     out = call_layer(frame, cell, seq_vals + carry_vals, kwargs, e.loc, scope=scope, builder=bb,
                      capture=lambda v: to_body(frame.capture(v)))
     results = list(out) if isinstance(out, tuple) else [out]
@@ -252,6 +261,10 @@ def scan(frame: Frame, e: A.Scan):
         if bb.type(c) != frame.builder.type(init):
             raise frame.error("E0104", f"carry {i} of `{cell.defn.name}` starts as {frame.builder.type(init)} "
                               f"but the cell returns {bb.type(c)}", e.init[i].loc)
+    if any(body[n]["attrs"]["name"] == "__rng" for n in body.nx if body[n]["op"] == "input"):
+        raise frame.error("E0103", f"`{cell.defn.name}` draws random numbers (dropout, normal, …), which a scan "
+                          "cell cannot do yet", e.loc,
+                          hint="draw the noise outside the scan and pass it in as a sequence (`over (xs, noise)`)")
     if any(y == c for c in carries):
         y = bb.identity(y)
     body.outputs = {**{f"carry{i}": c for i, c in enumerate(carries)}, "y0": y}

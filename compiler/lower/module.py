@@ -183,12 +183,14 @@ def _compile_model(loaded: Loaded, model: A.ModelDef, mode: str, hyper: dict | N
 
         frame.binding = name.replace("/", "_")
         v = evaluate(e, frame)
-        if not is_tensor(v) or graph.type_of(v).rank != 0:
-            got = f"a tensor of type {graph.type_of(v)}" if is_tensor(v) else describe(v)
-            kind, _, short = name.partition("/")
+        kind, _, short = name.partition("/")
+        t = graph.type_of(v) if is_tensor(v) else None
+        if t is None or t.rank != 0 or kind == "loss" and not t.is_float:
+            got = f"a tensor of type {t}" if t is not None else describe(v)
             what = "the loss" if kind == "loss" else f"the metric `{short}`"
-            raise DlcError("E0201", f"{what} must be a scalar tensor, got {got}", e.loc,
-                           hint="reduce it, e.g. with mean(...)")
+            raise DlcError("E0201", f"{what} must be a {'float ' if kind == 'loss' else ''}scalar tensor, got {got}",
+                           e.loc, hint="reduce it, e.g. with mean(...)" if t is None or t.rank else
+                           "cast it: cast(x, f32)")
         graph.outputs[name] = v
     frame.binding = None
     return Lowered(graph, model, mode, values,

@@ -123,15 +123,26 @@ class Minimum(_Binary):
 
 @register
 class Mod(_Binary):
+    """``a % b`` as Python and NumPy define it: the result takes the divisor's sign."""
+
     name = "mod"
     differentiable = False
-    samples = [Sample((Arg((2, 3), "int", 0, 20), Arg((2, 3), "int", 1, 7)))]
+    samples = [Sample((Arg((2, 3), "int", 0, 20), Arg((2, 3), "int", 1, 7))),
+               Sample((Arg((2, 3), "int", -20, 20), Arg((2, 3), "int", -7, -1)), note="negative ints"),
+               Sample((Arg((2, 3)), Arg((2, 3), "positive")), note="negative floats")]
 
     def kernel(self, a, b):
         return np.mod(a, b)
 
     def onnx(self, e, ins, outs):
-        e.node("Mod", ins, outs, fmod=1 if e.in_types[0].dtype in FLOATS else 0)
+        if e.in_types[0].dtype not in FLOATS:
+            e.node("Mod", ins, outs, fmod=0)  # integer Mod already follows the divisor's sign
+            return
+        # float Mod needs fmod=1, which follows the dividend's sign: write a - b * floor(a / b) instead
+        (q,) = e.node("Div", ins, 1)
+        (fl,) = e.node("Floor", [q], 1)
+        (bf,) = e.node("Mul", [ins[1], fl], 1)
+        e.node("Sub", [ins[0], bf], outs)
 
 
 class _Compare(_Binary):

@@ -70,16 +70,16 @@ class Scan(Op):
         return tuple(stacked) + tuple(types[:k])
 
     # -- NumPy -------------------------------------------------------------------
-    def kernel(self, *arrays, body, n_carry, n_seq, axis, reverse):
+    takes_context = True  # the interpreter passes its dims and precision (the body runs in a nested plan)
+
+    def kernel(self, *arrays, body, n_carry, n_seq, axis, reverse, _dims=None, _compute_dtype=None):
         from dlc.runtime.interpreter import Plan  # runtime depends on compiler, not the reverse, except here
 
-        # run the body at the caller's precision (float64 under gradcheck), planned once per precision
-        wide = any(a.dtype == np.float64 for a in arrays) and any(
-            body[n]["types"][0].dtype == "f32" for n in body.inputs)
-        key = "_plan64" if wide else "_plan"
+        # the body runs at the caller's precision (float64 under gradcheck), planned once per precision
+        key = f"_plan_{np.dtype(_compute_dtype).name if _compute_dtype is not None else 'declared'}"
         plan = body.__dict__.get(key)
         if plan is None:
-            plan = body.__dict__[key] = Plan(body, compute_dtype=np.float64 if wide else None)
+            plan = body.__dict__[key] = Plan(body, compute_dtype=_compute_dtype)
         k, m = n_carry, n_seq
         names = [body[n]["attrs"]["name"] for n in body.inputs]
         seqs = arrays[k:k + m]
@@ -94,7 +94,7 @@ class Scan(Op):
         for t in (range(length - 1, -1, -1) if reverse else range(length)):
             feeds.update(zip(names[:k], carries))
             feeds.update((nm, np.take(s, t, axis=ax)) for nm, s in zip(names[k:k + m], seqs))
-            out = plan.run(feeds)
+            out = plan.run(feeds, dims=_dims)  # outer dims reach attrs like zeros([B, n]) in the cell
             carries = [out[nm] for nm in out_names[:k]]
             for j, nm in enumerate(out_names[k:]):
                 stacked[j][t] = out[nm]

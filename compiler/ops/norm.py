@@ -8,8 +8,9 @@ is what they cost anyway and what keeps them differentiable and exportable
 for free:
 
 - ``batch_norm`` expands by ``b.mode``.  In ``train`` mode it normalises with
-  the batch statistics and also returns the updated running statistics (state
-  the runtime feeds back); in ``eval`` mode it uses the running statistics and
+  the batch statistics and also returns the updated running statistics (the
+  language has no state declarations yet, so a spec cannot feed them back:
+  see docs/language.md); in ``eval`` mode it uses the running statistics and
   returns them unchanged, so both modes have the same three outputs.  The
   training graph therefore exports as plain ReduceSum/Mul/… nodes, never as
   ONNX ``BatchNormalization`` with ``training_mode=1`` (which onnxruntime does

@@ -109,3 +109,14 @@ def _fit(b: Builder, ct: Value, target) -> Value:
     if b.type(ct).dtype != target.dtype:
         ct = b.cast(ct, dtype=target.dtype)
     return ct
+
+
+def gradient_graph(graph: Graph, loss: str, mode: str = "train") -> tuple[Graph, dict]:
+    """A copy of ``graph`` extended with the gradients of output ``loss`` with
+    respect to every parameter; returns (the copy, {param name: gradient Value})."""
+    from ..builder import Builder
+
+    g = graph.copy()
+    names = sorted(g.params)
+    grads = backprop(g, g.outputs[loss], names, builder=Builder(g, mode=mode, role="backward"))
+    return g, grads

@@ -76,7 +76,7 @@ def schedule(b: Builder, spec, base_lr: float, done, steps_per_epoch: int):
     name, kw = spec.name, spec.kwargs
     spe = float(max(steps_per_epoch, 1))
     if name == "constant":
-        return b.mul(b.add(b.mul(done, 0.0), 1.0), base_lr)
+        return b.const(base_lr, b.type(done).dtype)
     if name == "step":
         return b.mul(b.pow(b.const(kw["gamma"], "f32"), b.floor(b.div(done, kw["every"] * spe))), base_lr)
     if name == "exponential":

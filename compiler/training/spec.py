@@ -56,6 +56,7 @@ class StepSpec:
     schedule: CallSpec
     clip: CallSpec | None
     every: int = 1
+    loc: Any = None  # of the `params` item (or the group), for pattern errors
 
 
 @dataclass
@@ -98,7 +99,8 @@ def parse_train(t: A.TrainDef) -> TrainSpec:
         spec.metrics = _metrics(items["metrics"].value)
     if "early_stop" in items:
         spec.early_stop = _call(items["early_stop"].value, {"patience": {"patience": None, "monitor": "val.loss",
-                                                                          "restore_best": True, "min_delta": 0.0}},
+                                                                          "restore_best": True, "min_delta": 0.0,
+                                                                          "mode": "auto"}},
                                 "early stopping")
     if "regularize" in items:
         value = items["regularize"].value
@@ -138,7 +140,8 @@ def _step(name: str, items: dict, loc, raw) -> StepSpec:
         clip = _call(items["clip"].value, {"norm": {"max": None}, "value": {"max": None}}, "clipping")
     every = _int(items, "every", 1, low=1)
     params = _patterns(items["params"].value) if "params" in items else ("*",)
-    return StepSpec(name, items["loss"].value, params, optimizer, schedule, clip, every)
+    where = items["params"].loc if "params" in items else loc
+    return StepSpec(name, items["loss"].value, params, optimizer, schedule, clip, every, where)
 
 
 def _schedule(e) -> CallSpec:
@@ -177,7 +180,30 @@ def _call(e, table: dict, what: str) -> CallSpec:
             out[k] = default
             continue
         out[k] = _literal(given[k], default, f"argument `{k}` of `{name}`")
+        _check_range(name, k, out[k], given[k].loc)
     return CallSpec(name, out, e.loc)
+
+
+# argument name → (lowest, highest, is the lowest itself allowed); names not listed are unchecked
+_RANGES = {"lr": (0, None, False), "eps": (0, None, False), "every": (0, None, False), "gamma": (0, None, False),
+           "total": (0, None, False), "max": (0, None, False), "power": (0, None, False),
+           "epochs": (0, None, False), "patience": (1, None, True), "strength": (0, None, True),
+           "min_delta": (0, None, True), "weight_decay": (0, None, True), "l1": (0, None, True),
+           "l2": (0, None, True), "initial": (0, None, True), "min_lr": (0, None, True),
+           "beta": (0, 1, True), "beta1": (0, 1, True), "beta2": (0, 1, True), "rho": (0, 1, True)}
+
+
+def _check_range(call: str, key: str, value, loc) -> None:
+    if key == "mode" and value not in ("auto", "min", "max"):
+        raise _err(f"`mode` of `{call}` must be auto, min or max, got {value}", loc)
+    if key not in _RANGES or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    low, high, closed = _RANGES[key]
+    ok = (value >= low if closed else value > low) and (high is None or value < high)
+    if not ok:
+        bound = f">= {low}" if closed else f"> {low}"
+        bound += f" and < {high}" if high is not None else ""
+        raise _err(f"argument `{key}` of `{call}` must be {bound}, got {value}", loc)
 
 
 def _literal(e, like, what: str):

@@ -4,9 +4,11 @@ For one step group of a train block, :func:`build_step` takes the model
 lowered in train mode (with the group's loss and the block's metrics as
 extra outputs) and adds: regularisation terms, the symbolic gradients of the
 selected parameters, clipping, the learning rate from the schedule, and the
-optimizer update.  Its outputs are ``loss``, ``metric/<name>``,
-``new/<param>`` and ``new/<state>``; its state inputs are the optimizer
-slots (``<slot>/<param>``) and the update counter ``step/<group>``.
+optimizer update.  Its outputs are ``train/loss``, ``train/lr``,
+``metric/<name>``, ``new/<param>`` and ``new/<state>`` (a ``/`` cannot occur
+in a `.dl` name, so they never collide with the model's inputs); its state
+inputs are the optimizer slots (``<group>/<optimizer>.<slot>/<param>``, e.g.
+``main/adam.m/h.W``) and the update counter ``step/<group>``.
 """
 from __future__ import annotations
 
@@ -35,10 +37,11 @@ class StepGraph:
 
 
 def select_params(patterns, names: list[str], loc=None, what="step") -> list[str]:
+    """The ``names`` matching any glob pattern; none is an error (a typo would train nothing)."""
     chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
     if not chosen:
-        raise DlcError("E0201", f"the {what}'s parameter patterns {', '.join(patterns)} match no parameter", loc,
-                       hint="parameters: " + ", ".join(names[:20]))
+        raise DlcError("E0201", f"the parameter patterns of {what} ({', '.join(patterns)}) match no parameter",
+                       loc, hint="parameters: " + ", ".join(names[:20]))
     return chosen
 
 
@@ -46,13 +49,20 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
     """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step."""
     b = Builder(graph, mode="train", role="optimizer", scope="train")
     loss = graph.outputs.pop(f"loss/{step.name}")
-    names = select_params(step.params, list(graph.params), spec.loc)
+    everything = list(graph.params)
+    names = select_params(step.params, everything, step.loc, f"step `{step.name}`")
     param_values = {n: Value(graph.params[n]) for n in names}
+
+    def chosen(rule, what: str) -> set[str]:
+        """The group's parameters a regulariser applies to (its pattern must match some parameter)."""
+        return set(select_params((rule.kwargs["params"],), everything, rule.loc, what)) & set(names)
+
+    decayed = chosen(spec.weight_decay, "weight decay") if spec.weight_decay is not None else set()
     dtype = graph.type_of(loss).dtype
     total = loss
     with b.at(scope="train/regularize"):
         for reg in spec.regularize:
-            for n in select_params((reg.kwargs["params"],), names, reg.loc, "regulariser"):
+            for n in [n for n in names if n in chosen(reg, "regulariser")]:
                 p = param_values[n]
                 term = b.sum(b.abs(p)) if reg.name == "l1" else b.mul(b.sum(b.mul(p, p)), 0.5)
                 total = b.add(total, b.mul(term, reg.kwargs["strength"]))
@@ -78,20 +88,20 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
     for n in names:
         p, g = param_values[n], grads[n]
         with b.at(scope=f"train/{opt.name}/{n}"):
-            slot_values = {s: state(f"{opt.name}.{s}/{n}", graph.type_of(p), init)
+            slot = {s: f"{step.name}/{opt.name}.{s}/{n}" for s in optim.slots(opt.name, opt.kwargs)}
+            slot_values = {s: state(slot[s], graph.type_of(p), init)
                            for s, init in optim.slots(opt.name, opt.kwargs).items()}
             new_p, new_slots = optim.update(b, opt.name, opt.kwargs, p, g, slot_values, lr, t)
-            if spec.weight_decay is not None and n in select_params((spec.weight_decay.kwargs["params"],), names,
-                                                                    spec.weight_decay.loc, "weight decay"):
+            if n in decayed:
                 new_p = b.sub(new_p, b.mul(b.mul(lr, spec.weight_decay.kwargs["strength"]), p))
         new[n] = new_p
         for s, v in new_slots.items():
-            new[f"{opt.name}.{s}/{n}"] = v
+            new[slot[s]] = v
     for key, (node, _) in list(graph.state.items()):
         graph.state[key] = (node, new[key])
-    outputs = {"loss": loss, **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")}}
+    outputs = {"train/loss": loss, "train/lr": lr,
+               **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")}}
     outputs.update({f"new/{k}": v for k, v in new.items()})
-    outputs["lr"] = lr
     graph.outputs = outputs
     # rules also build cotangents for inputs nobody asked about (d loss / d x): drop them
     graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
