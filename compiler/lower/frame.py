@@ -95,7 +95,7 @@ class Frame:
         """The scope of the next layer call: the binding's name, numbered after the first."""
         base = self.binding or fallback
         n = self.calls.get(base, 0) + 1
-        while n > 1 and f"{base}_{n}" in self.names or f"{base}_{n}" in self.pending:
+        while n > 1 and (f"{base}_{n}" in self.names or f"{base}_{n}" in self.pending):
             n += 1  # `base_2` is a binding of its own: do not take its scope
         self.calls[base] = n
         return self.path(base if n == 1 else f"{base}_{n}")
