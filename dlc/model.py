@@ -50,8 +50,20 @@ class Model:
         self.lowered = compile_model(loaded, self.defn, mode, self.hyper)
         self.graph: Graph = self.lowered.graph
         self._params: dict[str, np.ndarray] | None = None  # drawn on first use (`dlc check` never needs them)
-        self.state: dict[str, np.ndarray] = {}
+        self._state: dict[str, np.ndarray] | None = None
         self._plans: dict = {}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """The spec's ``state`` tensors (running statistics) by name, initialised like parameters."""
+        if self._state is None:
+            self._state = init_state(self.graph, self.seed)
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, np.ndarray]) -> None:
+        self._state = dict(value)
+        self._plans = {k: v for k, v in self._plans.items() if not (isinstance(k, tuple) and k[:1] == ("ort",))}
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -265,8 +277,17 @@ def load_eval_graph(model: Model) -> Graph:
 def init_params(graph: Graph, seed: int) -> dict[str, np.ndarray]:
     """Every parameter drawn from its initialiser with a generator seeded by
     (seed, name), so adding a parameter never changes the others."""
+    return _initialise(graph, graph.params, seed)
+
+
+def init_state(graph: Graph, seed: int) -> dict[str, np.ndarray]:
+    """The spec's ``state`` tensors, from their initialisers (optimizer slots are not in a model graph)."""
+    return _initialise(graph, {k: n for k, (n, _) in graph.state.items()}, seed)
+
+
+def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
     out = {}
-    for name, n in graph.params.items():
+    for name, n in nodes.items():
         init_name, kwargs = graph[n]["attrs"]["init"]
         t = graph[n]["types"][0]
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])

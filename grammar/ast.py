@@ -181,6 +181,26 @@ class ParamDecl:
 
 
 @dataclass(frozen=True)
+class StateDecl:
+    """``state NAME: [dims] = init``: a tensor carried from one training step to
+    the next (running statistics), not trained by gradients."""
+
+    name: str
+    type: TensorTypeExpr
+    init: Expr | None = None
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
+class Update:
+    """``update NAME = expr``: the next value of state ``NAME``."""
+
+    name: str
+    value: Expr
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class OutputDecl:
     """``output name = expr``, or ``output name`` for an existing binding."""
 
@@ -209,7 +229,7 @@ class Require:
     loc: Loc = _loc()
 
 
-Stmt = Union[InputDecl, ParamDecl, OutputDecl, Binding, Return, Require]
+Stmt = Union[InputDecl, ParamDecl, StateDecl, Update, OutputDecl, Binding, Return, Require]
 
 
 # --------------------------------------------------------------- declarations

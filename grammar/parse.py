@@ -138,6 +138,13 @@ class _ToAst(Transformer):
         name, typ, init = items
         return A.ParamDecl(str(name), self._tensor_type(typ, "param"), init, loc=self._loc(meta))
 
+    def state(self, meta, items):
+        name, typ, init = items
+        return A.StateDecl(str(name), self._tensor_type(typ, "state"), init, loc=self._loc(meta))
+
+    def update(self, meta, items):
+        return A.Update(str(items[0]), items[1], loc=self._loc(meta))
+
     def _tensor_type(self, typ, what: str) -> A.TensorTypeExpr:
         if isinstance(typ, A.TensorTypeExpr):
             return typ

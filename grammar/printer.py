@@ -56,6 +56,10 @@ def _body(stmts) -> str:
 def _stmt(s) -> str:
     if isinstance(s, A.InputDecl):
         return f"input {s.name}: {_type(s.type)}"
+    if isinstance(s, A.StateDecl):
+        return f"state {s.name}: {_type(s.type)}" + (f" = {expr(s.init)}" if s.init is not None else "")
+    if isinstance(s, A.Update):
+        return f"update {s.name} = {expr(s.value)}"
     if isinstance(s, A.ParamDecl):
         return f"param {s.name}: {_type(s.type)}" + (f" = {expr(s.init)}" if s.init is not None else "")
     if isinstance(s, A.OutputDecl):

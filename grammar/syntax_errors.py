@@ -11,7 +11,7 @@ from lark import Token
 
 from .errors import DlcError, Loc, Source
 
-KEYWORDS = {"use", "const", "layer", "model", "train", "input", "param", "output", "return",
+KEYWORDS = {"use", "const", "layer", "model", "train", "input", "param", "state", "update", "output", "return",
             "require", "repeat", "scan", "over", "and", "or", "not", "true", "false"}
 _WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
           "ADD_OP": "`+` or `-`", "MUL_OP": "an operator", "COMP_OP": "a comparison", "$END": "end of file",

@@ -29,7 +29,7 @@ from .data import batches, check_dataset, load_dataset, match_inputs, split
 from .runner import make_runner
 
 EVAL_BATCH = 1024
-BEST = "best/"  # checkpoint state prefix of the best parameters so far (early stopping's restore_best)
+BEST = "best/"  # checkpoint state prefix of the best epoch's parameters and state (restore_best)
 
 
 @dataclass
@@ -126,7 +126,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
     newest checkpoint in ``checkpoint`` instead."""
-    from dlc.model import init_params
+    from dlc.model import init_params, init_state
 
     spec = model.train_spec()
     epochs = spec.epochs if epochs is None else epochs
@@ -138,7 +138,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     runners = [make_runner(s.graph, backend) for s in steps]
     evaluator = make_runner(eval_graph(model, spec), backend)
     params = init_params(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.params.items()}
-    state: dict[str, np.ndarray] = {}
+    state = init_state(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.state.items()}
+    model_state = list(state)  # the spec's own state (running statistics); the rest are optimizer slots
     for s in steps:
         state.update(initial_state(s))
     history = History()
@@ -175,7 +176,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
                     _locate_nonfinite(s, feeds, params, state, loss)
                 for name in s.params:
                     params[name] = out[f"new/{name}"]
-                for name in s.state_init:
+                for name in (*s.state_init, *s.model_state):
                     state[name] = out[f"new/{name}"]
                 n = len(next(iter(batch.values())))
                 totals[gi][0] += loss * n
@@ -189,11 +190,11 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         row = {"epoch": epoch + 1, "loss": totals[0][0] / max(totals[0][1], 1)}
         for st, (t, c) in list(zip(steps, totals))[1:]:
             row[f"loss.{st.group}"] = t / max(c, 1)
-        row.update({f"val.{k}": v for k, v in evaluate(evaluator, splits["val"], params, spec).items()})
+        row.update({f"val.{k}": v for k, v in evaluate(evaluator, splits["val"], params, state, spec).items()})
         row["time"] = time.perf_counter() - t0
         history.epochs.append(row)
         echo(_line(row, epochs))
-        stopper.update(row, epoch + 1, params)
+        stopper.update(row, epoch + 1, {**params, **{k: state[k] for k in model_state}})
         if ckpt_dir is not None:
             best = {BEST + k: v for k, v in (stopper.best_params or {}).items()} if stopper.restore_best else {}
             ckpt.save(ckpt_dir, params=params, state={**state, **best},
@@ -204,24 +205,26 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     if stopper.stopped:
         history.stopped_early = True
         echo(f"early stop: `{stopper.monitor}` has not improved for {stopper.patience} epoch(s)")
-    if stopper.best_params is not None and stopper.restore_best:
-        params = stopper.best_params
+    if stopper.best_params is not None and stopper.restore_best:  # parameters and running statistics
+        params = {k: stopper.best_params[k] for k in params}
+        state.update({k: stopper.best_params[k] for k in model_state})
         history.best_epoch = stopper.best_epoch
         echo(f"restored the parameters of epoch {stopper.best_epoch} (best {stopper.monitor})")
-    history.test = evaluate(evaluator, splits["test"], params, spec)
+    history.test = evaluate(evaluator, splits["test"], params, state, spec)
     echo("test  " + ("  ".join(f"{k} {v:.4f}" for k, v in history.test.items()) or "(no test split)"))
     model.params = {k: np.array(v) for k, v in params.items()}
+    model.state = {k: np.array(state[k]) for k in model_state}
     return history
 
 
-def evaluate(run, arrays: dict, params: dict, spec) -> dict[str, float]:
+def evaluate(run, arrays: dict, params: dict, state: dict, spec) -> dict[str, float]:
     """Loss and metrics over a whole split, averaged per example."""
     n = len(next(iter(arrays.values()))) if arrays else 0
     if n == 0:
         return {}
     sums: dict[str, float] = {}
     for batch in batches(arrays, EVAL_BATCH, shuffle=False, seed=0, epoch=0):
-        out = run({**batch, RNG_INPUT: np.int64(0)}, params, {})
+        out = run({**batch, RNG_INPUT: np.int64(0)}, params, state)
         m = len(next(iter(batch.values())))
         for k, v in out.items():
             key = _metric_key(k, spec.steps[0].name)
@@ -263,7 +266,7 @@ class _EarlyStop:
             w in self.monitor for w in ("loss", "mse", "mae", "error", "perplexity"))
         self.best = None
         self.best_epoch = None
-        self.best_params = None
+        self.best_params = None  # parameters and the spec's state of the best epoch
         self.bad = 0
         self.stopped = False
 

@@ -16,8 +16,21 @@ QUIET = {"progress": False, "echo": lambda s: None}
 
 
 def test_cnn_reaches_96_percent_on_digits():
-    h = dlc.load(SPEC, mode="train").train(**QUIET)
+    m = dlc.load(SPEC, mode="train")
+    before = {k: v.copy() for k, v in m.state.items()}
+    h = m.train(**QUIET)
     assert h.test["accuracy"] >= 0.96
+    # batch normalisation's running statistics are state: trained runs move them, eval mode uses them
+    assert sorted(before) == ["h1.out.mean", "h1.out.var", "h2.out.mean", "h2.out.var"]
+    assert all(not np.allclose(before[k], m.state[k]) for k in before)
+    ev = dlc.load(SPEC)
+    ev.params, ev.state = m.params, m.state
+    x = np.random.default_rng(0).uniform(0, 1, (5, 64)).astype(np.float32)
+    feeds = {"x": x, "y": np.zeros(5, np.int64)}
+    trained = ev.run(feeds)["probs"]
+    np.testing.assert_allclose(trained, ev.run(feeds, backend="onnxruntime")["probs"], atol=2e-5)
+    ev.state = before  # the initial statistics give other predictions: eval mode reads the state
+    assert not np.allclose(ev.run(feeds)["probs"], trained, atol=1e-3)
 
 
 def test_cnn_training_step_matches_the_interpreter():
@@ -28,7 +41,7 @@ def test_cnn_training_step_matches_the_interpreter():
     assert {"Conv", "ConvTranspose", "MaxPool", "ScatterElements"} <= ops  # forward and backward convs, pooling
     step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
     rng = np.random.default_rng(0)
-    state = initial_state(step)
+    state = {**m.state, **initial_state(step)}  # the spec's running statistics and the optimizer's slots
     run = make_runner(step.graph, "numpy")
     session = OrtSession(proto)
     for batch in (3, 5):  # the batch dim stays symbolic in the exported step

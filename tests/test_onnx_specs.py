@@ -67,7 +67,7 @@ def test_training_step_matches_the_interpreter(path):
     onnx.checker.check_model(proto, full_check=True)
     step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
     feeds = {**feeds_for(m), "__rng": np.int64(7)}
-    state = initial_state(step)
+    state = {**m.state, **initial_state(step)}  # the spec's running statistics and the optimizer's slots
     want = make_runner(step.graph, "numpy")(feeds, m.params, state)
     got = OrtSession(proto).run({**feeds, **m.params, **state})
     for k in want:

@@ -51,34 +51,67 @@ def _unbound_dim(frame: Frame, e) -> A.Name | None:
     return None
 
 
-def declare_param(frame: Frame, stmt: A.ParamDecl) -> None:
+def declare_param(frame: Frame, stmt: A.ParamDecl | A.StateDecl) -> None:
+    """A ``param`` (trained) or ``state`` (carried between steps) tensor of fixed
+    size, created in the main graph under the frame's scope path."""
     from ..ops.init import init_names
 
-    shape = tensor_shape(frame, stmt.type, f"param `{stmt.name}`")
+    kind = "state" if isinstance(stmt, A.StateDecl) else "param"
+    shape = tensor_shape(frame, stmt.type, f"{kind} `{stmt.name}`")
     free = [d for d in shape if isinstance(d, Sym)]
     if free:
-        raise frame.error("E0105", f"param `{stmt.name}` has the symbolic dim {free[0]} in its shape "
+        raise frame.error("E0105", f"{kind} `{stmt.name}` has the symbolic dim {free[0]} in its shape "
                           f"[{', '.join(map(str, shape))}]", stmt.type.loc,
-                          hint="a parameter's size must be fixed; use a fixed size or an int argument")
+                          hint=f"a {kind}'s size must be fixed; use a fixed size or an int argument")
     count = 1
     for d in shape:
         count *= d
     if count > MAX_PARAM_ELEMENTS:
-        raise frame.error("E0003", f"param `{stmt.name}` would hold {count} elements (limit {MAX_PARAM_ELEMENTS})",
+        raise frame.error("E0003", f"{kind} `{stmt.name}` would hold {count} elements (limit {MAX_PARAM_ELEMENTS})",
                           stmt.type.loc)
     init = _init_spec(frame, stmt, init_names())
     name = frame.path(stmt.name)
     graph = frame.ctx.graph
-    if name in graph.params:
-        raise frame.error("E0107", f"a parameter named `{name}` already exists", stmt.loc,
+    if name in graph.params or name in graph.state:
+        raise frame.error("E0107", f"a parameter or state named `{name}` already exists", stmt.loc,
                           hint="two layer calls share a scope; bind them to different names")
     t = TensorType(stmt.type.dtype or "f32", shape)
-    n = graph.add_node("param", (), {"name": name, "init": init}, (t,), loc=stmt.loc, scope=frame.scope)
-    graph.params[name] = n
+    n = graph.add_node(kind, (), {"name": name, "init": init}, (t,), loc=stmt.loc, scope=frame.scope)
+    if kind == "param":
+        graph.params[name] = n
+    else:
+        graph.state[name] = (n, None)  # the next value comes from an `update`
+        frame.states[stmt.name] = name
     frame.define(stmt.name, frame.capture(Value(n)), stmt.loc)
 
 
-def _init_spec(frame: Frame, stmt: A.ParamDecl, names: list[str]) -> tuple[str, dict]:
+def apply_update(frame: Frame, stmt: A.Update) -> None:
+    """``update NAME = expr``: record the state's next value (same type, set once)."""
+    graph = frame.ctx.graph
+    if stmt.name not in frame.states:
+        raise frame.error("E0101", f"`update` needs a `state` of this block; `{stmt.name}` is not one", stmt.loc,
+                          hint="declare it: `state NAME: [dims] = zeros()`")
+    path = frame.states[stmt.name]
+    node, previous = graph.state[path]
+    if previous is not None:
+        raise frame.error("E0107", f"state `{stmt.name}` is updated twice", stmt.loc)
+    if frame.builder.graph is not graph:
+        raise frame.error("E0103", f"state `{stmt.name}` cannot be updated inside a scan cell", stmt.loc,
+                          hint="return the new value from the cell and update the state outside the scan")
+    saved = frame.binding
+    frame.binding = f"update_{stmt.name}"
+    try:
+        value = evaluate(stmt.value, frame)
+    finally:
+        frame.binding = saved
+    want = graph[node]["types"][0]
+    if not isinstance(value, Value) or graph.type_of(value) != want:
+        got = graph.type_of(value) if isinstance(value, Value) else describe(value)
+        raise frame.error("E0104", f"state `{stmt.name}` is {want}, but its update is {got}", stmt.value.loc)
+    graph.state[path] = (node, value)
+
+
+def _init_spec(frame: Frame, stmt: A.ParamDecl | A.StateDecl, names: list[str]) -> tuple[str, dict]:
     e = stmt.init
     if e is None:  # biases start at zero, matrices Glorot-uniform
         return ("zeros", {}) if len(stmt.type.dims) <= 1 else ("glorot_uniform", {})

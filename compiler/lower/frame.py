@@ -85,6 +85,7 @@ class Frame:
         self.pending: dict[str, A.Binding] = {}
         self.dims: dict[str, Any] = {}
         self.calls: dict[str, int] = {}  # layer calls made while evaluating each binding
+        self.states: dict[str, str] = {}  # state declared in this block → its path in the graph
         self.binding: str | None = None
 
     # -- scopes ----------------------------------------------------------------

@@ -141,11 +141,11 @@ def _pattern_text(t: A.TensorTypeExpr) -> str:
 
 def run_body(frame: Frame, body, loc, *, kind: str):
     """Lower a block: params, requires, bindings (lazily), then the result."""
-    from .decls import declare_param, check_require
+    from .decls import apply_update, check_require, declare_param
 
     result = None
     for stmt in body:
-        if isinstance(stmt, A.ParamDecl):
+        if isinstance(stmt, (A.ParamDecl, A.StateDecl)):
             declare_param(frame, stmt)
         elif isinstance(stmt, A.Binding):
             frame.add_binding(stmt)
@@ -170,6 +170,9 @@ def run_body(frame: Frame, body, loc, *, kind: str):
         result = values[0] if len(values) == 1 else values
     elif returns:
         raise frame.error("E0102", "`return` belongs in a layer; a model declares `output`s", returns[0].loc)
+    for stmt in body:
+        if isinstance(stmt, A.Update):
+            apply_update(frame, stmt)
     frame.force_all()
     return result
 

@@ -13,7 +13,7 @@ inputs are the optimizer slots (``<group>/<optimizer>.<slot>/<param>``, e.g.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,8 +32,9 @@ class StepGraph:
     graph: Graph
     group: str
     params: list[str]  # parameters this step updates
-    state_init: dict[str, tuple[TensorType, float]]  # state name → (type, initial fill value)
+    state_init: dict[str, tuple[TensorType, float]]  # optimizer state name → (type, initial fill value)
     every: int = 1
+    model_state: list[str] = field(default_factory=list)  # the spec's state this step updates
 
 
 def select_params(patterns, names: list[str], loc=None, what="step") -> list[str]:
@@ -97,15 +98,17 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
         new[n] = new_p
         for s, v in new_slots.items():
             new[slot[s]] = v
-    for key, (node, _) in list(graph.state.items()):
-        graph.state[key] = (node, new[key])
+    model_state = [k for k, (_, v) in graph.state.items() if v is not None]  # the spec's `update`s
+    for key in new.keys() & graph.state.keys():  # the optimizer's slots and counter
+        graph.state[key] = (graph.state[key][0], new[key])
     outputs = {"train/loss": loss, "train/lr": lr,
                **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")}}
     outputs.update({f"new/{k}": v for k, v in new.items()})
+    outputs.update({f"new/{k}": graph.state[k][1] for k in model_state})
     graph.outputs = outputs
     # rules also build cotangents for inputs nobody asked about (d loss / d x): drop them
     graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
-    return StepGraph(graph, step.name, names, state_init, step.every)
+    return StepGraph(graph, step.name, names, state_init, step.every, model_state)
 
 
 def _clip(b: Builder, clip, grads: dict, names: list[str]) -> dict:

@@ -1,0 +1,63 @@
+"""`state` / `update`: tensors carried from one training step to the next."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc.grammar.errors import DlcError
+from dlc.grammar.parse import parse
+from dlc.grammar.printer import unparse
+
+COUNTER = """
+model m() {
+    input x: f32[N, 2]
+    param w: [2] = ones()
+    state seen: [1] = zeros()          # how many examples the training steps have seen
+    update seen = seen + cast(count(x, axes = [0]), f32)
+    output loss = mean(x * w) + 0.0 * sum(seen)
+}
+train m { data = xor(same = true)  loss = loss  batch = 2  epochs = 3 }
+"""
+
+
+def test_state_is_carried_between_steps_on_both_backends():
+    for backend in ("numpy", "onnxruntime"):
+        m = dlc.compile(COUNTER, mode="train")
+        assert m.state == {"seen": np.zeros(1, np.float32)}
+        m.train(backend=backend, progress=False, echo=lambda s: None)
+        np.testing.assert_array_equal(m.state["seen"], [12.0])  # 3 epochs x 4 examples
+
+
+def test_state_round_trips_through_the_printer():
+    m = parse(COUNTER)
+    assert parse(unparse(m)) == m
+
+
+@pytest.mark.parametrize("body, words", [
+    ("update w = w", ["`update` needs a `state` of this block"]),
+    ("state s: [2] = zeros()\\n update s = x", ["state `s` is f32[2], but its update is f32[N, 2]"]),
+    ("state s: [2] = zeros()\\n update s = s\\n update s = s", ["updated twice"]),
+    ("state s: [N] = zeros()", ["symbolic dim N"]),
+])
+def test_state_errors(body, words):
+    text = f"model m() {{ input x: f32[N, 2]\n param w: [2] = ones()\n {body}\n output y = x }}"
+    with pytest.raises(DlcError) as e:
+        dlc.compile(text.replace("\\n", "\n"))
+    for w in words:
+        assert w in e.value.render()
+
+
+def test_state_cannot_be_updated_inside_a_scan_cell():
+    text = """
+layer cell(x: f32[B, 2], h: f32[B, 2]) {
+    state s: [2] = zeros()
+    update s = s + 1.0
+    return h + x
+}
+model m() { input xs: f32[B, T, 2]
+    hs, h = scan cell over xs init (zeros([B, 2]))
+    output y = h }"""
+    with pytest.raises(DlcError) as e:
+        dlc.compile(text)
+    assert "inside a scan cell" in e.value.message
