@@ -229,8 +229,9 @@ def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None, 
         except ShapeError as exc:  # raised by a composite op's expansion, outside the builder's own checks
             raise frame.error("E0104", f"shape mismatch in `{op}`: {exc}", loc) from None
         except (TypeError, ValueError, OverflowError) as exc:  # an attribute of the wrong kind reached a rule
+            # chained (not `from None`): under --debug the original traceback shows, in case it is a dlc bug
             raise frame.error("E0102", f"invalid arguments for `{op}`: {exc}", loc,
-                              hint=_signature_hint(op, opdef)) from None
+                              hint=_signature_hint(op, opdef)) from exc
 
 
 def _too_big(frame: Frame, v, tensors: list) -> bool:
