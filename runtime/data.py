@@ -5,21 +5,7 @@ arrays bit for bit, and :func:`batches` derives its order from (seed, epoch)
 alone, so a run resumed at epoch k sees exactly the batches it would have seen.
 
 A :class:`Dataset` holds arrays that share their leading (example) axis N.
-Built-ins (``load_dataset(name, **options)``):
-
-- ``digits``: x f32[N,64] in [0,1] (pixels / 16), y i64[N]; 10 classes.
-- ``iris``: x f32[N,4] standardised per feature, y i64[N]; 3 classes.
-- ``karate``: Zachary's karate club as ONE example (N = 1): x f32[1,34,34]
-  (identity features), adj f32[1,34,34] = D^-1/2 (A+I) D^-1/2, y i64[1,34]
-  (Mr. Hi = 0, Officer = 1), train_mask / test_mask bool[1,34]: nodes 0 and 33
-  plus one more seeded node per club train, the rest test. Split it with
-  ``same=True`` and use the masks.
-- ``xor``: x f32[4r,2] of 0/1, y i64[4r], y_f f32[4r,1]; option ``repeat=r``.
-- ``adding`` (the adding problem): x f32[n,T,2] (channel 0 uniform in [0,1),
-  channel 1 a marker with one 1 in each half), y f32[n,1] = sum of the two
-  marked values, y_cls i64[n] = (sum > 1); options ``n=2000, T=20``.
-- ``gaussian_mixture``: x f32[n,2], y i64[n] from k gaussians with centres on a
-  circle of radius 2; options ``n=300, k=3, std=0.5``.
+Built-ins (``load_dataset(name, **options)``) live in ``datasets.py``.
 
 User files (a name ending ``.npz`` or ``.csv``) are resolved against
 ``base_dir``; see :func:`_load_npz` and :func:`_load_csv`.
@@ -29,7 +15,6 @@ from __future__ import annotations
 import csv
 import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,121 +24,9 @@ from dlc.compiler.dims import Sym, shape_str, solve
 from dlc.compiler.types import DTYPES, np_dtype
 from dlc.grammar.errors import DlcError, suggest
 
-
-@dataclass
-class Dataset:
-    """Arrays sharing their leading axis N; ``n_classes`` when there is a class label."""
-
-    arrays: dict[str, np.ndarray]
-    n_classes: int | None
-    description: str
-
-    def __len__(self) -> int:
-        return _length(self.arrays)
+from .datasets import BUILTINS, Dataset, length_of, positive_int
 
 
-# -- option checking ------------------------------------------------------
-def _pos_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise DlcError("E0201", f"dataset option `{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _pos_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
-        raise DlcError("E0201", f"dataset option `{name}` must be a positive number, got {value!r}")
-    return float(value)
-
-
-def _length(arrays: dict[str, np.ndarray]) -> int:
-    return len(next(iter(arrays.values()))) if arrays else 0
-
-
-# -- built-ins ------------------------------------------------------------
-def _digits(seed: int) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    return Dataset({"x": x, "y": d.target.astype(np.int64)}, 10, "sklearn digits: 8x8 images, 10 classes")
-
-
-def _iris(seed: int) -> Dataset:
-    from sklearn.datasets import load_iris
-
-    d = load_iris()
-    x = (d.data - d.data.mean(axis=0)) / d.data.std(axis=0)
-    return Dataset({"x": x.astype(np.float32), "y": d.target.astype(np.int64)}, 3, "iris: 4 features, 3 classes")
-
-
-def _karate(seed: int) -> Dataset:
-    import networkx as nx
-
-    g = nx.karate_club_graph()
-    nodes = sorted(g.nodes)
-    n = len(nodes)
-    a = nx.to_numpy_array(g, nodelist=nodes, weight=None) + np.eye(n)  # unweighted, self loops
-    d = 1.0 / np.sqrt(a.sum(axis=1))
-    adj = d[:, None] * a * d[None, :]
-    y = np.array([0 if g.nodes[v]["club"] == "Mr. Hi" else 1 for v in nodes], dtype=np.int64)
-    # Semi-supervised split: the two leaders plus one seeded member of each club.
-    rng = np.random.default_rng(seed)
-    train = np.zeros(n, dtype=bool)
-    train[[0, n - 1]] = True
-    for c in (0, 1):
-        pool = np.flatnonzero((y == c) & ~train)
-        train[rng.choice(pool)] = True
-    arrays = {"x": np.eye(n, dtype=np.float32)[None], "adj": adj.astype(np.float32)[None], "y": y[None],
-              "train_mask": train[None], "test_mask": ~train[None]}
-    return Dataset(arrays, 2, "karate club graph: one example of 34 nodes, 2 clubs; use the masks")
-
-
-def _xor(seed: int, repeat: int = 1) -> Dataset:
-    r = _pos_int("repeat", repeat)
-    x = np.tile(np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32), (r, 1))
-    y = (x[:, 0] != x[:, 1]).astype(np.int64)
-    return Dataset({"x": x, "y": y, "y_f": y.astype(np.float32)[:, None]}, 2, "xor truth table")
-
-
-def _adding(seed: int, n: int = 2000, T: int = 20) -> Dataset:
-    n, T = _pos_int("n", n), _pos_int("T", T, minimum=2)
-    rng = np.random.default_rng(seed)
-    values = rng.random((n, T))
-    half = T // 2
-    first = rng.integers(0, half, size=n)
-    second = rng.integers(half, T, size=n)
-    marker = np.zeros((n, T))
-    rows = np.arange(n)
-    marker[rows, first] = 1.0
-    marker[rows, second] = 1.0
-    x = np.stack([values, marker], axis=-1).astype(np.float32)
-    # The target is summed from the f32 values the model sees, not the f64 draws.
-    total = x[rows, first, 0].astype(np.float64) + x[rows, second, 0]
-    arrays = {"x": x, "y": total.astype(np.float32)[:, None], "y_cls": (total > 1.0).astype(np.int64)}
-    return Dataset(arrays, 2, f"adding problem: {n} sequences of length {T}")
-
-
-def _gaussian_mixture(seed: int, n: int = 300, k: int = 3, std: float = 0.5) -> Dataset:
-    n, k, std = _pos_int("n", n), _pos_int("k", k), _pos_float("std", std)
-    rng = np.random.default_rng(seed)
-    angles = 2 * np.pi * np.arange(k) / k
-    centres = 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    y = rng.permutation(np.arange(n) % k)
-    x = centres[y] + std * rng.standard_normal((n, 2))
-    return Dataset({"x": x.astype(np.float32), "y": y.astype(np.int64)}, k, f"{k} gaussians in 2-D")
-
-
-BUILTINS: dict[str, Callable[..., Dataset]] = {
-    "digits": _digits,
-    "iris": _iris,
-    "karate": _karate,
-    "xor": _xor,
-    "adding": _adding,
-    "gaussian_mixture": _gaussian_mixture,
-}
-
-
-# -- user files -----------------------------------------------------------
 def _resolve(name: str, base_dir: Path | None) -> Path:
     """Relative paths must stay inside ``base_dir``; absolute ones may go anywhere."""
     base = Path(base_dir if base_dir is not None else os.getcwd()).resolve()
@@ -229,14 +102,19 @@ def _load_csv(path: Path, target: str | None = None, n_classes: int | None = Non
 _FILES: dict[str, Callable[..., Dataset]] = {".npz": _load_npz, ".csv": _load_csv}
 
 
+def _existing(name: str, base_dir: Path | None) -> Path:
+    path = _resolve(name, base_dir)
+    if not path.is_file():
+        raise DlcError("E0002", f"data file `{path}` does not exist",
+                       hint=f"paths are relative to `{base_dir or os.getcwd()}`")
+    return path
+
+
 def check_dataset(name: str, *, base_dir: Path | None = None, **options) -> None:
     """Validate a data reference (name, file existence, options) without loading anything."""
     suffix = Path(name).suffix.lower()
     if suffix in _FILES:
-        path = _resolve(name, base_dir)
-        if not path.is_file():
-            raise DlcError("E0002", f"data file `{path}` does not exist",
-                           hint=f"paths are relative to `{base_dir or os.getcwd()}`")
+        _existing(name, base_dir)
         _check_options(_FILES[suffix], name, options)
     elif name not in BUILTINS:
         load_dataset(name)  # raises the unknown-name error with its suggestion
@@ -262,11 +140,7 @@ def load_dataset(name: str, *, seed: int = 0, base_dir: Path | None = None, **op
     """A built-in by name, or a ``.npz``/``.csv`` file relative to ``base_dir``."""
     suffix = Path(name).suffix.lower()
     if suffix in _FILES:
-        path = _resolve(name, base_dir)
-        if not path.is_file():
-            raise DlcError("E0002", f"data file `{path}` does not exist",
-                           hint=f"paths are relative to `{base_dir or os.getcwd()}`")
-        return _call(_FILES[suffix], name, path, options)
+        return _call(_FILES[suffix], name, _existing(name, base_dir), options)
     if name not in BUILTINS:
         close = suggest(name, BUILTINS)
         listing = "built-in datasets: " + ", ".join(BUILTINS) + "; or a path to a .npz or .csv file"
@@ -291,7 +165,7 @@ def split(ds, fractions=(0.8, 0.1, 0.1), seed: int = 0, *, same: bool = False) -
     fr = [float(f) for f in fractions]
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
         raise DlcError("E0201", f"split fractions must be three numbers >= 0 summing to 1, got {tuple(fractions)}")
-    n = _length(arrays)
+    n = length_of(arrays)
     perm = np.random.default_rng(seed).permutation(n)
     n_train = int(np.floor(fr[0] * n + 0.5))
     n_val = n - n_train if fr[2] == 0 else min(n - n_train, int(np.floor(fr[1] * n + 0.5)))
@@ -305,8 +179,8 @@ def batches(arrays, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
             drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Mini-batches of ``arrays``; the order depends only on (seed, epoch)."""
     arrays = _arrays(arrays)
-    size = _pos_int("batch_size", batch_size)
-    n = _length(arrays)
+    size = positive_int("batch_size", batch_size)
+    n = length_of(arrays)
     order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else None
     stop = n - n % size if drop_last else n
     for start in range(0, stop, size):

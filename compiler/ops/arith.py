@@ -214,6 +214,15 @@ class _Unary(Op):
         e.node(self.onnx_op, ins, outs)
 
 
+class _FloatOnlyUnary(_Unary):
+    """Unary ops that ONNX defines (and NumPy computes) only for floats: exp, log, sqrt."""
+
+    def shape(self, x):
+        if x.dtype not in FLOATS:
+            raise ShapeError(f"`{self.name}` needs a float tensor, got {x}")
+        return x
+
+
 @register
 class Neg(_Unary):
     name, onnx_op = "neg", "Neg"
@@ -246,7 +255,7 @@ class Sign(_Unary):
 
 
 @register
-class Exp(_Unary):
+class Exp(_FloatOnlyUnary):
     name, onnx_op = "exp", "Exp"
 
     def kernel(self, x):
@@ -257,7 +266,7 @@ class Exp(_Unary):
 
 
 @register
-class Log(_Unary):
+class Log(_FloatOnlyUnary):
     name, onnx_op = "log", "Log"
     samples = [Sample((Arg((2, 3), "positive"),))]
 
@@ -269,7 +278,7 @@ class Log(_Unary):
 
 
 @register
-class Sqrt(_Unary):
+class Sqrt(_FloatOnlyUnary):
     name, onnx_op = "sqrt", "Sqrt"
     samples = [Sample((Arg((2, 3), "positive"),))]
 
@@ -354,30 +363,6 @@ class MatMul(Op):
 
     def onnx(self, e, ins, outs):
         e.node("MatMul", ins, outs)
-
-
-@register
-class Cast(Op):
-    """``cast(x, f32)``: convert the dtype; the gradient flows between float types."""
-
-    name, family = "cast", "arithmetic"
-    attrs = {"dtype": Attr("dtype", choices=("f16", "f32", "f64", "i32", "i64", "bool"))}
-    samples = [Sample((Arg((2, 3)),), {"dtype": "f32"}), Sample((Arg((2, 3), "int", 0, 5),), {"dtype": "f64"}, grad=False)]
-
-    def shape(self, x, dtype):
-        return x.with_dtype(dtype)
-
-    def kernel(self, x, dtype):
-        return x.astype(_np(dtype))
-
-    def grad(self, b, inputs, outputs, cts, dtype):
-        src = b.type(inputs[0]).dtype
-        if src not in FLOATS or dtype not in FLOATS:
-            return [None]
-        return [b.cast(cts[0], dtype=src)]
-
-    def onnx(self, e, ins, outs, dtype):
-        e.node("Cast", ins, outs, to=e.onnx_dtype(dtype))
 
 
 def _swap_last(rank: int) -> tuple[int, ...]:

@@ -1,26 +1,13 @@
 """More elementwise ops of the ``arithmetic`` family (imported by arith.py):
-cos and sin (cosine schedules, positional encodings), floor, and the boolean
-``or`` / ``not`` behind the language's operators."""
+cos and sin (cosine schedules, positional encodings), floor, the boolean
+``and`` / ``or`` / ``not`` behind the language's operators, and ``cast``."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..types import FLOATS, ShapeError, TensorType, broadcast_shapes
-from .registry import Arg, Op, Sample, register
-
-
-class _FloatUnary(Op):
-    family = "arithmetic"
-    samples = [Sample((Arg((2, 3)),)), Sample((Arg(()),))]
-    onnx_op = ""
-
-    def shape(self, x):
-        if x.dtype not in FLOATS:
-            raise ShapeError(f"`{self.name}` needs a float tensor, got {x}")
-        return x
-
-    def onnx(self, e, ins, outs):
-        e.node(self.onnx_op, ins, outs)
+from ..types import FLOATS, ShapeError, TensorType, broadcast_shapes, np_dtype
+from .arith import _FloatOnlyUnary as _FloatUnary  # defined before arith imports this module
+from .registry import Arg, Attr, Op, Sample, register
 
 
 @register
@@ -116,3 +103,27 @@ class LogicalNot(Op):
 
     def onnx(self, e, ins, outs):
         e.node("Not", ins, outs)
+
+
+@register
+class Cast(Op):
+    """``cast(x, f32)``: convert the dtype; the gradient flows between float types."""
+
+    name, family = "cast", "arithmetic"
+    attrs = {"dtype": Attr("dtype", choices=("f16", "f32", "f64", "i32", "i64", "bool"))}
+    samples = [Sample((Arg((2, 3)),), {"dtype": "f32"}), Sample((Arg((2, 3), "int", 0, 5),), {"dtype": "f64"}, grad=False)]
+
+    def shape(self, x, dtype):
+        return x.with_dtype(dtype)
+
+    def kernel(self, x, dtype):
+        return x.astype(np_dtype(dtype))
+
+    def grad(self, b, inputs, outputs, cts, dtype):
+        src = b.type(inputs[0]).dtype
+        if src not in FLOATS or dtype not in FLOATS:
+            return [None]
+        return [b.cast(cts[0], dtype=src)]
+
+    def onnx(self, e, ins, outs, dtype):
+        e.node("Cast", ins, outs, to=e.onnx_dtype(dtype))
