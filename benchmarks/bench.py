@@ -89,17 +89,14 @@ def step_table(reps: int) -> None:
 
 
 def inference_table(reps: int) -> None:
-    print("\n### Inference (eval graph), batch 256 (T = 20 for sequences)\n")
+    print("\n### Inference (eval graph), batch 256 (T = 10 for sequences)\n")
     print("| spec | numpy ms | onnxruntime ms |")
     print("|---|---:|---:|")
-    from dlc.runtime.ort import OrtSession
-
     for path in SPECS:
         m = dlc.load(path)
-        feeds = feeds_for(m, 256)
-        session = OrtSession(m.to_onnx())
+        feeds = feeds_for(m, 256, length=10)
         tn = median_time(lambda: m.run(feeds), reps)
-        to = median_time(lambda: session.run(feeds), reps)
+        to = median_time(lambda: m.run(feeds, backend="onnxruntime"), reps)
         print(f"| {Path(path).name} | {tn * 1e3:.2f} | {to * 1e3:.2f} |")
 
 
