@@ -3,15 +3,11 @@ exported ONNX training step of each matches the NumPy interpreter on real data."
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
 import dlc
-from dlc.compiler.training.step import initial_state
 from dlc.runtime.data import load_dataset, match_inputs, split
-from dlc.runtime.ort import OrtSession
-from dlc.runtime.runner import make_runner
-from dlc.runtime.train import build_steps
+from step_parity import check_training_step
 
 QUIET = {"progress": False, "echo": lambda s: None}
 
@@ -65,13 +61,5 @@ def _real_feeds(path, m):
 @pytest.mark.parametrize("path", ["specs/gcn.dl", "specs/vae.dl"])
 def test_training_step_matches_the_interpreter(path):
     m = dlc.load(path, mode="train")
-    proto = m.to_onnx(train=True)
-    onnx.checker.check_model(proto, full_check=True)
-    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
     feeds = {**_real_feeds(path, m), "__rng": np.int64(7)}  # the same dropout masks / noise on both
-    state = {**m.state, **initial_state(step)}  # the spec's running statistics and the optimizer's slots
-    want = make_runner(step.graph, "numpy")(feeds, m.params, state)
-    got = OrtSession(proto).run({**feeds, **m.params, **state})
-    assert set(got) >= set(want)
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=2e-5, err_msg=f"{path} {k}")
+    check_training_step(m, feeds, label=path)

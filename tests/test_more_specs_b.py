@@ -3,16 +3,13 @@ header comments promise, and ONNX/NumPy parity of one exported training step."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 
 import dlc
-from dlc.compiler.training.step import initial_state
 from dlc.grammar.errors import DlcError
 from dlc.runtime.data import load_dataset
-from dlc.runtime.ort import OrtSession
-from dlc.runtime.runner import make_runner
-from dlc.runtime.train import build_steps, load_splits
+from dlc.runtime.train import load_splits
+from step_parity import check_training_step
 
 QUIET = {"progress": False, "echo": lambda s: None}
 
@@ -114,17 +111,8 @@ def test_word2vec_gradient_is_the_closed_form():
 @pytest.mark.parametrize("path", ["specs/transformer.dl", "specs/word2vec.dl"])
 def test_training_step_matches_the_interpreter(path):
     m = dlc.load(path, mode="train")
-    proto = m.to_onnx(train=True)
-    onnx.checker.check_model(proto, full_check=True)
-    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
     feeds = {k: v[:8] for k, v in load_splits(m, m.train_spec())["train"].items()}  # a real batch
-    feeds["__rng"] = np.int64(7)
-    state = {**m.state, **initial_state(step)}  # the optimizer's slots
-    want = make_runner(step.graph, "numpy")(feeds, m.params, state)
-    got = OrtSession(proto).run({**feeds, **m.params, **state})
-    assert {f"new/{k}" for k in m.params} <= set(want)
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=2e-5, err_msg=f"{path} {k}")
+    check_training_step(m, {**feeds, "__rng": np.int64(7)}, label=path)
 
 
 # -- a compiler fix found while writing transformer.dl -------------------------------

@@ -6,15 +6,14 @@ from __future__ import annotations
 import glob
 
 import numpy as np
-import onnx
 import pytest
 
 import dlc
 from dlc.compiler.lower import load_module
 from dlc.compiler.training.step import initial_state
 from dlc.runtime.ort import OrtSession
-from dlc.runtime.runner import make_runner
 from dlc.runtime.train import build_steps
+from step_parity import check_training_step
 
 SPECS = sorted(p for p in glob.glob("specs/*.dl"))
 QUIET = {"progress": False, "echo": lambda s: None}
@@ -63,15 +62,7 @@ def test_export_is_deterministic(path):
 @pytest.mark.parametrize("path", SPECS)
 def test_training_step_matches_the_interpreter(path):
     m = dlc.load(path, mode="train")
-    proto = m.to_onnx(train=True)
-    onnx.checker.check_model(proto, full_check=True)
-    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
-    feeds = {**feeds_for(m), "__rng": np.int64(7)}
-    state = {**m.state, **initial_state(step)}  # the spec's running statistics and the optimizer's slots
-    want = make_runner(step.graph, "numpy")(feeds, m.params, state)
-    got = OrtSession(proto).run({**feeds, **m.params, **state})
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=2e-5, err_msg=f"{path} {k}")
+    check_training_step(m, {**feeds_for(m), "__rng": np.int64(7)}, label=path)
 
 
 def test_lstm_exports_scan_and_its_step_reproduces_bptt():

@@ -154,6 +154,10 @@ class _ArgExtreme(Op):
         (ax,) = norm_axes(self.name, axis, x.rank)
         return TensorType("i64", reduced_shape(x.shape, (ax,), keepdims))
 
+    def kernel(self, x, axis, keepdims):
+        out = self.np_fn(x, axis=axis).astype(np.int64)
+        return np.expand_dims(out, axis) if keepdims else out
+
     def onnx(self, e, ins, outs, axis, keepdims):
         (ax,) = norm_axes(self.name, axis, e.in_types[0].rank)
         e.node(self.onnx_op, ins, outs, axis=ax, keepdims=int(keepdims), select_last_index=0)
@@ -163,22 +167,14 @@ class _ArgExtreme(Op):
 class Argmax(_ArgExtreme):
     """``argmax(x, axis=-1, keepdims=false)``: i64 index of the first maximum."""
 
-    name, onnx_op = "argmax", "ArgMax"
-
-    def kernel(self, x, axis, keepdims):
-        out = np.argmax(x, axis=axis).astype(np.int64)
-        return np.expand_dims(out, axis) if keepdims else out
+    name, onnx_op, np_fn = "argmax", "ArgMax", staticmethod(np.argmax)
 
 
 @register
 class Argmin(_ArgExtreme):
     """``argmin(x, axis=-1, keepdims=false)``: i64 index of the first minimum."""
 
-    name, onnx_op = "argmin", "ArgMin"
-
-    def kernel(self, x, axis, keepdims):
-        out = np.argmin(x, axis=axis).astype(np.int64)
-        return np.expand_dims(out, axis) if keepdims else out
+    name, onnx_op, np_fn = "argmin", "ArgMin", staticmethod(np.argmin)
 
 
 @register
