@@ -30,7 +30,7 @@ def gradcheck(model, *, loss: str | None = None, seed: int = 0, samples: int = 1
     g.outputs = {"loss": loss_v, **{f"grad:{n}": grads[n] for n in names}}
     binding = {d: 3 for d in model.symbolic_dims()}
     binding.update(dims or {})
-    feeds = random_feeds(g, binding, seed)  # integer inputs are in [0, 2): valid class labels
+    feeds = random_feeds(g, binding, seed)  # ids and labels span their tables and classes
     feeds[RNG_INPUT] = np.int64(seed)
     params = {k: np.asarray(v, np.float64) for k, v in model.params.items() if k in g.params}
     state = {k: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v

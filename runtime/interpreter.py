@@ -233,12 +233,37 @@ def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
+def index_bounds(graph: Graph) -> dict[str, int]:
+    """For integer inputs used as indices, the exclusive upper bound their values
+    may take: the rows of a ``gather``/``embedding`` table, a ``one_hot`` depth,
+    the classes of ``softmax_xent`` labels (the smallest when used several ways)."""
+    bounds: dict[str, int] = {}
+    for n in graph.inputs:
+        name = graph[n]["attrs"]["name"]
+        for user in graph.consumers(n):
+            data = graph[user]
+            slot = [i for i, v in enumerate(data["inputs"]) if v.node == n]
+            bound = None
+            if data["op"] == "gather" and 1 in slot:
+                table = graph.type_of(data["inputs"][0])
+                bound = table.shape[data["attrs"]["axis"] % table.rank]
+            elif data["op"] == "one_hot":
+                bound = data["attrs"]["depth"]
+            elif data["op"] == "softmax_xent" and 1 in slot:
+                bound = graph.type_of(data["inputs"][0]).shape[-1]
+            if isinstance(bound, int) and bound > 0:
+                bounds[name] = min(bound, bounds.get(name, bound))
+    return bounds
+
+
 def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the declared types (ints in [0, 2), floats ~ N(0, 1)).
+    """Random inputs of the declared types: floats ~ N(0, 1); integers that index
+    something (see :func:`index_bounds`) anywhere in their valid range, others in [0, 2).
 
     Symbolic dims come from ``dims``; sizes are checked with Python ints
     before anything is allocated."""
     rng = np.random.default_rng(seed)
+    bounds = index_bounds(graph)
     feeds = {}
     for n in graph.inputs:
         name = graph[n]["attrs"]["name"]
@@ -258,5 +283,5 @@ def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[s
         elif t.dtype == "bool":
             feeds[name] = rng.random(shape) < 0.5
         else:
-            feeds[name] = rng.integers(0, 2, size=shape).astype(np_dtype(t.dtype))
+            feeds[name] = rng.integers(0, bounds.get(name, 2), size=shape).astype(np_dtype(t.dtype))
     return feeds

@@ -134,3 +134,13 @@ def test_training_can_continue_from_loaded_parameters(tmp_path):
     again.load_checkpoint(tmp_path / "ck")
     history = again.train(epochs=1, fresh=False, **QUIET)
     assert history.epochs[0]["loss"] < 0.5  # continued, not restarted from scratch (ln 2 = 0.69)
+
+
+def test_random_ids_span_the_tables_they_index():
+    from dlc.runtime.interpreter import index_bounds, random_feeds
+
+    m = dlc.load("specs/word2vec.dl")
+    assert index_bounds(m.graph) == {"center": 50, "context": 50, "negatives": 50}
+    feeds = random_feeds(m.graph, {"B": 400, "K": 3}, seed=0)
+    assert feeds["center"].max() > 40 and feeds["center"].min() >= 0
+    assert index_bounds(dlc.load("specs/mlp.dl").graph) == {"y": 10}
