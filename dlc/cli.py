@@ -198,20 +198,20 @@ def _describe(arr: np.ndarray) -> str:
 @main.command(name="compile")
 @click.argument("file", type=click.Path())
 @click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Write an ONNX model.")
-@click.option("--train", "train_step", is_flag=True,
-              help="Export the training step (of the first step group) instead of inference.")
+@click.option("--train", "train_step", is_flag=True, help="Export the training step instead of inference.")
+@click.option("--group", default=None, help="With --train: which step group (default: the first).")
 @click.option("-o", "output", type=click.Path(), default=None, help="Output path (default: next to FILE).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file that dlc did not write.")
 @_with_model_options
 @_report
-def compile_cmd(file, to_onnx, train_step, output, force, model_name, hyper):
+def compile_cmd(file, to_onnx, train_step, group, output, force, model_name, hyper):
     """Compile FILE to ONNX (inference graph, or --train for the training step)."""
     from dlc.runtime.onnx_file import write_onnx
 
     m = _load(file, model_name, hyper, mode="train" if train_step else "eval")
-    suffix = ".train.onnx" if train_step else ".onnx"
+    suffix = (f".{group}" if group else "") + (".train.onnx" if train_step else ".onnx")
     target = Path(output) if output else Path(file).with_suffix(suffix)
-    proto = m.to_onnx(train=train_step)
+    proto = m.to_onnx(train=train_step, group=group)
     write_onnx(proto, target, force=force)
     click.echo(f"wrote {target} ({target.stat().st_size:,} bytes, {len(proto.graph.node)} nodes)")
 

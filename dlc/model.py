@@ -230,17 +230,21 @@ class Model:
         return ckpt.meta
 
     # -- export ----------------------------------------------------------------------
-    def to_onnx(self, train: bool = False, check: bool = True):
+    def to_onnx(self, train: bool = False, check: bool = True, group: str | None = None):
         """The ONNX ModelProto of the inference graph, or of the training step of
-        the train block's first step group (``check``: run the full onnx checker
-        and strict shape inference)."""
+        one step group (``group``, default the first); ``check`` runs the full
+        onnx checker and strict shape inference."""
         from dlc.compiler.onnx_export import export_graph, verify
 
         if train:
             from dlc.runtime.train import build_steps, steps_per_epoch_for
 
             spec = self.train_spec()
-            graph = build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))[0].graph
+            steps = {s.group: s for s in build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))}
+            if group is not None and group not in steps:
+                raise DlcError("E0201", f"the train block has no step group `{group}`",
+                               hint="groups: " + ", ".join(steps))
+            graph = steps[group or next(iter(steps))].graph
             proto = export_graph(graph, params=None, name=self.name, doc=_doc(self), train=True)
         else:
             graph = self.graph if self.mode == "eval" else load_eval_graph(self)

@@ -146,3 +146,17 @@ def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path):
     spec = tmp_path / "bom.dl"
     spec.write_bytes("\ufeffmodel m() {\n    input x: f32[B, 4]\n    output y = relu(x)\n}\n".encode("utf-8"))
     assert "ok: m" in dlc("check", spec).stdout
+
+
+def test_compile_train_exports_a_chosen_step_group(tmp_path):
+    import onnx
+
+    out = tmp_path / "g.onnx"
+    res = CliRunner().invoke(main, ["compile", "specs/gan.dl", "--onnx", "--train", "--group", "generator",
+                                    "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    names = [o.name for o in onnx.load(str(out)).graph.output]
+    assert "new/G.W" in names and "new/D_W1" not in names
+    res = CliRunner().invoke(main, ["compile", "specs/gan.dl", "--onnx", "--train", "--group", "gen",
+                                    "-o", str(out)])
+    assert res.exit_code == 2 and "no step group `gen`" in res.output
