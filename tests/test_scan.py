@@ -116,3 +116,40 @@ def test_graph_size_does_not_depend_on_length():
         assert out["hs"].shape == (2, Tn, 4)
     assert len(g) == size  # running never grows the graph; T stays symbolic
     assert g.type_of(g.outputs["hs"]).shape == (B, T, 4)
+
+
+DROPOUT_RNN = """
+layer cell(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H] = glorot_uniform()
+    param Wh: [H, H] = orthogonal()
+    return tanh(dropout(x, 0.5) @ Wx + h @ Wh)
+}
+model m() {
+    input xs: f32[B, T, 4]
+    input y: f32[B, 3]
+    hs, h = scan cell over xs axis 1 init (zeros([B, 3]))
+    output loss = mse(h, y)
+    output states = hs
+}
+train m { data = "d.npz"  loss = loss  epochs = 1  batch = 4 }
+"""
+
+
+def test_random_ops_in_a_cell_draw_per_step_and_backprop_through_the_same_masks(tmp_path):
+    import dlc
+    from dlc.runtime.gradcheck import gradcheck
+    from step_parity import check_training_step
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", xs=rng.standard_normal((8, 5, 4)).astype(np.float32),
+             y=rng.standard_normal((8, 3)).astype(np.float32))
+    (tmp_path / "rnn.dl").write_text(DROPOUT_RNN)
+    m = dlc.load(tmp_path / "rnn.dl", mode="train")
+    feeds = {"xs": np.ones((2, 5, 4), np.float32), "y": np.zeros((2, 3), np.float32)}
+    hs = m.run(feeds, seed=1)["states"]
+    assert not np.allclose(hs[:, 1], hs[:, 2])  # a fresh mask every step (the input is the same)
+    np.testing.assert_allclose(m.run(feeds, seed=1, backend="onnxruntime")["states"], hs, atol=1e-6)
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-6  # BPTT sees the forward pass's masks
+    check_training_step(m, {**feeds, "__rng": np.int64(3)}, label="dropout rnn")
+    assert np.array_equal(dlc.load(tmp_path / "rnn.dl").run(feeds)["states"],
+                          dlc.load(tmp_path / "rnn.dl").run(feeds)["states"])  # eval mode: no dropout

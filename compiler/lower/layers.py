@@ -9,12 +9,14 @@ graph and enter the body as captured inputs, so every step shares them.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
 from ..builder import Builder
 from ..dims import Sym, shape_str, solve
-from ..graph import Graph, Value
+from ..graph import RNG_INPUT, Graph, Value
 from ..types import TensorType, norm_axis
 from .expr import evaluate
 from .frame import Frame, LayerRef, OpRef, describe, is_tensor
@@ -248,8 +250,10 @@ def scan(frame: Frame, e: A.Scan):
                           f"passes {positional}: {len(seq_vals)} sequence slice(s) and {len(carry_vals)} "
                           "carried value(s) from `init`", e.loc,
                           hint="a cell takes the sequence slices first, then one argument per `init` value")
+    body.salt_counter = frame.builder.graph.salt_counter  # random ops in the cell get salts of their own
     out = call_layer(frame, cell, seq_vals + carry_vals, kwargs, e.loc, scope=scope, builder=bb,
                      capture=lambda v: to_body(frame.capture(v)))
+    frame.builder.graph.salt_counter = body.salt_counter
     results = list(out) if isinstance(out, tuple) else [out]
     k = len(inits)
     if len(results) == k:
@@ -264,19 +268,44 @@ def scan(frame: Frame, e: A.Scan):
         if bb.type(c) != frame.builder.type(init):
             raise frame.error("E0104", f"carry {i} of `{cell.defn.name}` starts as {frame.builder.type(init)} "
                               f"but the cell returns {bb.type(c)}", e.init[i].loc)
-    if any(body[n]["attrs"]["name"] == "__rng" for n in body.nx if body[n]["op"] == "input"):
-        raise frame.error("E0103", f"`{cell.defn.name}` draws random numbers (dropout, normal, …), which a scan "
-                          "cell cannot do yet", e.loc,
-                          hint="draw the noise outside the scan and pass it in as a sequence (`over (xs, noise)`)")
     if any(y == c for c in carries):
         y = bb.identity(y)
+    # a counter's stacked residuals must have the scanned axis: give it rank max(axis, 1)
+    counter_shape = (1,) * max(axes[0], 1)
+    counter = _per_step_randomness(frame, body, bb, to_body, counter_shape)
+    if counter is not None:  # one more carry: the step count, mixed into the random key
+        carry_vals, carries = carry_vals + [counter[0]], carries + [counter[1]]
+        inits = inits + [frame.builder.const(np.zeros(counter_shape, np.int64))]
     body.outputs = {**{f"carry{i}": c for i, c in enumerate(carries)}, "y0": y}
     body.inputs = [v.node for v in carry_vals + seq_vals + list(captured.values())]
     outer = inits + seqs + list(captured)
     with frame.builder.at(loc=e.loc, scope=scope, context=frame.context or None):
-        results = frame.builder.apply("scan", *outer, body=body, n_carry=k, n_seq=len(seqs), axis=axes[0],
-                                      reverse=e.reverse)
+        results = frame.builder.apply("scan", *outer, body=body, n_carry=len(carries), n_seq=len(seqs),
+                                      axis=axes[0], reverse=e.reverse)
+    results = results[:1 + k]  # the stacked outputs and the cell's own final carries (not the step count)
     return results if len(results) > 1 else results[0]  # no carries: just the stacked outputs
+
+
+def _per_step_randomness(frame: Frame, body: Graph, bb: Builder, to_body, shape: tuple):
+    """If the cell draws random numbers, give every step its own key.
+
+    Random ops in the body read a ``__rng`` input; it is replaced by
+    ``outer key * P + t`` with ``t`` a step counter carried through the scan,
+    so each step draws fresh numbers, reproducibly (the backward scan re-runs
+    the body on the same carried ``t`` and sees the same masks).  Returns the
+    counter's (body input, next value), or None for a deterministic cell."""
+    rng = [n for n in body.nx if body[n]["op"] == "input" and body[n]["attrs"]["name"] == RNG_INPUT]
+    if not rng:
+        return None
+    (node,) = rng
+    t = _body_input(body, "step_count", TensorType("i64", shape))
+    key = bb.add(bb.mul(to_body(frame.builder.rng_key()), 7919), bb.sum(t))
+    for user in body.consumers(node):
+        for i, v in enumerate(body[user]["inputs"]):
+            if v.node == node:
+                body.set_input(user, i, key)
+    body.remove_nodes([node])
+    return t, bb.add(t, 1)
 
 
 def _body_input(body: Graph, name: str, t: TensorType) -> Value:
