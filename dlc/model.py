@@ -221,12 +221,17 @@ class Model:
         return train(self, **options)
 
     def load_checkpoint(self, path: str | Path) -> dict:
-        """Load parameters from a checkpoint directory or file; returns its manifest."""
+        """Load parameters and the spec's state (running statistics) from a
+        checkpoint directory or file; returns its manifest."""
         from dlc.runtime.checkpoint import load as load_ckpt
 
         expect = {k: (v.shape, v.dtype) for k, v in self.params.items()}
         ckpt = load_ckpt(Path(path), expect_spec_hash=self.spec_hash, expect_params=expect)
         self.params = {k: np.array(v) for k, v in ckpt.params.items()}
+        missing = [k for k in self.state if k not in ckpt.state]
+        if missing:
+            raise DlcError("E0403", f"checkpoint {ckpt.path} lacks the state {', '.join(missing)}")
+        self.state = {k: np.array(ckpt.state[k]) for k in self.state}
         return ckpt.meta
 
     # -- export ----------------------------------------------------------------------

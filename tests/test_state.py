@@ -61,3 +61,13 @@ model m() { input xs: f32[B, T, 2]
     with pytest.raises(DlcError) as e:
         dlc.compile(text)
     assert "inside a scan cell" in e.value.message
+
+
+def test_checkpoints_restore_state(tmp_path):
+    spec = tmp_path / "c.dl"
+    spec.write_text(COUNTER)
+    m = dlc.load(spec, mode="train")
+    m.train(checkpoint=tmp_path / "ck", progress=False, echo=lambda s: None)
+    fresh = dlc.load(spec)
+    fresh.load_checkpoint(tmp_path / "ck")
+    np.testing.assert_array_equal(fresh.state["seen"], [12.0])
