@@ -66,9 +66,10 @@ def summary_rows(g: Graph) -> list[tuple[str, str, int, Dim]]:
     order: list[str] = []
     last_type: dict[str, str] = {}
     flops: dict[str, Dim] = {}
+    live = g.ancestors({v.node for v in g.outputs.values()})  # not state updates nobody reads at inference
     for n in g.topo_order():
         d = g[n]
-        if d["op"] in SOURCE_OPS:
+        if d["op"] in SOURCE_OPS or n not in live:
             continue
         scope = d["scope"] or "(model)"
         if scope not in flops:

@@ -209,6 +209,8 @@ def compile_cmd(file, to_onnx, train_step, group, output, force, model_name, hyp
     from dlc.runtime.onnx_file import write_onnx
 
     m = _load(file, model_name, hyper, mode="train" if train_step else "eval")
+    if group and not train_step:
+        raise DlcError("E0110", "--group picks the step group of a training step: use it with --train")
     suffix = (f".{group}" if group else "") + (".train.onnx" if train_step else ".onnx")
     target = Path(output) if output else Path(file).with_suffix(suffix)
     proto = m.to_onnx(train=train_step, group=group)

@@ -67,7 +67,8 @@ class Model:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """name → array, initialised from the spec's initialisers with this model's seed."""
+        """name → array, initialised from the spec's initialisers with this model's seed.
+        Assign a new dict to change them (the onnxruntime session is rebuilt then)."""
         if self._params is None:
             self._params = init_params(self.graph, self.seed)
         return self._params
@@ -220,18 +221,23 @@ class Model:
 
         return train(self, **options)
 
-    def load_checkpoint(self, path: str | Path) -> dict:
+    def load_checkpoint(self, path: str | Path, *, best: bool = True) -> dict:
         """Load parameters and the spec's state (running statistics) from a
-        checkpoint directory or file; returns its manifest."""
+        checkpoint directory or file; returns its manifest.  ``best``: when the
+        run kept its best epoch (early stopping's ``restore_best``), load that
+        one — the model the run reported — rather than the last epoch's."""
         from dlc.runtime.checkpoint import load as load_ckpt
+        from dlc.runtime.train import BEST
 
         expect = {k: (v.shape, v.dtype) for k, v in self.params.items()}
         ckpt = load_ckpt(Path(path), expect_spec_hash=self.spec_hash, expect_params=expect)
-        self.params = {k: np.array(v) for k, v in ckpt.params.items()}
-        missing = [k for k in self.state if k not in ckpt.state]
+        kept = {k[len(BEST):]: v for k, v in ckpt.state.items() if k.startswith(BEST)} if best else {}
+        source = {**ckpt.params, **ckpt.state, **kept}
+        missing = [k for k in self.state if k not in source]
         if missing:
             raise DlcError("E0403", f"checkpoint {ckpt.path} lacks the state {', '.join(missing)}")
-        self.state = {k: np.array(ckpt.state[k]) for k in self.state}
+        self.params = {k: np.array(source[k]) for k in ckpt.params}
+        self.state = {k: np.array(source[k]) for k in self.state}
         return ckpt.meta
 
     # -- export ----------------------------------------------------------------------

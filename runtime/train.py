@@ -29,7 +29,7 @@ from .data import batches, check_dataset, load_dataset, match_inputs, split
 from .runner import make_runner
 
 EVAL_BATCH = 1024
-BEST = "best/"  # checkpoint state prefix of the best epoch's parameters and state (restore_best)
+BEST = "@best/"  # checkpoint prefix of the best epoch's parameters and state (`@` never occurs in a name)
 
 
 @dataclass
@@ -166,6 +166,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         bar = _bar(spe, f"epoch {epoch + 1}/{epochs}", progress)
         totals = [[0.0, 0] for _ in steps]  # per step group: loss sum, examples
         for batch in batches(splits["train"], spec.batch, shuffle=True, seed=seed, epoch=epoch):
+            committed = False  # the spec's state moves once per batch: the first group that runs commits it
             for gi, (s, run) in enumerate(zip(steps, runners)):
                 if global_step % s.every:
                     continue
@@ -176,8 +177,9 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
                     _locate_nonfinite(s, feeds, params, state, loss)
                 for name in s.params:
                     params[name] = out[f"new/{name}"]
-                for name in (*s.state_init, *s.model_state):
+                for name in (*s.state_init, *(() if committed else s.model_state)):
                     state[name] = out[f"new/{name}"]
+                committed = committed or bool(s.model_state)
                 n = len(next(iter(batch.values())))
                 totals[gi][0] += loss * n
                 totals[gi][1] += n

@@ -160,3 +160,8 @@ def test_compile_train_exports_a_chosen_step_group(tmp_path):
     res = CliRunner().invoke(main, ["compile", "specs/gan.dl", "--onnx", "--train", "--group", "gen",
                                     "-o", str(out)])
     assert res.exit_code == 2 and "no step group `gen`" in res.output
+
+
+def test_group_needs_train():
+    res = CliRunner().invoke(main, ["compile", "specs/gan.dl", "--onnx", "--group", "generator", "-o", "/tmp/x.onnx"])
+    assert res.exit_code == 2 and "use it with --train" in res.output

@@ -291,6 +291,8 @@ def _attribute(e: A.Attribute, frame: Frame):
     for candidate in (frame.path(path), path):
         if candidate in graph.params:
             return frame.capture(Value(graph.params[candidate]))
+        if candidate in graph.state:  # a state is read like a parameter (updated only where declared)
+            return frame.capture(Value(graph.state[candidate][0]))
     hint = suggest(path, list(graph.params)) or ("parameters so far: " + ", ".join(sorted(graph.params)[:12])
                                                  if graph.params else None)
     raise frame.error("E0101", f"no parameter `{path}`", e.loc, hint=hint)

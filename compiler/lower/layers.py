@@ -17,6 +17,7 @@ from dlc.grammar.errors import DlcError, suggest
 from ..builder import Builder
 from ..dims import Sym, shape_str, solve
 from ..graph import RNG_INPUT, Graph, Value
+from ..ops.random import P as HASH_PRIME
 from ..types import TensorType, norm_axis
 from .expr import evaluate
 from .frame import Frame, LayerRef, OpRef, describe, is_tensor
@@ -290,7 +291,7 @@ def _per_step_randomness(frame: Frame, body: Graph, bb: Builder, to_body, shape:
     """If the cell draws random numbers, give every step its own key.
 
     Random ops in the body read a ``__rng`` input; it is replaced by
-    ``outer key * P + t`` with ``t`` a step counter carried through the scan,
+    ``(outer key mod P) * P + t`` with ``t`` a step counter carried through the scan,
     so each step draws fresh numbers, reproducibly (the backward scan re-runs
     the body on the same carried ``t`` and sees the same masks).  Returns the
     counter's (body input, next value), or None for a deterministic cell."""
@@ -299,7 +300,8 @@ def _per_step_randomness(frame: Frame, body: Graph, bb: Builder, to_body, shape:
         return None
     (node,) = rng
     t = _body_input(body, "step_count", TensorType("i64", shape))
-    key = bb.add(bb.mul(to_body(frame.builder.rng_key()), 7919), bb.sum(t))
+    # (key mod P) * P + t with P the hash's prime: distinct for every (key, step), below 2**62
+    key = bb.add(bb.mul(bb.mod(to_body(frame.builder.rng_key()), HASH_PRIME), HASH_PRIME), bb.sum(t))
     for user in body.consumers(node):
         for i, v in enumerate(body[user]["inputs"]):
             if v.node == node:
