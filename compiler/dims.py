@@ -159,14 +159,6 @@ def is_static(shape: Shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 
 
-def free_names(shape: Shape) -> set[str]:
-    out: set[str] = set()
-    for d in shape:
-        if isinstance(d, Sym):
-            out |= d.names()
-    return out
-
-
 def evaluate_shape(shape: Shape, env: Mapping[str, int]) -> tuple:
     """The shape with names substituted (ints where every name is known)."""
     return tuple(d.evaluate(env) if isinstance(d, Sym) else d for d in shape)

@@ -103,9 +103,6 @@ class Graph:
         """Deterministic topological order: insertion order breaks ties."""
         return list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n))
 
-    def nodes_with_op(self, op: str) -> list[int]:
-        return [n for n, d in self.nx.nodes(data=True) if d["op"] == op]
-
     def input_names(self) -> list[str]:
         return [self[n]["attrs"]["name"] for n in self.inputs]
 

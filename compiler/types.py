@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dims import Dim, Shape, Sym, dim_str, shape_str
+from .dims import Dim, Shape, dim_str, shape_str
 
 DTYPES = {
     "f16": np.float16,
@@ -64,10 +64,6 @@ class TensorType:
         return f"{self.dtype}{shape_str(self.shape)}"
 
 
-def scalar(dtype: str) -> TensorType:
-    return TensorType(dtype, ())
-
-
 def broadcast_shapes(*shapes: Shape) -> Shape:
     """NumPy broadcasting over dims; raises ShapeError naming both dims."""
     rank = max((len(s) for s in shapes), default=0)
@@ -104,6 +100,3 @@ def norm_axis(axis: int, rank: int) -> int:
         raise ShapeError(f"axis {axis} is out of range for rank {rank}")
     return axis % rank if rank else 0
 
-
-def is_sym(d: Dim) -> bool:
-    return isinstance(d, Sym)

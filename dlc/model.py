@@ -63,7 +63,7 @@ class Model:
     @state.setter
     def state(self, value: dict[str, np.ndarray]) -> None:
         self._state = dict(value)
-        self._plans = {k: v for k, v in self._plans.items() if not (isinstance(k, tuple) and k[:1] == ("ort",))}
+        self._forget_sessions()
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -76,7 +76,11 @@ class Model:
     @params.setter
     def params(self, value: dict[str, np.ndarray]) -> None:
         self._params = dict(value)
-        self._plans = {k: v for k, v in self._plans.items() if not (isinstance(k, tuple) and k[:1] == ("ort",))}
+        self._forget_sessions()
+
+    def _forget_sessions(self) -> None:
+        """Drop the onnxruntime session: it holds parameters and state as initializers."""
+        self._plans.pop(("ort",), None)
 
     # -- description -------------------------------------------------------------
     @property

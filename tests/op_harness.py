@@ -11,6 +11,20 @@ from dlc.compiler.ops.registry import Arg, all_ops
 from dlc.compiler.types import TensorType, dtype_name
 
 
+def graph_input(g: Graph, name: str, t: TensorType) -> Value:
+    """Add a graph input ``name`` of type ``t``."""
+    n = g.add_node("input", (), {"name": name}, (t,))
+    g.inputs.append(n)
+    return Value(n)
+
+
+def graph_param(g: Graph, name: str, t: TensorType) -> Value:
+    """Add a parameter ``name`` of type ``t`` (initialiser: zeros)."""
+    n = g.add_node("param", (), {"name": name, "init": ("zeros", {})}, (t,))
+    g.params[name] = n
+    return Value(n)
+
+
 def cases(kind: str = "all"):
     """(id, op class, sample index, sample) for every sample of every op."""
     out = []
@@ -46,16 +60,11 @@ def one_op_graph(cls, sample, arrays, mode: str = "train"):
     for k, a in enumerate(arrays):
         t = TensorType(dtype_name(a.dtype), tuple(a.shape))
         if a.dtype.kind == "f":
-            name = f"p{k}"
-            n = g.add_node("param", (), {"name": name, "init": ("zeros", {})}, (t,))
-            g.params[name] = n
-            params[name] = a
+            values.append(graph_param(g, f"p{k}", t))
+            params[f"p{k}"] = a
         else:
-            name = f"i{k}"
-            n = g.add_node("input", (), {"name": name}, (t,))
-            g.inputs.append(n)
-            feeds[name] = a
-        values.append(Value(n))
+            values.append(graph_input(g, f"i{k}", t))
+            feeds[f"i{k}"] = a
     out = b.apply(cls.name, *values, **sample.attrs)
     outs = list(out) if isinstance(out, tuple) else [out]
     for j, v in enumerate(outs):

@@ -14,29 +14,19 @@ from dlc.compiler.onnx_export import export_graph, verify
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
 from dlc.runtime.ort import OrtSession
+from op_harness import graph_input, graph_param
 
 B, T, H, D = (Sym.var(n) for n in "BTHD")
 
-
-def _input(g: Graph, name: str, t: TensorType) -> Value:
-    n = g.add_node("input", (), {"name": name}, (t,))
-    g.inputs.append(n)
-    return Value(n)
-
-
-def _param(g: Graph, name: str, t: TensorType) -> Value:
-    n = g.add_node("param", (), {"name": name, "init": ("zeros", {})}, (t,))
-    g.params[name] = n
-    return Value(n)
 
 
 def mlp():
     """x f32[B, 4] → x @ W + b → relu (as maximum with 0), in scope `h`."""
     g = Graph("mlp")
     b = Builder(g)
-    x = _input(g, "x", TensorType("f32", (B, 4)))
-    w = _param(g, "W", TensorType("f32", (4, 5)))
-    bias = _param(g, "b", TensorType("f32", (5,)))
+    x = graph_input(g, "x", TensorType("f32", (B, 4)))
+    w = graph_param(g, "W", TensorType("f32", (4, 5)))
+    bias = graph_param(g, "b", TensorType("f32", (5,)))
     with b.at(scope="h"):
         y = b.maximum(b.add(b.matmul(x, w), bias), 0.0)
     g.outputs["y"] = y
@@ -113,8 +103,8 @@ def test_an_output_that_is_an_input_gets_an_identity():
 def test_polynomial_dims_are_computed_at_run_time():
     g = Graph("dims")
     b = Builder(g)
-    _input(g, "x", TensorType("f32", (B, T, 4 * H)))
-    _input(g, "d", TensorType("f32", (D,)))
+    graph_input(g, "x", TensorType("f32", (B, T, 4 * H)))
+    graph_input(g, "d", TensorType("f32", (D,)))
     shapes = {"a": (B * T, H), "b": (T - 1, 2), "c": (D / 4, 3), "e": (4 * H, B)}
     for key, shape in shapes.items():
         g.outputs[key] = b.zeros(shape=shape, dtype="f32")
@@ -158,7 +148,7 @@ def test_version_check_names_both_versions():
     assert "onnxruntime 1.10.0" in exc.value.message and f"opset {OPSET}" in exc.value.message
 
 
-def test_runtime_errors_name_the_input():
+def test_runtime_errors_name_thegraph_input():
     g, params = mlp()
     session = OrtSession(export_graph(g, params=params, name="mlp"))
     with pytest.raises(DlcError, match="input `x` has shape \\[2, 3\\]") as exc:
@@ -170,7 +160,7 @@ def test_runtime_errors_name_the_input():
 
 def test_unused_inputs_are_not_exported_and_extra_feeds_are_ignored():
     g, params = mlp()
-    _input(g, "labels", TensorType("i64", (B,)))  # read only by a loss this export leaves out
+    graph_input(g, "labels", TensorType("i64", (B,)))  # read only by a loss this export leaves out
     model = export_graph(g, params=params, name="mlp")
     assert [i.name for i in model.graph.input] == ["x"]
     out = OrtSession(model).run({"x": np.ones((2, 4), np.float32), "labels": np.zeros(2, np.int64)})
@@ -179,7 +169,7 @@ def test_unused_inputs_are_not_exported_and_extra_feeds_are_ignored():
 
 def test_inconsistent_symbolic_dims_name_both_inputs():
     g, params = mlp()
-    x2 = _input(g, "x2", TensorType("f32", (B, 4)))
+    x2 = graph_input(g, "x2", TensorType("f32", (B, 4)))
     g.outputs["z"] = Builder(g).add(x2, Value(g.inputs[0]))
     session = OrtSession(export_graph(g, params=params, name="mlp"))
     with pytest.raises(DlcError, match="input `x2` has B = 3, but input `x` has B = 2"):
@@ -193,17 +183,17 @@ def test_scan_exports_as_onnx_scan(reverse):
 
     body = Graph("cell")
     bb = Builder(body)
-    h = _input(body, "h", TensorType("f32", (B, 4)))
-    x = _input(body, "x", TensorType("f32", (B, 3)))
-    wx = _input(body, "Wx", TensorType("f32", (3, 4)))
-    wh = _input(body, "Wh", TensorType("f32", (4, 4)))
+    h = graph_input(body, "h", TensorType("f32", (B, 4)))
+    x = graph_input(body, "x", TensorType("f32", (B, 3)))
+    wx = graph_input(body, "Wx", TensorType("f32", (3, 4)))
+    wh = graph_input(body, "Wh", TensorType("f32", (4, 4)))
     h2 = bb.maximum(bb.add(bb.matmul(x, wx), bb.matmul(h, wh)), 0.0)
     body.outputs = {"carry0": h2, "y0": bb.mul(h2, 2.0), "y1": bb.zeros(shape=(B, 2), dtype="f32")}
     g = Graph("rnn")
     b = Builder(g)
-    xs = _input(g, "xs", TensorType("f32", (B, T, 3)))
-    h0 = _input(g, "h0", TensorType("f32", (B, 4)))
-    Wx, Wh = _param(g, "Wx", TensorType("f32", (3, 4))), _param(g, "Wh", TensorType("f32", (4, 4)))
+    xs = graph_input(g, "xs", TensorType("f32", (B, T, 3)))
+    h0 = graph_input(g, "h0", TensorType("f32", (B, 4)))
+    Wx, Wh = graph_param(g, "Wx", TensorType("f32", (3, 4))), graph_param(g, "Wh", TensorType("f32", (4, 4)))
     with b.at(scope="rnn"):
         hs, zs, last = b.apply("scan", h0, xs, Wx, Wh, body=body, n_carry=1, axis=1, reverse=reverse)
     g.outputs = {"hs": hs, "zs": zs, "last": last}
@@ -228,16 +218,16 @@ def test_scan_gradient_exports_and_matches_the_interpreter():
 
     body = Graph("cell")
     bb = Builder(body)
-    h, x = _input(body, "h", TensorType("f32", (B, 4))), _input(body, "x", TensorType("f32", (B, 3)))
-    wx, wh = _input(body, "Wx", TensorType("f32", (3, 4))), _input(body, "Wh", TensorType("f32", (4, 4)))
+    h, x = graph_input(body, "h", TensorType("f32", (B, 4))), graph_input(body, "x", TensorType("f32", (B, 3)))
+    wx, wh = graph_input(body, "Wx", TensorType("f32", (3, 4))), graph_input(body, "Wh", TensorType("f32", (4, 4)))
     h2 = bb.mul(bb.add(bb.matmul(x, wx), bb.matmul(h, wh)), 0.5)
     body.outputs = {"carry0": h2, "y0": bb.mul(h2, h2)}
     g = Graph("rnn")
     b = Builder(g)
-    xs, h0 = _input(g, "xs", TensorType("f32", (B, T, 3))), _input(g, "h0", TensorType("f32", (B, 4)))
-    Wx, Wh = _param(g, "Wx", TensorType("f32", (3, 4))), _param(g, "Wh", TensorType("f32", (4, 4)))
+    xs, h0 = graph_input(g, "xs", TensorType("f32", (B, T, 3))), graph_input(g, "h0", TensorType("f32", (B, 4)))
+    Wx, Wh = graph_param(g, "Wx", TensorType("f32", (3, 4))), graph_param(g, "Wh", TensorType("f32", (4, 4)))
     ys, _ = b.apply("scan", h0, xs, Wx, Wh, body=body, n_carry=1, axis=1)
-    seed = _input(g, "dys", TensorType("f32", (B, T, 4)))
+    seed = graph_input(g, "dys", TensorType("f32", (B, T, 4)))
     with b.at(role="backward"):
         grads = vjp(g, {ys: seed}, [Wx, Wh, h0], b)
     g.outputs = {"ys": ys, "dWx": grads[Wx], "dWh": grads[Wh], "dh0": grads[h0]}

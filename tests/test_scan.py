@@ -11,39 +11,29 @@ from dlc.compiler.graph import Graph, Value
 from dlc.compiler.passes.backprop import backprop
 from dlc.compiler.types import TensorType
 from dlc.runtime.interpreter import Plan
+from op_harness import graph_input, graph_param
 
 B, T = Sym.var("B"), Sym.var("T")
 
-
-def _input(g: Graph, name: str, t: TensorType) -> Value:
-    n = g.add_node("input", (), {"name": name}, (t,))
-    g.inputs.append(n)
-    return Value(n)
-
-
-def _param(g: Graph, name: str, t: TensorType) -> Value:
-    n = g.add_node("param", (), {"name": name, "init": ("zeros", {})}, (t,))
-    g.params[name] = n
-    return Value(n)
 
 
 def rnn_graph(dtype="f64", reverse=False, I=3, H=4):
     """hs, h_last = scan (h' = tanh(x Wx + h Wh)) over xs axis 1, plus loss."""
     body = Graph("cell")
     bb = Builder(body)
-    h = _input(body, "h", TensorType(dtype, (B, H)))
-    x = _input(body, "x", TensorType(dtype, (B, I)))
-    wx = _input(body, "Wx", TensorType(dtype, (I, H)))
-    wh = _input(body, "Wh", TensorType(dtype, (H, H)))
+    h = graph_input(body, "h", TensorType(dtype, (B, H)))
+    x = graph_input(body, "x", TensorType(dtype, (B, I)))
+    wx = graph_input(body, "Wx", TensorType(dtype, (I, H)))
+    wh = graph_input(body, "Wh", TensorType(dtype, (H, H)))
     h2 = bb.tanh(bb.add(bb.matmul(x, wx), bb.matmul(h, wh)))
     body.outputs = {"carry0": h2, "y0": bb.mul(h2, 2.0)}
 
     g = Graph("rnn")
     b = Builder(g)
-    xs = _input(g, "xs", TensorType(dtype, (B, T, I)))
-    h0 = _input(g, "h0", TensorType(dtype, (B, H)))
-    Wx = _param(g, "Wx", TensorType(dtype, (I, H)))
-    Wh = _param(g, "Wh", TensorType(dtype, (H, H)))
+    xs = graph_input(g, "xs", TensorType(dtype, (B, T, I)))
+    h0 = graph_input(g, "h0", TensorType(dtype, (B, H)))
+    Wx = graph_param(g, "Wx", TensorType(dtype, (I, H)))
+    Wh = graph_param(g, "Wh", TensorType(dtype, (H, H)))
     hs, h_last = b.apply("scan", h0, xs, Wx, Wh, body=body, n_carry=1, axis=1, reverse=reverse)
     loss = b.add(b.sum(b.mul(hs, hs)), b.sum(h_last))
     g.outputs = {"hs": hs, "h_last": h_last, "loss": loss}
