@@ -58,10 +58,10 @@ class Builder:
         (key, salt, element index), so results are reproducible and the same
         in NumPy and onnxruntime."""
         for n in self.graph.inputs:
-            if self.graph[n]["attrs"]["name"] == RNG_INPUT:
+            if self.graph[n].attrs["name"] == RNG_INPUT:
                 return Value(n)
         n = self.graph.add_node("input", (), {"name": RNG_INPUT}, (TensorType("i64", ()),), role="state")
-        self.graph.inputs.append(n)
+        self.graph.add_input(n)
         return Value(n)
 
     def salt(self) -> int:
@@ -139,11 +139,11 @@ class Builder:
         notes = []
         for i, v in enumerate(values):
             data = self.graph[v.node]
-            loc = data["loc"]
+            loc = data.loc
             if loc is not None and loc != self.loc and getattr(loc, "source", None) is not None:
-                what = data["attrs"].get("name") if data["op"] in ("input", "param") else None
-                label = f"`{what}` is {data['types'][v.index]}, declared" if what else \
-                    f"operand {i + 1} is {data['types'][v.index]}, computed"
+                what = data.attrs.get("name") if data.op in ("input", "param") else None
+                label = f"`{what}` is {data.types[v.index]}, declared" if what else \
+                    f"operand {i + 1} is {data.types[v.index]}, computed"
                 if (label, loc) not in notes:  # x @ x: one note
                     notes.append((label, loc))
         return notes

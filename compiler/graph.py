@@ -1,23 +1,29 @@
 """The IR: a networkx MultiDiGraph of op applications.
 
-A node is one op application with data ``op`` (registry key), ``attrs``
-(dict, treated as frozen), ``types`` (one TensorType per output), ``inputs``
-(the ordered input Values), ``loc``, ``scope`` (``enc.0.attn``), ``role``
-(forward / loss / backward / optimizer / state) and ``grad_of`` (for backward
-nodes: the forward node they differentiate).  An edge ``u → v`` carries
-``src_out`` and ``dst_in``; ``inputs`` mirrors the edges in argument order so
-the hot paths need not sort edges.  Only :meth:`Graph.add_node` and
-:meth:`Graph.set_input` write either, which keeps the two in step.
+A node is one op application, a :class:`Node` record: ``op`` (registry key),
+``attrs`` (dict, treated as frozen), ``types`` (one TensorType per output),
+``inputs`` (the ordered input Values), ``loc``, ``scope`` (``enc.0.attn``),
+``role`` (forward / loss / backward / optimizer / state) and ``grad_of`` (for
+backward nodes: the forward node they differentiate).  An edge ``u → v``
+carries ``src_out`` and ``dst_in``; ``inputs`` mirrors the edges in argument
+order so the hot paths need not sort edges.
+
+The graph owns every mutation: only its methods add or remove nodes, rewire
+arguments, and write the ordered inputs, the named outputs, the parameters
+and the state pairs (state input node → value of its next state).  The
+containers are exposed read-only (a tuple and mapping proxies), so a pass
+cannot put the graph into an inconsistent state by accident, and
+:meth:`Graph.verify` checks what the methods maintain.
 
 Inputs, parameters, state and constants are nodes too (ops ``input``,
-``param``, ``state``, ``const``).  The graph records ordered inputs, outputs,
-parameters and state pairs (state input node → value of its next state).
-This is the only module that imports networkx.
+``param``, ``state``, ``const``).  This is the only module that imports
+networkx.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Iterable, Iterator, Mapping
 
 import networkx as nx
 
@@ -37,17 +43,67 @@ class Value:
     index: int = 0
 
 
+@dataclass(slots=True, eq=False)
+class Node:
+    """One op application.  Records are owned by their graph: change
+    ``inputs`` through :meth:`Graph.set_input` (which keeps the edges in
+    step); ``attrs`` is treated as frozen once the node exists."""
+
+    id: int
+    op: str
+    attrs: dict
+    types: tuple
+    inputs: tuple
+    loc: Any = None
+    scope: str = ""
+    role: str = "forward"
+    grad_of: int | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The declared name of a source node (input, param, state), else None."""
+        return self.attrs.get("name") if self.op in ("input", "param", "state") else None
+
+
+class GraphError(AssertionError):
+    """A broken IR invariant (a compiler bug, never a user error)."""
+
+
 class Graph:
     def __init__(self, name: str = ""):
         self.name = name
         self.nx = nx.MultiDiGraph()
-        self.inputs: list[int] = []
-        self.outputs: dict[str, Value] = {}
-        self.params: dict[str, int] = {}
-        self.state: dict[str, tuple[int, Value | None]] = {}
-        self.dims: dict[str, tuple[str, int]] = {}  # symbolic dim → (input name, axis) where it appears
+        self._nodes: dict[int, Node] = {}
+        self._inputs: list[int] = []
+        self._outputs: dict[str, Value] = {}
+        self._params: dict[str, int] = {}
+        self._state: dict[str, tuple[int, Value | None]] = {}
+        self._dims: dict[str, tuple[str, int]] = {}  # symbolic dim → (input name, axis) where it appears
         self._next_id = 0
         self.salt_counter = 0
+
+    # -- the containers (read-only views) ------------------------------------
+    @property
+    def inputs(self) -> tuple[int, ...]:
+        """Input nodes in feed order."""
+        return tuple(self._inputs)
+
+    @property
+    def outputs(self) -> Mapping[str, Value]:
+        return MappingProxyType(self._outputs)
+
+    @property
+    def params(self) -> Mapping[str, int]:
+        return MappingProxyType(self._params)
+
+    @property
+    def state(self) -> Mapping[str, tuple[int, Value | None]]:
+        """State name → (its input node, the Value of its next state or None)."""
+        return MappingProxyType(self._state)
+
+    @property
+    def dims(self) -> Mapping[str, tuple[str, int]]:
+        return MappingProxyType(self._dims)
 
     # -- construction ----------------------------------------------------
     def add_node(self, op: str, inputs: Iterable[Value], attrs: dict, types, *, loc=None,
@@ -55,46 +111,86 @@ class Graph:
         n = self._next_id
         self._next_id += 1
         inputs = tuple(inputs)
-        self.nx.add_node(n, op=op, attrs=attrs, types=tuple(types), inputs=inputs, loc=loc,
-                         scope=scope, role=role, grad_of=grad_of)
+        self._nodes[n] = Node(n, op, attrs, tuple(types), inputs, loc, scope, role, grad_of)
+        self.nx.add_node(n)
         for i, v in enumerate(inputs):
             self.nx.add_edge(v.node, n, src_out=v.index, dst_in=i)
         return n
 
     def set_input(self, node: int, index: int, value: Value) -> None:
         """Rewire argument ``index`` of ``node`` to ``value``."""
-        data = self.nx.nodes[node]
-        old = data["inputs"][index]
+        rec = self._nodes[node]
+        old = rec.inputs[index]
         for key, d in list(self.nx.get_edge_data(old.node, node, default={}).items()):
             if d["dst_in"] == index:
                 self.nx.remove_edge(old.node, node, key)
-        data["inputs"] = data["inputs"][:index] + (value,) + data["inputs"][index + 1:]
+        rec.inputs = rec.inputs[:index] + (value,) + rec.inputs[index + 1:]
         self.nx.add_edge(value.node, node, src_out=value.index, dst_in=index)
 
     def remove_nodes(self, nodes: Iterable[int]) -> None:
-        self.nx.remove_nodes_from(list(nodes))
+        """Remove nodes and everything that refers to them in the containers."""
+        gone = set(nodes)
+        self.nx.remove_nodes_from(gone)
+        for n in gone:
+            self._nodes.pop(n, None)
+        self._inputs = [n for n in self._inputs if n not in gone]
+        self._params = {k: n for k, n in self._params.items() if n not in gone}
+        self._state = {k: s for k, s in self._state.items() if s[0] not in gone}
+
+    def add_input(self, node: int) -> None:
+        """Append an ``input`` node to the feed order."""
+        self._inputs.append(node)
+
+    def set_inputs(self, nodes: Iterable[int]) -> None:
+        """Replace the feed order (the nodes must be ``input`` nodes of this graph)."""
+        self._inputs = list(nodes)
+
+    def set_output(self, name: str, value: Value) -> None:
+        self._outputs[name] = value
+
+    def set_outputs(self, outputs: Mapping[str, Value]) -> None:
+        """Replace every named output (order kept as given)."""
+        self._outputs = dict(outputs)
+
+    def remove_output(self, name: str) -> Value:
+        return self._outputs.pop(name)
+
+    def add_param(self, name: str, node: int) -> None:
+        self._params[name] = node
+
+    def set_state(self, name: str, node: int, next_value: Value | None = None) -> None:
+        """Declare state ``name`` read by ``node``; ``next_value`` is what the step carries on."""
+        self._state[name] = (node, next_value)
+
+    def add_dim(self, dim: str, input_name: str, axis: int) -> None:
+        """Record where symbolic ``dim`` first appears (first declaration wins)."""
+        self._dims.setdefault(dim, (input_name, axis))
 
     # -- queries -----------------------------------------------------------
-    def __getitem__(self, n: int) -> dict:
-        return self.nx.nodes[n]
+    def __getitem__(self, n: int) -> Node:
+        return self._nodes[n]
 
     def __contains__(self, n: int) -> bool:
-        return n in self.nx
+        return n in self._nodes
 
     def __len__(self) -> int:
-        return self.nx.number_of_nodes()
+        return len(self._nodes)
+
+    def nodes(self) -> Iterator[int]:
+        """Node ids in insertion order."""
+        return iter(self._nodes)
 
     def op(self, n: int) -> str:
-        return self.nx.nodes[n]["op"]
+        return self._nodes[n].op
 
     def type_of(self, v: Value) -> TensorType:
-        return self.nx.nodes[v.node]["types"][v.index]
+        return self._nodes[v.node].types[v.index]
 
     def in_values(self, n: int) -> tuple[Value, ...]:
-        return self.nx.nodes[n]["inputs"]
+        return self._nodes[n].inputs
 
     def out_values(self, n: int) -> list[Value]:
-        return [Value(n, i) for i in range(len(self.nx.nodes[n]["types"]))]
+        return [Value(n, i) for i in range(len(self._nodes[n].types))]
 
     def consumers(self, n: int) -> list[int]:
         return sorted(set(self.nx.successors(n)))
@@ -104,11 +200,11 @@ class Graph:
         return list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n))
 
     def input_names(self) -> list[str]:
-        return [self[n]["attrs"]["name"] for n in self.inputs]
+        return [self._nodes[n].attrs["name"] for n in self._inputs]
 
     def input_node(self, name: str) -> int:
-        for n in self.inputs:
-            if self[n]["attrs"]["name"] == name:
+        for n in self._inputs:
+            if self._nodes[n].attrs["name"] == name:
                 return n
         raise KeyError(name)
 
@@ -130,18 +226,74 @@ class Graph:
 
     def prune(self, keep: Iterable[int]) -> None:
         """Remove every node that is not an ancestor of ``keep`` (inputs stay)."""
-        live = self.ancestors(keep) | set(self.inputs)
-        self.remove_nodes(n for n in list(self.nx) if n not in live)
-        self.params = {k: n for k, n in self.params.items() if n in live}
+        live = self.ancestors(keep) | set(self._inputs)
+        self.remove_nodes([n for n in self._nodes if n not in live])
 
     def copy(self) -> "Graph":
         g = Graph(self.name)
         g.nx = self.nx.copy()
-        g.inputs = list(self.inputs)
-        g.outputs = dict(self.outputs)
-        g.params = dict(self.params)
-        g.state = dict(self.state)
-        g.dims = dict(self.dims)
+        g._nodes = {n: replace(rec) for n, rec in self._nodes.items()}
+        g._inputs = list(self._inputs)
+        g._outputs = dict(self._outputs)
+        g._params = dict(self._params)
+        g._state = dict(self._state)
+        g._dims = dict(self._dims)
         g._next_id = self._next_id
         g.salt_counter = self.salt_counter
         return g
+
+    # -- invariants --------------------------------------------------------
+    def verify(self) -> None:
+        """Check the invariants every pass must keep; raises :class:`GraphError`.
+
+        - edges mirror each node's ``inputs`` exactly, and every input exists;
+        - the graph is acyclic;
+        - every node's ``types`` has one entry per output its op declares, and
+          re-running the op's shape rule on the input types gives them;
+        - inputs are ``input`` nodes, params ``param`` nodes, state ``state``
+          nodes; every output and next-state Value refers to an existing output.
+        """
+        from .ops.registry import get_op  # the registry imports types only; no cycle at call time
+
+        for n, rec in self._nodes.items():
+            if rec.id != n:
+                raise GraphError(f"node {n} records id {rec.id}")
+            for i, v in enumerate(rec.inputs):
+                if v.node not in self._nodes:
+                    raise GraphError(f"%{n} ({rec.op}) argument {i} refers to missing node {v.node}")
+                if v.index >= len(self._nodes[v.node].types):
+                    raise GraphError(f"%{n} ({rec.op}) argument {i} reads output {v.index} of "
+                                     f"%{v.node}, which has {len(self._nodes[v.node].types)}")
+            edges = sorted((d["dst_in"], u, d["src_out"]) for u, _, d in self.nx.in_edges(n, data=True))
+            want = sorted((i, v.node, v.index) for i, v in enumerate(rec.inputs))
+            if edges != want:
+                raise GraphError(f"%{n} ({rec.op}): edges {edges} do not mirror its inputs {want}")
+            if rec.op in SOURCE_OPS:
+                if rec.inputs:
+                    raise GraphError(f"source node %{n} ({rec.op}) has inputs")
+                continue
+            opdef = get_op(rec.op)
+            if opdef.outputs is not None and len(rec.types) != len(opdef.outputs):
+                raise GraphError(f"%{n} ({rec.op}) has {len(rec.types)} types for "
+                                 f"{len(opdef.outputs)} outputs")
+            got = opdef.shape(*[self.type_of(v) for v in rec.inputs], **rec.attrs)
+            got = got if isinstance(got, tuple) else (got,)
+            if tuple(got) != tuple(rec.types):
+                raise GraphError(f"%{n} ({rec.op}) is typed {list(map(str, rec.types))} but its shape "
+                                 f"rule gives {list(map(str, got))}")
+        if set(self.nx.nodes) != set(self._nodes):
+            raise GraphError("the networkx graph and the node records disagree")
+        if not nx.is_directed_acyclic_graph(self.nx):
+            raise GraphError(f"graph {self.name!r} has a cycle")
+        for kind, nodes in (("input", self._inputs), ("param", self._params.values()),
+                            ("state", [s[0] for s in self._state.values()])):
+            for n in nodes:
+                if n not in self._nodes or self._nodes[n].op != kind:
+                    raise GraphError(f"{kind} container lists %{n}, which is not a live {kind} node")
+        if len(set(self._inputs)) != len(self._inputs):
+            raise GraphError("an input is listed twice")
+        refs = list(self._outputs.items()) + [(f"next state {k}", s[1]) for k, s in self._state.items()
+                                               if s[1] is not None]
+        for name, v in refs:
+            if v.node not in self._nodes or v.index >= len(self._nodes[v.node].types):
+                raise GraphError(f"output {name!r} refers to a missing value {v}")

@@ -201,9 +201,9 @@ class Emitter:
         inputs = []
         for i, n in enumerate(body.inputs):
             if i < n_formal:
-                base = input_names[i] if input_names else child.prefix + body[n]["attrs"]["name"]
+                base = input_names[i] if input_names else child.prefix + body[n].attrs["name"]
                 name = self.names.claim(base)
-                inputs.append(value_info(name, body[n]["types"][0]))
+                inputs.append(value_info(name, body[n].types[0]))
                 child.sources[n] = name
             else:
                 child.sources[n] = outer[i - n_formal]
@@ -221,7 +221,7 @@ class Emitter:
             self._dims[d] = self._dim_of(var)
             return self._dims[d]
         for n, src in self.sources.items():  # an input axis of exactly this size: read it
-            shape = self.graph[n]["types"][0].shape
+            shape = self.graph[n].types[0].shape
             if d in shape:
                 return self._axis(src, shape.index(d), d)
         final = self._dim_name("dim", (d,))
@@ -299,12 +299,12 @@ class Emitter:
         read sources before spare inputs."""
         want = Sym.var(var)
         candidates = list(self.sources.items()) + list(self.spare.items())
-        by_name = {self.graph[n]["attrs"]["name"]: (n, name) for n, name in candidates}
+        by_name = {self.graph[n].attrs["name"]: (n, name) for n, name in candidates}
         if var in self.graph.dims and self.graph.dims[var][0] in by_name:
             src, axis = self.graph.dims[var]
             return *by_name[src], axis, Fraction(1), 0
         axes = [(n, name, axis, d) for n, name in candidates
-                for axis, d in enumerate(self.graph[n]["types"][0].shape) if isinstance(d, Sym)]
+                for axis, d in enumerate(self.graph[n].types[0].shape) if isinstance(d, Sym)]
         for n, name, axis, d in axes:
             if d == want:
                 return n, name, axis, Fraction(1), 0

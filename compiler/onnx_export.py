@@ -54,19 +54,19 @@ def export_graph(graph: Graph, *, params: dict[str, np.ndarray] | None, state: d
     listed += [n for n in order if graph.op(n) == "param"]
     for n in listed:
         data = graph[n]
-        key, t = data["attrs"]["name"], data["types"][0]
+        key, t = data.attrs["name"], data.types[0]
         vname = names.claim(key)
-        given = params if data["op"] == "param" else state
-        if data["op"] == "param" and not train or data["op"] == "state" and key in given:
+        given = params if data.op == "param" else state
+        if data.op == "param" and not train or data.op == "state" and key in given:
             if n in live:
-                e.initializers.append(numpy_helper.from_array(_value_for(key, t, given, data["op"]), vname))
+                e.initializers.append(numpy_helper.from_array(_value_for(key, t, given, data.op), vname))
                 values[Value(n)] = vname
         elif n in live:
             e.sources[n] = values[Value(n)] = vname
         else:
             e.spare[n] = vname
     outputs = lower_nodes(e, graph, values, {k: k for k in graph.outputs})
-    inputs = [value_info(e.sources[n], graph[n]["types"][0]) for n in listed if n in e.sources]
+    inputs = [value_info(e.sources[n], graph[n].types[0]) for n in listed if n in e.sources]
     g = helper.make_graph(e.nodes, name or graph.name or "dlc", inputs, outputs, initializer=e.initializers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name="dlc", producer_version=_version(), doc_string=doc)
@@ -89,17 +89,17 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
         if n not in live or Value(n) in values:
             continue
         data = graph[n]
-        op = data["op"]
+        op = data.op
         if op == "const":
-            values[Value(n)] = e.const(data["attrs"]["value"])
+            values[Value(n)] = e.const(data.attrs["value"])
             continue
         if op in SOURCE_OPS:
-            raise DlcError("E0501", f"cannot export `{graph.name}`: {op} `{data['attrs'].get('name')}` "
-                                    "is not bound to a value", data["loc"])
-        stem = e.prefix + (f"{data['scope']}/" if data["scope"] else "") + f"{op}_{n}"
+            raise DlcError("E0501", f"cannot export `{graph.name}`: {op} `{data.attrs.get('name')}` "
+                                    "is not bound to a value", data.loc)
+        stem = e.prefix + (f"{data.scope}/" if data.scope else "") + f"{op}_{n}"
         outs = [claimed.get(Value(n, i)) or e.names.fresh(stem if i == 0 else f"{stem}.{i}")
-                for i in range(len(data["types"]))]
-        _lower(e, graph, n, [values[v] for v in data["inputs"]], outs, stem)
+                for i in range(len(data.types))]
+        _lower(e, graph, n, [values[v] for v in data.inputs], outs, stem)
         for i, name in enumerate(outs):
             values[Value(n, i)] = name
     result = []
@@ -113,25 +113,25 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
 
 def _lower(e: Emitter, graph: Graph, n: int, ins: list[str], outs: list[str], stem: str) -> None:
     data = graph[n]
-    op = data["op"]
-    e.in_types = [graph.type_of(v) for v in data["inputs"]]
-    e.out_types = list(data["types"])
+    op = data.op
+    e.in_types = [graph.type_of(v) for v in data.inputs]
+    e.out_types = list(data.types)
     e.here = stem
     first = len(e.nodes)
     try:
-        get_op(op).onnx(e, ins, outs, **data["attrs"])
+        get_op(op).onnx(e, ins, outs, **data.attrs)
     except NotImplementedError:
-        raise DlcError("E0501", f"op `{op}` has no ONNX lowering", data["loc"]) from None
+        raise DlcError("E0501", f"op `{op}` has no ONNX lowering", data.loc) from None
     except DlcError:
         raise
     except Exception as exc:  # a lowering bug: name the node so it can be found
         raise DlcError("E0501", f"ONNX lowering of `{op}` (node {stem}) failed: {type(exc).__name__}: {exc}",
-                       data["loc"]) from exc
+                       data.loc) from exc
     made = {o for node in e.nodes[first:] for o in node.output}
     lost = [o for o in outs if o not in made]
     if lost:  # a lowering bug the checker would report far less clearly
         raise DlcError("E0501", f"ONNX lowering of `{op}` (node {stem}) did not produce {', '.join(lost)}",
-                       data["loc"])
+                       data.loc)
 
 
 def _value_for(key: str, t: TensorType, given: dict, kind: str) -> np.ndarray:

@@ -40,22 +40,22 @@ def _types_text(types) -> str:
 
 def node_line(g: Graph, n: int) -> str:
     d = g[n]
-    op, attrs = d["op"], d["attrs"]
+    op, attrs = d.op, d.attrs
     if op in ("input", "param", "state"):
-        text = f"%{n} = {op} {attrs['name']} : {_types_text(d['types'])}"
+        text = f"%{n} = {op} {attrs['name']} : {_types_text(d.types)}"
     elif op == "const":
         value = attrs["value"]
         shown = np.array2string(value, precision=4, threshold=6) if value.size <= 6 else f"<{value.size} values>"
-        text = f"%{n} = const {shown} : {_types_text(d['types'])}"
+        text = f"%{n} = const {shown} : {_types_text(d.types)}"
     else:
-        args = ", ".join(_ref(v) for v in d["inputs"])
+        args = ", ".join(_ref(v) for v in d.inputs)
         extra = ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs.items() if k not in _HIDDEN_ATTRS)
-        text = f"%{n} = {op}({args}{', ' if args and extra else ''}{extra}) : {_types_text(d['types'])}"
-    if d["scope"]:
-        text += f"  @{d['scope']}"
-    role = d["role"]
-    if d["grad_of"] is not None:
-        role = f"{role} of %{d['grad_of']}"
+        text = f"%{n} = {op}({args}{', ' if args and extra else ''}{extra}) : {_types_text(d.types)}"
+    if d.scope:
+        text += f"  @{d.scope}"
+    role = d.role
+    if d.grad_of is not None:
+        role = f"{role} of %{d.grad_of}"
     if role != "forward":
         text += f"  [{role}]"
     return text
@@ -65,7 +65,7 @@ def to_text(g: Graph, indent: str = "") -> str:
     lines = []
     for n in g.topo_order():
         lines.append(indent + node_line(g, n))
-        body = g[n]["attrs"].get("body") if g[n]["op"] not in SOURCE_OPS else None
+        body = g[n].attrs.get("body") if g[n].op not in SOURCE_OPS else None
         if isinstance(body, Graph):
             lines.append(indent + "    body {")
             lines.append(to_text(body, indent + "        "))
@@ -83,12 +83,12 @@ def to_dot(g: Graph) -> str:
     lines = [f'digraph "{g.name}" {{', "  rankdir=TB;", '  node [shape=box, style=filled, fontname="monospace"];']
     for n in g.topo_order():
         d = g[n]
-        label = d["attrs"]["name"] if d["op"] in ("input", "param", "state") else d["op"]
-        label += "\\n" + _types_text(d["types"])
-        shape = "ellipse" if d["op"] in SOURCE_OPS else "box"
-        lines.append(f'  n{n} [label="{label}", shape={shape}, fillcolor={colors.get(d["role"], "white")}];')
+        label = d.attrs["name"] if d.op in ("input", "param", "state") else d.op
+        label += "\\n" + _types_text(d.types)
+        shape = "ellipse" if d.op in SOURCE_OPS else "box"
+        lines.append(f'  n{n} [label="{label}", shape={shape}, fillcolor={colors.get(d.role, "white")}];')
     for n in g.topo_order():
-        for i, v in enumerate(g[n]["inputs"]):
+        for i, v in enumerate(g[n].inputs):
             lines.append(f"  n{v.node} -> n{n};")
     for name, v in g.outputs.items():
         lines.append(f'  out_{_ident(name)} [label="{name}", shape=plaintext];')
@@ -106,12 +106,12 @@ def to_json(g: Graph) -> str:
     nodes = []
     for n in g.topo_order():
         d = g[n]
-        attrs = {k: _jsonable(v) for k, v in d["attrs"].items() if k != "body"}
-        nodes.append({"id": n, "op": d["op"], "attrs": attrs, "types": [str(t) for t in d["types"]],
-                      "scope": d["scope"], "role": d["role"], "grad_of": d["grad_of"],
-                      "loc": str(d["loc"]) if d["loc"] is not None else None})
+        attrs = {k: _jsonable(v) for k, v in d.attrs.items() if k != "body"}
+        nodes.append({"id": n, "op": d.op, "attrs": attrs, "types": [str(t) for t in d.types],
+                      "scope": d.scope, "role": d.role, "grad_of": d.grad_of,
+                      "loc": str(d.loc) if d.loc is not None else None})
     links = [{"source": v.node, "target": n, "src_out": v.index, "dst_in": i}
-             for n in g.topo_order() for i, v in enumerate(g[n]["inputs"])]
+             for n in g.topo_order() for i, v in enumerate(g[n].inputs)]
     data = {"directed": True, "multigraph": True, "graph": {"name": g.name,
             "outputs": {k: [v.node, v.index] for k, v in g.outputs.items()}},
             "nodes": nodes, "links": links}

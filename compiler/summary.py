@@ -25,22 +25,22 @@ def _size(shape) -> Dim:
 def node_flops(g: Graph, n: int) -> Dim:
     """FLOPs of one node (symbolic dims kept)."""
     d = g[n]
-    op = d["op"]
+    op = d.op
     if op in SOURCE_OPS or op in FREE_OPS:
         return 0
-    ins = [g.type_of(v) for v in d["inputs"]]
-    out = d["types"][0]
+    ins = [g.type_of(v) for v in d.inputs]
+    out = d.types[0]
     if op == "matmul":
         return 2 * _size(out.shape) * ins[0].shape[-1]
     if op in ("conv2d", "conv_transpose2d"):
         w = ins[1].shape
         return 2 * _size(out.shape) * _size(w[1:])
     if op == "scan":
-        body = d["attrs"]["body"]
-        seq = ins[d["attrs"]["n_carry"]]
-        length = seq.shape[d["attrs"]["axis"] % seq.rank]
+        body = d.attrs["body"]
+        seq = ins[d.attrs["n_carry"]]
+        length = seq.shape[d.attrs["axis"] % seq.rank]
         return length * graph_flops(body)
-    return sum((_size(t.shape) for t in d["types"]), 0)
+    return sum((_size(t.shape) for t in d.types), 0)
 
 
 def graph_flops(g: Graph) -> Dim:
@@ -54,7 +54,7 @@ def _per_example(value: Dim, batch: set[str]) -> Dim:
 def batch_dims(g: Graph) -> set[str]:
     out = set()
     for n in g.inputs:
-        shape = g[n]["types"][0].shape
+        shape = g[n].types[0].shape
         if shape and isinstance(shape[0], Sym) and shape[0].single_var():
             out.add(shape[0].single_var())
     return out
@@ -69,18 +69,18 @@ def summary_rows(g: Graph) -> list[tuple[str, str, int, Dim]]:
     live = g.ancestors({v.node for v in g.outputs.values()})  # not state updates nobody reads at inference
     for n in g.topo_order():
         d = g[n]
-        if d["op"] in SOURCE_OPS or n not in live:
+        if d.op in SOURCE_OPS or n not in live:
             continue
-        scope = d["scope"] or "(model)"
+        scope = d.scope or "(model)"
         if scope not in flops:
             order.append(scope)
             flops[scope] = 0
         flops[scope] = flops[scope] + node_flops(g, n)
-        last_type[scope] = ", ".join(str(t) for t in d["types"])
+        last_type[scope] = ", ".join(str(t) for t in d.types)
     params: dict[str, int] = {}
     for name, n in g.params.items():
         scope = name.rsplit(".", 1)[0] if "." in name else "(model)"
-        params[scope] = params.get(scope, 0) + size_of(g[n]["types"][0].shape)
+        params[scope] = params.get(scope, 0) + size_of(g[n].types[0].shape)
         if scope not in flops:
             order.append(scope)
             flops[scope] = 0

@@ -102,7 +102,7 @@ class Model:
     def param_count(self) -> int:
         from dlc.compiler.dims import size_of
 
-        return int(sum(size_of(self.graph[n]["types"][0].shape) for n in self.graph.params.values()))
+        return int(sum(size_of(self.graph[n].types[0].shape) for n in self.graph.params.values()))
 
     def symbolic_dims(self) -> list[str]:
         names = set()
@@ -180,7 +180,7 @@ class Model:
         key = ("grad", loss)
         if key not in self._plans:
             g, grads = gradient_graph(self.graph, loss, self.mode)
-            g.outputs = dict(grads)
+            g.set_outputs(dict(grads))
             self._plans[key] = Plan(g)
         feeds = {**feeds, RNG_INPUT: np.int64(seed)}
         return self._plans[key].run(feeds, self.params, self.state)
@@ -215,7 +215,7 @@ class Model:
         from dlc.compiler.passes.backprop import gradient_graph
 
         g, grads = gradient_graph(self.graph, self.loss_name(), self.mode)
-        g.outputs = {**g.outputs, **{f"grad/{k}": v for k, v in grads.items()}}
+        g.set_outputs({**g.outputs, **{f"grad/{k}": v for k, v in grads.items()}})
         g.prune({v.node for v in g.outputs.values()})
         return g
 
@@ -307,13 +307,13 @@ def init_state(graph: Graph, seed: int) -> dict[str, np.ndarray]:
 def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
     out = {}
     for name, n in nodes.items():
-        init_name, kwargs = graph[n]["attrs"]["init"]
-        t = graph[n]["types"][0]
+        init_name, kwargs = graph[n].attrs["init"]
+        t = graph[n].types[0]
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         try:
             out[name] = initialize(init_name, kwargs, tuple(t.shape), t.dtype, rng)
         except ValueError as e:
-            raise DlcError("E0110", f"cannot initialise `{name}`: {e}", graph[n]["loc"]) from None
+            raise DlcError("E0110", f"cannot initialise `{name}`: {e}", graph[n].loc) from None
     return out
 
 

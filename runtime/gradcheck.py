@@ -27,7 +27,7 @@ def gradcheck(model, *, loss: str | None = None, seed: int = 0, samples: int = 1
     g, grads = gradient_graph(model.graph, loss_name, "train")
     loss_v = g.outputs[loss_name]
     names = sorted(g.params)
-    g.outputs = {"loss": loss_v, **{f"grad:{n}": grads[n] for n in names}}
+    g.set_outputs({"loss": loss_v, **{f"grad:{n}": grads[n] for n in names}})
     binding = {d: 3 for d in model.symbolic_dims()}
     binding.update(dims or {})
     feeds = random_feeds(g, binding, seed)  # ids and labels span their tables and classes

@@ -58,18 +58,18 @@ class Plan:
         last_use: dict[int, int] = {}
         for n in order:
             data = graph[n]
-            op = data["op"]
+            op = data.op
             if op in ("input", "param", "state"):
-                self.sources.append((op, data["attrs"]["name"], slot_of[Value(n)], n))
+                self.sources.append((op, data.attrs["name"], slot_of[Value(n)], n))
                 continue
             if op == "const":
-                self.sources.append(("const", data["attrs"]["value"], slot_of[Value(n)], n))
+                self.sources.append(("const", data.attrs["value"], slot_of[Value(n)], n))
                 continue
             opdef = get_op(op)
-            ins = tuple(slot_of[v] for v in data["inputs"])
+            ins = tuple(slot_of[v] for v in data.inputs)
             for s in ins:
                 last_use[s] = len(steps)
-            attrs = dict(data["attrs"])
+            attrs = dict(data.attrs)
             if compute_dtype is not None and op == "cast" and attrs["dtype"] in FLOATS:
                 attrs["dtype"] = dtype_name(compute_dtype)
             steps.append(_Step(n, opdef.kernel, ins, tuple(slot_of[v] for v in graph.out_values(n)),
@@ -83,7 +83,7 @@ class Plan:
         for i, st in enumerate(steps):
             st.frees = tuple(frees.get(i, ()))
         self.steps = steps
-        self.input_nodes = {graph[n]["attrs"]["name"]: n for n in graph.inputs}
+        self.input_nodes = {graph[n].attrs["name"]: n for n in graph.inputs}
         self._dim_plan = self._plan_dims(graph, self.input_nodes)
 
     # -- running ------------------------------------------------------------
@@ -114,13 +114,13 @@ class Plan:
 
     def _shape_error(self, name, n, declared, actual, env):
         raise DlcError("E0401", f"input `{name}` has shape {list(actual)}, but the model declares "
-                       f"{_fmt(evaluate_shape(declared, env))}", self.graph[n]["loc"])
+                       f"{_fmt(evaluate_shape(declared, env))}", self.graph[n].loc)
 
     @staticmethod
     def _plan_dims(graph: Graph, input_nodes: dict) -> list:
         plan = []
         for name, n in input_nodes.items():
-            declared = graph[n]["types"][0].shape
+            declared = graph[n].types[0].shape
             fixed, names, exprs = [], [], []
             for ax, d in enumerate(declared):
                 if not isinstance(d, Sym):
@@ -150,10 +150,10 @@ class Plan:
             else:
                 table = feeds if kind == "input" else params if kind == "param" else state
                 if key not in table:
-                    raise DlcError("E0401", f"no value given for {kind} `{key}`", self.graph[n]["loc"],
+                    raise DlcError("E0401", f"no value given for {kind} `{key}`", self.graph[n].loc,
                                    hint=f"expected {kind}s: {', '.join(sorted(self._names(kind)))}")
                 value = table[key]
-            slots[slot] = self._convert(value, self.graph[n]["types"][0].dtype, key, kind)
+            slots[slot] = self._convert(value, self.graph[n].types[0].dtype, key, kind)
         with np.errstate(all="ignore"):  # NaN/Inf are reported by check_finite and the trainer, not warnings
             self._execute(slots, env, check_finite)
         return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
@@ -169,7 +169,7 @@ class Plan:
                 raise
             except (ValueError, IndexError, FloatingPointError, KeyError) as e:
                 data = self.graph[st.node]
-                raise DlcError("E0401", f"`{data['op']}` failed at run time: {e}", data["loc"]) from e
+                raise DlcError("E0401", f"`{data.op}` failed at run time: {e}", data.loc) from e
             if not isinstance(result, tuple):
                 result = (result,)
             for s, value in zip(st.outs, result):
@@ -179,8 +179,8 @@ class Plan:
                 slots[s] = value
                 if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
                     data = self.graph[st.node]
-                    raise DlcError("E0402", f"`{data['op']}` produced a non-finite value (NaN or Inf)",
-                                   data["loc"], context=data["scope"] or None,
+                    raise DlcError("E0402", f"`{data.op}` produced a non-finite value (NaN or Inf)",
+                                   data.loc, context=data.scope or None,
                                    hint="lower the learning rate, clip gradients, or check log/div inputs")
             for s in st.frees:
                 slots[s] = None
@@ -243,24 +243,24 @@ def index_bounds(graph: Graph) -> dict[str, int]:
     followed through ops that only move values (reshape, slice, cast, …)."""
     bounds: dict[str, int] = {}
     for n in graph.inputs:
-        name = graph[n]["attrs"]["name"]
+        name = graph[n].attrs["name"]
         seen, todo = {n}, [n]
         while todo:
             src = todo.pop()
             for user in graph.consumers(src):
                 data = graph[user]
-                slot = [i for i, v in enumerate(data["inputs"]) if v.node == src]
+                slot = [i for i, v in enumerate(data.inputs) if v.node == src]
                 bound = None
-                if data["op"] in _INDEX_PRESERVING and user not in seen:
+                if data.op in _INDEX_PRESERVING and user not in seen:
                     seen.add(user)
                     todo.append(user)
-                elif data["op"] == "gather" and 1 in slot:
-                    table = graph.type_of(data["inputs"][0])
-                    bound = table.shape[data["attrs"]["axis"] % table.rank]
-                elif data["op"] == "one_hot":
-                    bound = data["attrs"]["depth"]
-                elif data["op"] == "softmax_xent" and 1 in slot:
-                    bound = graph.type_of(data["inputs"][0]).shape[-1]
+                elif data.op == "gather" and 1 in slot:
+                    table = graph.type_of(data.inputs[0])
+                    bound = table.shape[data.attrs["axis"] % table.rank]
+                elif data.op == "one_hot":
+                    bound = data.attrs["depth"]
+                elif data.op == "softmax_xent" and 1 in slot:
+                    bound = graph.type_of(data.inputs[0]).shape[-1]
                 if isinstance(bound, int) and bound > 0:
                     bounds[name] = min(bound, bounds.get(name, bound))
     return bounds
@@ -276,18 +276,18 @@ def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[s
     bounds = index_bounds(graph)
     feeds = {}
     for n in graph.inputs:
-        name = graph[n]["attrs"]["name"]
-        t = graph[n]["types"][0]
+        name = graph[n].attrs["name"]
+        t = graph[n].types[0]
         if name.startswith("__"):
             continue
         try:
             shape = concrete_shape(t.shape, dims)
         except KeyError as e:
             raise DlcError("E0105", f"input `{name}` has the symbolic dim {e.args[0]} with no value",
-                           graph[n]["loc"], hint=f"bind it, e.g. --bind {e.args[0]}=4") from None
+                           graph[n].loc, hint=f"bind it, e.g. --bind {e.args[0]}=4") from None
         if size_of(shape) > MAX_ELEMENTS:
             raise DlcError("E0003", f"input `{name}` would have {size_of(shape)} elements "
-                           f"(limit {MAX_ELEMENTS})", graph[n]["loc"])
+                           f"(limit {MAX_ELEMENTS})", graph[n].loc)
         if t.dtype in FLOATS:
             feeds[name] = rng.standard_normal(shape).astype(np_dtype(t.dtype))
         elif t.dtype == "bool":

@@ -14,14 +14,14 @@ from dlc.compiler.types import TensorType, dtype_name
 def graph_input(g: Graph, name: str, t: TensorType) -> Value:
     """Add a graph input ``name`` of type ``t``."""
     n = g.add_node("input", (), {"name": name}, (t,))
-    g.inputs.append(n)
+    g.add_input(n)
     return Value(n)
 
 
 def graph_param(g: Graph, name: str, t: TensorType) -> Value:
     """Add a parameter ``name`` of type ``t`` (initialiser: zeros)."""
     n = g.add_node("param", (), {"name": name, "init": ("zeros", {})}, (t,))
-    g.params[name] = n
+    g.add_param(name, n)
     return Value(n)
 
 
@@ -68,9 +68,9 @@ def one_op_graph(cls, sample, arrays, mode: str = "train"):
     out = b.apply(cls.name, *values, **sample.attrs)
     outs = list(out) if isinstance(out, tuple) else [out]
     for j, v in enumerate(outs):
-        g.outputs[f"y{j}"] = v
+        g.set_output(f"y{j}", v)
     for n in g.inputs:  # random ops: a fixed key
-        if g[n]["attrs"]["name"] == "__rng":
+        if g[n].attrs["name"] == "__rng":
             feeds["__rng"] = np.array(12345, dtype=np.int64)
     return g, b, outs, params, feeds
 

@@ -27,7 +27,7 @@ def graph_with(*inputs):
     values = []
     for name, shape in inputs:
         n = g.add_node("input", (), {"name": name}, (TensorType("f32", shape),))
-        g.inputs.append(n)
+        g.add_input(n)
         values.append(Value(n))
     return g, b, values
 
@@ -36,7 +36,7 @@ def with_grads(g, b, out, wrt):
     """Outputs ``y`` and the gradient of sum(y * y) w.r.t. each of ``wrt``."""
     loss = b.sum(b.mul(out, out))
     grads = backprop(g, loss, wrt, builder=b)
-    g.outputs = {"y": out, **{f"d{i}": grads[v] for i, v in enumerate(wrt)}}
+    g.set_outputs({"y": out, **{f"d{i}": grads[v] for i, v in enumerate(wrt)}})
 
 
 def check_both_backends(g, feeds_list):
@@ -63,7 +63,7 @@ def test_symbolic_batch_through_every_op_and_its_gradient():
     y = b.upsample_nearest(b.global_avg_pool(y), scale=(2, 3))                   # [N, 4, 2, 3]
     assert b.type(y).shape == (N, 4, 2, 3)
     with_grads(g, b, y, [x, w, wt])
-    ops = {g.op(n) for n in g.nx}
+    ops = {g.op(n) for n in g.nodes()}
     assert {"conv2d_grad_input", "conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad"} <= ops
     check_both_backends(g, [{"x": rand(n, 4, 7, 6, seed=n), "w": rand(6, 2, 3, 3, seed=10),
                              "wt": rand(6, 2, 3, 2, seed=11)} for n in (2, 3)])

@@ -26,7 +26,7 @@ def _graph(mode="train"):
 
 def _input(g, name, shape, dtype="f32"):
     n = g.add_node("input", (), {"name": name}, (TensorType(dtype, shape),))
-    g.inputs.append(n)
+    g.add_input(n)
     return Value(n)
 
 
@@ -39,7 +39,7 @@ def _run(build, arrays, mode="train", shapes=None):
     g, b = _graph(mode)
     out = build(b, *_inputs(g, arrays, shapes))
     for j, v in enumerate(out if isinstance(out, tuple) else (out,)):
-        g.outputs[f"y{j}"] = v
+        g.set_output(f"y{j}", v)
     return g, Plan(g).run(arrays)
 
 
@@ -142,10 +142,10 @@ def test_l2_normalize_gives_unit_rows_and_keeps_zero_rows_finite():
     x[2] = 0.0
     g, b = _graph()
     n = g.add_node("param", (), {"name": "x", "init": ("zeros", {})}, (TensorType("f64", (4, 6)),))
-    g.params["x"] = n
+    g.add_param("x", n)
     y = b.l2_normalize(Value(n))
     loss = b.sum(b.mul(y, b.const(RNG.standard_normal((4, 6)), "f64")))
-    g.outputs.update(y=y, dx=backprop(g, loss, ["x"], builder=b)["x"])
+    g.set_outputs({**g.outputs, "y": y, "dx": backprop(g, loss, ["x"], builder=b)["x"]})
     r = Plan(g).run({}, {"x": x})
     norms = np.linalg.norm(r["y"], axis=1)
     np.testing.assert_allclose(norms[[0, 1, 3]], 1.0, rtol=1e-12)

@@ -29,7 +29,7 @@ def mlp():
     bias = graph_param(g, "b", TensorType("f32", (5,)))
     with b.at(scope="h"):
         y = b.maximum(b.add(b.matmul(x, w), bias), 0.0)
-    g.outputs["y"] = y
+    g.set_output("y", y)
     rng = np.random.default_rng(0)
     params = {"W": rng.standard_normal((4, 5)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
     return g, params
@@ -93,7 +93,7 @@ def test_train_export_makes_parameters_inputs():
 
 def test_an_output_that_is_an_input_gets_an_identity():
     g, params = mlp()
-    g.outputs["x_again"] = Value(g.inputs[0])
+    g.set_output("x_again", Value(g.inputs[0]))
     model = export_graph(g, params=params, name="mlp")
     verify(model, g)
     x = np.ones((2, 4), np.float32)
@@ -107,7 +107,7 @@ def test_polynomial_dims_are_computed_at_run_time():
     graph_input(g, "d", TensorType("f32", (D,)))
     shapes = {"a": (B * T, H), "b": (T - 1, 2), "c": (D / 4, 3), "e": (4 * H, B)}
     for key, shape in shapes.items():
-        g.outputs[key] = b.zeros(shape=shape, dtype="f32")
+        g.set_output(key, b.zeros(shape=shape, dtype="f32"))
     model = export_graph(g, params={}, name="dims")
     verify(model, g)
     out = OrtSession(model).run({"x": np.zeros((2, 5, 12), np.float32), "d": np.zeros(8, np.float32)})
@@ -119,7 +119,7 @@ def test_polynomial_dims_are_computed_at_run_time():
 def test_unknown_symbolic_dim_is_an_export_error():
     g = Graph("bad")
     b = Builder(g)
-    g.outputs["z"] = b.zeros(shape=(Sym.var("N"),), dtype="f32")
+    g.set_output("z", b.zeros(shape=(Sym.var("N"),), dtype="f32"))
     with pytest.raises(DlcError, match="symbolic dim `N`") as exc:
         export_graph(g, params={}, name="bad")
     assert exc.value.code == "E0501"
@@ -135,7 +135,7 @@ def test_verify_reports_type_disagreements():
     g, params = mlp()
     model = export_graph(g, params=params, name="mlp")
     y = g.outputs["y"]
-    g[y.node]["types"] = (TensorType("f32", (B, 6)),)  # pretend dlc inferred another width
+    g[y.node].types = (TensorType("f32", (B, 6)),)  # pretend dlc inferred another width
     with pytest.raises(DlcError, match="output `y`: axis 1 is 5, dlc says 6"):
         verify(model, g)
 
@@ -170,7 +170,7 @@ def test_unused_inputs_are_not_exported_and_extra_feeds_are_ignored():
 def test_inconsistent_symbolic_dims_name_both_inputs():
     g, params = mlp()
     x2 = graph_input(g, "x2", TensorType("f32", (B, 4)))
-    g.outputs["z"] = Builder(g).add(x2, Value(g.inputs[0]))
+    g.set_output("z", Builder(g).add(x2, Value(g.inputs[0])))
     session = OrtSession(export_graph(g, params=params, name="mlp"))
     with pytest.raises(DlcError, match="input `x2` has B = 3, but input `x` has B = 2"):
         session.run({"x": np.ones((2, 4), np.float32), "x2": np.ones((3, 4), np.float32)})
@@ -188,7 +188,7 @@ def test_scan_exports_as_onnx_scan(reverse):
     wx = graph_input(body, "Wx", TensorType("f32", (3, 4)))
     wh = graph_input(body, "Wh", TensorType("f32", (4, 4)))
     h2 = bb.maximum(bb.add(bb.matmul(x, wx), bb.matmul(h, wh)), 0.0)
-    body.outputs = {"carry0": h2, "y0": bb.mul(h2, 2.0), "y1": bb.zeros(shape=(B, 2), dtype="f32")}
+    body.set_outputs({"carry0": h2, "y0": bb.mul(h2, 2.0), "y1": bb.zeros(shape=(B, 2), dtype="f32")})
     g = Graph("rnn")
     b = Builder(g)
     xs = graph_input(g, "xs", TensorType("f32", (B, T, 3)))
@@ -196,7 +196,7 @@ def test_scan_exports_as_onnx_scan(reverse):
     Wx, Wh = graph_param(g, "Wx", TensorType("f32", (3, 4))), graph_param(g, "Wh", TensorType("f32", (4, 4)))
     with b.at(scope="rnn"):
         hs, zs, last = b.apply("scan", h0, xs, Wx, Wh, body=body, n_carry=1, axis=1, reverse=reverse)
-    g.outputs = {"hs": hs, "zs": zs, "last": last}
+    g.set_outputs({"hs": hs, "zs": zs, "last": last})
     rng = np.random.default_rng(1)
     params = {"Wx": rng.standard_normal((3, 4)).astype(np.float32) / 2,
               "Wh": rng.standard_normal((4, 4)).astype(np.float32) / 2}
@@ -221,7 +221,7 @@ def test_scan_gradient_exports_and_matches_the_interpreter():
     h, x = graph_input(body, "h", TensorType("f32", (B, 4))), graph_input(body, "x", TensorType("f32", (B, 3)))
     wx, wh = graph_input(body, "Wx", TensorType("f32", (3, 4))), graph_input(body, "Wh", TensorType("f32", (4, 4)))
     h2 = bb.mul(bb.add(bb.matmul(x, wx), bb.matmul(h, wh)), 0.5)
-    body.outputs = {"carry0": h2, "y0": bb.mul(h2, h2)}
+    body.set_outputs({"carry0": h2, "y0": bb.mul(h2, h2)})
     g = Graph("rnn")
     b = Builder(g)
     xs, h0 = graph_input(g, "xs", TensorType("f32", (B, T, 3))), graph_input(g, "h0", TensorType("f32", (B, 4)))
@@ -230,7 +230,7 @@ def test_scan_gradient_exports_and_matches_the_interpreter():
     seed = graph_input(g, "dys", TensorType("f32", (B, T, 4)))
     with b.at(role="backward"):
         grads = vjp(g, {ys: seed}, [Wx, Wh, h0], b)
-    g.outputs = {"ys": ys, "dWx": grads[Wx], "dWh": grads[Wh], "dh0": grads[h0]}
+    g.set_outputs({"ys": ys, "dWx": grads[Wx], "dWh": grads[Wh], "dh0": grads[h0]})
     rng = np.random.default_rng(2)
     params = {"Wx": rng.standard_normal((3, 4)).astype(np.float32) / 2,
               "Wh": rng.standard_normal((4, 4)).astype(np.float32) / 2}

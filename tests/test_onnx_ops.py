@@ -35,15 +35,15 @@ def build(cls, sample, arrays):
     values, feeds = [], {}
     for k, a in enumerate(arrays):
         n = g.add_node("input", (), {"name": f"x{k}"}, (TensorType(dtype_name(a.dtype), tuple(a.shape)),))
-        g.inputs.append(n)
+        g.add_input(n)
         values.append(Value(n))
         feeds[f"x{k}"] = a
     out = b.apply(cls.name, *values, **sample.attrs)
     for j, v in enumerate(out if isinstance(out, tuple) else (out,)):
-        g.outputs[f"y{j}"] = v
+        g.set_output(f"y{j}", v)
     if RNG_INPUT in g.input_names():
         feeds[RNG_INPUT] = RNG_KEY
-    (node,) = [n for n in g.nx if g.op(n) == cls.name]
+    (node,) = [n for n in g.nodes() if g.op(n) == cls.name]
     return g, feeds, node
 
 
@@ -52,8 +52,8 @@ def kernel_outputs(g, feeds, node) -> list[np.ndarray]:
     ins = []
     for v in g.in_values(node):
         src = g[v.node]
-        ins.append(src["attrs"]["value"] if src["op"] == "const" else feeds[src["attrs"]["name"]])
-    out = get_op(g.op(node)).kernel(*ins, **g[node]["attrs"])
+        ins.append(src.attrs["value"] if src.op == "const" else feeds[src.attrs["name"]])
+    out = get_op(g.op(node)).kernel(*ins, **g[node].attrs)
     return list(out) if isinstance(out, tuple) else [out]
 
 

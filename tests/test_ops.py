@@ -66,7 +66,7 @@ def test_gradient_matches_finite_differences(case):
         pytest.skip("no float outputs")
     names = sorted(params)
     grads = backprop(g, loss, names, builder=b)
-    g.outputs = {"loss": loss, **{f"d{n}": grads[n] for n in names}}
+    g.set_outputs({"loss": loss, **{f"d{n}": grads[n] for n in names}})
     plan = Plan(g, compute_dtype=np.float64)
     symbolic = plan.run(feeds, params)
     loss_plan = Plan(g, ["loss"], compute_dtype=np.float64)

@@ -22,14 +22,14 @@ B, T, D = Sym.var("B"), Sym.var("T"), Sym.var("D")
 def _sym_graph():
     g = Graph("sym")
     n = g.add_node("input", (), {"name": "x"}, (TensorType("f32", (B, T, 6)),))
-    g.inputs.append(n)
+    g.add_input(n)
     return g, Builder(g), Value(n)
 
 
 def test_symbolic_shapes_and_onnx():
     g, b, x = _sym_graph()
     idx = g.add_node("input", (), {"name": "i"}, (TensorType("i64", (4,)),))
-    g.inputs.append(idx)
+    g.add_input(idx)
     cases = {
         "r": (b.reshape(x, shape=(B, T, 2, -1)), (B, T, 2, 3)),
         "r2": (b.reshape(x, shape=(-1, 6)), (B * T, 6)),
@@ -50,7 +50,7 @@ def test_symbolic_shapes_and_onnx():
         "gg": (b.gather_grad(b.gather(x, Value(idx), axis=1), Value(idx), shape=(B, T, 6), axis=1), (B, T, 6)),
     }
     zn = g.add_node("input", (), {"name": "z"}, (TensorType("f32", (B, D)),))
-    g.inputs.append(zn)
+    g.add_input(zn)
     z = Value(zn)
     cases["heads"] = (b.reshape(z, shape=(B, 2, -1)), (B, 2, D / 2))
     cases["halves"] = (b.split(z, parts=2, axis=-1)[1], (B, D / 2))
@@ -59,7 +59,7 @@ def test_symbolic_shapes_and_onnx():
     cases["s0"], cases["s1"] = (split[0], (B, T - 1, 6)), (split[1], (B, 1, 6))
     for name, (v, shape) in cases.items():
         assert b.type(v).shape == shape, name
-        g.outputs[name] = v
+        g.set_output(name, v)
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 6)).astype(np.float32),
              "i": np.array([0, -1, 2, 0]), "z": np.ones((2, 8), np.float32)}
     want = Plan(g).run(feeds)

@@ -33,7 +33,7 @@ def sample(kind, key=12345, salt=1, shape=(N,), dtype="f32", **params):
 
 def _input(g: Graph, name: str, t: TensorType) -> Value:
     n = g.add_node("input", (), {"name": name}, (t,))
-    g.inputs.append(n)
+    g.add_input(n)
     return Value(n)
 
 
@@ -132,7 +132,7 @@ def test_dropout_in_eval_mode_is_the_input_itself():
 
 def test_dropout_in_train_mode_keeps_about_one_minus_rate_and_scales():
     g, b, x = _graph("train", (200, 500))
-    g.outputs["y"] = b.dropout(x, rate=0.3)
+    g.set_output("y", b.dropout(x, rate=0.3))
     xs = np.ones((200, 500), np.float32)
     y = Plan(g).run({"x": xs, RNG_INPUT: KEY})["y"]
     kept = y != 0
@@ -142,8 +142,8 @@ def test_dropout_in_train_mode_keeps_about_one_minus_rate_and_scales():
 
 def test_two_dropouts_in_one_graph_differ_and_a_new_key_changes_the_mask():
     g, b, x = _graph("train")
-    g.outputs["a"] = b.dropout(x, rate=0.5)
-    g.outputs["b"] = b.dropout(x, rate=0.5)
+    g.set_output("a", b.dropout(x, rate=0.5))
+    g.set_output("b", b.dropout(x, rate=0.5))
     plan = Plan(g)
     xs = np.ones((64, 32), np.float32)
     r1 = plan.run({"x": xs, RNG_INPUT: KEY})
@@ -161,7 +161,7 @@ def test_dropout_rejects_a_rate_of_one():
 
 def test_bernoulli_mean_follows_p():
     g, b, x = _graph("train", (N,))
-    g.outputs["y"] = b.bernoulli(x)
+    g.set_output("y", b.bernoulli(x))
     p = np.linspace(0, 1, N, dtype=np.float32)
     y = Plan(g).run({"x": p, RNG_INPUT: KEY})["y"]
     assert set(np.unique(y)) <= {0.0, 1.0}
@@ -182,7 +182,7 @@ def test_dropout_mask_is_bit_identical_in_onnxruntime(key):
     g = Graph("dropout")
     b = Builder(g, mode="train")
     x = _input(g, "x", TensorType("f32", (B, 37)))
-    g.outputs["y"] = b.dropout(b.mul(x, 1.0), rate=0.4)
+    g.set_output("y", b.dropout(b.mul(x, 1.0), rate=0.4))
     xs = np.random.default_rng(0).standard_normal((50, 37)).astype(np.float32)
     ours, opt, noopt = _both(g, {"x": xs, RNG_INPUT: np.array(key, dtype=np.int64)})
     for theirs in (opt, noopt):
@@ -194,9 +194,9 @@ def test_symbolic_shape_uniform_and_bits_match_onnxruntime():
     g = Graph("sym")
     b = Builder(g, mode="train")
     x = _input(g, "x", TensorType("f32", (B, 3)))
-    g.outputs["u"] = b.uniform(shape=(B, 2 * B, 3))
-    g.outputs["r"] = b.random_bits(b.rng_key(), shape=(B, 5), salt=77)
-    g.outputs["z"] = b.rand_like(x, kind="normal")
+    g.set_output("u", b.uniform(shape=(B, 2 * B, 3)))
+    g.set_output("r", b.random_bits(b.rng_key(), shape=(B, 5), salt=77))
+    g.set_output("z", b.rand_like(x, kind="normal"))
     for n in (1, 4):
         feeds = {"x": np.zeros((n, 3), np.float32), RNG_INPUT: KEY}
         ours, opt, noopt = _both(g, feeds)
@@ -210,7 +210,7 @@ def test_symbolic_shape_uniform_and_bits_match_onnxruntime():
 def test_large_bits_match_onnxruntime():
     g = Graph("bits")
     b = Builder(g)
-    g.outputs["r"] = b.random_bits(b.rng_key(), shape=(200_000,), salt=2**31 - 2)  # several kernel chunks
+    g.set_output("r", b.random_bits(b.rng_key(), shape=(200_000,), salt=2**31 - 2))  # several kernel chunks
     model = export_graph(g, params={}, name="bits")
     session, plan = OrtSession(model), Plan(g)
     for key in (0, -1, 2**63 - 1, -2**63, 987654321987):

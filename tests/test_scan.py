@@ -26,7 +26,7 @@ def rnn_graph(dtype="f64", reverse=False, I=3, H=4):
     wx = graph_input(body, "Wx", TensorType(dtype, (I, H)))
     wh = graph_input(body, "Wh", TensorType(dtype, (H, H)))
     h2 = bb.tanh(bb.add(bb.matmul(x, wx), bb.matmul(h, wh)))
-    body.outputs = {"carry0": h2, "y0": bb.mul(h2, 2.0)}
+    body.set_outputs({"carry0": h2, "y0": bb.mul(h2, 2.0)})
 
     g = Graph("rnn")
     b = Builder(g)
@@ -36,7 +36,7 @@ def rnn_graph(dtype="f64", reverse=False, I=3, H=4):
     Wh = graph_param(g, "Wh", TensorType(dtype, (H, H)))
     hs, h_last = b.apply("scan", h0, xs, Wx, Wh, body=body, n_carry=1, axis=1, reverse=reverse)
     loss = b.add(b.sum(b.mul(hs, hs)), b.sum(h_last))
-    g.outputs = {"hs": hs, "h_last": h_last, "loss": loss}
+    g.set_outputs({"hs": hs, "h_last": h_last, "loss": loss})
     return g, b, loss
 
 
@@ -72,7 +72,7 @@ def test_bptt_matches_finite_differences(reverse):
     grads = backprop(g, loss, ["Wx", "Wh"], builder=b)
     xs_node = g.input_node("xs")
     dxs = backprop(g, loss, [Value(xs_node)], builder=b)[Value(xs_node)]
-    g.outputs.update({"dWx": grads["Wx"], "dWh": grads["Wh"], "dxs": dxs})
+    g.set_outputs({**g.outputs, "dWx": grads["Wx"], "dWh": grads["Wh"], "dxs": dxs})
     feeds, params = _data()
     out = Plan(g).run(feeds, params)
     loss_plan = Plan(g, ["loss"])

@@ -78,9 +78,9 @@ def declare_param(frame: Frame, stmt: A.ParamDecl | A.StateDecl) -> None:
     t = TensorType(stmt.type.dtype or "f32", shape)
     n = graph.add_node(kind, (), {"name": name, "init": init}, (t,), loc=stmt.loc, scope=frame.scope)
     if kind == "param":
-        graph.params[name] = n
+        graph.add_param(name, n)
     else:
-        graph.state[name] = (n, None)  # the next value comes from an `update`
+        graph.set_state(name, n)  # the next value comes from an `update`
         frame.states[stmt.name] = name
     frame.define(stmt.name, frame.capture(Value(n)), stmt.loc)
 
@@ -104,11 +104,11 @@ def apply_update(frame: Frame, stmt: A.Update) -> None:
         value = evaluate(stmt.value, frame)
     finally:
         frame.binding = saved
-    want = graph[node]["types"][0]
+    want = graph[node].types[0]
     if not isinstance(value, Value) or graph.type_of(value) != want:
         got = graph.type_of(value) if isinstance(value, Value) else describe(value)
         raise frame.error("E0104", f"state `{stmt.name}` is {want}, but its update is {got}", stmt.value.loc)
-    graph.state[path] = (node, value)
+    graph.set_state(path, node, value)
 
 
 def _init_spec(frame: Frame, stmt: A.ParamDecl | A.StateDecl, names: list[str]) -> tuple[str, dict]:

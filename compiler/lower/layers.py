@@ -277,8 +277,8 @@ def scan(frame: Frame, e: A.Scan):
     if counter is not None:  # one more carry: the step count, mixed into the random key
         carry_vals, carries = carry_vals + [counter[0]], carries + [counter[1]]
         inits = inits + [frame.builder.const(np.zeros(counter_shape, np.int64))]
-    body.outputs = {**{f"carry{i}": c for i, c in enumerate(carries)}, "y0": y}
-    body.inputs = [v.node for v in carry_vals + seq_vals + list(captured.values())]
+    body.set_outputs({**{f"carry{i}": c for i, c in enumerate(carries)}, "y0": y})
+    body.set_inputs([v.node for v in carry_vals + seq_vals + list(captured.values())])
     outer = inits + seqs + list(captured)
     with frame.builder.at(loc=e.loc, scope=scope, context=frame.context or None):
         results = frame.builder.apply("scan", *outer, body=body, n_carry=len(carries), n_seq=len(seqs),
@@ -295,7 +295,7 @@ def _per_step_randomness(frame: Frame, body: Graph, bb: Builder, to_body, shape:
     so each step draws fresh numbers, reproducibly (the backward scan re-runs
     the body on the same carried ``t`` and sees the same masks).  Returns the
     counter's (body input, next value), or None for a deterministic cell."""
-    rng = [n for n in body.nx if body[n]["op"] == "input" and body[n]["attrs"]["name"] == RNG_INPUT]
+    rng = [n for n in body.nodes() if body[n].op == "input" and body[n].attrs["name"] == RNG_INPUT]
     if not rng:
         return None
     (node,) = rng
@@ -303,7 +303,7 @@ def _per_step_randomness(frame: Frame, body: Graph, bb: Builder, to_body, shape:
     # (key mod P) * P + t with P the hash's prime: distinct for every (key, step), below 2**62
     key = bb.add(bb.mul(bb.mod(to_body(frame.builder.rng_key()), HASH_PRIME), HASH_PRIME), bb.sum(t))
     for user in body.consumers(node):
-        for i, v in enumerate(body[user]["inputs"]):
+        for i, v in enumerate(body[user].inputs):
             if v.node == node:
                 body.set_input(user, i, key)
     body.remove_nodes([node])
@@ -312,5 +312,5 @@ def _per_step_randomness(frame: Frame, body: Graph, bb: Builder, to_body, shape:
 
 def _body_input(body: Graph, name: str, t: TensorType) -> Value:
     n = body.add_node("input", (), {"name": name}, (t,))
-    body.inputs.append(n)
+    body.add_input(n)
     return Value(n)

@@ -177,7 +177,7 @@ def _compile_model(loaded: Loaded, model: A.ModelDef, mode: str, hyper: dict | N
             raise frame.error("E0103", f"output `{s.name}` must be a tensor, got {describe(v)}", s.loc)
         if s.name in graph.outputs:
             raise frame.error("E0107", f"output `{s.name}` is declared twice", s.loc)
-        graph.outputs[s.name] = v
+        graph.set_output(s.name, v)
     for name, e in (extra or {}).items():
         from .expr import evaluate
 
@@ -191,10 +191,10 @@ def _compile_model(loaded: Loaded, model: A.ModelDef, mode: str, hyper: dict | N
             raise DlcError("E0201", f"{what} must be a {'float ' if kind == 'loss' else ''}scalar tensor, got {got}",
                            e.loc, hint="reduce it, e.g. with mean(...)" if t is None or t.rank else
                            "cast it: cast(x, f32)")
-        graph.outputs[name] = v
+        graph.set_output(name, v)
     frame.binding = None
     return Lowered(graph, model, mode, values,
-                   {graph[n]["attrs"]["name"]: graph[n]["types"][0] for n in graph.inputs},
+                   {graph[n].attrs["name"]: graph[n].types[0] for n in graph.inputs},
                    {k: graph.type_of(v) for k, v in graph.outputs.items()})
 
 
@@ -236,8 +236,8 @@ def _declare_inputs(frame: Frame, model: A.ModelDef) -> None:
         shape = tensor_shape(frame, s.type, f"input `{s.name}`")
         t = TensorType(s.type.dtype or "f32", shape)
         n = graph.add_node("input", (), {"name": s.name}, (t,), loc=s.loc)
-        graph.inputs.append(n)
+        graph.add_input(n)
         for axis, d in enumerate(shape):
-            if isinstance(d, Sym) and d.single_var() and str(d) not in graph.dims:
-                graph.dims[str(d)] = (s.name, axis)
+            if isinstance(d, Sym) and d.single_var():
+                graph.add_dim(str(d), s.name, axis)
         frame.define(s.name, Value(n), s.loc)

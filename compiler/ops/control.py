@@ -50,7 +50,7 @@ class Scan(Op):
                 raise ShapeError(f"scanned sequences differ in length: {length} and {s.shape[ax]}")
             length = s.shape[ax]
         for i, (t, n) in enumerate(zip(types, body.inputs)):
-            want = body[n]["types"][0]
+            want = body[n].types[0]
             if i < k or i >= k + m:
                 ok = t == want
             else:
@@ -81,7 +81,7 @@ class Scan(Op):
         if plan is None:
             plan = body.__dict__[key] = Plan(body, compute_dtype=_compute_dtype)
         k, m = n_carry, n_seq
-        names = [body[n]["attrs"]["name"] for n in body.inputs]
+        names = [body[n].attrs["name"] for n in body.inputs]
         seqs = arrays[k:k + m]
         ax = norm_axis(axis, seqs[0].ndim)
         length = seqs[0].shape[ax]
@@ -110,7 +110,7 @@ class Scan(Op):
         # 1. residuals: the carry each step starts from, stacked in time order
         res_body = body.copy()
         for i, n in enumerate(body.inputs[:k]):
-            res_body.outputs[f"res{i}"] = Value(n)
+            res_body.set_output(f"res{i}", Value(n))
         res = b.apply("scan", *inputs, body=res_body, n_carry=k, n_seq=m, axis=axis, reverse=reverse)
         residuals = list(res[n_y:n_y + k])
         # 2. the backward body: forward body + its VJP, built once
@@ -158,10 +158,10 @@ def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: li
 
     def add_input(name: str, t: TensorType) -> Value:
         n = g.add_node("input", (), {"name": name}, (t,), role="backward")
-        g.inputs.append(n)
+        g.add_input(n)
         return Value(n)
 
-    in_types = [body[n]["types"][0] for n in body.inputs]
+    in_types = [body[n].types[0] for n in body.inputs]
     outs = list(body.outputs.values())
     ct_carry = [add_input(f"dcarry{i}", in_types[i]) for i in range(k)]
     cap_types = in_types[k + m:]
@@ -191,11 +191,11 @@ def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: li
         return g_ if g_ is not None else b.zeros(shape=t.shape, dtype=t.dtype)
 
     for i in range(k):
-        g.outputs[f"carry{i}"] = or_zeros(res[i], in_types[i])
+        g.set_output(f"carry{i}", or_zeros(res[i], in_types[i]))
     for j, (a, i) in enumerate(zip(acc, float_cap)):
-        g.outputs[f"carry{k + j}"] = b.add(a, or_zeros(cap[i], cap_types[i]))
+        g.set_output(f"carry{k + j}", b.add(a, or_zeros(cap[i], cap_types[i])))
     for i in range(m):
-        g.outputs[f"y{i}"] = or_zeros(xs[i], in_types[k + i])
+        g.set_output(f"y{i}", or_zeros(xs[i], in_types[k + i]))
     return g
 
 
@@ -207,10 +207,10 @@ def _inline(src: Graph, dst: Graph, mapping: dict[int, Value]) -> dict[Value, Va
         if n in mapping:
             continue
         d = src[n]
-        if d["op"] in ("input", "param", "state"):
-            raise ShapeError(f"scan body has an unbound {d['op']} `{d['attrs'].get('name')}`")
-        new = dst.add_node(d["op"], [vmap[v] for v in d["inputs"]], d["attrs"], d["types"], loc=d["loc"],
-                           scope=d["scope"], role=d["role"], grad_of=d["grad_of"])
-        for i in range(len(d["types"])):
+        if d.op in ("input", "param", "state"):
+            raise ShapeError(f"scan body has an unbound {d.op} `{d.attrs.get('name')}`")
+        new = dst.add_node(d.op, [vmap[v] for v in d.inputs], d.attrs, d.types, loc=d.loc,
+                           scope=d.scope, role=d.role, grad_of=d.grad_of)
+        for i in range(len(d.types)):
             vmap[Value(n, i)] = Value(new, i)
     return vmap

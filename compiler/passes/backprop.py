@@ -32,7 +32,7 @@ def backprop(graph: Graph, loss: Value, wrt: list[str] | list[Value], *,
     b = builder or Builder(graph)
     loss_t = graph.type_of(loss)
     if loss_t.shape != ():
-        raise DlcError("E0301", f"the loss must be a scalar, got {loss_t}", graph[loss.node]["loc"],
+        raise DlcError("E0301", f"the loss must be a scalar, got {loss_t}", graph[loss.node].loc,
                        hint="reduce it, e.g. mean(...)")
     with b.at(role="backward", grad_of=loss.node):
         seed = b.const(1.0, loss_t.dtype)
@@ -43,7 +43,7 @@ def backprop(graph: Graph, loss: Value, wrt: list[str] | list[Value], *,
         g = grads[v]
         if g is None:
             t = graph.type_of(v)
-            with b.at(role="backward", grad_of=v.node, scope=graph[v.node]["scope"]):
+            with b.at(role="backward", grad_of=v.node, scope=graph[v.node].scope):
                 g = b.zeros(shape=t.shape, dtype=t.dtype)
         result[w] = g
     return result
@@ -65,18 +65,18 @@ def vjp(graph: Graph, seeds: dict[Value, Value], wrt: list[Value], b: Builder) -
         for v, ct in zip(graph.out_values(n), out_cts):
             if v in wanted:
                 done[v] = ct
-        if data["op"] in SOURCE_OPS or all(c is None for c in out_cts):
+        if data.op in SOURCE_OPS or all(c is None for c in out_cts):
             continue
-        opdef = get_op(data["op"])
+        opdef = get_op(data.op)
         if not opdef.differentiable:
             continue
         if not opdef.has("grad"):
-            missing.append(DlcError("E0301", f"no gradient rule for `{data['op']}`", data["loc"],
-                                    context=data["scope"] or None))
+            missing.append(DlcError("E0301", f"no gradient rule for `{data.op}`", data.loc,
+                                    context=data.scope or None))
             continue
-        ins = data["inputs"]
-        with b.at(role="backward", grad_of=n, scope=data["scope"], loc=data["loc"]):
-            in_cts = opdef.grad(b, list(ins), graph.out_values(n), out_cts, **data["attrs"])
+        ins = data.inputs
+        with b.at(role="backward", grad_of=n, scope=data.scope, loc=data.loc):
+            in_cts = opdef.grad(b, list(ins), graph.out_values(n), out_cts, **data.attrs)
             for v, ct in zip(ins, in_cts):
                 if ct is None or v.node not in on_path or graph.type_of(v).dtype not in FLOATS:
                     continue

@@ -49,7 +49,7 @@ def select_params(patterns, names: list[str], loc=None, what="step") -> list[str
 def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: int) -> StepGraph:
     """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step."""
     b = Builder(graph, mode="train", role="optimizer", scope="train")
-    loss = graph.outputs.pop(f"loss/{step.name}")
+    loss = graph.remove_output(f"loss/{step.name}")
     everything = list(graph.params)
     names = select_params(step.params, everything, step.loc, f"step `{step.name}`")
     param_values = {n: Value(graph.params[n]) for n in names}
@@ -73,7 +73,7 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
     def state(name: str, t: TensorType, init: float) -> Value:
         n = graph.add_node("state", (), {"name": name}, (t,), scope="train")
         state_init[name] = (t, init)
-        graph.state[name] = (n, None)
+        graph.set_state(name, n)
         return Value(n)
 
     counter_name = f"step/{step.name}"
@@ -100,12 +100,12 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
             new[slot[s]] = v
     model_state = [k for k, (_, v) in graph.state.items() if v is not None]  # the spec's `update`s
     for key in new.keys() & graph.state.keys():  # the optimizer's slots and counter
-        graph.state[key] = (graph.state[key][0], new[key])
+        graph.set_state(key, graph.state[key][0], new[key])
     outputs = {"train/loss": loss, "train/lr": lr,
                **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")}}
     outputs.update({f"new/{k}": v for k, v in new.items()})
     outputs.update({f"new/{k}": graph.state[k][1] for k in model_state})
-    graph.outputs = outputs
+    graph.set_outputs(outputs)
     # rules also build cotangents for inputs nobody asked about (d loss / d x): drop them
     graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
     return StepGraph(graph, step.name, names, state_init, step.every, model_state)
