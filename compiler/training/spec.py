@@ -75,6 +75,11 @@ class TrainSpec:
     loc: Any = None
 
 
+def step_outputs(spec: TrainSpec, step: StepSpec) -> dict[str, A.Expr]:
+    """The extra outputs a step group's graph is lowered with: ``loss/<group>`` and ``metric/<name>``."""
+    return {f"loss/{step.name}": step.loss, **{f"metric/{n}": e for n, e in spec.metrics}}
+
+
 def parse_train(t: A.TrainDef) -> TrainSpec:
     items = {}
     groups = []
