@@ -110,15 +110,18 @@ def main(debug):
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--set", "hyper", multiple=True, metavar="NAME=VALUE",
+              help="Set a model hyperparameter (train blocks read them too) before checking.")
 @_report
-def check(files):
+def check(files, hyper):
     """Parse and type-check FILES; report every error found."""
     from dlc.model import check as check_file
 
     failed = 0
+    values = _hyper(hyper)
     for f in files:
         try:
-            click.echo(f"{f}: ok: {check_file(f)}")
+            click.echo(f"{f}: ok: {check_file(f, **values)}")
         except (DlcError, DlcErrors) as e:
             failed += 1
             click.echo(e.render(), err=True)

@@ -197,7 +197,7 @@ class Model:
 
     # -- training ------------------------------------------------------------------
     def train_spec(self, required: bool = True):
-        from dlc.compiler.training.spec import parse_train
+        from dlc.compiler.training.spec import Values, parse_train
 
         t = self.loaded.trains.get(self.name)
         if t is None:
@@ -205,7 +205,7 @@ class Model:
                 raise DlcError("E0201", f"no `train {self.name} {{ ... }}` block in {self.loaded.path}",
                                self.defn.loc)
             return None
-        return parse_train(t)
+        return parse_train(t, Values(self.loaded.env, self.lowered.hyper))
 
     def check_train(self) -> None:
         """Validate the train block (if any) by building its step graphs."""
@@ -274,14 +274,21 @@ class Model:
         return "\n".join(lines)
 
 
-def check(path: str | Path) -> str:
+def check(path: str | Path, **hyper) -> str:
     """Compile every model of the spec at ``path`` in both modes and build its
-    training steps; returns a one-line summary or raises the first error."""
+    training steps; returns a one-line summary or raises the first error.
+    ``hyper`` sets hyperparameters of the models that declare them (a name no
+    model declares is an error)."""
     loaded = load_module(str(path))
+    declared = {f.name for d in loaded.models.values() for f in d.formals}
+    unknown = [k for k in hyper if k not in declared]
+    if unknown and loaded.models:
+        Model(loaded, None, hyper={unknown[0]: hyper[unknown[0]]})  # raises E0102 with a suggestion
     parts = []
-    for name in loaded.models:
-        m = Model(loaded, name, mode="train")
-        compile_model(loaded, m.defn, "eval", {})
+    for name, defn in loaded.models.items():
+        mine = {k: v for k, v in hyper.items() if k in {f.name for f in defn.formals}}
+        m = Model(loaded, name, mode="train", hyper=mine)
+        compile_model(loaded, m.defn, "eval", mine)
         m.check_train()
         parts.append(f"{name} ({m.param_count():,} weights{', trains' if name in loaded.trains else ''})")
     for t in loaded.trains.values():
