@@ -265,10 +265,13 @@ def compile_cmd(file, to_onnx, train_step, grad_step, update_step, group, output
 @click.option("--checkpoint", type=click.Path(), default=None, help="Directory for per-epoch checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint directory.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
+@click.option("--log", "log_file", type=click.Path(), default=None,
+              help="Also write the per-epoch metrics to FILE (.jsonl: JSON lines, else CSV); a checkpoint "
+                   "folder always gets metrics.csv and metrics.jsonl.")
 @_with_model_options
 @_report
-def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_name, hyper):
+def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, model_name, hyper):
     """Train FILE as its train block says."""
     from dlc.runtime.train import train as run_training
 
@@ -276,7 +279,7 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_na
         raise DlcError("E0110", "--resume needs --checkpoint DIR")
     m = _load(file, model_name, hyper, mode="train")
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
-                 progress=not no_progress, echo=click.echo)
+                 progress=not no_progress, echo=click.echo, log=log_file)
     if not checkpoint:
         click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 
