@@ -1,4 +1,4 @@
-"""The `dlc` command line: check, graph, summary, run, compile, train, gradcheck.
+"""The `dlc` command line: check, graph, summary, run, compile, train, export-weights, gradcheck.
 
 User errors print as ``file:line:col`` + source line + caret, exit status 2;
 a Python traceback appears only with ``--debug``.
@@ -256,6 +256,24 @@ def compile_cmd(file, to_onnx, train_step, grad_step, update_step, group, output
                f"fed with {', '.join(fed) or 'nothing'})")
     if checkpoint is None:
         click.echo(UNTRAINED_NOTE, err=True)
+
+
+@main.command(name="export-weights")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "output", type=click.Path(), required=True, help="The .safetensors file to write.")
+@click.option("--last", is_flag=True, help="The last epoch's weights, not the best epoch's.")
+@_report
+def export_weights(checkpoint, output, last):
+    """Write the trained parameters and state of CHECKPOINT (a folder or manifest) under their dlc
+    names as a .safetensors file (needs `pip install 'dlc[safetensors]'`)."""
+    from dlc.runtime.weights import checkpoint_weights, write_safetensors
+
+    if Path(output).suffix != ".safetensors":
+        raise DlcError("E0110", f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
+    params, state, meta = checkpoint_weights(Path(checkpoint), best=not last)
+    size = write_safetensors(Path(output), params, state, meta)
+    click.echo(f"wrote {output} ({size:,} bytes: {len(params)} parameters, {len(state)} state tensors, "
+               f"epoch {meta['epoch']})")
 
 
 @main.command()

@@ -58,6 +58,22 @@ def load_for_model(path: Path, model, *, best: bool = True) -> tuple[Checkpoint,
     return ckpt, params, state
 
 
+def checkpoint_weights(path: Path, *, best: bool = True) -> tuple[dict, dict, dict]:
+    """(parameters, the spec's state, metadata) of a checkpoint, without the spec: the
+    spec's state is what has a plain dlc name (optimizer slots and counters have a ``/``);
+    ``best``: the best epoch's values when the run kept them."""
+    ckpt = load_checkpoint(Path(path))
+    kept = {k[len(BEST):]: v for k, v in ckpt.state.items() if k.startswith(BEST)} if best else {}
+    params = {k: kept.get(k, v) for k, v in ckpt.params.items()}
+    state = {k: kept.get(k, v) for k, v in ckpt.state.items() if "/" not in k and not k.startswith(BEST)}
+    epoch = ckpt.meta.get("epoch")
+    if kept:
+        epoch = (ckpt.meta.get("early_stop") or {}).get("best_epoch", epoch)
+    meta = {"model": ckpt.meta.get("model", ""), "spec_hash": ckpt.meta.get("spec_hash", ""),
+            "epoch": epoch, "source": str(ckpt.path)}
+    return params, state, meta
+
+
 def write_safetensors(target: Path, params: dict, state: dict, meta: dict) -> int:
     """Write ``params`` and ``state`` (disjoint names) to ``target``; returns its size in bytes."""
     st = _safetensors()
