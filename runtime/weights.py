@@ -79,14 +79,14 @@ def write_safetensors(target: Path, params: dict, state: dict, meta: dict) -> in
     st = _safetensors()
     clash = sorted(set(params) & set(state))
     if clash:
-        raise DlcError("E0502", f"`{clash[0]}` is both a parameter and a state: safetensors keys must be unique")
+        raise DlcError("E0501", f"`{clash[0]}` is both a parameter and a state: safetensors keys must be unique")
     tensors = {k: np.ascontiguousarray(v) for k, v in {**params, **state}.items()}
     info = {"format": SAFETENSORS_FORMAT, "params": json.dumps(sorted(params)),
             **{k: str(v) for k, v in meta.items()}}
     data = st.save(tensors, metadata=info)
     target = Path(target)
     if target.is_dir():
-        raise DlcError("E0502", f"`{target}` is a directory", hint="give a file name: -o weights.safetensors")
+        raise DlcError("E0110", f"`{target}` is a directory", hint="give a file name: -o weights.safetensors")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, data)
     return len(data)
