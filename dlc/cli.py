@@ -135,14 +135,19 @@ def check(files, hyper):
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
+@click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
+              help="Optimization level: 0 the graph as built, 1 after the cleanup passes (what onnxruntime "
+                   "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, grad, train_step, model_name, hyper):
+def graph(file, fmt, grad, train_step, opt_level, model_name, hyper):
     """Print the computation graph of FILE."""
     from dlc.compiler import printer
+    from dlc.compiler.passes.pipeline import optimize
 
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
+    g = optimize(g, opt_level, "numpy")
     click.echo({"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g))
 
 
