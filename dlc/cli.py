@@ -169,11 +169,12 @@ def summary(file, model_name, hyper):
 @click.option("--bind", "binds", multiple=True, metavar="DIM=N", help="Value of a symbolic dim for random inputs.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
+@click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
 @_checkpoint_option("Run with")
 @_with_model_options
 @_report
-def run(file, inputs, binds, seed, out, backend, checkpoint, model_name, hyper):
+def run(file, inputs, binds, seed, out, force, backend, checkpoint, model_name, hyper):
     """Run FILE forward on given or random inputs."""
     from dlc.runtime.interpreter import random_feeds
 
@@ -201,7 +202,9 @@ def run(file, inputs, binds, seed, out, backend, checkpoint, model_name, hyper):
     for name, arr in results.items():
         click.echo(f"{name}: {arr.dtype}{list(arr.shape)}  {_describe(arr)}")
     if out:
-        np.savez(out, **results)
+        from dlc.runtime.npz_file import write_outputs
+
+        write_outputs(Path(out), results, force=force)
         click.echo(f"saved {len(results)} output(s) to {out}")
 
 
