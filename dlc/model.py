@@ -7,7 +7,6 @@ Everything else — running, gradients, training, ONNX — goes through it.
 """
 from __future__ import annotations
 
-import hashlib
 import zlib
 from functools import cached_property
 from pathlib import Path
@@ -93,6 +92,8 @@ class Model:
 
     @cached_property
     def spec_hash(self) -> str:
+        import hashlib
+
         h = hashlib.sha256()
         for text in self.loaded.sources:
             h.update(text.encode())
