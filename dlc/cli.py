@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from dlc.grammar.errors import DlcError, DlcErrors
 
@@ -176,6 +175,8 @@ def summary(file, model_name, hyper):
 @_report
 def run(file, inputs, binds, seed, out, force, backend, checkpoint, model_name, hyper):
     """Run FILE forward on given or random inputs."""
+    import numpy as np
+
     from dlc.runtime.interpreter import random_feeds
 
     m = _load(file, model_name, hyper, checkpoint=checkpoint)
@@ -208,7 +209,7 @@ def run(file, inputs, binds, seed, out, force, backend, checkpoint, model_name, 
         click.echo(f"saved {len(results)} output(s) to {out}")
 
 
-def _describe(arr: np.ndarray) -> str:
+def _describe(arr) -> str:
     if arr.size == 0:
         return "(empty)"
     if arr.dtype.kind in "fc":

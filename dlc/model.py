@@ -9,7 +9,6 @@ Every graph it runs or exports first passes the optimizing pipeline at
 """
 from __future__ import annotations
 
-import hashlib
 import zlib
 from functools import cached_property
 from pathlib import Path
@@ -108,6 +107,8 @@ class Model:
 
     @cached_property
     def spec_hash(self) -> str:
+        import hashlib
+
         h = hashlib.sha256()
         for text in self.loaded.sources:
             h.update(text.encode())
