@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from dlc.grammar.errors import DlcError, DlcErrors
 
@@ -135,14 +134,19 @@ def check(files, hyper):
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
+@click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
+              help="Optimization level: 0 the graph as built, 1 after the cleanup passes (what onnxruntime "
+                   "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, grad, train_step, model_name, hyper):
+def graph(file, fmt, grad, train_step, opt_level, model_name, hyper):
     """Print the computation graph of FILE."""
     from dlc.compiler import printer
+    from dlc.compiler.passes.pipeline import optimize
 
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
+    g = optimize(g, opt_level, "numpy")
     click.echo({"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g))
 
 
@@ -164,12 +168,15 @@ def summary(file, model_name, hyper):
 @click.option("--bind", "binds", multiple=True, metavar="DIM=N", help="Value of a symbolic dim for random inputs.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
+@click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
 @_checkpoint_option("Run with")
 @_with_model_options
 @_report
-def run(file, inputs, binds, seed, out, backend, checkpoint, model_name, hyper):
+def run(file, inputs, binds, seed, out, force, backend, checkpoint, model_name, hyper):
     """Run FILE forward on given or random inputs."""
+    import numpy as np
+
     from dlc.runtime.interpreter import random_feeds
 
     m = _load(file, model_name, hyper, checkpoint=checkpoint)
@@ -196,11 +203,13 @@ def run(file, inputs, binds, seed, out, backend, checkpoint, model_name, hyper):
     for name, arr in results.items():
         click.echo(f"{name}: {arr.dtype}{list(arr.shape)}  {_describe(arr)}")
     if out:
-        np.savez(out, **results)
+        from dlc.runtime.npz_file import write_outputs
+
+        write_outputs(Path(out), results, force=force)
         click.echo(f"saved {len(results)} output(s) to {out}")
 
 
-def _describe(arr: np.ndarray) -> str:
+def _describe(arr) -> str:
     if arr.size == 0:
         return "(empty)"
     if arr.dtype.kind in "fc":

@@ -31,6 +31,7 @@ import json
 import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT, Value
+from dlc.compiler.passes.pipeline import optimize
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
@@ -80,6 +81,7 @@ def _inference(model, *, group, outputs):
     wanted = [model._output(o) for o in outputs] if outputs else serving_outputs(model)
     g = graph.copy()
     g.set_outputs({k: graph.outputs[k] for k in wanted})
+    g = optimize(g, model.opt_level, "onnx")
     proto = export_graph(g, params=model.params, state=model.state, name=model.name, doc=model.doc(),
                          props={"dlc.weights": model.weights})
     return proto, g
@@ -105,6 +107,7 @@ def _train(model, *, group, outputs):
         graph.set_output(f"new/{RNG_INPUT}", b.mod(b.add(rng, RNG_STRIDE * step.every), RNG_MODULUS))
         feedback[f"new/{RNG_INPUT}"] = RNG_INPUT
         defaults[RNG_INPUT] = rng_start(seed, global_step, gi, step.every)
+    graph = optimize(graph, model.opt_level, "onnx")
     batch_inputs = [k for k in graph.input_names() if k != RNG_INPUT]
     props = {"dlc.weights": model.weights, "dlc.group": step.group, "dlc.every": str(step.every),
              "dlc.batch": str(spec.batch), "dlc.steps_per_epoch": str(spe), "dlc.step": str(global_step),
@@ -124,6 +127,7 @@ def _grad(model, *, group, outputs):
     gi = _group_index(spec, group)
     lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, spec.steps[gi]))
     graph, names = build_grad(lowered.graph, spec.steps[gi])
+    graph = optimize(graph, model.opt_level, "onnx")
     params, state, global_step, seed = training_values(model, spec, ())
     defaults = {**params, **state}
     if RNG_INPUT in graph.input_names():
@@ -149,9 +153,10 @@ def _update(model, *, group, outputs):
     feedback = {f"new/{k}": k for k in [*step.params, *step.state_init]}
     props = {"dlc.weights": model.weights, "dlc.group": s.name, "dlc.feedback": json.dumps(feedback)}
     defaults = {**params, **{k: state[k] for k in step.state_init}}
-    proto = export_graph(step.graph, params=None, name=model.name, doc=model.doc(), train=True,
+    graph = optimize(step.graph, model.opt_level, "onnx")
+    proto = export_graph(graph, params=None, name=model.name, doc=model.doc(), train=True,
                          defaults=defaults, props=props, mode="update")
-    return proto, step.graph
+    return proto, graph
 
 
 # -- values ------------------------------------------------------------------

@@ -4,10 +4,11 @@ A Model is one model of a spec, compiled in one mode (``eval`` by default,
 ``train`` for dropout and friends), with its parameters materialised from
 their initialisers (seeded: the same seed gives the same numbers).
 Everything else — running, gradients, training, ONNX — goes through it.
+Every graph it runs or exports first passes the optimizing pipeline at
+``model.opt_level`` (compiler/passes/pipeline.py; 0 runs graphs as built).
 """
 from __future__ import annotations
 
-import hashlib
 import zlib
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
 from dlc.compiler.ops.init import initialize
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
 
@@ -43,6 +45,8 @@ def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: s
 
 
 class Model:
+    opt_level: int = DEFAULT_LEVEL  # the optimizing pipeline's level for everything this model runs or exports
+
     def __init__(self, loaded: Loaded, model: str | None, *, mode: str = "eval", seed: int = 0,
                  hyper: dict | None = None):
         if mode not in ("eval", "train"):
@@ -103,6 +107,8 @@ class Model:
 
     @cached_property
     def spec_hash(self) -> str:
+        import hashlib
+
         h = hashlib.sha256()
         for text in self.loaded.sources:
             h.update(text.encode())
@@ -169,14 +175,15 @@ class Model:
             if key not in self._plans:
                 from dlc.runtime.interpreter import Plan
 
-                self._plans[key] = Plan(self.graph, wanted)
+                self._plans[key] = Plan(optimize(self.graph, self.opt_level, "numpy"), wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
             if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
                 from dlc.compiler.onnx_export import export_graph
                 from dlc.runtime.ort import OrtSession
 
-                proto = export_graph(self.graph, params=self.params, state=self.state, name=self.name)
+                graph = optimize(self.graph, self.opt_level, "onnx")
+                proto = export_graph(graph, params=self.params, state=self.state, name=self.name)
                 self._plans[("ort",)] = OrtSession(proto)
             return self._plans[("ort",)].run(feeds, wanted)
         raise DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
@@ -191,7 +198,7 @@ class Model:
         if key not in self._plans:
             g, grads = gradient_graph(self.graph, loss, self.mode)
             g.set_outputs(dict(grads))
-            self._plans[key] = Plan(g)
+            self._plans[key] = Plan(optimize(g, self.opt_level, "numpy"))
         feeds = {**feeds, RNG_INPUT: np.int64(seed)}
         return self._plans[key].run(feeds, self.params, self.state)
 

@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from dlc.compiler.onnx_emit import check_runtime
+from dlc.compiler.optional import import_optional
 from dlc.grammar.errors import DlcError
 
 # onnxruntime's type strings for the element types dlc exports
@@ -30,9 +31,8 @@ class OrtSession:
     separate source of numerical differences and bugs."""
 
     def __init__(self, model, optimize: bool = True):
-        import onnxruntime as ort
-
-        check_runtime()
+        ort = import_optional("onnxruntime", "the onnxruntime backend")
+        check_runtime(ort.__version__)
         data = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString(deterministic=True)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize

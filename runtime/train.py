@@ -148,10 +148,17 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     stopper = _EarlyStop(spec.early_stop)
     start_epoch, global_step = 0, 0
     ckpt_dir = Path(checkpoint) if checkpoint else None
-    resumed = resume and ckpt_dir is not None and ckpt.latest(ckpt_dir) is not None
+    c = None
+    if resume and ckpt_dir is not None:  # a folder (its newest valid checkpoint) or one manifest in it
+        point = ckpt.resume_point(ckpt_dir, expect_spec_hash=model.spec_hash,
+                                  expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
+        ckpt_dir, c = point.folder, point.checkpoint
+        for message in point.messages:
+            echo(message)
+    if ckpt_dir is not None:
+        ckpt.claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
+    resumed = c is not None
     if resumed:
-        c = ckpt.load(ckpt_dir, expect_spec_hash=model.spec_hash,
-                      expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
         params = dict(c.params)
         state = {k: v for k, v in c.state.items() if not k.startswith(BEST)}
         best = {k[len(BEST):]: v for k, v in c.state.items() if k.startswith(BEST)}
@@ -159,7 +166,6 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         start_epoch, global_step = int(c.meta["epoch"]), int(c.meta["step"])
         history.epochs = list(c.meta.get("history", []))
         stopper.restore(c.meta.get("early_stop", {}))
-        echo(f"resumed from {c.path} (epoch {start_epoch}, step {global_step})")
     runlog = RunLog(ckpt_dir, log, resume_epoch=start_epoch if resumed else None)
     meter = EpochMeter([s.group for s in steps])
     echo(f"training {model.name}: {n_train} examples, batch {spec.batch}, {spe} steps/epoch, "
