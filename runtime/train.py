@@ -214,7 +214,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
             best = {BEST + k: v for k, v in (stopper.best_params or {}).items()} if stopper.restore_best else {}
             ckpt.save(ckpt_dir, params=params, state={**state, **best},
                       meta={"spec_hash": model.spec_hash, "step": global_step, "epoch": epoch + 1, "seed": seed,
-                            "model": model.name, "backend": backend, "history": history.epochs,
+                            "model": model.name, "hyper": model.hyper, "backend": backend,
+                            "history": history.epochs,
                             "early_stop": stopper.snapshot(),
                             "optimizers": {s.name: s.optimizer.name for s in spec.steps}})
         runlog.epoch(row, global_step)  # after the checkpoint: the log never runs ahead of what resumes

@@ -360,3 +360,23 @@ def test_compile_writes_each_kind_next_to_the_spec(tmp_path):
         r = cli("compile", spec, "--onnx", flag)
         assert (tmp_path / f"mlp{suffix}").is_file(), r.output
     assert "fed with grad/h.W" in r.output
+
+
+def test_a_sampling_model_serves_without_a_key_and_takes_one():
+    m = dlc.load("specs/vae.dl")
+    proto = m.to_onnx()
+    sess = session(proto)
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    for key in (0, 9):
+        feeds = {"x": x, **({RNG_INPUT: np.int64(key)} if key else {})}
+        want = m.run({"x": x}, outputs=["x_hat"], seed=key)["x_hat"]
+        np.testing.assert_allclose(run(sess, feeds)["x_hat"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_checkpoint_of_other_set_values_says_which(tmp_path):
+    cli("train", "specs/mlp.dl", "--epochs", "1", "--set", "lr=0.01", "--checkpoint", tmp_path / "c")
+    r = cli("compile", "specs/mlp.dl", "--onnx", "--checkpoint", tmp_path / "c", "-o", tmp_path / "m.onnx", code=2)
+    assert "E0403" in r.stderr and "the run used --set lr=0.01" in r.stderr
+    cli("compile", "specs/mlp.dl", "--onnx", "--checkpoint", tmp_path / "c", "--set", "lr=0.01", "-o",
+        tmp_path / "m.onnx")
