@@ -255,7 +255,7 @@ class Model:
         ckpt, params, state = load_for_model(Path(path), self, best=best)
         self.params = params
         self.state = state
-        self.checkpoint = ckpt if ckpt.params is not None else None
+        self.checkpoint = ckpt  # after the setters, which forget any earlier one
         self.weights = f"checkpoint {ckpt.path}" + (f" (epoch {ckpt.meta['epoch']})" if "epoch" in ckpt.meta else "")
         return ckpt.meta
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.lower import compile_model
+from dlc.compiler.training.spec import step_outputs
 from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.grammar.errors import DlcError
 
@@ -41,15 +42,11 @@ class History:
     stopped_early: bool = False
 
 
-def _extra(spec, step) -> dict:
-    return {f"loss/{step.name}": step.loss, **{f"metric/{n}": e for n, e in spec.metrics}}
-
-
 def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
     """One training-step graph per step group."""
     out = []
     for step in spec.steps:
-        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step))
+        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
         # a group that runs every k batches makes 1/k of the updates: its schedule counts those
         out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
     return out
@@ -59,7 +56,7 @@ def eval_graph(model, spec):
     """The eval-mode graph with every group's loss and the metrics as outputs."""
     extra = {}
     for step in spec.steps:
-        extra.update(_extra(spec, step))
+        extra.update(step_outputs(spec, step))
     return compile_model(model.loaded, model.defn, "eval", model.hyper, extra=extra).graph
 
 
