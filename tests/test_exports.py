@@ -271,20 +271,24 @@ def _first_batch(m, spec) -> dict:
     return {**batch, RNG_INPUT: rng_key(spec.seed, 0, 0)}
 
 
-@pytest.mark.parametrize("path", ["specs/mlp.dl", "specs/cnn.dl", "specs/lstm.dl", "specs/gan.dl",
-                                  "specs/gcn.dl"])
-def test_the_grad_file_gives_model_gradients(path):
-    m = dlc.load(path, mode="train")
+GROUPS = [pytest.param(p, n, s.name, id=f"{Path(p).stem}:{n}:{s.name}")
+          for p, n in TRAINABLE for s in dlc.load(p, model=n).train_spec().steps]
+
+
+@pytest.mark.parametrize("path, name, group", GROUPS)
+def test_the_grad_file_gives_model_gradients(path, name, group):
+    m = dlc.load(path, model=name, mode="train")
     spec = m.train_spec()
     feeds = _first_batch(m, spec)
-    proto = m.to_onnx("grad")
+    proto = m.to_onnx("grad", group=group)
     sess = session(proto)
     names = [o.name for o in proto.graph.output]
     grads = [k for k in names if k.startswith("grad/")]
     assert grads and names[0] == "train/loss"
     assert all(k == "train/loss" or k.startswith(("metric/", "grad/", "new/")) for k in names)
     got = run(sess, {k: v for k, v in feeds.items() if k in {i.name for i in proto.graph.input}})
-    want = m.gradients(feeds, seed=int(feeds[RNG_INPUT]))
+    loss = next(st.loss.id for st in spec.steps if st.name == group)
+    want = m.gradients(feeds, loss=loss, seed=int(feeds[RNG_INPUT]))
     for k in grads:
         name = k[len("grad/"):]
         np.testing.assert_allclose(got[k], want[name], rtol=2e-4, atol=2e-6, err_msg=f"{path} {name}")
@@ -307,20 +311,21 @@ train reg {
 """
 
 
-@pytest.mark.parametrize("path", ["specs/mlp.dl", "specs/cnn.dl", "specs/lstm.dl", "<regularised>"])
-def test_grad_then_update_is_the_fused_step_exactly(path):
-    m = dlc.compile(REGULARISED, mode="train") if path.startswith("<") else dlc.load(path, mode="train")
+@pytest.mark.parametrize("path, name, group", [*GROUPS, pytest.param("<regularised>", None, "main", id="regularised")])
+def test_grad_then_update_is_the_fused_step_exactly(path, name, group):
+    m = dlc.compile(REGULARISED, mode="train") if path.startswith("<") else dlc.load(path, model=name, mode="train")
     spec = m.train_spec()
-    s = spec.steps[0]
+    gi = [st.name for st in spec.steps].index(group)
+    s = spec.steps[gi]
     feeds = _first_batch(m, spec)
-    fused = build_steps(m, spec, steps_per_epoch=7)[0]
+    fused = build_steps(m, spec, steps_per_epoch=7)[gi]
     grad, names = build_grad(compile_model(m.loaded, m.defn, "train", m.hyper, extra=step_outputs(spec, s)).graph, s)
     update = build_update(m.graph, spec, s, names, steps_per_epoch=7)
     for g in (grad, update.graph):
         g.verify()
     params = init_params(m.graph, spec.seed)
     state = {**init_state(m.graph, spec.seed), **initial_state(fused)}
-    state["step/main"] = np.int64(3)  # mid-schedule, bias corrections away from 1
+    state[f"step/{group}"] = np.int64(3)  # mid-schedule, bias corrections away from 1
     want = Plan(fused.graph).run(feeds, params, state)
     g = Plan(grad).run(feeds, params, state)
     got = Plan(update.graph).run({f"grad/{n}": g[f"grad/{n}"] for n in names}, params, state)

@@ -91,8 +91,9 @@ def _train_cli(tmp_path, *args) -> subprocess.CompletedProcess:
 
 
 def test_no_progress_frames_when_stderr_is_a_file(tmp_path):
-    r = _train_cli(tmp_path, "--epochs", "3")
+    r = _train_cli(tmp_path, "--epochs", "3", "--log", tmp_path / "m.csv")
     assert (tmp_path / "log").stat().st_size < 5_000
+    assert [row["epoch"] for row in rows(tmp_path / "m.csv")] == ["1", "2", "3", "test"]
     assert "\r" not in (tmp_path / "log").read_text()
     assert "train.accuracy" in r.stdout and "val.accuracy" in r.stdout  # train metrics beside validation ones
 
