@@ -9,7 +9,7 @@ from types import ModuleType
 from dlc.grammar.errors import DlcError
 
 # module → the extra of pyproject.toml that installs it
-EXTRAS = {"onnxruntime": "ort", "graphviz": "graphviz", "pygments": "pygments"}
+EXTRAS = {"onnxruntime": "ort", "graphviz": "graphviz", "pygments": "pygments", "safetensors.numpy": "safetensors"}
 
 
 def import_optional(module: str, purpose: str) -> ModuleType:

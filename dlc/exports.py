@@ -150,9 +150,10 @@ def _update(model, *, group, outputs):
     s = spec.steps[gi]
     names = select_params(s.params, list(model.graph.params), s.loc, f"step `{s.name}`")
     step = build_update(model.graph, spec, s, names, steps_per_epoch_for(model, spec))
-    params, state, global_step, seed = training_values(model, spec, (step,))
+    params, state, global_step, _ = training_values(model, spec, (step,))
     feedback = {f"new/{k}": k for k in [*step.params, *step.state_init]}
-    props = {"dlc.weights": model.weights, "dlc.group": s.name, "dlc.feedback": json.dumps(feedback)}
+    props = {"dlc.weights": model.weights, "dlc.group": s.name, "dlc.step": str(global_step),
+             "dlc.feedback": json.dumps(feedback)}
     defaults = {**params, **{k: state[k] for k in step.state_init}}
     graph = optimize(step.graph, model.opt_level, "onnx")
     proto = export_graph(graph, params=None, name=model.name, doc=model.doc(), train=True,

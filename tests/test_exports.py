@@ -184,7 +184,7 @@ def test_without_the_safetensors_package_the_error_names_the_extra(tmp_path, mon
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
     r = cli("export-weights", tmp_path / "c", "-o", tmp_path / "w.safetensors", code=2)
-    assert "E0502" in r.stderr and "pip install 'dlc[safetensors]'" in r.stderr
+    assert "E0004" in r.stderr and "pip install 'dlc[safetensors]'" in r.stderr
 
 
 # -- 3. a self-contained training step ------------------------------------------------------
