@@ -252,6 +252,7 @@ def test_the_train_file_runs_fed_with_a_batch_alone_and_continues_a_checkpoint(t
         np.testing.assert_allclose(out[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow  # a fresh interpreter importing onnxruntime and scikit-learn: about 4 s
 def test_the_documented_script_trains_with_stock_onnxruntime(tmp_path):
     text = (ROOT / "docs" / "onnx.md").read_text()
     script = re.search(r"<!-- train-script -->\n```python\n(.*?)```", text, re.S).group(1)
