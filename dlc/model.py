@@ -38,10 +38,13 @@ def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed
 
 
 def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
-            **hyper) -> "Model":
-    """Compile spec text (``use`` resolves relative to the current directory)."""
-    return Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
-                 hyper=hyper)
+            checkpoint: str | Path | None = None, **hyper) -> "Model":
+    """Compile spec text (``use`` resolves relative to the current directory); ``checkpoint`` as for :func:`load`."""
+    m = Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
+              hyper=hyper)
+    if checkpoint is not None:
+        m.load_checkpoint(checkpoint)
+    return m
 
 
 class Model:

@@ -386,3 +386,11 @@ def test_a_checkpoint_of_other_set_values_says_which(tmp_path):
     assert "E0403" in r.stderr and "the run used --set lr=0.01" in r.stderr
     cli("compile", "specs/mlp.dl", "--onnx", "--checkpoint", tmp_path / "c", "--set", "lr=0.01", "-o",
         tmp_path / "m.onnx")
+
+
+def test_compile_takes_a_checkpoint_too(tmp_path):
+    m = dlc.compile(REGULARISED, mode="train")
+    m.train(epochs=1, checkpoint=tmp_path / "c", **QUIET)
+    again = dlc.compile(REGULARISED, checkpoint=tmp_path / "c")
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(again.params[k], v)
