@@ -1,11 +1,15 @@
-"""The `dlc` command line: check, graph, summary, run, compile, train, gradcheck.
+"""The `dlc` command line: check, graph, summary, run, compile, train, gradcheck, fmt.
 
-User errors print as ``file:line:col`` + source line + caret, exit status 2;
-a Python traceback appears only with ``--debug``.
+Errors in a spec print as ``file:line:col`` + source line + caret, exit status 2;
+a misused command line (unknown option, malformed ``--bind``, a dim the model
+does not have) exits with status 64 (``EX_USAGE``).  A Python traceback appears
+only with ``--debug``.  Messages are coloured on a terminal unless ``NO_COLOR``
+is set (``--color always|never`` overrides).
 """
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +17,35 @@ import click
 
 from dlc.grammar.errors import DlcError, DlcErrors
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 2  # an error in the spec (or its data)
+EXIT_USAGE = 64  # the command line itself is wrong (sysexits' EX_USAGE)
+
+
+class UsageError(DlcError):
+    """A wrong command line (not a wrong spec): rendered like any DlcError, exit status 64."""
+
+
+def usage(message: str, hint: str | None = None) -> UsageError:
+    return UsageError("E0110", message, hint=hint)
+
+
+def use_color(stream=None) -> bool:
+    """Colour when ``--color always``, or ``auto`` on a terminal without ``NO_COLOR``."""
+    ctx = click.get_current_context(silent=True)
+    choice = ctx.find_root().params.get("color", "auto") if ctx else "auto"
+    if choice != "auto":
+        return choice == "always"
+    stream = stream or sys.stderr
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+def echo_error(e) -> None:
+    color = use_color()
+    click.echo(e.render(color=color), err=True, color=color)
 
 
 def _report(fn):
-    """Turn DlcErrors into rendered messages and exit status 2."""
+    """Turn DlcErrors into rendered messages and exit status 2 (64 for usage errors)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,8 +55,8 @@ def _report(fn):
         except (DlcError, DlcErrors) as e:
             if debug:
                 raise
-            click.echo(e.render(), err=True)
-            sys.exit(EXIT_USER_ERROR)
+            echo_error(e)
+            sys.exit(EXIT_USAGE if isinstance(e, UsageError) else EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -41,7 +69,7 @@ def _bindings(pairs: tuple[str, ...], what: str) -> dict:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise DlcError("E0110", f"{what} `{pair}` is not of the form NAME=VALUE")
+            raise usage(f"{what} `{pair}` is not of the form NAME=VALUE")
         out[name.strip()] = value.strip()
     return out
 
@@ -52,9 +80,9 @@ def _int_bindings(pairs, what) -> dict[str, int]:
         try:
             out[k] = int(v)
         except ValueError:
-            raise DlcError("E0110", f"{what} `{k}={v}`: `{v}` is not an integer") from None
+            raise usage(f"{what} `{k}={v}`: `{v}` is not an integer") from None
         if out[k] <= 0:
-            raise DlcError("E0110", f"{what} `{k}={v}`: dims must be positive")
+            raise usage(f"{what} `{k}={v}`: dims must be positive")
     return out
 
 
@@ -91,10 +119,34 @@ def _load(path, model_name, hyper, mode="eval"):
     return dlc.load(path, mode=mode, model=model_name, **_hyper(hyper))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """click's own usage errors (unknown option or command, bad choice) exit with 64, not 2."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_status():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_status():
+            return super().invoke(ctx)
+
+
+class _usage_status:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, click.UsageError):
+            exc.exit_code = EXIT_USAGE
+        return False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Colour error messages (auto: on a terminal, unless NO_COLOR is set).")
 @click.version_option(package_name="dlc")
-def main(debug):
+def main(debug, color):
     """dlc — compile declarative .dl model specs to graphs, NumPy and ONNX."""
 
 
@@ -111,7 +163,7 @@ def check(files):
             click.echo(f"{f}: ok: {check_file(f)}")
         except (DlcError, DlcErrors) as e:
             failed += 1
-            click.echo(e.render(), err=True)
+            echo_error(e)
     if failed:
         click.echo(f"{failed} of {len(files)} file(s) have errors", err=True)
         sys.exit(EXIT_USER_ERROR)
@@ -169,10 +221,20 @@ def run(file, inputs, binds, seed, out, backend, model_name, hyper):
             raise DlcError("E0002", f"cannot read `{path}` for input `{name}`: {e}") from None
     unknown = set(feeds) - set(m.inputs)
     if unknown:
-        raise DlcError("E0110", f"the model has no input `{sorted(unknown)[0]}`",
-                       hint=f"its inputs are: {', '.join(m.inputs)}")
-    dims = {name: 2 for name in m.symbolic_dims()}
-    dims.update(_int_bindings(binds, "--bind"))
+        raise usage(f"the model has no input `{sorted(unknown)[0]}`", hint=f"its inputs are: {', '.join(m.inputs)}")
+    symbolic = m.symbolic_dims()
+    dims = {name: 2 for name in symbolic}
+    bound = _int_bindings(binds, "--bind")
+    for name in bound:
+        if name not in symbolic:
+            from dlc.grammar.errors import suggest
+
+            listing = f"its symbolic dims are {', '.join(symbolic)}" if symbolic else "its inputs have no symbolic dims"
+            same_letters = [d for d in symbolic if d.lower() == name.lower()]
+            close = f"did you mean `{same_letters[0]}`?" if same_letters else suggest(name, symbolic)
+            raise usage(f"--bind {name}=...: the model's inputs have no dim `{name}`",
+                        hint=f"{close} ({listing})" if close else listing)
+    dims.update(bound)
     for name, arr in feeds.items():
         dims.update(m.dims_from(name, arr))
     generated = random_feeds(m.graph, dims, seed)
@@ -198,7 +260,7 @@ def _describe(arr) -> str:
 
 @main.command(name="compile")
 @click.argument("file", type=click.Path())
-@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Write an ONNX model.")
+@click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX model (the default and only format).")
 @click.option("--train", "train_step", is_flag=True, help="Export the training step instead of inference.")
 @click.option("--group", default=None, help="With --train: which step group (default: the first).")
 @click.option("-o", "output", type=click.Path(), default=None, help="Output path (default: next to FILE).")
@@ -211,7 +273,7 @@ def compile_cmd(file, to_onnx, train_step, group, output, force, model_name, hyp
 
     m = _load(file, model_name, hyper, mode="train" if train_step else "eval")
     if group and not train_step:
-        raise DlcError("E0110", "--group picks the step group of a training step: use it with --train")
+        raise usage("--group picks the step group of a training step: use it with --train")
     suffix = (f".{group}" if group else "") + (".train.onnx" if train_step else ".onnx")
     target = Path(output) if output else Path(file).with_suffix(suffix)
     proto = m.to_onnx(train=train_step, group=group)
@@ -234,7 +296,7 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_na
     from dlc.runtime.train import train as run_training
 
     if resume and not checkpoint:
-        raise DlcError("E0110", "--resume needs --checkpoint DIR")
+        raise usage("--resume needs --checkpoint DIR")
     m = _load(file, model_name, hyper, mode="train")
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
                  progress=not no_progress, echo=click.echo)

@@ -105,8 +105,8 @@ _FILES: dict[str, Callable[..., Dataset]] = {".npz": _load_npz, ".csv": _load_cs
 def _existing(name: str, base_dir: Path | None) -> Path:
     path = _resolve(name, base_dir)
     if not path.is_file():
-        raise DlcError("E0002", f"data file `{path}` does not exist",
-                       hint=f"paths are relative to `{base_dir or os.getcwd()}`")
+        where = "the spec's folder" if base_dir is not None else "the current directory"
+        raise DlcError("E0002", f"data file `{name}` does not exist", hint=f"relative paths start in {where}")
     return path
 
 
