@@ -187,14 +187,17 @@ def graph(file, fmt, grad, train_step, model_name, hyper):
 
 @main.command()
 @click.argument("file", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_with_model_options
 @_report
-def summary(file, model_name, hyper):
-    """Per-layer table: output shapes, parameters, FLOPs per example."""
-    from dlc.compiler.summary import summary_table
+def summary(file, fmt, model_name, hyper):
+    """Per-layer table in execution order: type, output types, parameters, state, FLOPs per example."""
+    import json
 
-    m = _load(file, model_name, hyper)
-    click.echo(summary_table(m.graph, m.params))
+    from dlc.compiler.summary import summary_json, summary_table
+
+    s = _load(file, model_name, hyper).summary()
+    click.echo(summary_table(s) if fmt == "text" else json.dumps(summary_json(s), indent=2))
 
 
 @main.command()
