@@ -45,6 +45,8 @@ class OrtSession:
         except Exception as exc:
             raise DlcError("E0401", f"onnxruntime cannot load the model: {_short(exc)}") from exc
         self.inputs = {i.name: i for i in self.session.get_inputs()}
+        # inputs with an initializer (a training export's parameters and state): fed when given
+        self.defaulted = {i.name: i for i in self.session.get_overridable_initializers()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -55,7 +57,8 @@ class OrtSession:
                                     f"{', '.join(f'`{n}`' for n in missing)} for the ONNX model")
         converted: dict[str, np.ndarray] = {}
         bound: dict[str, tuple[int, str]] = {}  # dim name → (size, the input that set it)
-        for name, meta in self.inputs.items():  # extra feeds are ignored, as by the interpreter
+        given = [*self.inputs.items(), *((k, v) for k, v in self.defaulted.items() if k in feeds)]
+        for name, meta in given:  # extra feeds are ignored, as by the interpreter
             arr = np.asarray(feeds[name])
             want = _NP.get(meta.type)
             if want is not None and arr.dtype != want:
