@@ -397,5 +397,36 @@ def gradcheck(file, tol, seed, loss_name, model_name, hyper):
     click.echo(f"all {len(worst)} parameters within {tol:g}")
 
 
+@main.command(name="fmt")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--check", "check_only", is_flag=True, help="Change nothing; exit 1 when a file is not formatted.")
+@_report
+def fmt_cmd(files, check_only):
+    """Rewrite FILES in the canonical layout (comments kept); --check only reports."""
+    from dlc.grammar.formatter import format_source
+    from dlc.grammar.parse import read_source
+
+    unformatted, failed = [], 0
+    for f in files:
+        try:
+            text = read_source(f)
+            formatted = format_source(text, f)
+        except (DlcError, DlcErrors) as e:
+            failed += 1
+            echo_error(e)
+            continue
+        if formatted != text:
+            unformatted.append(f)
+            if not check_only:
+                Path(f).write_text(formatted, encoding="utf-8")
+    for f in unformatted:
+        click.echo(f"{'would reformat' if check_only else 'reformatted'} {f}")
+    if failed:
+        sys.exit(EXIT_USER_ERROR)
+    if check_only and unformatted:
+        click.echo(f"{len(unformatted)} of {len(files)} file(s) would be reformatted", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()
