@@ -26,7 +26,7 @@ from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
-from .data import batches, check_dataset, load_dataset, match_inputs, split
+from .data import batches, check_dataset, check_fits, declared_schema, load_dataset, match_inputs, split
 from .runlog import EpochMeter, RunLog
 from .runner import make_runner
 
@@ -74,6 +74,9 @@ def check_data(model, spec) -> None:
     opts, _ = data_options(model, spec)
     with _at(spec.data.loc):
         check_dataset(spec.data.name, **opts)
+        schema = declared_schema(spec.data.name, **opts)
+        if schema is not None:  # the arrays' names, ranks and dims against the inputs, from the schema
+            check_fits(schema, model.inputs, spec.inputs or None)
 
 
 def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:
