@@ -44,7 +44,8 @@ def fold_constants(graph: Graph) -> int:
             if any(a is None for a in args):
                 continue
         with np.errstate(all="ignore"):  # a folded 1/0 is inf, as it would be at run time
-            value = np.asarray(opdef.kernel(*args, **rec.attrs))
+            value = opdef.kernel(*args, **rec.attrs)
+        value = np.asarray(value[0] if isinstance(value, tuple) else value)  # a one-output op may return a 1-tuple
         if value.dtype != np_dtype(t.dtype) or value.shape != tuple(t.shape):
             continue  # a kernel whose result type differs from its rule: leave it to run time
         value = value.copy()
