@@ -258,6 +258,23 @@ def test_optimize_leaves_its_input_alone():
     assert "fused" in ops(o) and "fused" not in ops(optimize(g, 2, "onnx"))
 
 
+def test_scan_bodies_go_through_the_passes_too():
+    m = dlc.load("specs/lstm.dl", mode="train")
+    g = m.train_graph()
+    before = {g[n].attrs["body"] for n in g.nodes() if g.op(n) == "scan"}
+    report = []
+    o = optimize(g, 2, report=report, check=True)
+    after = [o[n].attrs["body"] for n in o.nodes() if o.op(n) == "scan"]
+    assert ("scan bodies", 3) in report and len(after) == 3
+    for body in after:
+        body.verify()
+        assert body not in before and "fused" in ops(body)
+    # the calling conventions stay: the same input and output names, in order
+    assert sorted((tuple(b.input_names()), tuple(b.outputs)) for b in after) == \
+        sorted((tuple(b.input_names()), tuple(b.outputs)) for b in before)
+    assert sum(len(b) for b in after) < 0.6 * sum(len(b) for b in before)
+
+
 def test_cli_graph_shows_both_levels():
     from click.testing import CliRunner
 

@@ -16,8 +16,13 @@ receive primitive ops, so ``backend="onnx"`` (exports, the onnxruntime
 runner) stops after the cleanup passes at every level.  Every pass keeps the
 results identical within float32 rounding (most are exact) and is linear in
 the graph size, or ``n log n`` where it sorts.  The input graph is not
-changed; the result passes ``Graph.verify()``.  Scan bodies are left as
-built (their optimisation belongs with the scan lowering).
+changed; the result passes ``Graph.verify()``.
+
+Scan bodies (graphs in a node's ``body`` attr) go through the same passes
+first, each body once however many nodes share it: a body runs once per
+step of its sequence, so a node saved there is saved T times.  A body keeps
+its inputs and outputs (the scan's calling convention), so the scan node is
+re-made with the optimized body and otherwise the same arguments and types.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .cse import cse
 from .dce import dce
 from .fold_constants import fold_constants
 from .fuse_elementwise import fuse_elementwise
+from .rewrite import Uses
 from .simplify import simplify
 
 LEVELS = (0, 1, 2)
@@ -60,6 +66,9 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, backend: str = "numpy", *
     if not steps:
         return graph
     g = graph.copy()
+    bodies = _optimize_bodies(g, steps, {})
+    if report is not None:
+        report.append(("scan bodies", bodies))
     for step in steps:
         changes = step(g)
         if report is not None:
@@ -67,3 +76,27 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, backend: str = "numpy", *
         if check:
             g.verify()
     return g
+
+
+def _optimize_bodies(graph: Graph, steps, done: dict) -> int:
+    """Run ``steps`` on every body graph inside ``graph`` (nested ones too); returns how many.
+    ``done`` maps id(original body) → (original, optimized), so a shared body stays shared."""
+    uses = Uses(graph)
+    count = 0
+    for n in list(graph.nodes()):
+        rec = graph[n]
+        body = rec.attrs.get("body")
+        if not isinstance(body, Graph):
+            continue
+        hit = done.get(id(body))
+        if hit is None or hit[0] is not body:
+            new = body.copy()
+            count += 1 + _optimize_bodies(new, steps, done)
+            for step in steps:
+                step(new)
+            hit = done[id(body)] = (body, new)
+        m = graph.add_node(rec.op, rec.inputs, {**rec.attrs, "body": hit[1]}, rec.types, loc=rec.loc,
+                           scope=rec.scope, role=rec.role, grad_of=rec.grad_of)
+        uses.replace(n, graph.out_values(m))
+        graph.remove_nodes([n])
+    return count
