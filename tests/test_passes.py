@@ -17,6 +17,7 @@ from dlc.compiler.ops.registry import Arg, Sample
 from dlc.compiler.passes.cse import cse
 from dlc.compiler.passes.dce import dce
 from dlc.compiler.passes.fold_constants import fold_constants
+from dlc.compiler.passes.fold_transposes import fold_transposes
 from dlc.compiler.passes.fuse_elementwise import fuse_elementwise
 from dlc.compiler.passes.pipeline import optimize, passes_for
 from dlc.compiler.passes.simplify import simplify
@@ -178,6 +179,26 @@ def test_double_transposes_cancel_or_compose():
     np.testing.assert_array_equal(run(g, {"x0": xv})["moved"], xv.transpose(1, 0, 2).transpose(0, 2, 1))
 
 
+# -- transposes into matmuls ------------------------------------------------------------
+def test_backprop_transposes_fold_into_their_matmuls():
+    g, b, (x, dy) = small(TensorType("f32", (5, 3)), TensorType("f32", (5, 4)))
+    w = graph_param(g, "w", TensorType("f32", (3, 4)))
+    g.set_output("dw", b.matmul(b.transpose(x), dy))  # x^T @ dy
+    g.set_output("dx", b.matmul(dy, b.transpose(w, perm=(1, 0))))  # dy @ w^T
+    g.set_output("keep", b.matmul(b.transpose(b.unsqueeze(x, axes=(0,)), perm=(1, 0, 2)), w))  # not the last two
+    feeds = {"x0": np.arange(15, dtype=np.float32).reshape(5, 3), "x1": np.ones((5, 4), np.float32)}
+    params = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    want = run(g, feeds, params)
+    assert fold_transposes(g) == 2
+    dce(g)
+    g.verify()
+    assert ops(g)["matmul_t"] == 2 and ops(g)["transpose"] == 1 and ops(g)["matmul"] == 1
+    assert {g[g.outputs["dw"].node].attrs["ta"], g[g.outputs["dx"].node].attrs["tb"]} == {True}
+    got = run(g, feeds, params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
 # -- fusion ------------------------------------------------------------------------------
 def test_bias_relu_becomes_one_kernel_call():
     g, b, (x,) = small(F32)
@@ -243,7 +264,7 @@ def test_levels_and_backends():
     assert passes_for(0) == ()
     assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "simplify", "dce"]
     assert passes_for(2, "onnx") == passes_for(1)
-    assert [p.__name__ for p in passes_for(2)][-2:] == ["fuse_elementwise", "dce"]
+    assert [p.__name__ for p in passes_for(2)][-3:] == ["fold_transposes", "fuse_elementwise", "dce"]
     with pytest.raises(ValueError):
         passes_for(3)
 

@@ -8,11 +8,12 @@ level  passes
 ====== ===========================================================================
 0      none (the graph as built)
 1      simplify → fold_constants → cse → simplify → dce        (cleanup, any backend)
-2      level 1, then, for ``backend="numpy"``, fuse_elementwise → dce
+2      level 1, then, for ``backend="numpy"``, fold_transposes → fuse_elementwise → dce
 ====== ===========================================================================
 
-Fusion is a NumPy-backend step: onnxruntime fuses on its own and should
-receive primitive ops, so ``backend="onnx"`` (exports, the onnxruntime
+Fusion (of elementwise chains, of transposes into matmuls) is a
+NumPy-backend step: onnxruntime fuses on its own and should receive
+primitive ops, so ``backend="onnx"`` (exports, the onnxruntime
 runner) stops after the cleanup passes at every level.  Every pass keeps the
 results identical within float32 rounding (most are exact) and is linear in
 the graph size, or ``n log n`` where it sorts.  The input graph is not
@@ -32,6 +33,7 @@ from ..graph import Graph
 from .cse import cse
 from .dce import dce
 from .fold_constants import fold_constants
+from .fold_transposes import fold_transposes
 from .fuse_elementwise import fuse_elementwise
 from .rewrite import Uses
 from .simplify import simplify
@@ -40,7 +42,7 @@ LEVELS = (0, 1, 2)
 DEFAULT_LEVEL = 2
 BACKENDS = ("numpy", "onnx")
 CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, simplify, dce)
-NUMPY_ONLY: tuple[Callable[[Graph], int], ...] = (fuse_elementwise, dce)
+NUMPY_ONLY: tuple[Callable[[Graph], int], ...] = (fold_transposes, fuse_elementwise, dce)
 
 
 def passes_for(level: int, backend: str = "numpy") -> tuple[Callable[[Graph], int], ...]:
