@@ -9,7 +9,6 @@ Every graph it runs or exports first passes the optimizing pipeline at
 """
 from __future__ import annotations
 
-import hashlib
 import zlib
 from functools import cached_property
 from pathlib import Path
@@ -27,9 +26,15 @@ from dlc.grammar.errors import DlcError
 BACKENDS = ("numpy", "onnxruntime")
 
 
-def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0, **hyper) -> "Model":
-    """Load the spec at ``path``; ``model`` picks one of several (default: the last)."""
-    return Model(load_module(str(path)), model, mode=mode, seed=seed, hyper=hyper)
+def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0,
+         checkpoint: str | Path | None = None, **hyper) -> "Model":
+    """Load the spec at ``path``; ``model`` picks one of several (default: the last);
+    ``checkpoint`` (a checkpoint folder or manifest, or a ``.safetensors`` file of
+    ``dlc export-weights``) supplies trained parameters and state."""
+    m = Model(load_module(str(path)), model, mode=mode, seed=seed, hyper=hyper)
+    if checkpoint is not None:
+        m.load_checkpoint(checkpoint)
+    return m
 
 
 def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
@@ -57,6 +62,8 @@ class Model:
         self._params: dict[str, np.ndarray] | None = None  # drawn on first use (`dlc check` never needs them)
         self._state: dict[str, np.ndarray] | None = None
         self._plans: dict = {}
+        self.checkpoint = None  # the loaded runtime.checkpoint.Checkpoint (optimizer slots included), if any
+        self.weights = "untrained"  # where the parameters come from, as exports record it
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -81,6 +88,8 @@ class Model:
     @params.setter
     def params(self, value: dict[str, np.ndarray]) -> None:
         self._params = dict(value)
+        self.weights = "assigned"
+        self.checkpoint = None
         self._forget_sessions()
 
     def _forget_sessions(self) -> None:
@@ -98,6 +107,8 @@ class Model:
 
     @cached_property
     def spec_hash(self) -> str:
+        import hashlib
+
         h = hashlib.sha256()
         for text in self.loaded.sources:
             h.update(text.encode())
@@ -193,7 +204,7 @@ class Model:
 
     # -- training ------------------------------------------------------------------
     def train_spec(self, required: bool = True):
-        from dlc.compiler.training.spec import parse_train
+        from dlc.compiler.training.spec import Values, parse_train
 
         t = self.loaded.trains.get(self.name)
         if t is None:
@@ -201,7 +212,7 @@ class Model:
                 raise DlcError("E0201", f"no `train {self.name} {{ ... }}` block in {self.loaded.path}",
                                self.defn.loc)
             return None
-        return parse_train(t)
+        return parse_train(t, Values(self.loaded.env, self.lowered.hyper))
 
     def check_train(self) -> None:
         """Validate the train block (if any) by building its step graphs."""
@@ -229,60 +240,62 @@ class Model:
         """Train as the train block says (options override it); returns the History."""
         from dlc.runtime.train import train
 
-        return train(self, **options)
+        history = train(self, **options)
+        self.weights = "trained in this session"
+        return history
 
     def load_checkpoint(self, path: str | Path, *, best: bool = True) -> dict:
         """Load parameters and the spec's state (running statistics) from a
-        checkpoint directory or file; returns its manifest.  ``best``: when the
-        run kept its best epoch (early stopping's ``restore_best``), load that
-        one — the model the run reported — rather than the last epoch's."""
-        from dlc.runtime.checkpoint import load as load_ckpt
-        from dlc.runtime.train import BEST
+        checkpoint directory or file, or from a ``.safetensors`` file written by
+        ``dlc export-weights``; returns its manifest (metadata).  ``best``: when
+        the run kept its best epoch (early stopping's ``restore_best``), load
+        that one — the model the run reported — rather than the last epoch's."""
+        from dlc.runtime.weights import load_for_model
 
-        expect = {k: (v.shape, v.dtype) for k, v in self.params.items()}
-        ckpt = load_ckpt(Path(path), expect_spec_hash=self.spec_hash, expect_params=expect)
-        kept = {k[len(BEST):]: v for k, v in ckpt.state.items() if k.startswith(BEST)} if best else {}
-        source = {**ckpt.params, **ckpt.state, **kept}
-        missing = [k for k in self.state if k not in source]
-        if missing:
-            raise DlcError("E0403", f"checkpoint {ckpt.path} lacks the state {', '.join(missing)}")
-        self.params = {k: np.array(source[k]) for k in ckpt.params}
-        self.state = {k: np.array(source[k]) for k in self.state}
+        ckpt, params, state = load_for_model(Path(path), self, best=best)
+        self.params = params
+        self.state = state
+        self.checkpoint = ckpt if ckpt.params is not None else None
+        self.weights = f"checkpoint {ckpt.path}" + (f" (epoch {ckpt.meta['epoch']})" if "epoch" in ckpt.meta else "")
         return ckpt.meta
 
     # -- export ----------------------------------------------------------------------
-    def to_onnx(self, train: bool = False, check: bool = True, group: str | None = None):
-        """The ONNX ModelProto of the inference graph, or of the training step of
-        one step group (``group``, default the first); ``check`` runs the full
-        onnx checker and strict shape inference."""
-        from dlc.compiler.onnx_export import export_graph, verify
+    def to_onnx(self, kind: str = "inference", *, group: str | None = None, outputs=None, check: bool = True):
+        """The ONNX ModelProto of one export ``kind`` (dlc/exports.py): ``inference``
+        (``outputs``: which, default the serving outputs), ``train`` (the fused,
+        self-contained step of step group ``group``, default the first),
+        ``grad`` (loss, metrics, gradients) or ``update`` (the optimizer step);
+        ``check`` runs the full onnx checker and strict shape inference."""
+        from dlc.exports import export
 
-        if train:
-            from dlc.runtime.train import build_steps, steps_per_epoch_for
+        return export(self, kind, group=group, outputs=outputs, check=check)
 
-            spec = self.train_spec()
-            steps = {s.group: s for s in build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))}
-            if group is not None and group not in steps:
-                raise DlcError("E0201", f"the train block has no step group `{group}`",
-                               hint="groups: " + ", ".join(steps))
-            graph = optimize(steps[group or next(iter(steps))].graph, self.opt_level, "onnx")
-            proto = export_graph(graph, params=None, name=self.name, doc=_doc(self), train=True)
-        else:
-            graph = optimize(self.graph if self.mode == "eval" else load_eval_graph(self), self.opt_level, "onnx")
-            proto = export_graph(graph, params=self.params, state=self.state, name=self.name, doc=_doc(self))
-        if check:
-            verify(proto, graph)
-        return proto
+    def doc(self) -> str:
+        """The spec's header comment (the exports' doc_string)."""
+        text = self.loaded.sources[0]
+        lines = []
+        for line in text.splitlines():
+            if not line.startswith("#"):
+                break
+            lines.append(line.lstrip("# ").rstrip())
+        return "\n".join(lines)
 
 
-def check(path: str | Path) -> str:
+def check(path: str | Path, **hyper) -> str:
     """Compile every model of the spec at ``path`` in both modes and build its
-    training steps; returns a one-line summary or raises the first error."""
+    training steps; returns a one-line summary or raises the first error.
+    ``hyper`` sets hyperparameters of the models that declare them (a name no
+    model declares is an error)."""
     loaded = load_module(str(path))
+    declared = {f.name for d in loaded.models.values() for f in d.formals}
+    unknown = [k for k in hyper if k not in declared]
+    if unknown and loaded.models:
+        Model(loaded, None, hyper={unknown[0]: hyper[unknown[0]]})  # raises E0102 with a suggestion
     parts = []
-    for name in loaded.models:
-        m = Model(loaded, name, mode="train")
-        compile_model(loaded, m.defn, "eval", {})
+    for name, defn in loaded.models.items():
+        mine = {k: v for k, v in hyper.items() if k in {f.name for f in defn.formals}}
+        m = Model(loaded, name, mode="train", hyper=mine)
+        compile_model(loaded, m.defn, "eval", mine)
         m.check_train()
         parts.append(f"{name} ({m.param_count():,} weights{', trains' if name in loaded.trains else ''})")
     for t in loaded.trains.values():
@@ -321,13 +334,3 @@ def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.
         except ValueError as e:
             raise DlcError("E0110", f"cannot initialise `{name}`: {e}", graph[n].loc) from None
     return out
-
-
-def _doc(model: Model) -> str:
-    text = model.loaded.sources[0]
-    lines = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("# ").rstrip())
-    return "\n".join(lines)

@@ -26,6 +26,7 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .data import batches, check_dataset, load_dataset, match_inputs, split
+from .runlog import EpochMeter, RunLog
 from .runner import make_runner
 
 EVAL_BATCH = 1024
@@ -121,11 +122,12 @@ def train(model, **options) -> History:
 
 
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
-           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True) -> History:
+           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True, log=None) -> History:
     """``fresh``: start from parameters initialised with the training seed (the
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
-    newest checkpoint in ``checkpoint`` instead."""
+    newest checkpoint in ``checkpoint`` instead.  Metrics are logged per epoch
+    in the checkpoint folder and in ``log`` (runtime/runlog.py)."""
     from dlc.model import init_params, init_state
 
     spec = model.train_spec()
@@ -146,9 +148,17 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     stopper = _EarlyStop(spec.early_stop)
     start_epoch, global_step = 0, 0
     ckpt_dir = Path(checkpoint) if checkpoint else None
-    if resume and ckpt_dir is not None and ckpt.latest(ckpt_dir) is not None:
-        c = ckpt.load(ckpt_dir, expect_spec_hash=model.spec_hash,
-                      expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
+    c = None
+    if resume and ckpt_dir is not None:  # a folder (its newest valid checkpoint) or one manifest in it
+        point = ckpt.resume_point(ckpt_dir, expect_spec_hash=model.spec_hash,
+                                  expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
+        ckpt_dir, c = point.folder, point.checkpoint
+        for message in point.messages:
+            echo(message)
+    if ckpt_dir is not None:
+        ckpt.claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
+    resumed = c is not None
+    if resumed:
         params = dict(c.params)
         state = {k: v for k, v in c.state.items() if not k.startswith(BEST)}
         best = {k[len(BEST):]: v for k, v in c.state.items() if k.startswith(BEST)}
@@ -156,7 +166,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         start_epoch, global_step = int(c.meta["epoch"]), int(c.meta["step"])
         history.epochs = list(c.meta.get("history", []))
         stopper.restore(c.meta.get("early_stop", {}))
-        echo(f"resumed from {c.path} (epoch {start_epoch}, step {global_step})")
+    runlog = RunLog(ckpt_dir, log, resume_epoch=start_epoch if resumed else None)
+    meter = EpochMeter([s.group for s in steps])
     echo(f"training {model.name}: {n_train} examples, batch {spec.batch}, {spe} steps/epoch, "
          f"{sum(p.size for p in params.values()):,} weights, backend {backend}")
     for epoch in range(start_epoch, epochs):
@@ -183,6 +194,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
                 n = len(next(iter(batch.values())))
                 totals[gi][0] += loss * n
                 totals[gi][1] += n
+                meter.add(gi, out, n)
             global_step += 1
             if bar is not None:
                 bar.update(1)
@@ -192,6 +204,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         row = {"epoch": epoch + 1, "loss": totals[0][0] / max(totals[0][1], 1)}
         for st, (t, c) in list(zip(steps, totals))[1:]:
             row[f"loss.{st.group}"] = t / max(c, 1)
+        row.update(meter.row())
         row.update({f"val.{k}": v for k, v in evaluate(evaluator, splits["val"], params, state, spec).items()})
         row["time"] = time.perf_counter() - t0
         history.epochs.append(row)
@@ -204,6 +217,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
                             "model": model.name, "backend": backend, "history": history.epochs,
                             "early_stop": stopper.snapshot(),
                             "optimizers": {s.name: s.optimizer.name for s in spec.steps}})
+        runlog.epoch(row, global_step)  # after the checkpoint: the log never runs ahead of what resumes
     if stopper.stopped:
         history.stopped_early = True
         echo(f"early stop: `{stopper.monitor}` has not improved for {stopper.patience} epoch(s)")
@@ -213,6 +227,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         history.best_epoch = stopper.best_epoch
         echo(f"restored the parameters of epoch {stopper.best_epoch} (best {stopper.monitor})")
     history.test = evaluate(evaluator, splits["test"], params, state, spec)
+    runlog.test(history.test, global_step)
     echo("test  " + ("  ".join(f"{k} {v:.4f}" for k, v in history.test.items()) or "(no test split)"))
     model.params = {k: np.array(v) for k, v in params.items()}
     model.state = {k: np.array(state[k]) for k in model_state}
@@ -297,7 +312,9 @@ class _EarlyStop:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
+    import sys
+
+    if not enabled or not sys.stderr.isatty():  # redrawn frames only make sense on a terminal
         return None
     from tqdm import tqdm
 
@@ -306,7 +323,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def _line(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']:>3}/{epochs}"]
-    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith("loss.")]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith(("loss.", "train."))]
     parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val.")]
     parts.append(f"({row['time']:.1f}s)")
     return "  ".join(parts)
