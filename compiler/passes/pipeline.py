@@ -7,7 +7,7 @@ running or exporting it.  The passes, in their fixed order:
 level  passes
 ====== ===========================================================================
 0      none (the graph as built)
-1      simplify → fold_constants → cse → simplify → dce        (cleanup, any backend)
+1      simplify → fold_constants → cse → simplify → merge_batch_matmul → dce   (any backend)
 2      level 1, then, for ``backend="numpy"``, fold_transposes → fuse_elementwise → dce
 ====== ===========================================================================
 
@@ -35,13 +35,14 @@ from .dce import dce
 from .fold_constants import fold_constants
 from .fold_transposes import fold_transposes
 from .fuse_elementwise import fuse_elementwise
+from .merge_batch_matmul import merge_batch_matmul
 from .rewrite import Uses
 from .simplify import simplify
 
 LEVELS = (0, 1, 2)
 DEFAULT_LEVEL = 2
 BACKENDS = ("numpy", "onnx")
-CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, simplify, dce)
+CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, simplify, merge_batch_matmul, dce)
 NUMPY_ONLY: tuple[Callable[[Graph], int], ...] = (fold_transposes, fuse_elementwise, dce)
 
 
