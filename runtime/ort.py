@@ -61,7 +61,9 @@ class OrtSession:
 
     ``optimize`` selects ORT_ENABLE_ALL (default) or ORT_DISABLE_ALL graph
     optimisations; the tests run both, since the optimiser's fusions are a
-    separate source of numerical differences and bugs."""
+    separate source of numerical differences and bugs.  ``device`` picks the
+    execution provider (:func:`providers_for`); ``threads`` the intra-op
+    threads (default: :func:`~dlc.runtime.threads.training_threads`)."""
 
     def __init__(self, model, optimize: bool = True, *, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
@@ -76,9 +78,10 @@ class OrtSession:
         opts.log_severity_level = 3  # errors only: unused-initializer warnings are noise here
         # no busy-waiting between runs: the training loop does NumPy work between steps on the same cores
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads is not None:  # the training loop's thread count (runtime/threads.py)
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
+        from .threads import training_threads
+
+        opts.intra_op_num_threads = training_threads() if threads is None else threads  # as the training loop's
+        opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(bytes(data), sess_options=opts, providers=providers)
         except Exception as exc:
@@ -112,7 +115,7 @@ class OrtSession:
             if want is not None and arr.dtype != want:
                 arr = arr.astype(want)
             _check_shape(name, arr, meta.shape, bound)
-            converted[name] = np.ascontiguousarray(arr)
+            converted[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)  # (keeps 0-d arrays 0-d)
         return converted
 
 

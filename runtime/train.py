@@ -19,7 +19,8 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .data import batches
-from .trainer import Trainer, make_trainer, training_threads
+from .threads import training_threads
+from .trainer import Trainer, make_trainer
 from .trainer import build_steps, check_data, load_splits, steps_per_epoch_for  # noqa: F401  (their old home)
 
 BEST = "@best/"  # checkpoint prefix of the best epoch's parameters and state (`@` never occurs in a name)

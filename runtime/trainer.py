@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from pathlib import Path
 from typing import Mapping
 
@@ -37,16 +36,9 @@ from . import checkpoint as ckpt
 from .data import batches, check_dataset, load_dataset, match_inputs, split
 from .params import init_params, init_state
 from .runner import bind, make_store
+from .threads import training_threads
 
 EVAL_BATCH = 1024
-
-
-def training_threads() -> int:
-    """Threads for a training step: BLAS in the NumPy backend, onnxruntime's intra-op pool.
-    ``DLC_THREADS`` (or the older ``DLC_BLAS_THREADS``) overrides the default of 1: the
-    matrices of a training step are small, and a second thread competing for one of two
-    cores made steps slower, never faster (benchmarks/bench.py)."""
-    return int(os.environ.get("DLC_THREADS", os.environ.get("DLC_BLAS_THREADS", "1")))
 
 
 # -- the step graphs and data of a model's train block ---------------------------------------
