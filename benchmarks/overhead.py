@@ -19,7 +19,6 @@ import numpy as np
 
 from dlc.compiler.builder import Builder
 from dlc.compiler.graph import Graph, Value
-from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import TensorType
 from dlc.runtime.interpreter import Plan
 

@@ -56,6 +56,7 @@ CODES = {
     "E0001": "syntax error",
     "E0002": "file error",
     "E0003": "limit exceeded",
+    "E0004": "missing optional dependency",
     "E0101": "unknown name",
     "E0102": "wrong arguments",
     "E0103": "type error",

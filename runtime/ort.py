@@ -23,6 +23,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from dlc.compiler.onnx_emit import check_runtime
+from dlc.compiler.optional import import_optional
 from dlc.grammar.errors import DlcError
 
 # onnxruntime's type strings for the element types dlc exports
@@ -36,8 +37,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 def providers_for(device: str) -> list[str]:
     """The execution providers for ``device`` (``cpu``, ``cuda`` or ``cuda:N``), CPU last as the
     fallback for nodes a device provider lacks; E0401 when the provider is not installed."""
-    import onnxruntime as ort
-
+    ort = import_optional("onnxruntime", "the onnxruntime backend")
     kind = device.split(":", 1)[0]
     if kind not in PROVIDERS:
         raise DlcError("E0110", f"unknown device `{device}`", hint="devices: " + ", ".join(PROVIDERS))
@@ -66,9 +66,8 @@ class OrtSession:
     threads (default: :func:`~dlc.runtime.threads.training_threads`)."""
 
     def __init__(self, model, optimize: bool = True, *, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
-        check_runtime()
+        ort = import_optional("onnxruntime", "the onnxruntime backend")
+        check_runtime(ort.__version__)
         providers = providers_for(device)
         self.device = device
         data = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString(deterministic=True)
@@ -87,6 +86,8 @@ class OrtSession:
         except Exception as exc:
             raise DlcError("E0401", f"onnxruntime cannot load the model: {_short(exc)}") from exc
         self.inputs = {i.name: i for i in self.session.get_inputs()}
+        # inputs with an initializer (a training export's parameters and state): fed when given
+        self.defaulted = {i.name: i for i in self.session.get_overridable_initializers()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.output_meta = {o.name: o for o in self.session.get_outputs()}
 
@@ -96,7 +97,7 @@ class OrtSession:
         if missing:
             raise DlcError("E0401", f"missing input{'s' if len(missing) > 1 else ''} "
                                     f"{', '.join(f'`{n}`' for n in missing)} for the ONNX model")
-        converted = self.convert(feeds, self.inputs)
+        converted = self.convert(feeds, [*self.inputs, *(k for k in self.defaulted if k in feeds)])
         names = self.output_names if outputs is None else list(outputs)
         try:
             results = self.session.run(names, converted)
@@ -109,7 +110,7 @@ class OrtSession:
         converted: dict[str, np.ndarray] = {}
         bound: dict[str, tuple[int, str]] = {}  # dim name → (size, the input that set it)
         for name in names:  # extra feeds are ignored, as by the interpreter
-            meta = self.inputs[name]
+            meta = self.inputs[name] if name in self.inputs else self.defaulted[name]
             arr = np.asarray(feeds[name])
             want = _NP.get(meta.type)
             if want is not None and arr.dtype != want:
@@ -176,7 +177,7 @@ class BoundRun:
         self.store = store
         self.writes = dict(writes or {})
         names = session.output_names if outputs is None else list(outputs)
-        self.resident_in = [n for n in session.inputs if n in store]
+        self.resident_in = [n for n in (*session.inputs, *session.defaulted) if n in store]
         self.feed_names = [n for n in session.inputs if n not in store]
         self.host_out = [n for n in names if n not in self.writes]
         self.written = [n for n in names if n in self.writes]

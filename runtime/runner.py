@@ -9,11 +9,15 @@ Two calling conventions:
   onnxruntime memory on the session's device); ``run(feeds)`` reads the
   store and returns the outputs that are not store values (loss, metrics) as
   NumPy arrays; ``run.commit(names)`` replaces the store values ``names`` by
-  their ``new/<name>`` outputs of that run.  Nothing crosses to the host between steps on the
-  onnxruntime backend.
+  their ``new/<name>`` outputs of that run.  Nothing crosses to the host
+  between steps on the onnxruntime backend.
 
-The onnxruntime backend exports the graph with parameters and state as graph
-inputs (so updated values can be fed back every step) and opens one session.
+Either way the graph first goes through the optimizing pipeline
+(compiler/passes/pipeline.py) for its backend: fused elementwise chains for
+NumPy, primitive ops for onnxruntime.  The NumPy backend then plans the graph
+once (runtime/interpreter.py); the onnxruntime backend exports it with
+parameters and state as graph inputs (so updated values can be fed back every
+step) and opens one session.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from dlc.compiler.graph import Graph
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize
 from dlc.grammar.errors import DlcError
 
 Runner = Callable[[dict, dict, dict], dict]
@@ -32,17 +37,19 @@ def _unknown(backend: str) -> DlcError:
     return DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
 
 
-def make_runner(graph: Graph, backend: str) -> Runner:
+def make_runner(graph: Graph, backend: str, level: int = DEFAULT_LEVEL) -> Runner:
+    """A runner of ``graph`` on ``backend``, optimized at ``level`` (0: as built)."""
     if backend == "numpy":
         from .interpreter import Plan
 
-        plan = Plan(graph)
+        plan = Plan(optimize(graph, level, "numpy"))
         return lambda feeds, params, state: plan.run(feeds, params, state)
     if backend == "onnxruntime":
         from dlc.compiler.onnx_export import export_graph
 
         from .ort import OrtSession
 
+        graph = optimize(graph, level, "onnx")
         session = OrtSession(export_graph(graph, params=None, name=graph.name, train=True))
         wanted = list(graph.outputs)
 
@@ -95,21 +102,24 @@ class _NumpyRun:
             store[name] = out[f"new/{name}"]
 
 
-def bind(graph: Graph, store, backend: str, *, threads: int | None = None, outputs: list[str] | None = None):
+def bind(graph: Graph, store, backend: str, *, threads: int | None = None, outputs: list[str] | None = None,
+         level: int = DEFAULT_LEVEL):
     """``run(feeds) -> {output: array}`` for ``graph`` reading its params and state from
     ``store``; the ``new/<name>`` outputs are kept back, and ``run.commit(names)`` makes
-    those of ``names`` the store's values (the others are dropped at the next run)."""
+    those of ``names`` the store's values (the others are dropped at the next run).
+    ``level``: the optimizing pipeline's level (0: the graph as built)."""
     names = list(graph.outputs) if outputs is None else list(outputs)
     writes = {o: o[len("new/"):] for o in names if o.startswith("new/")}
     if backend == "numpy":
         from .interpreter import Plan
 
-        return _NumpyRun(Plan(graph, names), store, [o for o in names if o not in writes])
+        return _NumpyRun(Plan(optimize(graph, level, "numpy"), names), store, [o for o in names if o not in writes])
     if backend == "onnxruntime":
         from dlc.compiler.onnx_export import export_graph
 
         from .ort import BoundRun, OrtSession
 
+        graph = optimize(graph, level, "onnx")
         session = OrtSession(export_graph(graph, params=None, name=graph.name, train=True),
                              device=store.device, threads=threads)
         return BoundRun(session, store, writes, names)

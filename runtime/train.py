@@ -19,9 +19,10 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .data import batches
+from .runlog import EpochMeter, RunLog
 from .threads import training_threads
 from .trainer import Trainer, make_trainer
-from .trainer import build_steps, check_data, load_splits, steps_per_epoch_for  # noqa: F401  (their old home)
+from .trainer import build_steps, check_data, load_splits, rng_key, steps_per_epoch_for  # noqa: F401  (their old home)
 
 BEST = "@best/"  # checkpoint prefix of the best epoch's parameters and state (`@` never occurs in a name)
 
@@ -47,11 +48,12 @@ def train(model, **options) -> History:
 
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
            backend: str = "numpy", device: str = "cpu", progress: bool = True, echo=print,
-           fresh: bool = True) -> History:
+           fresh: bool = True, log=None) -> History:
     """``fresh``: start from parameters initialised with the training seed (the
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
-    newest checkpoint in ``checkpoint`` instead."""
+    newest checkpoint in ``checkpoint`` instead.  Metrics are logged per epoch
+    in the checkpoint folder and in ``log`` (runtime/runlog.py)."""
     trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh)
     spec = trainer.spec
     epochs = spec.epochs if epochs is None else epochs
@@ -60,10 +62,20 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     spe = max(math.ceil(n_train / spec.batch), 1)
     history = History()
     stopper = _EarlyStop(spec.early_stop)
-    start_epoch = 0
+    start_epoch, resumed = 0, False
     ckpt_dir = Path(checkpoint) if checkpoint else None
-    if resume and ckpt_dir is not None and ckpt.latest(ckpt_dir) is not None:
-        start_epoch = _resume(trainer, ckpt_dir, history, stopper, echo)
+    if resume and ckpt_dir is not None:  # a folder (its newest valid checkpoint) or one manifest in it
+        point = ckpt.resume_point(ckpt_dir, expect_spec_hash=trainer.spec_hash,
+                                  expect_params={k: (v.shape, v.dtype) for k, v in trainer.params.items()})
+        ckpt_dir = point.folder
+        for message in point.messages:
+            echo(message)
+        if point.checkpoint is not None:
+            start_epoch, resumed = _resume(trainer, point.checkpoint, history, stopper), True
+    if ckpt_dir is not None:
+        ckpt.claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
+    runlog = RunLog(ckpt_dir, log, resume_epoch=start_epoch if resumed else None)
+    meter = EpochMeter([s.group for s in trainer.steps])
     weights = sum(p.size for p in trainer.params.values())
     echo(f"training {model.name}: {n_train} examples, batch {spec.batch}, {spe} steps/epoch, "
          f"{weights:,} weights, backend {backend}")
@@ -71,7 +83,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     for epoch in range(start_epoch, epochs):
         if stopper.stopped:
             break
-        row = _epoch(trainer, splits, epoch, epochs, spe, progress)
+        row = _epoch(trainer, splits, epoch, epochs, spe, progress, meter)
         history.epochs.append(row)  # the one place an epoch's results land
         echo(_line(row, epochs))
         stopper.update(row, epoch + 1, lambda: trainer.store.get(kept))
@@ -79,6 +91,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
             best = {BEST + k: v for k, v in (stopper.best_params or {}).items()} if stopper.restore_best else {}
             trainer.save(ckpt_dir, {"epoch": epoch + 1, "history": history.epochs, "early_stop": stopper.snapshot(),
                                     "optimizers": {s.name: s.optimizer.name for s in spec.steps}}, best)
+        runlog.epoch(row, trainer.global_step)  # after the checkpoint: the log never runs ahead of what resumes
     if stopper.stopped:
         history.stopped_early = True
         echo(f"early stop: `{stopper.monitor}` has not improved for {stopper.patience} epoch(s)")
@@ -87,29 +100,27 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         history.best_epoch = stopper.best_epoch
         echo(f"restored the parameters of epoch {stopper.best_epoch} (best {stopper.monitor})")
     history.test = trainer.evaluate(splits["test"])
+    runlog.test(history.test, trainer.global_step)
     echo("test  " + ("  ".join(f"{k} {v:.4f}" for k, v in history.test.items()) or "(no test split)"))
     model.params = trainer.params
     model.state = trainer.store.get(trainer.model_state)
     return history
 
 
-def _resume(trainer: Trainer, ckpt_dir: Path, history: History, stopper: "_EarlyStop", echo) -> int:
-    """Continue from the newest checkpoint in ``ckpt_dir``; returns the epoch to start at."""
-    c = ckpt.load(ckpt_dir, expect_spec_hash=trainer.spec_hash,
-                  expect_params={k: (v.shape, v.dtype) for k, v in trainer.params.items()})
+def _resume(trainer: Trainer, c: ckpt.Checkpoint, history: History, stopper: "_EarlyStop") -> int:
+    """Continue from checkpoint ``c``; returns the epoch to start at."""
     trainer.restore(c, skip_prefix=BEST)
     best = {k[len(BEST):]: v for k, v in c.state.items() if k.startswith(BEST)}
     stopper.best_params = best or None
     history.epochs = list(c.meta.get("history", []))
     stopper.restore(c.meta.get("early_stop", {}))
-    start_epoch = int(c.meta["epoch"])
-    echo(f"resumed from {c.path} (epoch {start_epoch}, step {trainer.global_step})")
-    return start_epoch
+    return int(c.meta["epoch"])
 
 
-def _epoch(trainer: Trainer, splits: dict, epoch: int, epochs: int, spe: int, progress: bool) -> dict:
+def _epoch(trainer: Trainer, splits: dict, epoch: int, epochs: int, spe: int, progress: bool,
+           meter: EpochMeter) -> dict:
     """One pass over the training split, then the validation split; returns the epoch's row
-    (``epoch``, ``loss``, ``loss.<group>``, ``val.<metric>``, ``time``)."""
+    (``epoch``, ``loss``, ``loss.<group>``, ``lr``, ``train.<metric>``, ``val.<metric>``, ``time``)."""
     t0 = time.perf_counter()
     bar = _bar(spe, f"epoch {epoch + 1}/{epochs}", progress)
     keys = [g.loss_key for g in trainer.groups]
@@ -122,12 +133,15 @@ def _epoch(trainer: Trainer, splits: dict, epoch: int, epochs: int, spe: int, pr
             if k in metrics:
                 totals[k][0] += metrics[k] * n
                 totals[k][1] += n
+        for gi, out in trainer.outputs.items():
+            meter.add(gi, out, n)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{first[0] / max(first[1], 1):.4f}")
     if bar is not None:
         bar.close()
     row = {"epoch": epoch + 1, **{k: t / max(c, 1) for k, (t, c) in totals.items()}}
+    row.update(meter.row())
     row.update({f"val.{k}": v for k, v in trainer.evaluate(splits["val"]).items()})
     row["time"] = time.perf_counter() - t0
     return row
@@ -176,7 +190,9 @@ class _EarlyStop:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
+    import sys
+
+    if not enabled or not sys.stderr.isatty():  # redrawn frames only make sense on a terminal
         return None
     from tqdm import tqdm
 
@@ -185,7 +201,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def _line(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']:>3}/{epochs}"]
-    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith("loss.")]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith(("loss.", "train."))]
     parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val.")]
     parts.append(f"({row['time']:.1f}s)")
     return "  ".join(parts)

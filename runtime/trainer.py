@@ -28,6 +28,7 @@ import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import compile_model
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
 from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.compiler.types import np_dtype
 from dlc.grammar.errors import DlcError
@@ -152,7 +153,7 @@ class Trainer:
     def __init__(self, steps: list[StepGraph], params: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray],
                  *, model_state: list[str], backend: str = "numpy", device: str = "cpu", seed: int = 0,
                  evaluator: Graph | None = None, threads: int | None = None, loader=None, spec=None,
-                 spec_hash: str = "", name: str = ""):
+                 spec_hash: str = "", name: str = "", level: int = DEFAULT_LEVEL):
         self.steps = steps
         self.backend, self.device, self.seed = backend, device, seed
         self.threads = training_threads() if threads is None else threads
@@ -160,6 +161,7 @@ class Trainer:
         self.param_names = list(params)
         self.spec, self.spec_hash, self.name = spec, spec_hash, name
         self.global_step = 0
+        self.level = level  # the optimizing pipeline's level for every graph this trainer runs
         self._loader, self._splits = loader, None
         self._types = _declared_types([s.graph for s in steps] + ([evaluator] if evaluator is not None else []))
         self.store = make_store(backend, device)
@@ -168,10 +170,11 @@ class Trainer:
             values.update({k: v for k, v in initial_state(s).items() if k not in values})
         self.store.set(self._as_declared(values))
         self.state_names = [k for k in values if k not in params]
-        self.groups = [_Group(i, s, bind(s.graph, self.store, backend, threads=self.threads))
+        self.groups = [_Group(i, s, bind(s.graph, self.store, backend, threads=self.threads, level=level))
                        for i, s in enumerate(steps)]
         self._graph = evaluator
         self._evaluator = None
+        self.outputs: dict[int, dict] = {}  # the last step: group index -> its host outputs (train/loss, metric/*)
 
     # -- values ------------------------------------------------------------------------
     @property
@@ -202,6 +205,7 @@ class Trainer:
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
         """One batch: every step group due at this global step runs once, in order."""
         metrics: dict[str, float] = {}
+        self.outputs = {}
         committed = False
         step = self.global_step
         for g in self.groups:
@@ -216,6 +220,7 @@ class Trainer:
             g.run.commit(g.commit_later if committed else g.commit_first)
             committed = committed or bool(g.step.model_state)
             metrics[g.loss_key] = loss
+            self.outputs[g.index] = out
             if g.index == 0:
                 metrics["lr"] = float(out["train/lr"])
                 metrics.update({k[len("metric/"):]: float(v) for k, v in out.items() if k.startswith("metric/")})
@@ -239,7 +244,7 @@ class Trainer:
         if n == 0:
             return {}
         if self._evaluator is None:
-            self._evaluator = bind(self._graph, self.store, self.backend, threads=self.threads)
+            self._evaluator = bind(self._graph, self.store, self.backend, threads=self.threads, level=self.level)
         first = self.steps[0].group
         sums: dict[str, float] = {}
         for b in batches(arrays, batch, shuffle=False, seed=0, epoch=0):
@@ -307,4 +312,4 @@ def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: in
     state = init_state(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.state.items()}
     return Trainer(steps, params, state, model_state=list(state), backend=backend, device=device, seed=seed,
                    evaluator=eval_graph(model, spec), threads=threads, loader=loader, spec=spec,
-                   spec_hash=model.spec_hash, name=model.name)
+                   spec_hash=model.spec_hash, name=model.name, level=getattr(model, "opt_level", DEFAULT_LEVEL))

@@ -100,7 +100,7 @@ def test_run_with_an_unknown_input_is_an_error(tmp_path):
 def test_compile_onnx(tmp_path):
     import onnx
 
-    target = tmp_path / "tmp" / "m.onnx"
+    target = tmp_path / "m.onnx"
     assert "wrote" in dlc("compile", "specs/mlp.dl", "--onnx", "-o", target).stdout
     onnx.checker.check_model(onnx.load(str(target)), full_check=True)
     first = target.read_bytes()

@@ -24,6 +24,19 @@ def test_digits():
     assert ds.n_classes == 10 and set(np.unique(y)) == set(range(10)) and len(ds) == 1797
 
 
+@pytest.mark.parametrize("name", ["digits", "iris"])
+def test_shipped_arrays_equal_scikit_learn(name):
+    """The package data is scikit-learn's data set, bit for bit (the `test` extra installs scikit-learn;
+    the core install does not need it)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from dlc.runtime.datasets import shipped_arrays
+
+    ref = getattr(sklearn_datasets, f"load_{name}")()
+    data, target = shipped_arrays(name)
+    assert data.dtype == ref.data.dtype and np.array_equal(data, ref.data)
+    assert np.array_equal(target, ref.target) and target.dtype == np.int64
+
+
 def test_iris_standardised():
     ds = load_dataset("iris")
     x = ds.arrays["x"]

@@ -13,7 +13,7 @@ from ..dims import Sym
 from ..graph import Value
 from ..ops.registry import REQUIRED, get_op
 from ..types import ShapeError, TensorType
-from .frame import ARITY_DISPATCH, DType, Frame, LayerRef, OpRef, describe, is_tensor
+from .frame import ARITY_DISPATCH, Builtin, DType, Frame, LayerRef, OpRef, describe, is_tensor
 
 _TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod", "@": "matmul",
                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
@@ -131,6 +131,10 @@ def _call(e: A.Call, frame: Frame):
 
 def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
     """Call an op or layer value with evaluated arguments (``e`` gives locations)."""
+    if isinstance(fn, Builtin):  # grad(y, x)
+        from .autodiff import grad_call
+
+        return grad_call(frame, args, kwargs, e)
     if isinstance(fn, OpRef):
         if fn.name == "identity" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
             return args[0]  # `act = identity`: no node for a no-op
