@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import dlc  # noqa: E402
 from dlc.compiler.onnx_export import export_graph  # noqa: E402
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize  # noqa: E402
 from dlc.runtime.ort import OrtSession  # noqa: E402
 from dlc.runtime.train import build_steps  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
@@ -96,8 +97,8 @@ class Setup:
         self.step_ort = lambda: self.trainers["onnxruntime"](self.batch)
         # dlc's own ONNX files, run bare (NumPy in and out every call)
         step_graph = build_steps(self.train_model, self.train_model.train_spec(), STEPS_PER_EPOCH)[0]
-        self.step_session = OrtSession(export_graph(step_graph.graph, params=None, name=w.name, train=True),
-                                       threads=threads).session
+        self.step_session = OrtSession(export_graph(optimize(step_graph.graph, DEFAULT_LEVEL, "onnx"), params=None,
+                                                    name=w.name, train=True), threads=threads).session
         self.step_feeds = {**self.batch, "__rng": np.int64(0), **params, **self.trainers["numpy"].state}
         self.step_feeds = {k: v for k, v in self.step_feeds.items()
                            if k in {i.name for i in self.step_session.get_inputs()}}
@@ -154,12 +155,14 @@ class Setup:
         return out
 
     def compile_seconds(self, reps: int = 3) -> float:
-        """Spec text → serialized ONNX training step, in process (median)."""
+        """Spec text → optimized, serialized ONNX training step, in process (median of warm runs:
+        the parser's tables are built by then)."""
 
         def once():
             m = dlc.compile(self.text, path=str(self.w.spec), mode="train")
             step = build_steps(m, m.train_spec(), STEPS_PER_EPOCH)[0]
-            export_graph(step.graph, params=None, name=m.name, train=True).SerializeToString()
+            graph = optimize(step.graph, DEFAULT_LEVEL, "onnx")
+            export_graph(graph, params=None, name=m.name, train=True).SerializeToString()
 
         times = []
         for _ in range(reps):
@@ -178,10 +181,7 @@ class Setup:
     def profile(self) -> list[tuple[str, float, int]]:
         prof: dict = {}
         t = self.trainers["numpy"]
-        g = t.groups[0]
-        from dlc.runtime.interpreter import Plan
-
-        plan = Plan(g.step.graph)
+        plan = t.groups[0].run.plan  # the optimized plan the trainer runs
         values = t.store.get()
         feeds = {**self.batch, "__rng": np.int64(0)}
         for _ in range(3):
@@ -194,14 +194,14 @@ def fmt_ratio(ours: list[float], theirs: list[float]) -> str:
     return f"{mid:.2f}× ({lo:.2f}–{hi:.2f})"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
     ap.add_argument("--threads", type=int, default=1, help="BLAS / PyTorch / onnxruntime threads (default 1)")
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--profile", action="store_true", help="time per op kind of the NumPy training step")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rounds, burst = (5, 0.02) if args.quick else (15, 0.05)
     chosen = [w for w in WORKLOADS if not args.only or w.name in args.only.split(",")]
     torch_ok = has_torch() and not args.no_torch
@@ -244,11 +244,11 @@ def report(results: dict, torch_ok: bool, args) -> None:
     for name, (s, t, *_rest) in results.items():
         print(f"| {name} | " + " | ".join(f"{statistics.median(t[c]) * 1e3:.3f}" for c in cols) + " |")
     print("\n### Compile time and memory\n")
-    print("| workload | train-step nodes | compile: text → exported training step (ms) | "
+    print("| workload | train-step nodes → NumPy kernel calls | compile: text → exported training step (ms) | "
           "torch.onnx.export, inference (ms) | peak MB per NumPy training step |")
     print("|---|---:|---:|---:|---:|")
     for name, (s, t, comp, peak, _prof) in results.items():
-        nodes = len(s.trainers["numpy"].groups[0].step.graph)
+        nodes = f"{len(s.trainers['numpy'].groups[0].step.graph)} → {len(s.trainers['numpy'].groups[0].run.plan.steps)}"
         te = f"{s.torch_export_s * 1e3:.1f}" if s.torch else "–"
         print(f"| {name} | {nodes} | {comp * 1e3:.1f} | {te} | {peak:.1f} |")
     for name, (s, t, comp, peak, prof) in results.items():

@@ -249,7 +249,13 @@ class Model:
                             steps_per_epoch=steps_per_epoch)
 
     def predict(self, feeds: Mapping[str, np.ndarray], *, outputs=None, backend: str = "numpy") -> dict:
-        """The eval-mode outputs for ``feeds`` (a train-mode model predicts with its eval graph)."""
+        """The eval-mode outputs for ``feeds``: ``outputs``, by default the serving outputs
+        (every output the train block does not name as a loss or metric; dlc/exports.py).
+        A train-mode model predicts with its eval graph and its current parameters."""
+        if outputs is None:
+            from dlc.exports import serving_outputs
+
+            outputs = serving_outputs(self)
         if self.mode == "eval":
             return self.run(feeds, outputs=outputs, backend=backend)
         key = ("eval-model",)
