@@ -343,7 +343,7 @@ def export_weights(checkpoint, output, last):
     from dlc.runtime.weights import checkpoint_weights, write_safetensors
 
     if Path(output).suffix != ".safetensors":
-        raise DlcError("E0110", f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
+        raise usage(f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
     params, state, meta = checkpoint_weights(Path(checkpoint), best=not last)
     size = write_safetensors(Path(output), params, state, meta)
     click.echo(f"wrote {output} ({size:,} bytes: {len(params)} parameters, {len(state)} state tensors, "

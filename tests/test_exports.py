@@ -355,7 +355,8 @@ def test_export_kinds_are_checked():
         m.to_onnx("gradient")
     with pytest.raises(DlcError, match="no step group `gen`"):
         dlc.load("specs/gan.dl", mode="train").to_onnx("grad", group="gen")
-    cli("compile", "specs/mlp.dl", "--onnx", "--grad", "--train", code=2)
+    cli("compile", "specs/mlp.dl", "--onnx", "--grad", "--train", code=64)  # a usage error
+    cli("export-weights", "runs", "-o", "w.npz", code=64)
 
 
 def test_compile_writes_each_kind_next_to_the_spec(tmp_path):
