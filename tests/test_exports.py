@@ -16,10 +16,9 @@ from click.testing import CliRunner
 import dlc
 from dlc.cli import main
 from dlc.compiler.graph import RNG_INPUT
-from dlc.compiler.lower import compile_model, load_module
-from dlc.compiler.training.spec import step_outputs
-from dlc.compiler.training.step import build_grad, build_update, initial_state
-from dlc.exports import RNG_MODULUS, RNG_STRIDE
+from dlc.compiler.lower import load_module
+from dlc.compiler.training.step import initial_state
+from dlc.exports import RNG_MODULUS, RNG_STRIDE, grad_graph, update_graph
 from dlc.grammar.errors import DlcError
 from dlc.model import init_params, init_state
 from dlc.runtime.data import batches
@@ -317,11 +316,10 @@ def test_grad_then_update_is_the_fused_step_exactly(path, name, group):
     m = dlc.compile(REGULARISED, mode="train") if path.startswith("<") else dlc.load(path, model=name, mode="train")
     spec = m.train_spec()
     gi = [st.name for st in spec.steps].index(group)
-    s = spec.steps[gi]
     feeds = _first_batch(m, spec)
     fused = build_steps(m, spec, steps_per_epoch=7)[gi]
-    grad, names = build_grad(compile_model(m.loaded, m.defn, "train", m.hyper, extra=step_outputs(spec, s)).graph, s)
-    update = build_update(m.graph, spec, s, names, steps_per_epoch=7)
+    grad, names = grad_graph(m, group)
+    update = update_graph(m, group, steps_per_epoch=7)
     for g in (grad, update.graph):
         g.verify()
     params = init_params(m.graph, spec.seed)
