@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
+from dlc.compiler.optional import import_optional
 from dlc.grammar.errors import DlcError
 
 from .checkpoint import Checkpoint
@@ -29,8 +29,6 @@ SAFETENSORS_FORMAT = "dlc-weights"
 
 
 def _safetensors():
-    from dlc.compiler.optional import import_optional
-
     return import_optional("safetensors.numpy", "reading and writing .safetensors files")
 
 
