@@ -183,7 +183,9 @@ def check(files, hyper):
 
 @main.command()
 @click.argument("file", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json", "svg", "png"]), default="text",
+              show_default=True, help="svg/png are rendered by Graphviz (extra dlc[graphviz] and the `dot` program).")
+@click.option("-o", "output", type=click.Path(), default=None, help="Write to this file (needed for png).")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
 @click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
@@ -191,15 +193,32 @@ def check(files, hyper):
                    "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, grad, train_step, opt_level, model_name, hyper):
-    """Print the computation graph of FILE."""
+def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
+    """Print (or draw) the computation graph of FILE."""
     from dlc.compiler import printer
     from dlc.compiler.passes.pipeline import optimize
 
+    if fmt == "png" and not output:
+        raise usage("--format png writes a binary file: give it with -o FILE.png")
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
     g = optimize(g, opt_level, "numpy")
-    click.echo({"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g))
+    if fmt in ("svg", "png"):
+        from dlc.compiler.dot import render
+
+        data = render(printer.to_dot(g), fmt)
+        if output:
+            Path(output).write_bytes(data)
+            click.echo(f"wrote {output} ({len(data):,} bytes)")
+        else:
+            click.echo(data.decode("utf-8"))
+        return
+    text = {"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
 
 
 @main.command()

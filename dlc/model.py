@@ -124,6 +124,16 @@ class Model:
         graph = self.graph if self.mode == "eval" else load_eval_graph(self)
         return summarize(graph, self.defn, self.loaded.env.layers)
 
+    def _repr_svg_(self) -> str | None:
+        """A notebook draws the graph (None, so the HTML table shows instead, without Graphviz)."""
+        from dlc.compiler.dot import render, to_dot
+        from dlc.grammar.errors import DlcError as _Missing
+
+        try:
+            return render(to_dot(self.graph), "svg").decode("utf-8")
+        except _Missing:
+            return None
+
     def _repr_html_(self) -> str:
         """A notebook shows the summary table."""
         from dlc.compiler.summary import summary_html
