@@ -362,8 +362,8 @@ def test_optimized_training_steps_agree_on_both_backends(path):
     want = _steps(make_runner(step.graph, "numpy", level=0), feeds, m.params, state)
     got = _steps(make_runner(step.graph, "numpy", level=2), feeds, m.params, state)
     for w, o in zip(want, got):
-        for k in w:  # the NumPy passes are exact: the same kernels in the same order
-            np.testing.assert_allclose(o[k], w[k], rtol=1e-6, atol=1e-7, err_msg=f"{path} {k}")
+        for k in w:  # bitwise today (the same kernels in the same order); a merged GEMM may reorder sums
+            np.testing.assert_allclose(o[k], w[k], rtol=1e-5, atol=1e-6, err_msg=f"{path} {k}")
     ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
     for k in want[0]:
         np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")
