@@ -246,6 +246,23 @@ def test_a_chain_member_that_is_an_output_becomes_an_output_of_the_fused_node():
         np.testing.assert_array_equal(after[k], before[k])
 
 
+def test_a_value_read_again_later_leaves_the_chain_as_an_extra_output():
+    g, b, (x,) = small(F32)
+    bias = graph_param(g, "b", TensorType("f32", (3,)))
+    h = b.add(x, bias)
+    g.set_output("y", b.relu(h))
+    g.set_output("dx", b.where(b.gt(h, 0.0), x, 0.0))  # relu's gradient reads h after relu
+    feeds, params = {"x0": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}, {"b": np.ones(3, np.float32) / 4}
+    want = run(g, feeds, params)
+    fuse_elementwise(g)
+    g.verify()
+    assert ops(g) == {"input": 1, "param": 1, "const": 2, "fused": 2}
+    assert sorted(len(g[n].types) for n in g.nodes() if g.op(n) == "fused") == [1, 2]  # bias + relu, and h
+    got = run(g, feeds, params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
 def test_fusion_stops_at_a_value_read_outside_the_chain():
     g, b, (x,) = small(F32)
     e = b.exp(x)
