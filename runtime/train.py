@@ -21,6 +21,7 @@ import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.lower import compile_model
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
 from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.grammar.errors import DlcError
 
@@ -137,8 +138,9 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     n_train = len(next(iter(splits["train"].values())))
     spe = max(math.ceil(n_train / spec.batch), 1)
     steps = build_steps(model, spec, spe)
-    runners = [make_runner(s.graph, backend) for s in steps]
-    evaluator = make_runner(eval_graph(model, spec), backend)
+    level = getattr(model, "opt_level", DEFAULT_LEVEL)  # the model's optimization level (dlc.Model.opt_level)
+    runners = [make_runner(s.graph, backend, level) for s in steps]
+    evaluator = make_runner(eval_graph(model, spec), backend, level)
     params = init_params(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.params.items()}
     state = init_state(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.state.items()}
     model_state = list(state)  # the spec's own state (running statistics); the rest are optimizer slots

@@ -23,6 +23,7 @@ from dlc.compiler.passes.pipeline import optimize, passes_for
 from dlc.compiler.passes.simplify import simplify
 from dlc.compiler.training.step import initial_state
 from dlc.compiler.types import TensorType
+from dlc.grammar.errors import DlcError
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.ort import OrtSession
 from dlc.runtime.runner import make_runner
@@ -392,8 +393,7 @@ def test_optimized_inference_agrees_on_both_backends(path):
     feeds = _feeds(m)
     m.opt_level = 0
     want = m.run(feeds)
-    m.opt_level = 2
-    m._plans.clear()
+    m.opt_level = 2  # drops the plans built at level 0
     got = m.run(feeds)
     ort = m.run(feeds, backend="onnxruntime")
     for k in want:
@@ -418,13 +418,27 @@ def test_the_fused_lowering_is_stock_onnx():
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+def test_training_runs_at_the_models_level(monkeypatch):
+    import dlc.runtime.train as train_module
+
+    levels = []
+    real = train_module.make_runner
+    monkeypatch.setattr(train_module, "make_runner", lambda g, backend, level: levels.append(level) or
+                        real(g, backend, level))
+    m = dlc.load("specs/xor.dl")
+    m.opt_level = 1
+    m.train(epochs=1, progress=False, echo=lambda s: None)
+    assert levels and set(levels) == {1}
+    with pytest.raises(DlcError, match="opt_level"):
+        m.opt_level = 5
+
+
 def test_gradients_are_optimized_and_unchanged():
     m = dlc.load("specs/mlp.dl", mode="train")
     feeds = _feeds(m, batch=4)
     m.opt_level = 0
     want = m.gradients(feeds)
-    m.opt_level = 2
-    m._plans.clear()
+    m.opt_level = 2  # drops the plans built at level 0
     got = m.gradients(feeds)
     assert "fused" in ops(m._plans[("grad", "loss")].graph)
     for k in want:
