@@ -419,12 +419,12 @@ def test_the_fused_lowering_is_stock_onnx():
 
 
 def test_training_runs_at_the_models_level(monkeypatch):
-    import dlc.runtime.train as train_module
+    import dlc.runtime.runner as runner_module
 
     levels = []
-    real = train_module.make_runner
-    monkeypatch.setattr(train_module, "make_runner", lambda g, backend, level: levels.append(level) or
-                        real(g, backend, level))
+    real = runner_module.optimize
+    monkeypatch.setattr(runner_module, "optimize", lambda g, level, backend: levels.append(level) or
+                        real(g, level, backend))
     m = dlc.load("specs/xor.dl")
     m.opt_level = 1
     m.train(epochs=1, progress=False, echo=lambda s: None)
