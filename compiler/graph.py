@@ -127,6 +127,27 @@ class Graph:
         rec.inputs = rec.inputs[:index] + (value,) + rec.inputs[index + 1:]
         self.nx.add_edge(value.node, node, src_out=value.index, dst_in=index)
 
+    def extend_outputs(self, node: int, attrs: dict, types) -> None:
+        """Give ``node`` new ``attrs`` and more outputs: ``types`` starts with
+        the node's current output types, so every Value that refers to the
+        node stays valid (a scan asked to also emit the residuals its gradient
+        reads).  ``attrs`` replaces the dict (records may share theirs with a
+        copy of the graph)."""
+        rec = self._nodes[node]
+        types = tuple(types)
+        if types[:len(rec.types)] != rec.types:
+            raise GraphError(f"%{node} ({rec.op}): extending outputs must keep the existing ones")
+        rec.attrs, rec.types = dict(attrs), types
+
+    def replace_uses(self, old: Value, new: Value) -> None:
+        """Make every argument, output and next-state that reads ``old`` read ``new``."""
+        for user in self.consumers(old.node):
+            for i, v in enumerate(self._nodes[user].inputs):
+                if v == old:
+                    self.set_input(user, i, new)
+        self._outputs = {k: new if v == old else v for k, v in self._outputs.items()}
+        self._state = {k: (n, new if v == old else v) for k, (n, v) in self._state.items()}
+
     def remove_nodes(self, nodes: Iterable[int]) -> None:
         """Remove nodes and everything that refers to them in the containers."""
         gone = set(nodes)

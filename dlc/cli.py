@@ -142,8 +142,11 @@ def summary(file, model_name, hyper):
     """Per-layer table: output shapes, parameters, FLOPs per example."""
     from dlc.compiler.summary import summary_table
 
+    from dlc.compiler.lower import compile_model
+
     m = _load(file, model_name, hyper)
-    click.echo(summary_table(m.graph, m.params))
+    as_written = compile_model(m.loaded, m.defn, m.mode, m.hyper, optimize=False).graph  # the layers' own outputs
+    click.echo(summary_table(as_written, m.params))
 
 
 @main.command()

@@ -8,8 +8,9 @@ resolved then (a dict lookup per such node, not a graph walk).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -30,7 +31,7 @@ class _Step:
     outs: tuple[int, ...]
     attrs: dict
     symbolic: bool  # attrs mention Syms: resolve per run
-    context: bool  # the kernel wants the run's dims and precision (control flow)
+    context: bool  # the kernel gets a RunContext (control flow: it runs a body)
     frees: tuple[int, ...]
 
 
@@ -85,6 +86,7 @@ class Plan:
         self.steps = steps
         self.input_nodes = {graph[n].attrs["name"]: n for n in graph.inputs}
         self._dim_plan = self._plan_dims(graph, self.input_nodes)
+        self._body_plans: dict[int, Plan] = {}  # id(body graph) → its plan; the plan keeps the body alive
 
     # -- running ------------------------------------------------------------
     def bind_dims(self, feeds: Mapping[str, np.ndarray], known: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -162,7 +164,7 @@ class Plan:
         for st in self.steps:
             attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
             if st.context:
-                attrs = {**attrs, "_dims": env, "_compute_dtype": self.compute_dtype}
+                attrs = {**attrs, "context": RunContext(self._body_plans, env, self.compute_dtype)}
             try:
                 result = st.kernel(*[slots[s] for s in st.ins], **attrs)
             except DlcError:
@@ -202,6 +204,47 @@ class Plan:
 
     def _names(self, kind: str) -> list[str]:
         return [k for kd, k, _, _ in self.sources if kd == kind]
+
+
+class RunContext:
+    """The interpreter's :class:`~dlc.compiler.ops.context.KernelContext`:
+    bodies run as nested plans, built once per body and precision (the cache
+    belongs to the calling plan) and fed the caller's bound dims."""
+
+    __slots__ = ("_plans", "dims", "compute_dtype")
+
+    def __init__(self, plans: dict, dims: Mapping[str, int], compute_dtype):
+        self._plans, self.dims, self.compute_dtype = plans, dims, compute_dtype
+
+    def run_body(self, body: Graph, feeds: Mapping[str, Any]) -> dict:
+        plan = self._plans.get(id(body))
+        if plan is None:
+            plan = self._plans[id(body)] = Plan(body, compute_dtype=self.compute_dtype)
+        return plan.run(feeds, dims=self.dims)
+
+
+class KernelCalls:
+    calls = 0
+
+
+@contextmanager
+def counting_kernel_calls() -> Iterator[KernelCalls]:
+    """Count the kernel calls of every plan run inside the block, nested scan
+    bodies included (``with counting_kernel_calls() as n: ...; n.calls``).
+    A test and benchmark hook: it wraps :meth:`Plan.run` for the block only,
+    so the hot path pays nothing outside it."""
+    counter = KernelCalls()
+    original = Plan.run
+
+    def counted(self, *args, **kwargs):
+        counter.calls += len(self.steps)
+        return original(self, *args, **kwargs)
+
+    Plan.run = counted
+    try:
+        yield counter
+    finally:
+        Plan.run = original
 
 
 def _mentions_sym(value) -> bool:

@@ -44,13 +44,15 @@ def _extra(spec, step) -> dict:
     return {f"loss/{step.name}": step.loss, **{f"metric/{n}": e for n, e in spec.metrics}}
 
 
-def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
-    """One training-step graph per step group."""
+def build_steps(model, spec, steps_per_epoch: int, *, optimize: bool = True) -> list[StepGraph]:
+    """One training-step graph per step group (``optimize=False``: without the graph passes)."""
     out = []
     for step in spec.steps:
-        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step))
+        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step),
+                                optimize=optimize)
         # a group that runs every k batches makes 1/k of the updates: its schedule counts those
-        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
+        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1),
+                              optimize=optimize))
     return out
 
 

@@ -22,6 +22,7 @@ from dlc.grammar.errors import DlcError
 from ..builder import Builder
 from ..graph import Graph, Value
 from ..passes.backprop import backprop
+from ..passes.hoist_scan_invariants import hoist_scan_invariants
 from ..types import TensorType
 from . import optim
 from .spec import StepSpec, TrainSpec
@@ -46,8 +47,10 @@ def select_params(patterns, names: list[str], loc=None, what="step") -> list[str
     return chosen
 
 
-def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: int) -> StepGraph:
-    """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step."""
+def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: int, *,
+               optimize: bool = True) -> StepGraph:
+    """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step;
+    ``optimize`` runs the graph passes on it (BPTT's weight gradients leave the loop)."""
     b = Builder(graph, mode="train", role="optimizer", scope="train")
     loss = graph.remove_output(f"loss/{step.name}")
     everything = list(graph.params)
@@ -108,6 +111,8 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
     graph.set_outputs(outputs)
     # rules also build cotangents for inputs nobody asked about (d loss / d x): drop them
     graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
+    if optimize:
+        hoist_scan_invariants(graph)
     return StepGraph(graph, step.name, names, state_init, step.every, model_state)
 
 
