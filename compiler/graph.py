@@ -272,7 +272,8 @@ class Graph:
         - every node's ``types`` has one entry per output its op declares, and
           re-running the op's shape rule on the input types gives them;
         - inputs are ``input`` nodes, params ``param`` nodes, state ``state``
-          nodes; every output and next-state Value refers to an existing output.
+          nodes; every output and next-state Value refers to an existing output;
+        - graphs held in attrs (scan bodies) verify too.
         """
         from .ops.registry import get_op  # the registry imports types only; no cycle at call time
 
@@ -297,6 +298,9 @@ class Graph:
             if opdef.outputs is not None and len(rec.types) != len(opdef.outputs):
                 raise GraphError(f"%{n} ({rec.op}) has {len(rec.types)} types for "
                                  f"{len(opdef.outputs)} outputs")
+            for sub in rec.attrs.values():
+                if isinstance(sub, Graph):  # a scan body: the same invariants, recursively
+                    sub.verify()
             got = opdef.shape(*[self.type_of(v) for v in rec.inputs], **rec.attrs)
             got = got if isinstance(got, tuple) else (got,)
             if tuple(got) != tuple(rec.types):

@@ -174,6 +174,7 @@ class Model:
     def gradients(self, feeds: Mapping[str, np.ndarray], *, loss: str | None = None, seed: int = 0) -> dict:
         """``{param: d loss / d param}`` for one batch, by the symbolic backward graph."""
         from dlc.compiler.passes.backprop import gradient_graph
+        from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
         from dlc.runtime.interpreter import Plan
 
         loss = self._output(loss, "E0301") if loss else self.loss_name()
@@ -181,6 +182,8 @@ class Model:
         if key not in self._plans:
             g, grads = gradient_graph(self.graph, loss, self.mode)
             g.set_outputs(dict(grads))
+            g.prune({v.node for v in g.outputs.values()})
+            hoist_scan_invariants(g)  # what training runs: BPTT's weight gradients after the loop
             self._plans[key] = Plan(g)
         feeds = {**feeds, RNG_INPUT: np.int64(seed)}
         return self._plans[key].run(feeds, self.params, self.state)

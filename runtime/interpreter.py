@@ -224,7 +224,8 @@ class RunContext:
 
 
 class KernelCalls:
-    calls = 0
+    calls = 0  # kernel calls
+    runs = 0  # plan runs: the outer run plus one per scan step
 
 
 @contextmanager
@@ -238,6 +239,7 @@ def counting_kernel_calls() -> Iterator[KernelCalls]:
 
     def counted(self, *args, **kwargs):
         counter.calls += len(self.steps)
+        counter.runs += 1
         return original(self, *args, **kwargs)
 
     Plan.run = counted
