@@ -34,6 +34,7 @@ def hoist_scan_invariants(graph: Graph) -> Graph:
     for n in [n for n in graph.topo_order() if graph.op(n) == "scan"]:
         n = _drop_unread_outputs(graph, n)
         n = _hoist_projections(graph, n)
+        n = _hoist_maps(graph, n)
         n = _hoist_invariant_nodes(graph, n)
         _hoist_accumulators(graph, n)
     return graph
@@ -207,6 +208,118 @@ def _hoist_projections(graph: Graph, n: int) -> int:
     captured = [v for v, ok in zip(s.captured, cap_stay) if ok]
     moved = {i: i for i in range(len(s.rec.types))}  # the outputs do not change
     new = _rebuild(graph, s, new_body, s.carries, seqs, captured, 0, moved)
+    graph.remove_nodes([n])
+    return new
+
+
+# -- per-step maps of the sequences -----------------------------------------------------------------
+_ELEMENTWISE = ("add", "sub", "mul", "div")
+
+
+def _hoist_maps(graph: Graph, n: int) -> int:
+    """Move elementwise work on sequence slices out of the loop, one layer at a
+    time: ``p_t + b`` (b captured) and a ``split`` of a slice along a feature
+    axis run once over the whole sequence.  ``(p_t + q) + b`` with ``q``
+    step-dependent is first reassociated to ``(p_t + b) + q`` (the LSTM's
+    ``x @ Wx + h @ Wh + b``)."""
+    n = _reassociate_biases(graph, n)
+    while True:
+        s = _Scan(graph, n)
+        found = _one_map(graph, s)
+        if found is None:
+            return n
+        node, outer_ins = found
+        body, rec = s.body, s.body[found[0]]
+        b = Builder(graph)
+        with b.at(scope=s.rec.scope, loc=s.rec.loc, role=s.rec.role, grad_of=s.rec.grad_of):
+            attrs = dict(rec.attrs)
+            if rec.op == "split":
+                axis = norm_axis(attrs["axis"], rec.types[0].rank)
+                attrs["axis"] = axis + (axis >= s.ax)
+            out = b.apply(rec.op, *outer_ins, **attrs)
+        outs = out if isinstance(out, tuple) else (out,)
+        new_body = body.copy()
+        mapped = []
+        for i, t in enumerate(rec.types):
+            p = new_body.add_node("input", (), {"name": f"map{node}_{i}"}, (t,), role=rec.role)
+            new_body.replace_uses(Value(node, i), Value(p))
+            mapped.append(p)
+        new_body.remove_nodes([node])
+        seq_nodes, cap_nodes = list(body.inputs[s.k:s.k + s.m]), list(body.inputs[s.k + s.m:])
+        seq_stay = _drop_unread(new_body, seq_nodes, set())
+        cap_stay = _drop_unread(new_body, cap_nodes, set())
+        new_body.prune({v.node for v in new_body.outputs.values()})
+        new_body.set_inputs(list(body.inputs[:s.k]) + [v for v, ok in zip(seq_nodes, seq_stay) if ok]
+                            + mapped + [v for v, ok in zip(cap_nodes, cap_stay) if ok])
+        seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok] + list(outs)
+        captured = [v for v, ok in zip(s.captured, cap_stay) if ok]
+        new = _rebuild(graph, s, new_body, s.carries, seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
+        graph.remove_nodes([n])
+        n = new
+
+
+def _one_map(graph: Graph, s: _Scan):
+    """A body node that maps sequence slices (and captured or constant operands)
+    step by step, with the outer values it would read; or None."""
+    body = s.body
+    slices = dict(zip(body.inputs[s.k:s.k + s.m], s.seqs))
+    caps = dict(zip(body.inputs[s.k + s.m:], s.captured))
+    for node in body.topo_order():
+        rec = body[node]
+        if rec.op == "split" and rec.inputs[0].node in slices:
+            return node, [slices[rec.inputs[0].node]]
+        if rec.op not in _ELEMENTWISE or not any(v.node in slices for v in rec.inputs):
+            continue
+        t = rec.types[0]
+        outer = []
+        for v in rec.inputs:
+            vt = body.type_of(v)
+            if v.node in slices and vt.shape == t.shape:
+                outer.append(slices[v.node])
+            elif v.node in caps and vt.rank <= t.rank - s.ax:  # broadcasts over trailing axes only
+                outer.append(caps[v.node])
+            elif body.op(v.node) == "const" and vt.rank == 0:
+                outer.append(body[v.node])  # copied out below, once the node qualifies
+            else:
+                break
+        else:
+            return node, [v if isinstance(v, Value) else Value(graph.add_node(
+                "const", (), v.attrs, v.types, role=s.rec.role, scope=s.rec.scope)) for v in outer]
+    return None
+
+
+def _reassociate_biases(graph: Graph, n: int) -> int:
+    """``(p_t + q_t) + b`` → ``(p_t + b) + q_t`` in the body, with ``p_t`` a
+    sequence slice, ``b`` captured and the inner sum read nowhere else."""
+    s = _Scan(graph, n)
+    body = s.body
+    slices = set(body.inputs[s.k:s.k + s.m])
+    caps = set(body.inputs[s.k + s.m:])
+    plans = []
+    for node in body.nodes():
+        rec = body[node]
+        if rec.op != "add":
+            continue
+        inner, bias = rec.inputs
+        if inner.node in caps:
+            inner, bias = bias, inner
+        if bias.node not in caps or body.op(inner.node) != "add" or body.consumers(inner.node) != [node]:
+            continue
+        p, q = body[inner.node].inputs
+        if q.node in slices:
+            p, q = q, p
+        if p.node in slices and q.node not in slices and body.type_of(p) == rec.types[0] \
+                and body.type_of(inner) == rec.types[0]:
+            plans.append((node, inner.node, p, q, bias))
+    if not plans:
+        return n
+    new_body = body.copy()
+    for node, inner, p, q, bias in plans:
+        new_body.set_input(inner, 0, p)
+        new_body.set_input(inner, 1, bias)  # inner = p + b
+        new_body.set_input(node, 0, Value(inner))
+        new_body.set_input(node, 1, q)  # node = (p + b) + q
+    new = _rebuild(graph, s, new_body, s.carries, s.seqs, s.captured, 0, {i: i for i in range(len(s.rec.types))})
     graph.remove_nodes([n])
     return new
 
