@@ -3,6 +3,11 @@ NumPy kernel calls per step, the scan passes on and off, both backends.
 
     python benchmarks/scan_lstm.py                 # round-robin, 7 rounds of 5-step bursts
     python benchmarks/scan_lstm.py --rounds 3
+    python benchmarks/scan_lstm.py --save-onnx new.onnx   # the exported step and its feeds (new.onnx.npz)
+    python benchmarks/scan_lstm.py --onnx old.onnx new.onnx   # bare onnxruntime sessions, round-robin
+
+``--save-onnx`` on two checkouts and ``--onnx`` on both files compares the
+exported steps in one process (one intra-op thread each).
 
 Variants run round-robin in one process in short bursts (one step of warm-up
 each), so machine noise hits them alike; the table gives the median time per
@@ -72,7 +77,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--burst", type=int, default=5)
+    ap.add_argument("--save-onnx", metavar="PATH")
+    ap.add_argument("--onnx", nargs="+", metavar="PATH")
     args = ap.parse_args()
+    if args.onnx:
+        return compare_onnx(args.onnx, args.rounds, args.burst)
     m = dlc.compile(SPEC, mode="train")
     rng = np.random.default_rng(0)
     feeds = {"xs": rng.standard_normal((B, T, 64)).astype(np.float32),
@@ -86,6 +95,15 @@ def main() -> None:
         for backend in ("numpy", "onnxruntime"):
             run = make_runner(step.graph, backend)
             variants[(backend, level)] = (lambda run=run, state=state: run(feeds, m.params, state), step)
+    if args.save_onnx:
+        from dlc.compiler.onnx_export import export_graph
+
+        step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+        proto = export_graph(step.graph, params=None, name="lstm", train=True)
+        open(args.save_onnx, "wb").write(proto.SerializeToString())
+        np.savez(args.save_onnx + ".npz", **feeds, **m.params, **m.state, **initial_state(step))
+        print(f"wrote {args.save_onnx} and {args.save_onnx}.npz")
+        return
     times = {k: [] for k in variants}
     for _ in range(args.rounds):
         for key, (fn, _) in variants.items():
@@ -104,6 +122,31 @@ def main() -> None:
         scans = sum(1 for n in step.graph.nodes() if step.graph.op(n) == "scan")
         print(f"| {backend} | {level or 'default'} | {statistics.median(ts) * 1e3:.2f} | "
               f"{q[0] * 1e3:.2f}–{q[2] * 1e3:.2f} | {calls} | {scans} |")
+
+
+def compare_onnx(paths: list[str], rounds: int, burst: int) -> None:
+    import onnxruntime as ort
+
+    sessions = {}
+    for path in paths:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        data = np.load(path + ".npz")
+        feeds = {i.name: data[i.name] for i in sess.get_inputs()}
+        sessions[path] = (sess, feeds)
+    times = {p: [] for p in paths}
+    for _ in range(rounds):
+        for path, (sess, feeds) in sessions.items():
+            sess.run(None, feeds)
+            t0 = time.perf_counter()
+            for _ in range(burst):
+                sess.run(None, feeds)
+            times[path].append((time.perf_counter() - t0) / burst)
+    print("| exported step | ms/step (median) | p25–p75 |\n|---|---:|---:|")
+    for path, ts in times.items():
+        q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+        print(f"| {path} | {statistics.median(ts) * 1e3:.2f} | {q[0] * 1e3:.2f}–{q[2] * 1e3:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,33 @@
 """Hoist loop-invariant work out of ``scan`` bodies: big GEMMs instead of T small ones.
 
-Two rewrites, applied to every scan of a graph (inference graphs and
-training steps alike; the results are the same within float rounding):
+Rewrites applied to every scan of a graph, in this order (inference graphs
+and training steps alike; results equal the graph as lowered within float
+rounding):
 
-- **Input projections before the loop.**  A body ``matmul(x_t, W)`` whose
-  left operand is a slice of a scanned sequence and whose right operand is a
-  captured matrix becomes one ``matmul(xs, W)`` over all steps outside the
-  scan ([B, T, I] @ [I, H]); the scan reads the projected sequence instead,
-  and drops the raw sequence and ``W`` when nothing else in the body reads
-  them.
-- **Weight gradients after the loop.**  A carry that only accumulates,
-  ``acc' = acc + g_t`` (the reversed scan of BPTT sums a captured value's
-  gradient so), leaves the loop when ``g_t`` is a per-step
-  ``matmul(transpose(u_t), w_t)`` (→ one GEMM over the stacked ``u`` and
-  ``w``, steps and batch merged into the contraction), a ``sum_to(w_t)``
-  (→ one ``sum_to`` of the stacked ``w``) or ``w_t`` itself (→ a sum over the
-  scanned axis): the scan stacks ``w_t`` (and ``u_t`` unless it already is a
-  scanned sequence) and the sum happens once, after it.
+1. **Unread per-step outputs** stop being stacked (BPTT's cotangent of a
+   sequence that is a model input; a cell output whose stack nobody uses).
+2. **Input projections before the loop.**  A body ``matmul(x_t, W)``, ``x_t``
+   a slice of a scanned sequence and ``W`` a captured matrix, becomes one
+   ``matmul(xs, W)`` over all steps ([B, T, I] @ [I, H]); the scan reads the
+   projected sequence, and drops ``xs`` and ``W`` when nothing else reads them.
+3. **Elementwise maps of slices** (``p_t + b`` with ``b`` captured, a ``split``
+   of a slice along a feature axis, ``y_t * (1 - y_t)`` of BPTT's residuals)
+   run once over the whole sequence, layer by layer; ``(p_t + q_t) + b`` is
+   first reassociated to ``(p_t + b) + q_t`` (the cell's bias joins the
+   projection).
+4. **Step-invariant nodes** (reading only captured values: ``transpose(Wh)``
+   in BPTT's body) are computed once, outside, and captured.
+5. **Weight gradients after the loop.**  A carry that only accumulates,
+   ``acc' = acc + g_t`` (BPTT's reversed scan sums a captured value's
+   gradient so), leaves the loop when ``g_t`` is ``matmul(transpose(u_t),
+   w_t)`` (→ one GEMM over the stacked ``u`` and ``w``, steps and batch
+   merged into the contraction), ``sum_to(w_t)`` (→ one ``sum_to`` of the
+   stacked ``w``) or ``w_t`` itself (→ a sum over the scanned axis): the scan
+   stacks ``w_t`` (and ``u_t`` unless it is a scanned sequence already).
 
-What is left in the body of BPTT's reversed scan is the cell's VJP with
-respect to its carries.  The pass rebuilds a rewritten scan as a new node
-and moves every use of the old node's outputs to it.
+What is left in the body of BPTT's reversed scan is the part of the cell's
+VJP that depends on the carried cotangents.  A rewritten scan is rebuilt as
+a new node and every use of the old node's outputs moves to it.
 """
 from __future__ import annotations
 
