@@ -64,7 +64,7 @@ def compile_table(reps: int) -> None:
         mt = dlc.load(path, mode="train")
         steps = full()
         e = median_time(lambda: m.to_onnx(), reps)
-        et = median_time(lambda: mt.to_onnx(train=True), reps)
+        et = median_time(lambda: mt.to_onnx("train"), reps)
         print(f"| {name} | {len(m.graph)} | {len(steps[0].graph)} | {t * 1e3:.1f} | {e * 1e3:.1f} | {et * 1e3:.1f} |")
 
 

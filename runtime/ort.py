@@ -15,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from dlc.compiler.onnx_emit import check_runtime
+from dlc.compiler.optional import import_optional
 from dlc.grammar.errors import DlcError
 
 # onnxruntime's type strings for the element types dlc exports
@@ -30,9 +31,8 @@ class OrtSession:
     separate source of numerical differences and bugs."""
 
     def __init__(self, model, optimize: bool = True):
-        import onnxruntime as ort
-
-        check_runtime()
+        ort = import_optional("onnxruntime", "the onnxruntime backend")
+        check_runtime(ort.__version__)
         data = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString(deterministic=True)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -45,6 +45,8 @@ class OrtSession:
         except Exception as exc:
             raise DlcError("E0401", f"onnxruntime cannot load the model: {_short(exc)}") from exc
         self.inputs = {i.name: i for i in self.session.get_inputs()}
+        # inputs with an initializer (a training export's parameters and state): fed when given
+        self.defaulted = {i.name: i for i in self.session.get_overridable_initializers()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -55,7 +57,8 @@ class OrtSession:
                                     f"{', '.join(f'`{n}`' for n in missing)} for the ONNX model")
         converted: dict[str, np.ndarray] = {}
         bound: dict[str, tuple[int, str]] = {}  # dim name → (size, the input that set it)
-        for name, meta in self.inputs.items():  # extra feeds are ignored, as by the interpreter
+        given = [*self.inputs.items(), *((k, v) for k, v in self.defaulted.items() if k in feeds)]
+        for name, meta in given:  # extra feeds are ignored, as by the interpreter
             arr = np.asarray(feeds[name])
             want = _NP.get(meta.type)
             if want is not None and arr.dtype != want:

@@ -21,11 +21,13 @@ import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.lower import compile_model
+from dlc.compiler.training.spec import step_outputs
 from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
-from .data import batches, check_dataset, load_dataset, match_inputs, split
+from .data import batches, check_dataset, check_fits, declared_schema, load_dataset, match_inputs, split
+from .runlog import EpochMeter, RunLog
 from .runner import make_runner
 
 EVAL_BATCH = 1024
@@ -40,19 +42,13 @@ class History:
     stopped_early: bool = False
 
 
-def _extra(spec, step) -> dict:
-    return {f"loss/{step.name}": step.loss, **{f"metric/{n}": e for n, e in spec.metrics}}
-
-
-def build_steps(model, spec, steps_per_epoch: int, *, optimize: bool = True) -> list[StepGraph]:
-    """One training-step graph per step group (``optimize=False``: without the graph passes)."""
+def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
+    """One training-step graph per step group."""
     out = []
     for step in spec.steps:
-        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step),
-                                optimize=optimize)
+        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
         # a group that runs every k batches makes 1/k of the updates: its schedule counts those
-        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1),
-                              optimize=optimize))
+        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
     return out
 
 
@@ -60,7 +56,7 @@ def eval_graph(model, spec):
     """The eval-mode graph with every group's loss and the metrics as outputs."""
     extra = {}
     for step in spec.steps:
-        extra.update(_extra(spec, step))
+        extra.update(step_outputs(spec, step))
     return compile_model(model.loaded, model.defn, "eval", model.hyper, extra=extra).graph
 
 
@@ -78,6 +74,9 @@ def check_data(model, spec) -> None:
     opts, _ = data_options(model, spec)
     with _at(spec.data.loc):
         check_dataset(spec.data.name, **opts)
+        schema = declared_schema(spec.data.name, **opts)
+        if schema is not None:  # the arrays' names, ranks and dims against the inputs, from the schema
+            check_fits(schema, model.inputs, spec.inputs or None)
 
 
 def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:
@@ -123,11 +122,12 @@ def train(model, **options) -> History:
 
 
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
-           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True) -> History:
+           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True, log=None) -> History:
     """``fresh``: start from parameters initialised with the training seed (the
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
-    newest checkpoint in ``checkpoint`` instead."""
+    newest checkpoint in ``checkpoint`` instead.  Metrics are logged per epoch
+    in the checkpoint folder and in ``log`` (runtime/runlog.py)."""
     from dlc.model import init_params, init_state
 
     spec = model.train_spec()
@@ -148,9 +148,17 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     stopper = _EarlyStop(spec.early_stop)
     start_epoch, global_step = 0, 0
     ckpt_dir = Path(checkpoint) if checkpoint else None
-    if resume and ckpt_dir is not None and ckpt.latest(ckpt_dir) is not None:
-        c = ckpt.load(ckpt_dir, expect_spec_hash=model.spec_hash,
-                      expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
+    c = None
+    if resume and ckpt_dir is not None:  # a folder (its newest valid checkpoint) or one manifest in it
+        point = ckpt.resume_point(ckpt_dir, expect_spec_hash=model.spec_hash,
+                                  expect_params={k: (v.shape, v.dtype) for k, v in params.items()})
+        ckpt_dir, c = point.folder, point.checkpoint
+        for message in point.messages:
+            echo(message)
+    if ckpt_dir is not None:
+        ckpt.claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
+    resumed = c is not None
+    if resumed:
         params = dict(c.params)
         state = {k: v for k, v in c.state.items() if not k.startswith(BEST)}
         best = {k[len(BEST):]: v for k, v in c.state.items() if k.startswith(BEST)}
@@ -158,7 +166,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         start_epoch, global_step = int(c.meta["epoch"]), int(c.meta["step"])
         history.epochs = list(c.meta.get("history", []))
         stopper.restore(c.meta.get("early_stop", {}))
-        echo(f"resumed from {c.path} (epoch {start_epoch}, step {global_step})")
+    runlog = RunLog(ckpt_dir, log, resume_epoch=start_epoch if resumed else None)
+    meter = EpochMeter([s.group for s in steps])
     echo(f"training {model.name}: {n_train} examples, batch {spec.batch}, {spe} steps/epoch, "
          f"{sum(p.size for p in params.values()):,} weights, backend {backend}")
     for epoch in range(start_epoch, epochs):
@@ -185,6 +194,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
                 n = len(next(iter(batch.values())))
                 totals[gi][0] += loss * n
                 totals[gi][1] += n
+                meter.add(gi, out, n)
             global_step += 1
             if bar is not None:
                 bar.update(1)
@@ -194,6 +204,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         row = {"epoch": epoch + 1, "loss": totals[0][0] / max(totals[0][1], 1)}
         for st, (t, c) in list(zip(steps, totals))[1:]:
             row[f"loss.{st.group}"] = t / max(c, 1)
+        row.update(meter.row())
         row.update({f"val.{k}": v for k, v in evaluate(evaluator, splits["val"], params, state, spec).items()})
         row["time"] = time.perf_counter() - t0
         history.epochs.append(row)
@@ -203,9 +214,11 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
             best = {BEST + k: v for k, v in (stopper.best_params or {}).items()} if stopper.restore_best else {}
             ckpt.save(ckpt_dir, params=params, state={**state, **best},
                       meta={"spec_hash": model.spec_hash, "step": global_step, "epoch": epoch + 1, "seed": seed,
-                            "model": model.name, "backend": backend, "history": history.epochs,
+                            "model": model.name, "hyper": model.hyper, "backend": backend,
+                            "history": history.epochs,
                             "early_stop": stopper.snapshot(),
                             "optimizers": {s.name: s.optimizer.name for s in spec.steps}})
+        runlog.epoch(row, global_step)  # after the checkpoint: the log never runs ahead of what resumes
     if stopper.stopped:
         history.stopped_early = True
         echo(f"early stop: `{stopper.monitor}` has not improved for {stopper.patience} epoch(s)")
@@ -215,6 +228,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         history.best_epoch = stopper.best_epoch
         echo(f"restored the parameters of epoch {stopper.best_epoch} (best {stopper.monitor})")
     history.test = evaluate(evaluator, splits["test"], params, state, spec)
+    runlog.test(history.test, global_step)
     echo("test  " + ("  ".join(f"{k} {v:.4f}" for k, v in history.test.items()) or "(no test split)"))
     model.params = {k: np.array(v) for k, v in params.items()}
     model.state = {k: np.array(state[k]) for k in model_state}
@@ -299,7 +313,9 @@ class _EarlyStop:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    if not enabled:
+    import sys
+
+    if not enabled or not sys.stderr.isatty():  # redrawn frames only make sense on a terminal
         return None
     from tqdm import tqdm
 
@@ -308,7 +324,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def _line(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']:>3}/{epochs}"]
-    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith("loss.")]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith(("loss.", "train."))]
     parts += [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val.")]
     parts.append(f"({row['time']:.1f}s)")
     return "  ".join(parts)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.compiler.lower import compile_model
+from dlc.compiler.passes.pipeline import optimize
 from dlc.compiler.training.step import initial_state
 from dlc.runtime.interpreter import counting_kernel_calls
-from dlc.runtime.ort import OrtSession
 from dlc.runtime.runner import make_runner
 from dlc.runtime.train import build_steps
 from step_parity import check_training_step
@@ -26,9 +25,13 @@ CELLS = ["rnn", "lstm", "gru"]
 RECURRENT_MATMULS = {"rnn": 1, "lstm": 1, "gru": 2}  # h @ Wh (and the GRU's (r * h) @ Wn) stay in the loop
 
 
-def _step(spec: str, optimize: bool = True):
+def _step(spec: str):
     m = dlc.load(ROOT / "specs" / f"{spec}.dl", mode="train")
-    return m, build_steps(m, m.train_spec(), steps_per_epoch=10, optimize=optimize)[0]
+    return m, build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+
+
+def _optimized(graph, level: int = 2, backend: str = "numpy"):
+    return optimize(graph, level, backend, check=True)  # verify() after every pass, scan bodies included
 
 
 def _feeds(batch: int, length: int = 6, seed: int = 0) -> dict:
@@ -37,9 +40,9 @@ def _feeds(batch: int, length: int = 6, seed: int = 0) -> dict:
             "y": rng.integers(0, 2, batch).astype(np.int64), "__rng": np.int64(3)}
 
 
-def _run(m, step, feeds) -> tuple[dict, int, int]:
+def _run(m, step, feeds, level: int = 2) -> tuple[dict, int, int]:
     state = {**m.state, **initial_state(step)}
-    run = make_runner(step.graph, "numpy")
+    run = make_runner(step.graph, "numpy", level)
     with counting_kernel_calls() as n:
         out = run(feeds, m.params, state)
     return out, n.calls, n.runs
@@ -53,24 +56,25 @@ def _ops(body) -> list[str]:
     return [body.op(n) for n in body.nodes()]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "onnx"])
 @pytest.mark.parametrize("spec", CELLS)
-def test_a_training_step_sweeps_forward_once(spec):
+def test_a_training_step_sweeps_forward_once(spec, backend):
     m, step = _step(spec)
-    step.graph.verify()  # scan bodies included
-    scans = _scans(step.graph)
-    assert len([n for n in step.graph.nodes() if step.graph.op(n) == "scan"]) == 2
-    fwd, back = scans["forward"], scans["backward"]
-    # the reversed body is the cell's VJP: it re-runs no activation and accumulates no weight gradient
-    assert not {"sigmoid", "tanh"} & set(_ops(back.attrs["body"]))
+    for g in (step.graph, _optimized(step.graph, 2, backend)):
+        scans = _scans(g)
+        assert len([n for n in g.nodes() if g.op(n) == "scan"]) == 2
+        fwd, back = scans["forward"], scans["backward"]
+        # the reversed body is the cell's VJP: it re-runs no activation of the cell
+        assert not {"sigmoid", "tanh"} & set(_ops(back.attrs["body"]))
+        assert fwd.attrs["residuals"] > 0  # the forward scan stacks what the VJP reads
+    # optimized: no weight gradient accumulates in the loop, x @ Wx left it
     assert back.attrs["n_carry"] == fwd.attrs["n_carry"]
-    assert fwd.attrs["residuals"] > 0  # the forward scan stacks what the VJP reads
-    # x @ Wx left the loop: only the recurrent products remain in the cell
-    assert _ops(fwd.attrs["body"]).count("matmul") == RECURRENT_MATMULS[spec]
+    if backend == "onnx":  # unfused bodies: the recurrent products are all that is left of the GEMMs
+        assert _ops(fwd.attrs["body"]).count("matmul") == RECURRENT_MATMULS[spec]
     length = 6
-    _, _, runs = _run(m, step, _feeds(4, length))
-    assert runs == 1 + 2 * length  # the step itself, then each body once per step: forward, backward
-    _, _, runs_before = _run(*_step(spec, optimize=False), _feeds(4, length))
-    assert runs_before == 1 + 2 * length  # the gradient rule itself asks the forward scan for residuals
+    for level in (0, 2):
+        _, _, runs = _run(m, step, _feeds(4, length), level)
+        assert runs == 1 + 2 * length  # the step itself, then each body once per step: forward, backward
 
 
 @pytest.mark.parametrize("spec", CELLS)
@@ -79,20 +83,25 @@ def test_kernel_calls_per_step_do_not_grow_with_the_batch(spec):
     _, small, _ = _run(m, step, _feeds(2))
     _, large, _ = _run(m, step, _feeds(64))
     assert small == large
-    _, unoptimized, _ = _run(*_step(spec, optimize=False), _feeds(2))
-    assert small < unoptimized
+    _, unoptimized, _ = _run(m, step, _feeds(2), level=0)
+    assert small < unoptimized / 2
 
 
 @pytest.mark.parametrize("spec", CELLS)
-def test_the_optimized_step_equals_the_graph_as_lowered(spec):
-    m, fast = _step(spec)
-    _, plain = _step(spec, optimize=False)
+def test_the_optimized_step_equals_the_graph_as_built(spec):
+    m, step = _step(spec)
     feeds = _feeds(5, length=7)
-    want, _, _ = _run(m, plain, feeds)
-    got, _, _ = _run(m, fast, feeds)
-    assert set(got) == set(want)
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{spec} {k}")
+    want, _, _ = _run(m, step, feeds, level=0)
+    only_scans = step.graph.copy()
+    from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
+
+    assert hoist_scan_invariants(only_scans) == 2
+    only_scans.verify()
+    state = {**m.state, **initial_state(step)}
+    for got in (make_runner(only_scans, "numpy", 0)(feeds, m.params, state), _run(m, step, feeds)[0]):
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{spec} {k}")
     # the exported optimized step (its Scan stacks the residuals) agrees in onnxruntime
     check_training_step(m, feeds, label=spec)
 
@@ -100,12 +109,11 @@ def test_the_optimized_step_equals_the_graph_as_lowered(spec):
 @pytest.mark.parametrize("spec", CELLS)
 def test_inference_reads_the_projected_sequence(spec):
     m = dlc.load(ROOT / "specs" / f"{spec}.dl")
-    plain = compile_model(m.loaded, m.defn, "eval", m.hyper, optimize=False).graph
-    m.graph.verify()
-    (scan,) = [m.graph[n] for n in m.graph.nodes() if m.graph.op(n) == "scan"]
+    g = _optimized(m.graph, 2, "onnx")
+    (scan,) = [g[n] for n in g.nodes() if g.op(n) == "scan"]
     assert _ops(scan.attrs["body"]).count("matmul") == RECURRENT_MATMULS[spec]
     feeds = {k: v for k, v in _feeds(3, 9).items() if k != "__rng"}
-    want = make_runner(plain, "numpy")(feeds, m.params, m.state)
+    want = make_runner(m.graph, "numpy", 0)(feeds, m.params, m.state)
     got = m.run(feeds)
     ort = m.run(feeds, backend="onnxruntime")
     for k in got:
@@ -117,19 +125,22 @@ def test_gradients_of_the_optimized_graph_match_finite_differences():
     from dlc.runtime.gradcheck import gradcheck
 
     m = dlc.load(ROOT / "specs" / "lstm.dl", mode="train")
-    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-6
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-6  # the graph as built
+    feeds = {k: v for k, v in _feeds(3, 5).items() if k != "__rng"}
+    fast = m.gradients(feeds)  # at the model's level, 2
+    m.opt_level = 0
+    plain = m.gradients(feeds)
+    for k in plain:
+        np.testing.assert_allclose(fast[k], plain[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
 def test_the_exported_training_step_has_two_scans_and_matches():
-    m, step = _step("lstm")
-    proto = m.to_onnx(train=True)
-    assert [n.op_type for n in proto.graph.node].count("Scan") == 2
-    feeds = _feeds(3, 5)
-    state = {**m.state, **initial_state(step)}
-    want = make_runner(step.graph, "numpy")(feeds, m.params, state)
-    got = OrtSession(proto).run({**feeds, **m.params, **state})
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=2e-5, err_msg=k)
+    m, _ = _step("lstm")
+    proto = m.to_onnx("train")
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Scan") == 2
+    assert ops.count("MatMul") >= 4  # x @ Wx before the loop; dWx, dWh after it; the head's
+    check_training_step(m, _feeds(3, 5), label="lstm", proto=proto)
 
 
 def test_the_compiler_does_not_import_the_runtime():
@@ -159,7 +170,7 @@ def test_second_order_through_bptt_matches_finite_differences(hoist):
     g.set_outputs({"penalty": penalty, "dWx": second["Wx"], "dWh": second["Wh"]})
     g.prune({v.node for v in g.outputs.values()})
     if hoist:
-        hoist_scan_invariants(g)
+        assert hoist_scan_invariants(g) > 0
     g.verify()
     feeds, params = _data()
     out = Plan(g).run(feeds, params)

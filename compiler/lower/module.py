@@ -19,7 +19,6 @@ from dlc.grammar.parse import parse, parse_file
 from ..builder import Builder
 from ..dims import Sym
 from ..graph import Graph, Value
-from ..passes.hoist_scan_invariants import hoist_scan_invariants
 from ..types import TensorType
 from .decls import tensor_shape
 from .frame import Ctx, Frame, LayerRef, ModuleEnv, describe, is_tensor
@@ -138,25 +137,21 @@ def pick_model(loaded: Loaded, name: str | None) -> A.ModelDef:
 
 
 def compile_model(loaded: Loaded, model: A.ModelDef, mode: str = "eval", hyper: dict | None = None,
-                  extra: dict[str, A.Expr] | None = None, *, optimize: bool = True) -> Lowered:
+                  extra: dict[str, A.Expr] | None = None) -> Lowered:
     """Lower ``model`` in ``mode`` into a typed graph.  ``extra`` maps further
     output names to expressions evaluated in the model's scope (the train
-    block's losses and metrics).  ``optimize`` runs the graph passes
-    (``optimize=False``: the graph exactly as lowered, to compare against)."""
+    block's losses and metrics)."""
     # lazily forced bindings recurse once per link of a dependency chain: allow long chains,
     # and report one that is still too long as an error rather than a RecursionError
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, RECURSION_LIMIT))
     try:
-        lowered = _compile_model(loaded, model, mode, hyper, extra)
+        return _compile_model(loaded, model, mode, hyper, extra)
     except RecursionError:
         raise DlcError("E0003", f"model `{model.name}` nests too deeply (expressions or chains of bindings)",
                        model.loc) from None
     finally:
         sys.setrecursionlimit(limit)
-    if optimize:
-        hoist_scan_invariants(lowered.graph)
-    return lowered
 
 
 def _compile_model(loaded: Loaded, model: A.ModelDef, mode: str, hyper: dict | None,

@@ -354,11 +354,7 @@ class MatMul(Op):
         if ty.rank == 1:
             d2 = b.unsqueeze(d2, axes=(-1,))
         dx = b.matmul(d2, b.transpose(y2, perm=_swap_last(b.type(y2).rank)))
-        if ty.rank == 2 and tx.rank > 2:  # a shared weight: one GEMM with the batch axes merged into K
-            k_in, k_out = tx.shape[-1], ty.shape[-1]
-            dw = b.matmul(b.transpose(b.reshape(x, shape=(-1, k_in)), perm=(1, 0)), b.reshape(dy, shape=(-1, k_out)))
-        else:
-            dw = b.matmul(b.transpose(x2, perm=_swap_last(b.type(x2).rank)), d2)
+        dw = b.matmul(b.transpose(x2, perm=_swap_last(b.type(x2).rank)), d2)
         if tx.rank == 1:
             dx = b.squeeze(dx, axes=(-2,))
         if ty.rank == 1:

@@ -36,15 +36,19 @@ from ..graph import Graph, Value
 from ..types import FLOATS, norm_axis
 
 
-def hoist_scan_invariants(graph: Graph) -> Graph:
-    """Rewrite every ``scan`` of ``graph`` in place (see the module docstring); returns ``graph``."""
+def hoist_scan_invariants(graph: Graph) -> int:
+    """Rewrite every ``scan`` of ``graph`` in place (see the module docstring);
+    returns how many scans changed."""
+    changed = 0
     for n in [n for n in graph.topo_order() if graph.op(n) == "scan"]:
+        first = n
         n = _drop_unread_outputs(graph, n)
         n = _hoist_projections(graph, n)
         n = _hoist_maps(graph, n)
         n = _hoist_invariant_nodes(graph, n)
-        _hoist_accumulators(graph, n)
-    return graph
+        n = _hoist_accumulators(graph, n)
+        changed += n != first
+    return changed
 
 
 # -- shared -----------------------------------------------------------------------------
