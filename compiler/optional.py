@@ -9,7 +9,8 @@ from types import ModuleType
 from dlc.grammar.errors import DlcError
 
 # module → the extra of pyproject.toml that installs it
-EXTRAS = {"onnxruntime": "ort", "graphviz": "graphviz", "pygments": "pygments"}
+EXTRAS = {"onnxruntime": "ort", "graphviz": "graphviz", "pygments": "pygments",
+          "safetensors.numpy": "safetensors"}
 
 
 def import_optional(module: str, purpose: str) -> ModuleType:
@@ -18,6 +19,7 @@ def import_optional(module: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         extra = EXTRAS.get(module)
+        module = module.split(".")[0]
         hint = f"pip install 'dlc[{extra}]'" if extra else f"pip install {module}"
         raise DlcError("E0004", f"{purpose} needs the Python package `{module}`, which is not installed",
                        hint=hint) from None

@@ -166,7 +166,7 @@ def training_values(model, spec, steps) -> tuple[dict, dict, int, int]:
     training export starts from: the loaded checkpoint's last epoch; else the model's
     current weights when it has any; else the initial ones of the train block's seed."""
     from dlc.compiler.training.step import initial_state
-    from dlc.model import init_params, init_state
+    from dlc.runtime.params import init_params, init_state
     from dlc.runtime.train import BEST
 
     seed = spec.seed

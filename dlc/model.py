@@ -9,7 +9,6 @@ Every graph it runs or exports first passes the optimizing pipeline at
 """
 from __future__ import annotations
 
-import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping
@@ -18,12 +17,12 @@ import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
-from dlc.compiler.ops.init import initialize
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
+from dlc.runtime.params import init_params, init_state
 
-BACKENDS = ("numpy", "onnxruntime")
+from dlc.runtime.runner import BACKENDS
 
 
 def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0,
@@ -249,6 +248,39 @@ class Model:
         g.prune({v.node for v in g.outputs.values()})
         return g
 
+    def trainer(self, *, backend: str = "numpy", device: str = "cpu", seed: int | None = None,
+                fresh: bool = True, threads: int | None = None, steps_per_epoch: int | None = None):
+        """The train block's single-step API: ``step = model.trainer(); metrics = step(batch)``.
+
+        Each call runs one batch through the step groups due and updates the trainer's
+        parameters and state in the backend (``step.params`` / ``step.state`` read them;
+        ``model.params = step.params`` keeps them).  ``fresh=False`` starts from this
+        model's parameters; ``steps_per_epoch`` (for schedules) defaults to the data set's."""
+        from dlc.runtime.trainer import make_trainer
+
+        return make_trainer(self, backend=backend, device=device, seed=seed, fresh=fresh, threads=threads,
+                            steps_per_epoch=steps_per_epoch)
+
+    def predict(self, feeds: Mapping[str, np.ndarray], *, outputs=None, backend: str = "numpy") -> dict:
+        """The eval-mode outputs for ``feeds``: ``outputs``, by default the serving outputs
+        (every output the train block does not name as a loss or metric; dlc/exports.py).
+        A train-mode model predicts with its eval graph and its current parameters."""
+        if outputs is None:
+            from dlc.exports import serving_outputs
+
+            outputs = serving_outputs(self)
+        if self.mode == "eval":
+            return self.run(feeds, outputs=outputs, backend=backend)
+        key = ("eval-model",)
+        if key not in self._plans:
+            self._plans[key] = [Model(self.loaded, self.name, mode="eval", seed=self.seed, hyper=self.hyper), None]
+        entry = self._plans[key]
+        m, source = entry  # source: the dicts m's values came from (onnxruntime's session is rebuilt on change)
+        if source is None or source[0] is not self.params or source[1] is not self.state or backend == "numpy":
+            m.params, m.state = self.params, self.state
+            entry[1] = (self.params, self.state)
+        return m.run(feeds, outputs=outputs, backend=backend)
+
     def train(self, **options):
         """Train as the train block says (options override it); returns the History."""
         from dlc.runtime.train import train
@@ -325,25 +357,3 @@ def load_eval_graph(model: Model) -> Graph:
     return compile_model(model.loaded, model.defn, "eval", model.hyper).graph
 
 
-def init_params(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """Every parameter drawn from its initialiser with a generator seeded by
-    (seed, name), so adding a parameter never changes the others."""
-    return _initialise(graph, graph.params, seed)
-
-
-def init_state(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """The spec's ``state`` tensors, from their initialisers (optimizer slots are not in a model graph)."""
-    return _initialise(graph, {k: n for k, (n, _) in graph.state.items()}, seed)
-
-
-def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-    out = {}
-    for name, n in nodes.items():
-        init_name, kwargs = graph[n].attrs["init"]
-        t = graph[n].types[0]
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        try:
-            out[name] = initialize(init_name, kwargs, tuple(t.shape), t.dtype, rng)
-        except ValueError as e:
-            raise DlcError("E0110", f"cannot initialise `{name}`: {e}", graph[n].loc) from None
-    return out

@@ -73,7 +73,6 @@ CODES = {
     "E0402": "non-finite value",
     "E0403": "checkpoint error",
     "E0501": "export error",
-    "E0502": "missing extra",
 }
 
 

@@ -17,10 +17,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-
+from dlc.compiler.optional import import_optional
 from dlc.grammar.errors import DlcError
 
-from .checkpoint import Checkpoint, load as load_checkpoint
+from .checkpoint import Checkpoint
+from .checkpoint import load as load_checkpoint
 from .files import write_atomic
 from .train import BEST
 
@@ -28,12 +29,7 @@ SAFETENSORS_FORMAT = "dlc-weights"
 
 
 def _safetensors():
-    try:
-        import safetensors.numpy as st
-    except ImportError:
-        raise DlcError("E0502", "safetensors files need the `safetensors` package, which is not installed",
-                       hint="install the extra: pip install 'dlc[safetensors]'") from None
-    return st
+    return import_optional("safetensors.numpy", "reading and writing .safetensors files")
 
 
 def load_for_model(path: Path, model, *, best: bool = True) -> tuple[Checkpoint, dict, dict]:
