@@ -11,9 +11,9 @@ exported steps in one process (one intra-op thread each).
 
 Variants run round-robin in one process in short bursts (one step of warm-up
 each), so machine noise hits them alike; the table gives the median time per
-step and p25–p75.  ``-O0`` is the step as lowered (``build_steps(...,
-optimize=False)``); on a checkout without that switch only the default runs,
-which is how the "before" numbers are taken.  Kernel calls count every
+step and p25–p75.  ``-O0`` is the step as built, ``-O2`` the optimizing
+pipeline (``make_runner(graph, backend, level)``); on a checkout without
+levels only the default runs, which is how the "before" numbers are taken.  Kernel calls count every
 kernel the NumPy interpreter runs in one step, scan bodies included.
 """
 from __future__ import annotations
@@ -86,22 +86,26 @@ def main() -> None:
     rng = np.random.default_rng(0)
     feeds = {"xs": rng.standard_normal((B, T, 64)).astype(np.float32),
              "y": rng.integers(0, 10, B).astype(np.int64), "__rng": np.int64(0)}
-    levels = {"-O2": True, "-O0": False} if "optimize" in inspect.signature(build_steps).parameters else {"": None}
+    leveled = "level" in inspect.signature(make_runner).parameters
+    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+    state = {**m.state, **initial_state(step)}
     variants = {}
-    for level, opt in levels.items():
-        kw = {} if opt is None else {"optimize": opt}
-        step = build_steps(m, m.train_spec(), steps_per_epoch=10, **kw)[0]
-        state = {**m.state, **initial_state(step)}
+    for level in ((2, 0) if leveled else (None,)):
         for backend in ("numpy", "onnxruntime"):
-            run = make_runner(step.graph, backend)
-            variants[(backend, level)] = (lambda run=run, state=state: run(feeds, m.params, state), step)
+            run = make_runner(step.graph, backend, level) if leveled else make_runner(step.graph, backend)
+            name = f"-O{level}" if leveled else ""
+            variants[(backend, name)] = (lambda run=run: run(feeds, m.params, state), step)
     if args.save_onnx:
         from dlc.compiler.onnx_export import export_graph
 
-        step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
-        proto = export_graph(step.graph, params=None, name="lstm", train=True)
+        graph = step.graph
+        if leveled:
+            from dlc.compiler.passes.pipeline import optimize
+
+            graph = optimize(graph, 2, "onnx")  # what the onnxruntime runner exports
+        proto = export_graph(graph, params=None, name="lstm", train=True)
         open(args.save_onnx, "wb").write(proto.SerializeToString())
-        np.savez(args.save_onnx + ".npz", **feeds, **m.params, **m.state, **initial_state(step))
+        np.savez(args.save_onnx + ".npz", **feeds, **m.params, **state)
         print(f"wrote {args.save_onnx} and {args.save_onnx}.npz")
         return
     times = {k: [] for k in variants}
