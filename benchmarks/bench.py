@@ -97,8 +97,10 @@ class Setup:
         self.step_ort = lambda: self.trainers["onnxruntime"](self.batch)
         # dlc's own ONNX files, run bare (NumPy in and out every call)
         step_graph = build_steps(self.train_model, self.train_model.train_spec(), STEPS_PER_EPOCH)[0]
-        self.step_session = OrtSession(export_graph(optimize(step_graph.graph, DEFAULT_LEVEL, "onnx"), params=None,
-                                                    name=w.name, train=True), threads=threads).session
+        self.step_proto = export_graph(optimize(step_graph.graph, DEFAULT_LEVEL, "onnx"), params=None,
+                                       name=w.name, train=True).SerializeToString()
+        self.threads = threads
+        self.step_session = OrtSession(self.step_proto, threads=threads).session
         self.step_feeds = {**self.batch, "__rng": np.int64(0), **params, **self.trainers["numpy"].state}
         self.step_feeds = {k: v for k, v in self.step_feeds.items()
                            if k in {i.name for i in self.step_session.get_inputs()}}
@@ -189,6 +191,36 @@ class Setup:
         return sorted(((op, s / 3, n // 3) for op, (s, n) in prof.items()), key=lambda r: -r[1])
 
 
+def ort_profile(proto_bytes: bytes, feeds: dict, threads: int, runs: int = 5) -> list[tuple[str, float, int]]:
+    """onnxruntime's own per-node profile of ``runs`` runs: (op type, ms per run, nodes run per run)."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        session = ort.InferenceSession(proto_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)  # warm-up (profiled too, then dropped below)
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, list] = {}
+    runs_seen = [e for e in events if e.get("name") == "model_run"]
+    skip_until = runs_seen[0]["ts"] + runs_seen[0]["dur"] if runs_seen else 0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= skip_until:
+            entry = totals.setdefault(e.get("args", {}).get("op_name", "?"), [0.0, 0])
+            entry[0] += e["dur"] / 1e3
+            entry[1] += 1
+    return sorted(((op, ms / runs, n // runs) for op, (ms, n) in totals.items()), key=lambda r: -r[1])
+
+
 def fmt_ratio(ours: list[float], theirs: list[float]) -> str:
     lo, mid, hi = percentiles([a / b for a, b in zip(ours, theirs)])
     return f"{mid:.2f}× ({lo:.2f}–{hi:.2f})"
@@ -218,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"… {w.name}", file=sys.stderr, flush=True)
             s = Setup(w, args.threads, torch_ok)
             times = round_robin(s.candidates(), rounds, burst)
-            results[w.name] = (s, times, s.compile_seconds(), s.peak_step_mb(), s.profile() if args.profile else None)
+            profiles = (s.profile(), ort_profile(s.step_proto, s.step_feeds, args.threads)) if args.profile else None
+            results[w.name] = (s, times, s.compile_seconds(), s.peak_step_mb(), profiles)
     report(results, torch_ok, args)
 
 
@@ -251,16 +284,23 @@ def report(results: dict, torch_ok: bool, args) -> None:
         nodes = f"{len(s.trainers['numpy'].groups[0].step.graph)} → {len(s.trainers['numpy'].groups[0].run.plan.steps)}"
         te = f"{s.torch_export_s * 1e3:.1f}" if s.torch else "–"
         print(f"| {name} | {nodes} | {comp * 1e3:.1f} | {te} | {peak:.1f} |")
-    for name, (s, t, comp, peak, prof) in results.items():
-        if not prof:
+    for name, (s, t, comp, peak, profiles) in results.items():
+        if not profiles:
             continue
-        total = sum(r[1] for r in prof)
-        print(f"\n### Profile: {name}, NumPy training step ({total * 1e3:.2f} ms in kernels, "
-              f"{sum(r[2] for r in prof)} kernel calls)\n")
-        print("| op | ms per step | calls | share |")
-        print("|---|---:|---:|---:|")
-        for op, sec, n in prof[:10]:
-            print(f"| {op} | {sec * 1e3:.3f} | {n} | {sec / total:.0%} |")
+        numpy_prof, ort_prof = profiles
+        total = sum(r[1] for r in numpy_prof) * 1e3
+        total_ort = sum(r[1] for r in ort_prof)
+        print(f"\n### Profile: {name}, training step — NumPy ({total:.2f} ms in {sum(r[2] for r in numpy_prof)} "
+              f"kernel calls) and onnxruntime ({total_ort:.2f} ms in {sum(r[2] for r in ort_prof)} nodes)\n")
+        print("| NumPy op | ms | calls | share | | onnxruntime op | ms | nodes | share |")
+        print("|---|---:|---:|---:|---|---|---:|---:|---:|")
+        for i in range(10):
+            left = numpy_prof[i] if i < len(numpy_prof) else None
+            right = ort_prof[i] if i < len(ort_prof) else None
+            a = (f"{left[0]} | {left[1] * 1e3:.3f} | {left[2]} | {left[1] * 1e3 / total:.0%}" if left
+                 else " | | | ")
+            b = f"{right[0]} | {right[1]:.3f} | {right[2]} | {right[1] / total_ort:.0%}" if right else " | | | "
+            print(f"| {a} | | {b} |")
 
 
 if __name__ == "__main__":
