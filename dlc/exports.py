@@ -3,7 +3,7 @@
 - **inference** — the eval-mode graph with the outputs a caller wants at
   serving time: every output except the train block's losses and metrics
   (or exactly ``outputs``), and only the inputs those read; parameters and
-  the spec's state are initializers.
+  the spec's state are initializers, and so is a default ``__rng`` of 0.
 - **train** — one step group's fused training step, self-contained: the
   parameters, the spec's state, the optimizer slots, the update counter and
   the random key ``__rng`` are inputs *with* initializers (a feed overrides
@@ -82,8 +82,9 @@ def _inference(model, *, group, outputs):
     g = graph.copy()
     g.set_outputs({k: graph.outputs[k] for k in wanted})
     g = optimize(g, model.opt_level, "onnx")
+    # a sampling model (VAE, GAN) serves with key 0 unless the caller feeds `__rng`
     proto = export_graph(g, params=model.params, state=model.state, name=model.name, doc=model.doc(),
-                         props={"dlc.weights": model.weights})
+                         props={"dlc.weights": model.weights}, defaults={RNG_INPUT: np.int64(0)})
     return proto, g
 
 

@@ -114,6 +114,19 @@ class Model:
         h.update(repr((self.name, sorted(self.hyper.items()))).encode())
         return h.hexdigest()[:16]
 
+    def summary(self):
+        """The per-layer :class:`~dlc.compiler.summary.Summary` of the inference graph."""
+        from dlc.compiler.summary import summarize
+
+        graph = self.graph if self.mode == "eval" else load_eval_graph(self)
+        return summarize(graph, self.defn, self.loaded.env.layers)
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the summary table."""
+        from dlc.compiler.summary import summary_html
+
+        return summary_html(self.summary())
+
     def param_count(self) -> int:
         from dlc.compiler.dims import size_of
 
@@ -287,7 +300,7 @@ class Model:
         ckpt, params, state = load_for_model(Path(path), self, best=best)
         self.params = params
         self.state = state
-        self.checkpoint = ckpt if ckpt.params is not None else None
+        self.checkpoint = ckpt  # after the setters, which forget any earlier one
         self.weights = f"checkpoint {ckpt.path}" + (f" (epoch {ckpt.meta['epoch']})" if "epoch" in ckpt.meta else "")
         return ckpt.meta
 

@@ -70,16 +70,20 @@ def _too_deep(tree: lark.Tree, source: Source) -> DlcError:
                     hint="split it into several bindings")
 
 
-def parse_file(path: str | Path) -> A.Module:
-    """Read and parse a spec file; unreadable files are E0002."""
+def read_source(path: str | Path) -> str:
+    """The text of a spec file; unreadable files are E0002."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not a character
+        return p.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not a character
     except FileNotFoundError:
         raise DlcError("E0002", f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DlcError("E0002", f"cannot read {path}: {e}") from None
-    return parse(text, str(path))
+
+
+def parse_file(path: str | Path) -> A.Module:
+    """Read and parse a spec file; unreadable files are E0002."""
+    return parse(read_source(path), str(path))
 
 
 # -- tree → AST --------------------------------------------------------------------

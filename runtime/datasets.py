@@ -220,4 +220,25 @@ BUILTINS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+# -- declared schemas -----------------------------------------------------
+# What each built-in returns, as {array: (dtype, shape)} with None for the example
+# axis, computed from the options alone: `dlc check` fits the data to the model's
+# inputs without generating anything.  tests/test_data.py checks every schema
+# against the arrays the built-in really returns.
+Schema = dict[str, tuple[str, tuple]]
+
+SCHEMAS: dict[str, Callable[..., Schema]] = {
+    "digits": lambda: {"x": ("f32", (None, 64)), "y": ("i64", (None,))},
+    "iris": lambda: {"x": ("f32", (None, 4)), "y": ("i64", (None,))},
+    "karate": lambda: {"x": ("f32", (None, 34, 34)), "adj": ("f32", (None, 34, 34)), "y": ("i64", (None, 34)),
+                       "train_mask": ("bool", (None, 34)), "test_mask": ("bool", (None, 34))},
+    "xor": lambda repeat=1: {"x": ("f32", (None, 2)), "y": ("i64", (None,)), "y_f": ("f32", (None, 1))},
+    "adding": lambda n=2000, T=20: {"x": ("f32", (None, T, 2)), "y": ("f32", (None, 1)), "y_cls": ("i64", (None,))},
+    "gaussian_mixture": lambda n=300, k=3, std=0.5: {"x": ("f32", (None, 2)), "y": ("i64", (None,))},
+    "first_token_repeats": lambda n=2000, T=10, vocab=8: {"tokens": ("i64", (None, T)), "y": ("i64", (None,))},
+    "skipgram": lambda n=20000, vocab=50, topics=5, window=2, negatives=5, length=8, noise=0.1: {
+        "center": ("i64", (None,)), "context": ("i64", (None,)), "negatives": ("i64", (None, negatives))},
+}
+
+
 # -- user files -----------------------------------------------------------

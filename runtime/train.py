@@ -92,7 +92,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         stopper.update(row, epoch + 1, lambda: trainer.store.get(kept))
         if ckpt_dir is not None:
             best = {BEST + k: v for k, v in (stopper.best_params or {}).items()} if stopper.restore_best else {}
-            trainer.save(ckpt_dir, {"epoch": epoch + 1, "history": history.epochs, "early_stop": stopper.snapshot(),
+            trainer.save(ckpt_dir, {"epoch": epoch + 1, "hyper": model.hyper, "history": history.epochs,
+                                    "early_stop": stopper.snapshot(),
                                     "optimizers": {s.name: s.optimizer.name for s in spec.steps}}, best)
         runlog.epoch(row, trainer.global_step)  # after the checkpoint: the log never runs ahead of what resumes
     if stopper.stopped:

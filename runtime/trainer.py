@@ -29,12 +29,13 @@ import numpy as np
 from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import compile_model
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
+from dlc.compiler.training.spec import step_outputs
 from dlc.compiler.training.step import StepGraph, build_step, initial_state
 from dlc.compiler.types import np_dtype
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
-from .data import batches, check_dataset, load_dataset, match_inputs, split
+from .data import batches, check_dataset, check_fits, declared_schema, load_dataset, match_inputs, split
 from .params import init_params, init_state
 from .runner import bind, make_store
 from .threads import training_threads
@@ -43,15 +44,11 @@ EVAL_BATCH = 1024
 
 
 # -- the step graphs and data of a model's train block ---------------------------------------
-def _extra(spec, step) -> dict:
-    return {f"loss/{step.name}": step.loss, **{f"metric/{n}": e for n, e in spec.metrics}}
-
-
 def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
     """One training-step graph per step group."""
     out = []
     for step in spec.steps:
-        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step))
+        lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
         # a group that runs every k batches makes 1/k of the updates: its schedule counts those
         out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
     return out
@@ -61,7 +58,7 @@ def eval_graph(model, spec) -> Graph:
     """The eval-mode graph whose outputs are every group's loss and the metrics."""
     extra = {}
     for step in spec.steps:
-        extra.update(_extra(spec, step))
+        extra.update(step_outputs(spec, step))
     g = compile_model(model.loaded, model.defn, "eval", model.hyper, extra=extra).graph
     first = spec.steps[0].name
     g.set_outputs({k: v for k, v in g.outputs.items() if metric_key(k, first) is not None})
@@ -95,6 +92,9 @@ def check_data(model, spec) -> None:
     opts, _ = data_options(model, spec)
     with _at(spec.data.loc):
         check_dataset(spec.data.name, **opts)
+        schema = declared_schema(spec.data.name, **opts)
+        if schema is not None:  # the arrays' names, ranks and dims against the inputs, from the schema
+            check_fits(schema, model.inputs, spec.inputs or None)
 
 
 def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:

@@ -47,7 +47,8 @@ def load_for_model(path: Path, model, *, best: bool = True) -> tuple[Checkpoint,
         _check_params(ckpt.path, ckpt.params, expect)
         kept = {}
     else:
-        ckpt = load_checkpoint(Path(path), expect_spec_hash=model.spec_hash, expect_params=expect)
+        ckpt = load_checkpoint(Path(path), expect_params=expect)
+        _check_spec(ckpt, model)
         kept = {k[len(BEST):]: v for k, v in ckpt.state.items() if k.startswith(BEST)} if best else {}
     source = {**ckpt.params, **ckpt.state, **kept}
     missing = [k for k in model.state if k not in source]
@@ -74,19 +75,34 @@ def checkpoint_weights(path: Path, *, best: bool = True) -> tuple[dict, dict, di
     return params, state, meta
 
 
+def _check_spec(ckpt: Checkpoint, model) -> None:
+    """The checkpoint was written for this spec with these --set values (they are part of its hash)."""
+    if ckpt.meta.get("spec_hash") == model.spec_hash:
+        return
+    hyper = ckpt.meta.get("hyper")
+    if isinstance(hyper, dict) and hyper != model.hyper:
+        shown = " ".join(f"--set {k}={v}" for k, v in sorted(hyper.items())) or "no --set values"
+        hint = f"the run used {shown}: pass the same values"
+    else:
+        hint = "the model changed since this checkpoint was written; use the spec that wrote it"
+    raise DlcError("E0403", f"checkpoint `{ckpt.path.name}` was written for a different spec "
+                            f"(spec hash {ckpt.meta.get('spec_hash')!r}, the current spec is {model.spec_hash!r})",
+                   hint=hint)
+
+
 def write_safetensors(target: Path, params: dict, state: dict, meta: dict) -> int:
     """Write ``params`` and ``state`` (disjoint names) to ``target``; returns its size in bytes."""
     st = _safetensors()
     clash = sorted(set(params) & set(state))
     if clash:
-        raise DlcError("E0502", f"`{clash[0]}` is both a parameter and a state: safetensors keys must be unique")
+        raise DlcError("E0501", f"`{clash[0]}` is both a parameter and a state: safetensors keys must be unique")
     tensors = {k: np.ascontiguousarray(v) for k, v in {**params, **state}.items()}
     info = {"format": SAFETENSORS_FORMAT, "params": json.dumps(sorted(params)),
             **{k: str(v) for k, v in meta.items()}}
     data = st.save(tensors, metadata=info)
     target = Path(target)
     if target.is_dir():
-        raise DlcError("E0502", f"`{target}` is a directory", hint="give a file name: -o weights.safetensors")
+        raise DlcError("E0110", f"`{target}` is a directory", hint="give a file name: -o weights.safetensors")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, data)
     return len(data)

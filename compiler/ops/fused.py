@@ -184,3 +184,47 @@ def _compiled(program, reuse) -> list:
         steps.append((fn, tuple(args), reuse[j] if reuse else -1))
     _CACHE[id(program)] = (program, reuse, steps)
     return steps
+
+
+@register
+class MatMulT(Op):
+    """``matmul_t(a, b, ta, tb)``: ``a @ b`` with the last two axes of ``a`` (``ta``) and/or
+    ``b`` (``tb``) swapped first — a transpose folded into its matmul by the NumPy
+    backend's optimizer (compiler/passes/fold_transposes.py), so ``x.T @ dy`` is one
+    kernel call on a view.  Both operands have rank >= 2."""
+
+    name, family = "matmul_t", "fused"
+    inputs = ("a", "b")
+    attrs = {"ta": Attr("bool", False), "tb": Attr("bool", False)}
+    samples = [Sample((Arg((3, 2)), Arg((3, 4))), {"ta": True}),
+               Sample((Arg((2, 3)), Arg((4, 3))), {"tb": True}),
+               Sample((Arg((3, 2)), Arg((4, 3))), {"ta": True, "tb": True}),
+               Sample((Arg((2, 5, 3)), Arg((4, 3))), {"tb": True}, note="batched, broadcast"),
+               Sample((Arg((2, 3, 5)), Arg((2, 3, 4))), {"ta": True}, note="batched")]
+
+    def shape(self, a, b, ta, tb):
+        if a.rank < 2 or b.rank < 2:
+            raise ShapeError(f"`matmul_t` needs operands of rank >= 2, got {a} and {b}")
+        return get_op("matmul").shape(_swapped(a) if ta else a, _swapped(b) if tb else b)
+
+    def kernel(self, a, b, ta, tb):
+        return np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+
+    def grad(self, b, inputs, outputs, cts, ta, tb):
+        # C = X @ Y with X = op(A), Y = op(B): dX = dC @ Y^T, dY = X^T @ dC, transposed back when ta / tb
+        x, y = inputs
+        dc = cts[0]
+        dx = b.matmul_t(y, dc, ta=tb, tb=True) if ta else b.matmul_t(dc, y, ta=False, tb=not tb)
+        dy = b.matmul_t(dc, x, ta=True, tb=ta) if tb else b.matmul_t(x, dc, ta=not ta, tb=False)
+        return [dx, dy]
+
+    def onnx(self, e, ins, outs, ta, tb):
+        args = []
+        for name, t, swap in zip(ins, e.in_types, (ta, tb)):
+            perm = list(range(t.rank - 2)) + [t.rank - 1, t.rank - 2]
+            args.append(e.node("Transpose", [name], 1, perm=perm)[0] if swap else name)
+        e.node("MatMul", args, outs)
+
+
+def _swapped(t):
+    return t.with_shape(t.shape[:-2] + (t.shape[-1], t.shape[-2]))

@@ -15,7 +15,7 @@ table: O(nodes · log nodes).
 from __future__ import annotations
 
 from ..graph import Graph, Value
-from .rewrite import Uses, hashable
+from .rewrite import Uses, hashable, topo_order
 
 MAX_CONST_BYTES = 1 << 16  # larger constants are not hashed (they are rare and rarely repeated)
 
@@ -25,7 +25,7 @@ def cse(graph: Graph) -> int:
     uses = Uses(graph)
     seen: dict[tuple, int] = {}
     merged = []
-    for n in graph.topo_order():
+    for n in topo_order(graph):
         key = _key(graph, n)
         if key is None:
             continue

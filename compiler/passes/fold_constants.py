@@ -17,7 +17,7 @@ from ..dims import is_static
 from ..graph import SOURCE_OPS, Graph, Value
 from ..ops.registry import get_op
 from ..types import np_dtype
-from .rewrite import Uses, const_value
+from .rewrite import Uses, const_value, topo_order
 
 MAX_FOLDED = 4096  # elements
 _NEVER = {"random", "control"}  # families whose ops are not pure functions of their inputs
@@ -27,7 +27,7 @@ def fold_constants(graph: Graph) -> int:
     """Replace foldable nodes by ``const`` nodes (in one topological sweep); returns how many."""
     uses = Uses(graph)
     folded = 0
-    for n in graph.topo_order():
+    for n in topo_order(graph):
         rec = graph[n]
         if rec.op in SOURCE_OPS or len(rec.types) != 1:
             continue
@@ -44,7 +44,8 @@ def fold_constants(graph: Graph) -> int:
             if any(a is None for a in args):
                 continue
         with np.errstate(all="ignore"):  # a folded 1/0 is inf, as it would be at run time
-            value = np.asarray(opdef.kernel(*args, **rec.attrs))
+            value = opdef.kernel(*args, **rec.attrs)
+        value = np.asarray(value[0] if isinstance(value, tuple) else value)  # a one-output op may return a 1-tuple
         if value.dtype != np_dtype(t.dtype) or value.shape != tuple(t.shape):
             continue  # a kernel whose result type differs from its rule: leave it to run time
         value = value.copy()

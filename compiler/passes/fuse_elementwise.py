@@ -23,13 +23,13 @@ from __future__ import annotations
 from ..graph import Graph, Value
 from ..ops.fused import FUSIBLE, INPLACE
 from ..ops.registry import get_op
-from .rewrite import Uses
+from .rewrite import Uses, topo_order
 
 
 def fuse_elementwise(graph: Graph) -> int:
     """Fuse every chain of two or more elementwise nodes; returns how many nodes were absorbed."""
     uses = Uses(graph)
-    order = graph.topo_order()
+    order = topo_order(graph)
     pos = {n: i for i, n in enumerate(order)}
     group_of: dict[int, int] = {}
     inside: dict[int, tuple[int, int]] = {}  # node → (group, how many of its consumers are in it)

@@ -79,3 +79,28 @@ def const_value(graph: Graph, v: Value) -> np.ndarray | None:
     """The array of ``v`` when it is a ``const`` node's value, else None."""
     rec = graph[v.node]
     return rec.attrs["value"] if rec.op == "const" else None
+
+
+def topo_order(graph: Graph) -> list[int]:
+    """A deterministic topological order (each node after its inputs, otherwise insertion
+    order), by one iterative depth-first walk over the argument lists: O(nodes + edges)
+    and several times faster than the networkx sort, which the passes would pay for
+    once each."""
+    order: list[int] = []
+    done: set[int] = set()
+    for start in graph.nodes():
+        if start in done:
+            continue
+        stack = [(start, iter(graph[start].inputs))]
+        while stack:
+            n, args = stack[-1]
+            for v in args:
+                if v.node not in done:
+                    stack.append((v.node, iter(graph[v.node].inputs)))
+                    break
+            else:
+                stack.pop()
+                if n not in done:
+                    done.add(n)
+                    order.append(n)
+    return order

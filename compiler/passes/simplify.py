@@ -24,7 +24,7 @@ import numpy as np
 from ..graph import Graph, Value
 from ..ops.registry import get_op
 from ..ops.shape import _perm
-from .rewrite import Uses, const_value
+from .rewrite import Uses, const_value, topo_order
 
 _NEUTRAL = {  # op → (the neutral constant, the argument positions it may take)
     "mul": (1, (0, 1)), "add": (0, (0, 1)), "sub": (0, (1,)), "div": (1, (1,)), "pow": (1, (1,)),
@@ -38,7 +38,7 @@ def simplify(graph: Graph) -> int:
     """Apply the rules above everywhere; returns how many nodes were replaced."""
     uses = Uses(graph)
     replaced = 0
-    for n in graph.topo_order():
+    for n in topo_order(graph):
         value = _rewrite(graph, n)
         if value is not None:
             uses.replace(n, [value])
