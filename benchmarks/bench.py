@@ -233,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--profile", action="store_true", help="time per op kind of the NumPy training step")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
+    ap.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 31; --quick 5)")
     args = ap.parse_args(argv)
-    rounds, burst = (5, 0.02) if args.quick else (15, 0.05)
+    rounds, burst = (5, 0.02) if args.quick else (31, 0.03)
+    rounds = args.rounds or rounds
     chosen = [w for w in WORKLOADS if not args.only or w.name in args.only.split(",")]
     torch_ok = has_torch() and not args.no_torch
     from threadpoolctl import threadpool_limits
@@ -256,8 +258,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report(results: dict, torch_ok: bool, args) -> None:
-    print(f"\nThreads: {args.threads} (BLAS, PyTorch, onnxruntime); per-call medians of {len(next(iter(results.values()))[1]['dlc numpy step'])} "
-          "round-robin bursts; ratios dlc / PyTorch eager, median (p25–p75); lower is better.\n")
+    import os
+
+    rounds = len(next(iter(results.values()))[1]["dlc numpy step"])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"\nThreads: {args.threads} (BLAS, PyTorch, onnxruntime); {rounds} round-robin bursts per candidate; "
+          f"ratios dlc / PyTorch eager, median (p25–p75) of the per-round ratios; lower is better.  "
+          f"Load average at the end: {load} on {os.cpu_count()} CPUs.\n")
     if torch_ok:
         import torch
 
@@ -292,6 +299,8 @@ def report(results: dict, torch_ok: bool, args) -> None:
         total_ort = sum(r[1] for r in ort_prof)
         print(f"\n### Profile: {name}, training step — NumPy ({total:.2f} ms in {sum(r[2] for r in numpy_prof)} "
               f"kernel calls) and onnxruntime ({total_ort:.2f} ms in {sum(r[2] for r in ort_prof)} nodes)\n")
+        if any(r[0] in ("Scan", "Loop", "If") for r in ort_prof):
+            print("(onnxruntime reports a Scan's body nodes on their own too: its time includes theirs)\n")
         print("| NumPy op | ms | calls | share | | onnxruntime op | ms | nodes | share |")
         print("|---|---:|---:|---:|---|---|---:|---:|---:|")
         for i in range(10):
