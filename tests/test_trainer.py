@@ -175,3 +175,17 @@ def test_an_input_can_be_an_output():
     g = Graph()
     g.set_output("same", graph_input(g, "x", TensorType("f32", (2,))))
     np.testing.assert_array_equal(Plan(g).run({"x": np.ones(2, np.float32)})["same"], np.ones(2))
+
+
+def test_one_thread_setting_for_both_backends(monkeypatch):
+    from dlc.runtime.threads import training_threads
+
+    monkeypatch.setenv("DLC_THREADS", "2")
+    assert training_threads() == 2
+    t = dlc.load("specs/xor.dl", mode="train").trainer(backend="onnxruntime")
+    opts = t.groups[0].run.session.session.get_session_options()
+    assert opts.intra_op_num_threads == 2
+    monkeypatch.setenv("DLC_THREADS", "many")
+    with pytest.raises(DlcError) as e:
+        training_threads()
+    assert e.value.code == "E0110"
