@@ -277,12 +277,21 @@ def report(results: dict, torch_ok: bool, args) -> None:
                   f"{fmt_ratio(t['dlc numpy step'], t['torch step'])} | {fmt_ratio(t['dlc ort fwd'], t['torch fwd'])} | "
                   f"{fmt_ratio(t['dlc ort step'], t['torch step'])} | "
                   f"{fmt_ratio(t['dlc onnx fwd (bare)'], t['torch onnx fwd (bare)'])} |")
-    print("\n### Milliseconds per call (median)\n")
+        print("\nRatio of the fastest rounds (min / min: what each side does undisturbed; steadier than the "
+              "medians when the machine is shared):\n")
+        print("| workload | NumPy fwd | NumPy train step | onnxruntime fwd | onnxruntime train step | dlc ONNX / torch ONNX |")
+        print("|---|---:|---:|---:|---:|---:|")
+        pairs = [("dlc numpy fwd", "torch fwd"), ("dlc numpy step", "torch step"), ("dlc ort fwd", "torch fwd"),
+                 ("dlc ort step", "torch step"), ("dlc onnx fwd (bare)", "torch onnx fwd (bare)")]
+        for name, (s, t, *_rest) in results.items():
+            print(f"| {name} | " + " | ".join(f"{min(t[a]) / min(t[b]):.2f}×" for a, b in pairs) + " |")
+    print("\n### Milliseconds per call (median; fastest round in parentheses)\n")
     cols = list(next(iter(results.values()))[1])
     print("| workload | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for name, (s, t, *_rest) in results.items():
-        print(f"| {name} | " + " | ".join(f"{statistics.median(t[c]) * 1e3:.3f}" for c in cols) + " |")
+        print(f"| {name} | " + " | ".join(f"{statistics.median(t[c]) * 1e3:.2f} ({min(t[c]) * 1e3:.2f})"
+                                         for c in cols) + " |")
     print("\n### Compile time and memory\n")
     print("| workload | train-step nodes → NumPy kernel calls | compile: text → exported training step (ms) | "
           "torch.onnx.export, inference (ms) | peak MB per NumPy training step |")
