@@ -1,10 +1,13 @@
-"""The training loop, shared by both backends.
+"""The epoch loop, shared by both backends, built on the Trainer (runtime/trainer.py).
 
 Each step group's graph (compiler/training/step.py) is a pure function
-``(batch, params, state) → (loss, metrics, new params, new state)``; the loop
-feeds it batches, keeps params and state, evaluates on the validation split
-after every epoch, stops early when the monitored metric stops improving, and
-checkpoints atomically.  Everything random derives from the seed: the batch
+``(batch, params, state) → (loss, metrics, new params, new state)``; the
+Trainer runs it on one batch and keeps params and state in the backend.  The
+loop feeds it the epoch's batches, evaluates on the validation split after
+every epoch (``_epoch`` returns the epoch's row: the one place its results
+land, read by the log line, early stopping, the checkpoint and the run log),
+stops early when the monitored metric stops improving, and checkpoints
+atomically.  Everything random derives from the seed: the batch
 order from (seed, epoch), random ops' key from (seed, global step), so a run
 resumed from a checkpoint is bit-identical to one never interrupted.
 """

@@ -223,7 +223,10 @@ class Trainer:
             self.outputs[g.index] = out
             if g.index == 0:
                 metrics["lr"] = float(out["train/lr"])
-                metrics.update({k[len("metric/"):]: float(v) for k, v in out.items() if k.startswith("metric/")})
+                for k, v in out.items():  # train metrics (a metric that repeats the loss is the loss)
+                    name = metric_key(k, g.step.group)
+                    if name is not None and k.startswith("metric/"):
+                        metrics[name] = float(v)
         self.global_step = step + 1
         return metrics
 
