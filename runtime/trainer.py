@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -231,6 +231,12 @@ class Trainer:
         return metrics
 
     step = __call__
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """(batch, examples) pairs of one epoch over the training split, in the order
+        that (seed, epoch) fixes."""
+        for b in batches(self.splits["train"], self.spec.batch, shuffle=True, seed=self.seed, epoch=epoch):
+            yield b, len(next(iter(b.values())))
 
     def _locate_nonfinite(self, g: _Group, feeds, loss: float):
         from .interpreter import Plan
