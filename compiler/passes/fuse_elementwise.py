@@ -7,11 +7,13 @@ that order — then no path leaves the group and comes back (a node after the
 root cannot lead to a member), so the group can run as one step.  A member
 read after the group (``bias + relu``'s sum, read again by relu's gradient),
 or that is a named output or a next state (the Adam moments ``m``, ``v``),
-becomes an extra output of the fused node.  So the Adam update of one parameter (17 ops: moments, bias
-corrections, square root, step) is one node with three outputs, ``bias +
-relu`` is one node, and so is an LSTM cell's gate arithmetic.  Values read by
-several groups (the learning rate, a shared bias correction) stay the output
-of their own group.
+becomes an extra output of the fused node.  So the Adam update of one
+parameter (17 ops: moments, bias corrections, square root, step) is one node
+with three outputs, ``bias + relu`` is one node, and so is an LSTM cell's
+gate arithmetic.  Values read by several groups (the learning rate, a shared
+bias correction) stay the output of their own group.  Between the groups of
+one round every edge runs from a lower root position to a higher one, so the
+fused graph is acyclic too.
 
 The fused kernel writes into buffers it allocated itself whenever a value of
 the same type is dead (planned here from the static types, checked by the
