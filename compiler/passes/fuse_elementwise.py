@@ -85,12 +85,13 @@ def _fuse_round(graph: Graph) -> int:
                     members.append(u)
                     todo.append(u)
         groups.append(members)
-    absorbed = 0
+    absorbed: list[int] = []
     for members in groups:
         if len(members) > 1:
             _fuse(graph, uses, sorted(members, key=pos.__getitem__))
-            absorbed += len(members) - 1
-    return absorbed
+            absorbed += members
+    graph.remove_nodes(absorbed)  # unused now; at once, since each call rebuilds the containers
+    return len(absorbed) - sum(len(m) > 1 for m in groups)
 
 
 def _fusible(graph: Graph, n: int) -> bool:
@@ -99,8 +100,9 @@ def _fusible(graph: Graph, n: int) -> bool:
 
 
 def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
-    """Replace ``members`` (topologically ordered, the root last) by one ``fused`` node;
-    a member that is a ``fused`` node already (an earlier round's) is inlined."""
+    """Make one ``fused`` node compute ``members`` (topologically ordered, the root last)
+    and rewire their uses to it (the caller removes them); a member that is a ``fused``
+    node already (an earlier round's) is inlined."""
     member_set = set(members)
     number: dict[Value, int] = {}
     inputs: list[Value] = []
@@ -150,7 +152,6 @@ def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
     slot = {v: Value(f, k) for k, v in enumerate(leaving)}
     for m in members:
         uses.replace(m, [slot.get(Value(m, k), Value(f, 0)) for k in range(len(graph[m].types))])
-    graph.remove_nodes(members)
 
 
 def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:
