@@ -37,10 +37,13 @@ def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed
 
 
 def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
-            **hyper) -> "Model":
-    """Compile spec text (``use`` resolves relative to the current directory)."""
-    return Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
-                 hyper=hyper)
+            checkpoint: str | Path | None = None, **hyper) -> "Model":
+    """Compile spec text (``use`` resolves relative to the current directory); ``checkpoint`` as for :func:`load`."""
+    m = Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
+              hyper=hyper)
+    if checkpoint is not None:
+        m.load_checkpoint(checkpoint)
+    return m
 
 
 class Model:
@@ -135,6 +138,16 @@ class Model:
 
         graph = self.graph if self.mode == "eval" else load_eval_graph(self)
         return summarize(graph, self.defn, self.loaded.env.layers)
+
+    def _repr_svg_(self) -> str | None:
+        """A notebook draws the graph (None, so the HTML table shows instead, without Graphviz)."""
+        from dlc.compiler.dot import render, to_dot
+        from dlc.grammar.errors import DlcError as _Missing
+
+        try:
+            return render(to_dot(self.graph), "svg").decode("utf-8")
+        except _Missing:
+            return None
 
     def _repr_html_(self) -> str:
         """A notebook shows the summary table."""

@@ -321,20 +321,25 @@ def test_optimize_leaves_its_input_alone():
 
 
 def test_scan_bodies_go_through_the_passes_too():
+    from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
+
     m = dlc.load("specs/lstm.dl", mode="train")
     g = m.train_graph()
-    before = {g[n].attrs["body"] for n in g.nodes() if g.op(n) == "scan"}
     report = []
     o = optimize(g, 2, report=report, check=True)
     after = [o[n].attrs["body"] for n in o.nodes() if o.op(n) == "scan"]
-    assert ("scan bodies", 3) in report and len(after) == 3
+    # the forward scan and BPTT's reversed one, first reshaped by hoist_scan_invariants
+    assert ("hoist_scan_invariants", 2) in report and ("scan bodies", 2) in report and len(after) == 2
+    hoisted = g.copy()
+    hoist_scan_invariants(hoisted)
+    before = {hoisted[n].attrs["body"] for n in hoisted.nodes() if hoisted.op(n) == "scan"}
     for body in after:
         body.verify()
         assert body not in before and "fused" in ops(body)
-    # the calling conventions stay: the same input and output names, in order
+    # the body passes keep the calling conventions: the same input and output names, in order
     assert sorted((tuple(b.input_names()), tuple(b.outputs)) for b in after) == \
         sorted((tuple(b.input_names()), tuple(b.outputs)) for b in before)
-    assert sum(len(b) for b in after) < 0.6 * sum(len(b) for b in before)
+    assert sum(len(b) for b in after) < 0.8 * sum(len(b) for b in before)
 
 
 def test_cli_graph_shows_both_levels():
@@ -384,8 +389,8 @@ def test_optimized_training_steps_agree_on_both_backends(path):
     want = _steps(make_runner(step.graph, "numpy", level=0), feeds, m.params, state)
     got = _steps(make_runner(step.graph, "numpy", level=2), feeds, m.params, state)
     for w, o in zip(want, got):
-        for k in w:  # bitwise today (the same kernels in the same order); a merged GEMM may reorder sums
-            np.testing.assert_allclose(o[k], w[k], rtol=1e-5, atol=1e-6, err_msg=f"{path} {k}")
+        for k in w:  # exact but for merged GEMMs and hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
+            np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
     ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
     for k in want[0]:
         np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")
