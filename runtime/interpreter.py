@@ -401,14 +401,12 @@ def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-_INDEX_PRESERVING = {"reshape", "squeeze", "unsqueeze", "transpose", "slice", "cast", "identity", "broadcast_to"}
-
-
 def index_bounds(graph: Graph) -> dict[str, int]:
     """For integer inputs used as indices, the exclusive upper bound their values
-    may take: the rows of a ``gather``/``embedding`` table, a ``one_hot`` depth,
-    the classes of ``softmax_xent`` labels (the smallest when used several ways),
-    followed through ops that only move values (reshape, slice, cast, …)."""
+    may take (each op says, ``Op.index_bound``: the rows of a ``gather`` table, a
+    ``one_hot`` depth, the classes of ``softmax_xent`` labels; the smallest when
+    used several ways), followed through ops that only move values
+    (``Op.moves_values``: reshape, slice, cast, ...)."""
     bounds: dict[str, int] = {}
     for n in graph.inputs:
         name = graph[n].attrs["name"]
@@ -417,20 +415,17 @@ def index_bounds(graph: Graph) -> dict[str, int]:
             src = todo.pop()
             for user in graph.consumers(src):
                 data = graph[user]
-                slot = [i for i, v in enumerate(data.inputs) if v.node == src]
-                bound = None
-                if data.op in _INDEX_PRESERVING and user not in seen:
-                    seen.add(user)
-                    todo.append(user)
-                elif data.op == "gather" and 1 in slot:
-                    table = graph.type_of(data.inputs[0])
-                    bound = table.shape[data.attrs["axis"] % table.rank]
-                elif data.op == "one_hot":
-                    bound = data.attrs["depth"]
-                elif data.op == "softmax_xent" and 1 in slot:
-                    bound = graph.type_of(data.inputs[0]).shape[-1]
-                if isinstance(bound, int) and bound > 0:
-                    bounds[name] = min(bound, bounds.get(name, bound))
+                op = get_op(data.op)
+                if op.moves_values:
+                    if user not in seen:
+                        seen.add(user)
+                        todo.append(user)
+                    continue
+                types = [graph.type_of(v) for v in data.inputs]
+                for slot in [i for i, v in enumerate(data.inputs) if v.node == src]:
+                    bound = op.index_bound(types, slot, **data.attrs)
+                    if isinstance(bound, int) and bound > 0:
+                        bounds[name] = min(bound, bounds.get(name, bound))
     return bounds
 
 

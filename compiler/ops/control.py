@@ -48,6 +48,13 @@ class Scan(Op):
     samples = []
     tested_by = "tests/test_scan.py"  # a body graph cannot be a generic sample
 
+    def flops(self, in_types, out_types, body, n_carry, n_seq, axis, reverse):
+        """The body's FLOPs times the number of steps."""
+        from ..summary import graph_flops
+
+        seq = in_types[n_carry]
+        return seq.shape[axis % seq.rank] * graph_flops(body)
+
     # -- types -------------------------------------------------------------------
     def shape(self, *types, body, n_carry, n_seq, axis, reverse, residuals):
         k, m = n_carry, n_seq
