@@ -362,7 +362,7 @@ def export_weights(checkpoint, output, last):
     from dlc.runtime.weights import checkpoint_weights, write_safetensors
 
     if Path(output).suffix != ".safetensors":
-        raise DlcError("E0110", f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
+        raise usage(f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
     params, state, meta = checkpoint_weights(Path(checkpoint), best=not last)
     size = write_safetensors(Path(output), params, state, meta)
     click.echo(f"wrote {output} ({size:,} bytes: {len(params)} parameters, {len(state)} state tensors, "
@@ -380,17 +380,30 @@ def export_weights(checkpoint, output, last):
 @click.option("--log", "log_file", type=click.Path(), default=None,
               help="Also write the per-epoch metrics to FILE (.jsonl: JSON lines, else CSV); a checkpoint "
                    "folder always gets metrics.csv and metrics.jsonl.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Data-parallel training on N Ray workers (pip install 'dlc[ray]').")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --workers: join the Ray cluster at ADDR (default: start Ray on this machine).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where onnxruntime runs the steps: cpu, or cuda[:N] (onnxruntime-gpu).")
 @_with_model_options
 @_report
-def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, model_name, hyper):
+def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, workers, address, device,
+          model_name, hyper):
     """Train FILE as its train block says."""
     from dlc.runtime.train import train as run_training
 
     if resume and not checkpoint:
         raise usage("--resume needs --checkpoint DIR")
+    if address and workers is None:
+        raise usage("--address needs --workers N")
+    if workers is not None and workers < 1:
+        raise usage(f"--workers must be at least 1, got {workers}")
     m = _load(file, model_name, hyper, mode="train")
+    debug = click.get_current_context().find_root().params.get("debug", False)
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
-                 progress=not no_progress, echo=click.echo, log=log_file)
+                 device=device, progress=not no_progress, echo=click.echo, log=log_file, workers=workers,
+                 address=address, debug=debug)
     if not checkpoint:
         click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 

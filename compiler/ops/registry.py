@@ -96,7 +96,7 @@ class Op:
     samples: ClassVar[list[Sample]] = []
     composite: ClassVar[bool] = False
     tested_by: ClassVar[str] = ""  # a test module standing in for samples (ops with graph attrs)
-    takes_context: ClassVar[bool] = False  # kernel also gets _dims= and _compute_dtype= (control flow)
+    takes_context: ClassVar[bool] = False  # kernel also gets context= (ops/context.py: runs bodies; control flow)
     free: ClassVar[bool] = False  # moves or picks values without arithmetic: 0 FLOPs (reshape, slice, gather)
     moves_values: ClassVar[bool] = False  # output elements are input elements: an index stays an index
 

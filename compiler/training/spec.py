@@ -100,7 +100,9 @@ def _evaluated(e, what: str, want: str):
     """The value of a non-literal expression ``e`` where ``want`` (NUM, BOOL or "an integer") is expected."""
     values = _VALUES.get()
     if values is None or isinstance(e, (A.String, A.ListExpr, A.Call)):
-        raise _err(f"{what} must be {want}", e.loc)
+        hint = "a train block evaluates arithmetic over the model's hyperparameters and consts, not calls" \
+            if values is not None and isinstance(e, A.Call) else None
+        raise _err(f"{what} must be {want}", e.loc, hint)
     if isinstance(e, A.Name) and e.id not in values.names:
         hint = suggest(e.id, values.names) or (
             "a train block reads the model's hyperparameters and consts: " + ", ".join(sorted(values.names))

@@ -64,7 +64,7 @@ def build_grad(graph: Graph, step: StepSpec) -> tuple[Graph, list[str]]:
     """Turn ``graph`` (train mode, with output ``loss/<group>``) into the gradient step of one group:
     outputs ``train/loss``, ``metric/<name>``, ``grad/<param>`` for the group's parameters and
     ``new/<state>`` for the spec's own state (running statistics); returns (graph, parameter names)."""
-    b, loss, names, grads = _gradients(graph, step)
+    _, loss, names, grads = _gradients(graph, step)
     model_state = [k for k, (_, v) in graph.state.items() if v is not None]
     outputs = {"train/loss": loss, **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")},
                **{f"grad/{n}": grads[n] for n in names},
