@@ -4,7 +4,8 @@ parameters; prints the largest parameter difference relative to the parameter's 
 
     python benchmarks/backend_divergence.py
 """
-import numpy as np, dlc
+import numpy as np
+import dlc
 Q = {"progress": False, "echo": lambda *a, **k: None}
 for spec, epochs in (("mlp", 1), ("lstm", 1), ("lstm", 3)):
     ps = {}
