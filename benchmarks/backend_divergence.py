@@ -4,15 +4,29 @@ parameters; prints the largest parameter difference relative to the parameter's 
 
     python benchmarks/backend_divergence.py
 """
+from __future__ import annotations
+
 import numpy as np
+
 import dlc
-Q = {"progress": False, "echo": lambda *a, **k: None}
-for spec, epochs in (("mlp", 1), ("lstm", 1), ("lstm", 3)):
-    ps = {}
+
+QUIET = {"progress": False, "echo": lambda *a, **k: None}
+
+
+def drift(spec: str, epochs: int) -> tuple[float, dict]:
+    """(max relative parameter difference, {backend: test metrics}) after ``epochs``."""
+    params, tests = {}, {}
     for backend in ("numpy", "onnxruntime"):
         m = dlc.load(f"specs/{spec}.dl", mode="train")
-        h = m.train(epochs=epochs, backend=backend, **Q)
-        ps[backend] = (m.params, h.test)
-    a, b = ps["numpy"][0], ps["onnxruntime"][0]
-    rel = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a)
-    print(spec, epochs, "max rel param diff", f"{rel:.2e}", ps["numpy"][1], ps["onnxruntime"][1], flush=True)
+        tests[backend] = m.train(epochs=epochs, backend=backend, **QUIET).test
+        params[backend] = m.params
+    a, b = params["numpy"], params["onnxruntime"]
+    return max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-12)) for k in a), tests
+
+
+if __name__ == "__main__":
+    print("| spec | epochs | max relative parameter difference | test metrics numpy / onnxruntime |")
+    print("|---|---|---|---|")
+    for spec, epochs in (("mlp", 1), ("lstm", 1), ("lstm", 3)):
+        rel, tests = drift(spec, epochs)
+        print(f"| {spec} | {epochs} | {rel:.1e} | {tests['numpy']} / {tests['onnxruntime']} |")
