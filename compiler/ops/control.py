@@ -48,7 +48,7 @@ class Scan(Op):
     samples = []
     tested_by = "tests/test_scan.py"  # a body graph cannot be a generic sample
 
-    def flops(self, in_types, out_types, body, n_carry, n_seq, axis, reverse, residuals):
+    def flops(self, in_types, out_types, body, n_carry, axis, **attrs):
         """The body's FLOPs times the number of steps."""
         from ..summary import graph_flops
 
