@@ -49,8 +49,9 @@ def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
     out = []
     for step in spec.steps:
         lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=_extra(spec, step))
-        # a group that runs every k batches makes 1/k of the updates: its schedule counts those
-        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
+        # a group that runs every k batches, r times, makes r/k of the updates: its schedule counts those
+        updates = max(math.ceil(steps_per_epoch / step.every), 1) * step.repeat
+        out.append(build_step(lowered.graph, spec, step, updates))
     return out
 
 
@@ -167,22 +168,25 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
         totals = [[0.0, 0] for _ in steps]  # per step group: loss sum, examples
         for batch in batches(splits["train"], spec.batch, shuffle=True, seed=seed, epoch=epoch):
             committed = False  # the spec's state moves once per batch: the first group that runs commits it
+            at_start = dict(params)  # what a group with `sees = start` reads of the other groups' parameters
             for gi, (s, run) in enumerate(zip(steps, runners)):
                 if global_step % s.every:
                     continue
-                feeds = {**batch, RNG_INPUT: rng_key(seed, global_step, gi)}
-                out = run(feeds, params, state)
-                loss = float(out["train/loss"])
-                if not math.isfinite(loss):
-                    _locate_nonfinite(s, feeds, params, state, loss)
-                for name in s.params:
-                    params[name] = out[f"new/{name}"]
-                for name in (*s.state_init, *(() if committed else s.model_state)):
-                    state[name] = out[f"new/{name}"]
-                committed = committed or bool(s.model_state)
-                n = len(next(iter(batch.values())))
-                totals[gi][0] += loss * n
-                totals[gi][1] += n
+                for r in range(s.repeat):  # fresh random draws for every repeat (key r = 0 as without repeat)
+                    feeds = {**batch, RNG_INPUT: rng_key(seed, global_step, gi + len(steps) * r)}
+                    view = params if s.sees == "updated" else {**at_start, **{k: params[k] for k in s.params}}
+                    out = run(feeds, view, state)
+                    loss = float(out["train/loss"])
+                    if not math.isfinite(loss):
+                        _locate_nonfinite(s, feeds, view, state, loss)
+                    for name in s.params:
+                        params[name] = out[f"new/{name}"]
+                    for name in (*s.state_init, *(() if committed else s.model_state)):
+                        state[name] = out[f"new/{name}"]
+                    committed = committed or bool(s.model_state)
+                    n = len(next(iter(batch.values())))
+                    totals[gi][0] += loss * n
+                    totals[gi][1] += n
             global_step += 1
             if bar is not None:
                 bar.update(1)
