@@ -111,9 +111,13 @@ def test_cgan_samples_of_class_k_lie_closest_to_mode_k(backend):
     assert d[np.arange(len(y)), y].mean() <= 2.0 * 0.1 * np.sqrt(np.pi / 2)
 
 
-@pytest.mark.slow
-def test_gan_covers_the_three_modes():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gan_covers_the_three_modes(backend):
     m = dlc.load("specs/gan.dl")
-    m.train(**QUIET)
-    ratio, covered = mode_stats(samples(m), 3, 0.5)
-    assert covered == 3 and ratio <= 1.5, (ratio, covered)
+    before = {k: v.copy() for k, v in m.params.items()}
+    m.train(backend=backend, **QUIET)
+    assert all(not np.array_equal(before[k], m.params[k]) for k in m.params)  # both groups trained
+    fake = samples(m)
+    ratio, covered = mode_stats(fake, 3, 0.5)
+    share = np.bincount(np.linalg.norm(fake[:, None] - modes(3)[None], axis=2).argmin(axis=1), minlength=3)
+    assert covered == 3 and share.min() >= 0.2 * len(fake) and ratio <= 2.2, (ratio, covered, share)
