@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dlc.grammar.errors import DlcError
+from step_parity import check_groups_after_k_steps
 
 import dlc
-from dlc.grammar.errors import DlcError
-
-from step_parity import check_groups_after_k_steps
 
 QUIET = {"progress": False, "echo": lambda s: None}
 
@@ -87,34 +86,15 @@ def test_group_constraints_apply_to_their_group_only():
 def test_bad_constraints_and_schedules_are_coded_errors(body, words):
     with pytest.raises(DlcError) as e:
         m = model(body)
-        m.to_onnx(train=True, check=False)  # constraints meet the parameters when the step is built
+        m.to_onnx("train", check=False)  # constraints meet the parameters when the step is built
     assert e.value.code == "E0201" and words in e.value.message, e.value.message
     assert e.value.loc is not None
-
-
-def _counters(m) -> dict:
-    """Each group's update counter after training (the optimizer state `step/<group>`)."""
-    from dlc.runtime import train as T
-
-    seen = {}
-    real = T.initial_state
-
-    def spy(step):
-        seen[step.group] = step
-        return real(step)
-
-    T.initial_state = spy
-    try:
-        m.train(**QUIET)
-    finally:
-        T.initial_state = real
-    return seen
 
 
 def test_n_critic_alternation_counts_updates(monkeypatch):
     """`every = 5` on the generator: the critic updates on every batch, the generator on
     every fifth; `repeat = 3`: three updates on each batch the group runs on."""
-    from dlc.runtime import train as T
+    from dlc.runtime import trainer as T
 
     calls = []
     real = T.rng_key

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dlc.runtime.gradcheck import gradcheck
+from step_parity import check_groups_after_k_steps
 
 import dlc
-from dlc.runtime.gradcheck import gradcheck
-
-from step_parity import check_groups_after_k_steps
 
 QUIET = {"progress": False, "echo": lambda s: None}
 BACKENDS = ["numpy", "onnxruntime"]

@@ -208,7 +208,7 @@ def all_ops() -> dict[str, type[Op]]:
 
 
 _FAMILIES = ("arith", "activation", "reduction", "shape", "loss", "random", "nn", "norm",
-             "control", "optim", "autodiff")
+             "control", "optim", "fused", "autodiff")
 _loaded = False
 
 
