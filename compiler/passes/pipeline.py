@@ -41,14 +41,13 @@ from .fold_constants import fold_constants
 from .fold_transposes import fold_transposes
 from .fuse_elementwise import fuse_elementwise
 from .hoist_scan_invariants import hoist_scan_invariants
-from .merge_batch_matmul import merge_batch_matmul
 from .rewrite import Uses
 from .simplify import simplify
 
 LEVELS = (0, 1, 2)
 DEFAULT_LEVEL = 2
 BACKENDS = ("numpy", "onnx")
-CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, simplify, merge_batch_matmul, dce)
+CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, simplify, dce)
 NUMPY_ONLY: tuple[Callable[[Graph], int], ...] = (fold_transposes, fuse_elementwise, dce)
 
 
