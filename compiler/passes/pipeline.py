@@ -8,7 +8,7 @@ level  passes
 ====== ===========================================================================
 0      none (the graph as built)
 1      hoist_scan_invariants, then in bodies and graph: simplify → fold_constants → cse →
-       simplify → merge_batch_matmul → dce   (any backend)
+       simplify → dce   (any backend)
 2      level 1, then, for ``backend="numpy"``, fold_transposes → fuse_elementwise → dce
 ====== ===========================================================================
 
