@@ -369,9 +369,15 @@ def test_optimized_training_steps_agree_on_both_backends(path):
     feeds, state = _feeds(m), {**m.state, **initial_state(step)}
     want = _steps(make_runner(step.graph, "numpy", level=0), feeds, m.params, state)
     got = _steps(make_runner(step.graph, "numpy", level=2), feeds, m.params, state)
+    # bit for bit (the same kernels in the same order on the same values), but for
+    # hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
+    exact = "scan" not in ops(step.graph)
     for w, o in zip(want, got):
-        for k in w:  # exact but for merged GEMMs and hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
-            np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
+        for k in w:
+            if exact:
+                np.testing.assert_array_equal(o[k], w[k], err_msg=f"{path} {k}")
+            else:
+                np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
     ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
     for k in want[0]:
         np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")
@@ -386,8 +392,8 @@ def test_optimized_inference_agrees_on_both_backends(path):
     m.opt_level = 2  # drops the plans built at level 0
     got = m.run(feeds)
     ort = m.run(feeds, backend="onnxruntime")
-    for k in want:
-        np.testing.assert_array_equal(got[k], want[k], err_msg=f"{path} {k}")
+    for k in want:  # hoisted scans may round differently
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=f"{path} {k}")
         np.testing.assert_allclose(ort[k], want[k], rtol=1e-5, atol=2e-5, err_msg=f"{path} ort {k}")
 
 

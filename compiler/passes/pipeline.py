@@ -19,9 +19,10 @@ lowering emit (``matmul``, ``add``, ``split``), which fusion would hide.
 Fusion (of elementwise chains, of transposes into matmuls) is a
 NumPy-backend step: onnxruntime fuses on its own and should receive
 primitive ops, so ``backend="onnx"`` (exports, the onnxruntime
-runner) stops after the cleanup passes at every level.  Every pass keeps the
-results identical within float32 rounding (most are exact) and is linear in
-the graph size, or ``n log n`` where it sorts.  The input graph is not
+runner) stops after the cleanup passes at every level.  The cleanup passes,
+``fold_transposes`` and fusion are exact on NumPy (the same kernels in the same
+order); hoisting's batched GEMMs agree within float32 rounding.  Every pass is
+linear in the graph size, or ``n log n`` where it sorts.  The input graph is not
 changed; the result passes ``Graph.verify()``.
 
 Scan bodies (graphs in a node's ``body`` attr) go through the same passes
