@@ -107,9 +107,9 @@ def test_the_required_mistakes_are_covered():
         codes.setdefault(first[6:11], []).append(program.stem)
     from dlc.grammar.errors import CODES
 
-    # No golden program: E0501 (export), since every graph that passes `dlc check` exports (the shape
-    # rules refuse what ONNX cannot express; its messages are tested in test_onnx_export.py); E0404
-    # (a distributed worker failing), which needs a Ray cluster (tests/test_distributed.py).
+    # E0501 (export) has no golden program: every graph that passes `dlc check` exports (the shape
+    # rules refuse what ONNX cannot express); its messages are tested in test_onnx_export.py.
+    # E0404 (a data-parallel worker failed) needs a killed Ray worker: tests/test_distributed.py.
     for code in set(CODES) - {"E0501", "E0404"}:
         assert code in codes, f"no golden error for {code}"
     text = {p.stem: p.with_suffix(".expected").read_text(encoding="utf-8") for p in PROGRAMS}
