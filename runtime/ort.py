@@ -34,12 +34,12 @@ _NP = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(doubl
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(device: str) -> list:
     """The execution providers for ``device`` (``cpu``, ``cuda`` or ``cuda:N``), CPU last as the
     fallback for nodes a device provider lacks; E0401 when the provider is not installed."""
     ort = import_optional("onnxruntime", "the onnxruntime backend")
-    kind = device.split(":", 1)[0]
-    if kind not in PROVIDERS:
+    kind, _, index = device.partition(":")
+    if kind not in PROVIDERS or index and not index.isdigit() or kind == "cpu" and index not in ("", "0"):
         raise DlcError("E0110", f"unknown device `{device}`", hint="devices: " + ", ".join(PROVIDERS))
     wanted = PROVIDERS[kind]
     available = ort.get_available_providers()
@@ -48,7 +48,7 @@ def providers_for(device: str) -> list[str]:
                                 f"({ort.__version__}) does not have (it has {', '.join(available)})",
                        hint="pip install onnxruntime-gpu (in place of onnxruntime) on a machine with CUDA"
                        if kind == "cuda" else None)
-    return [wanted] if kind == "cpu" else [wanted, PROVIDERS["cpu"]]
+    return [wanted] if kind == "cpu" else [(wanted, {"device_id": int(index or 0)}), PROVIDERS["cpu"]]
 
 
 def _device(device: str) -> tuple[str, int]:
@@ -175,12 +175,11 @@ class BoundRun:
                  outputs: list[str] | None = None):
         self.session = session
         self.store = store
-        self.writes = dict(writes or {})
         names = session.output_names if outputs is None else list(outputs)
+        self.writes = {o: r for o, r in (writes or {}).items() if r in store and o in names}
         self.resident_in = [n for n in (*session.inputs, *session.defaulted) if n in store]
         self.feed_names = [n for n in session.inputs if n not in store]
         self.host_out = [n for n in names if n not in self.writes]
-        self.written = [n for n in names if n in self.writes]
         self._host = {}  # output name -> (preallocated array, its OrtValue) for static shapes
         from onnxruntime import OrtValue
 
@@ -231,7 +230,7 @@ class BoundRun:
         out = {n: arr.copy() for n, (arr, _) in self._host.items()}
         if self._dynamic:
             for n, v in zip(self._dynamic, binding.get_outputs()[len(self._host):len(self._host) + len(self._dynamic)]):
-                out[n] = v.numpy()
+                out[n] = np.array(v.numpy(), copy=True)  # not a view of memory onnxruntime may reuse
         return out
 
     def commit(self, names: Iterable[str]) -> None:

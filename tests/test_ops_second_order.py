@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from dlc.compiler.passes.backprop import backprop
 from dlc.runtime.interpreter import Plan
-from op_harness import cases, materialise, one_op_graph, seed_of
 
-CASES = [c for c in cases() if c[1].differentiable and c[3].grad]
+from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of
+
+CASES = gradient_cases(cases())
 
 
 def _weighted_sum(b, values, rng):
