@@ -100,6 +100,7 @@ class Builder:
             return opdef.expand(self, *values, **attrs)
         types = [self.type(v) for v in values]
         try:
+            attrs = opdef.resolve_attrs(types, attrs)
             out = opdef.shape(*types, **attrs)
         except ShapeError as e:
             err = self.error("E0104", f"shape mismatch in `{op}`: {e}")

@@ -8,6 +8,7 @@ resolved then (a dict lookup per such node, not a graph walk).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -20,6 +21,9 @@ from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
 MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
+# Debug mode: every value's run-time shape and dtype is compared with its declared type (the test
+# suite turns it on for every run; see tests/conftest.py).
+CHECK_TYPES_ENV = "DLC_CHECK_TYPES"
 
 
 @dataclass
@@ -41,8 +45,13 @@ class Plan:
     gradient checks); otherwise dtypes are those of the graph.
     """
 
-    def __init__(self, graph: Graph, outputs: list[str] | None = None, *, compute_dtype=None):
+    def __init__(self, graph: Graph, outputs: list[str] | None = None, *, compute_dtype=None,
+                 check_types: bool | None = None):
+        """``check_types`` (default: the ``DLC_CHECK_TYPES`` environment variable) compares every
+        value computed with its declared type and raises E0401 at the first that differs."""
         self.graph = graph
+        self.check_types = bool(os.environ.get(CHECK_TYPES_ENV)) if check_types is None else check_types
+        self._declared: dict = {}  # (node, output) -> (declared shape, has symbols, dtype)
         self.output_names = list(graph.outputs) if outputs is None else list(outputs)
         self.compute_dtype = compute_dtype
         wanted = [graph.outputs[name] for name in self.output_names]
@@ -172,10 +181,12 @@ class Plan:
                 raise DlcError("E0401", f"`{data.op}` failed at run time: {e}", data.loc) from e
             if not isinstance(result, tuple):
                 result = (result,)
-            for s, value in zip(st.outs, result):
+            for i, (s, value) in enumerate(zip(st.outs, result)):
                 value = np.asarray(value)
                 if self.compute_dtype is not None and value.dtype.kind == "f":
                     value = value.astype(self.compute_dtype, copy=False)
+                if self.check_types:
+                    self._check_declared(st, i, value, env)
                 slots[s] = value
                 if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
                     data = self.graph[st.node]
@@ -184,6 +195,26 @@ class Plan:
                                    hint="lower the learning rate, clip gradients, or check log/div inputs")
             for s in st.frees:
                 slots[s] = None
+
+    def _check_declared(self, st: _Step, i: int, value: np.ndarray, env: dict) -> None:
+        """Debug mode: output ``i`` of ``st`` has exactly the shape and dtype the graph declares."""
+        key = (st.node, i)
+        if key not in self._declared:
+            t = self.graph[st.node].types[i]
+            self._declared[key] = (t.shape, any(isinstance(d, Sym) for d in t.shape),
+                                   np_dtype(t.dtype) if self.compute_dtype is None or t.dtype not in FLOATS
+                                   else np.dtype(self.compute_dtype))
+        shape, symbolic, want_dt = self._declared[key]
+        got, dt = value.shape, value.dtype
+        if not symbolic and got == shape and dt == want_dt:
+            return
+        data = self.graph[st.node]
+        want = evaluate_shape(shape, env)
+        shape_ok = len(got) == len(want) and all(isinstance(w, Sym) or w == g for w, g in zip(want, got))
+        if not shape_ok or dt != want_dt:
+            raise DlcError("E0401", f"internal error: `{data.op}` output {i} is {dtype_name(dt)}{list(got)} "
+                               f"at run time, but its declared type is {t.dtype}{_fmt(want)}", data.loc,
+                               hint="this is a bug in dlc: please report it with the spec")
 
     def _convert(self, value, dtype: str, name="", kind="input") -> np.ndarray:
         """``value`` as the declared dtype; a cast that would change values (2.5 → 2, complex → real) is an error."""
