@@ -21,7 +21,8 @@ import re
 from dlc.grammar.errors import DlcError
 
 FRACTION = 0.5
-MAX_NODES = 1_000_000  # graph nodes one compilation may create (nested `repeat` multiplies)
+MAX_NODES = 1_000_000  # graph nodes one graph may hold (nested `repeat` multiplies)
+NODE_BYTES = 2_000  # about what one node costs (record, networkx adjacency, types): the budget bounds nodes too
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
           "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
 _override: int | None = None
@@ -106,3 +107,12 @@ def nbytes_of(shape, dtype) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def check_nodes(count: int, loc=None, what: str = "the graph has grown to") -> None:
+    """E0003 once a graph reaches MAX_NODES nodes, or more than the memory budget holds."""
+    limit = min(MAX_NODES, budget() // NODE_BYTES)
+    if count >= limit:
+        raise DlcError("E0003", f"{what} {count:,} nodes (limit {limit:,}: "
+                                f"{'MAX_NODES' if limit == MAX_NODES else 'the memory budget of ' + fmt_bytes(budget())})",
+                       loc, hint="a nested `repeat` multiplies its counts; use `scan` to iterate without unrolling")

@@ -94,9 +94,19 @@ def _load(path, model_name, hyper, mode="eval"):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory budget, e.g. 2G (default: half the physical memory; env DLC_MAX_MEMORY).")
 @click.version_option(package_name="dlc")
-def main(debug):
+def main(debug, max_memory):
     """dlc — compile declarative .dl model specs to graphs, NumPy and ONNX."""
+    if max_memory is not None:
+        from dlc.compiler import budget
+
+        try:
+            budget.set_budget(budget.parse_size(max_memory))
+        except DlcError as e:
+            click.echo(e.render(), err=True)
+            sys.exit(EXIT_USER_ERROR)
 
 
 @main.command()
@@ -153,20 +163,26 @@ def summary(file, model_name, hyper):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
 @click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in --input files.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
 @_with_model_options
 @_report
-def run(file, inputs, binds, seed, out, force, backend, model_name, hyper):
+def run(file, inputs, binds, seed, out, force, allow_nonfinite, backend, model_name, hyper):
     """Run FILE forward on given or random inputs."""
+    from dlc.runtime.finite import check_finite
     from dlc.runtime.interpreter import random_feeds
+    from dlc.runtime.npy_file import load_npy
 
     m = _load(file, model_name, hyper)
+    if out:
+        from dlc.runtime.npz_file import check_out
+
+        check_out(Path(out), force=force)  # before the work, not after it
     feeds = {}
     for name, path in _bindings(inputs, "--input").items():
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DlcError("E0002", f"cannot read `{path}` for input `{name}`: {e}") from None
+        feeds[name] = load_npy(Path(path), f"the file for input `{name}`")
+        if not allow_nonfinite:
+            check_finite(feeds[name], f"input `{name}` (from `{path}`)")
     unknown = set(feeds) - set(m.inputs)
     if unknown:
         raise DlcError("E0110", f"the model has no input `{sorted(unknown)[0]}`",
@@ -229,9 +245,10 @@ def compile_cmd(file, to_onnx, train_step, group, output, force, model_name, hyp
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint directory.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in the data set.")
 @_with_model_options
 @_report
-def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_name, hyper):
+def train(file, epochs, seed, checkpoint, resume, backend, no_progress, allow_nonfinite, model_name, hyper):
     """Train FILE as its train block says."""
     from dlc.runtime.train import train as run_training
 
@@ -239,7 +256,7 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_na
         raise DlcError("E0110", "--resume needs --checkpoint DIR")
     m = _load(file, model_name, hyper, mode="train")
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
-                 progress=not no_progress, echo=click.echo)
+                 progress=not no_progress, echo=click.echo, allow_nonfinite=allow_nonfinite)
     if not checkpoint:
         click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 

@@ -162,6 +162,11 @@ class Model:
                 self._plans[key] = Plan(self.graph, wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
+            if ("peak",) not in self._plans:  # the interpreter's schedule stands in for onnxruntime's peak
+                from dlc.runtime.interpreter import Plan
+
+                self._plans[("peak",)] = Plan(self.graph, wanted)
+            self._plans[("peak",)].check_memory(feeds)
             if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
                 from dlc.compiler.onnx_export import export_graph
                 from dlc.runtime.ort import OrtSession
@@ -305,10 +310,19 @@ def init_state(graph: Graph, seed: int) -> dict[str, np.ndarray]:
 
 
 def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-    out = {}
+    """Each array drawn after the memory budget allowed it (in its own dtype, with the
+    initialiser's scratch space, on top of everything drawn before)."""
+    from dlc.compiler import budget
+    from dlc.compiler.ops.init import scratch_bytes
+
+    out, total = {}, 0
     for name, n in nodes.items():
         init_name, kwargs = graph[n].attrs["init"]
         t = graph[n].types[0]
+        size = budget.nbytes_of(t.shape, t.dtype)
+        budget.check(f"parameter `{name}` ({t})", size + scratch_bytes(init_name, tuple(t.shape)), graph[n].loc)
+        total += size
+        budget.check(f"the parameters up to `{name}` together", total, graph[n].loc)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         try:
             out[name] = initialize(init_name, kwargs, tuple(t.shape), t.dtype, rng)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from dlc.compiler import budget
 from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, size_of, solve
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.ops.registry import get_op
@@ -52,6 +53,7 @@ class Plan:
         self.graph = graph
         self.check_types = bool(os.environ.get(CHECK_TYPES_ENV)) if check_types is None else check_types
         self._declared: dict = {}  # (node, output) -> (declared shape, has symbols, dtype)
+        self._peaks_ok: set = set()  # dim bindings whose planned peak fits the budget
         self.output_names = list(graph.outputs) if outputs is None else list(outputs)
         self.compute_dtype = compute_dtype
         wanted = [graph.outputs[name] for name in self.output_names]
@@ -152,6 +154,7 @@ class Plan:
         params = params or {}
         state = state or {}
         env = self.bind_dims(feeds, dims)
+        self._check_peak(env)
         slots: list[Any] = [None] * self.n_slots
         for kind, key, slot, n in self.sources:
             if kind == "const":
@@ -195,6 +198,51 @@ class Plan:
                                    hint="lower the learning rate, clip gradients, or check log/div inputs")
             for s in st.frees:
                 slots[s] = None
+
+    def check_memory(self, feeds: Mapping[str, Any]) -> None:
+        """E0003 when running on ``feeds`` would need more than the memory budget (nothing is run)."""
+        self._check_peak(self.bind_dims(feeds))
+
+    def _check_peak(self, env: dict) -> None:
+        """Refuse a run whose planned peak memory (from the declared types under ``env``) is over budget."""
+        key = tuple(sorted((k, v) for k, v in env.items() if isinstance(v, int)))
+        if key in self._peaks_ok:
+            return
+        peak, where = self.planned_peak(env)
+        if peak > budget.budget():
+            data = self.graph[where] if where is not None else None
+            shapes = ", ".join(f"{k}={v}" for k, v in key)
+            budget.check(f"running this graph{' with ' + shapes if shapes else ''} (its peak is at `{data.op}`)"
+                         if data else "running this graph", peak, data.loc if data else None,
+                         hint="feed smaller inputs (a smaller batch), or raise the budget with --max-memory")
+        self._peaks_ok.add(key)
+
+    def planned_peak(self, env: dict) -> tuple[int, int | None]:
+        """(bytes, node) of the largest live set of the schedule: feeds, params, state and
+        constants held throughout, every value from its step to its last use."""
+        def nbytes(t) -> int:
+            shape = evaluate_shape(t.shape, env)
+            if any(isinstance(d, Sym) for d in shape):
+                return 0  # data-dependent: the run itself will tell
+            dt = np.dtype(self.compute_dtype) if self.compute_dtype is not None and t.dtype in FLOATS \
+                else np_dtype(t.dtype)
+            return budget.nbytes_of(shape, dt)
+
+        size = {}
+        live = 0
+        for _kind, _key, slot, n in self.sources:
+            size[slot] = nbytes(self.graph[n].types[0])
+            live += size[slot]
+        peak, where = live, None
+        for st in self.steps:
+            for i, s in enumerate(st.outs):
+                size[s] = nbytes(self.graph[st.node].types[i])
+                live += size[s]
+            if live > peak:
+                peak, where = live, st.node
+            for s in st.frees:
+                live -= size.get(s, 0)
+        return peak, where
 
     def _check_declared(self, st: _Step, i: int, value: np.ndarray, env: dict) -> None:
         """Debug mode: output ``i`` of ``st`` has exactly the shape and dtype the graph declares."""
@@ -305,7 +353,7 @@ def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[s
     before anything is allocated."""
     rng = np.random.default_rng(seed)
     bounds = index_bounds(graph)
-    feeds = {}
+    feeds, total = {}, 0
     for n in graph.inputs:
         name = graph[n].attrs["name"]
         t = graph[n].types[0]
@@ -319,6 +367,9 @@ def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[s
         if size_of(shape) > MAX_ELEMENTS:
             raise DlcError("E0003", f"input `{name}` would have {size_of(shape)} elements "
                            f"(limit {MAX_ELEMENTS})", graph[n].loc)
+        total += budget.nbytes_of(shape, t.dtype)
+        budget.check(f"random input `{name}` ({t.dtype}{list(shape)})", total + budget.nbytes_of(shape, "f64"),
+                     graph[n].loc)
         if t.dtype in FLOATS:
             feeds[name] = rng.standard_normal(shape).astype(np_dtype(t.dtype))
         elif t.dtype == "bool":

@@ -26,6 +26,7 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .data import batches, check_dataset, load_dataset, match_inputs, split
+from .finite import check_dataset_finite
 from .runner import make_runner
 
 EVAL_BATCH = 1024
@@ -78,11 +79,13 @@ def check_data(model, spec) -> None:
         check_dataset(spec.data.name, **opts)
 
 
-def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:
+def load_splits(model, spec, allow_nonfinite: bool = False) -> dict[str, dict[str, np.ndarray]]:
     opts, so = data_options(model, spec)
     data_seed, fractions, same = so["seed"], so["fractions"], so["same"]
     with _at(spec.data.loc):
         ds = load_dataset(spec.data.name, seed=data_seed, **opts)
+        if not allow_nonfinite:
+            check_dataset_finite(ds)
         parts = split(ds, fractions, seed=data_seed, same=same)
         return {k: match_inputs(v, model.inputs, spec.inputs or None) for k, v in parts.items()}
 
@@ -121,7 +124,8 @@ def train(model, **options) -> History:
 
 
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
-           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True) -> History:
+           backend: str = "numpy", progress: bool = True, echo=print, fresh: bool = True,
+           allow_nonfinite: bool = False) -> History:
     """``fresh``: start from parameters initialised with the training seed (the
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
@@ -131,7 +135,7 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     spec = model.train_spec()
     epochs = spec.epochs if epochs is None else epochs
     seed = spec.seed if seed is None else seed
-    splits = load_splits(model, spec)
+    splits = load_splits(model, spec, allow_nonfinite)
     n_train = len(next(iter(splits["train"].values())))
     spe = max(math.ceil(n_train / spec.batch), 1)
     steps = build_steps(model, spec, spe)

@@ -21,6 +21,7 @@ from ..graph import Graph, Value
 from ..ops.registry import all_ops
 from ..types import DTYPES
 
+_DEEP = 32  # bindings being evaluated inside each other before dependencies are forced iteratively
 # names users write that map onto registry ops with other names
 ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather"}
 # `max(x)` reduces, `max(a, b)` is elementwise: expr.call_value picks by arity
@@ -151,9 +152,10 @@ class Frame:
         """Evaluate the pending binding that defines ``name`` (its pending dependencies first)."""
         from .expr import evaluate
 
-        self._force_dependencies(name)
-        if name not in self.pending:
-            return
+        if len(self.ctx.visiting) >= _DEEP:  # a long chain: walk it without recursing (node order elsewhere
+            self._force_dependencies(name)   # stays that of plain lazy evaluation)
+            if name not in self.pending:
+                return
         stmt = self.pending[name]
         key = (id(self), stmt.targets)
         if key in self.ctx.visiting:
