@@ -320,7 +320,9 @@ def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.
         init_name, kwargs = graph[n].attrs["init"]
         t = graph[n].types[0]
         size = budget.nbytes_of(t.shape, t.dtype)
-        budget.check(f"parameter `{name}` ({t})", size + scratch_bytes(init_name, tuple(t.shape)), graph[n].loc)
+        scratch = scratch_bytes(init_name, tuple(t.shape))
+        budget.check(f"parameter `{name}` ({t}: {budget.fmt_bytes(size)}, and {budget.fmt_bytes(scratch)} while "
+                     f"`{init_name}` draws it)", size + scratch, graph[n].loc)
         total += size
         budget.check(f"the parameters up to `{name}` together", total, graph[n].loc)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
