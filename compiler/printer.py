@@ -49,6 +49,8 @@ def node_line(g: Graph, n: int) -> str:
         text = f"%{n} = const {shown} : {_types_text(d.types)}"
     else:
         args = ", ".join(_ref(v) for v in d.inputs)
+        if op == "fused":  # the chain's ops in order; the value numbering is in --format json
+            attrs = {"chain": " ".join(step[0] for step in attrs["program"])}
         extra = ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs.items() if k not in _HIDDEN_ATTRS)
         text = f"%{n} = {op}({args}{', ' if args and extra else ''}{extra}) : {_types_text(d.types)}"
     if d.scope:

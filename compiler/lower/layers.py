@@ -40,7 +40,12 @@ def call_layer(frame: Frame, layer: LayerRef, args: list, kwargs: dict, loc, *, 
         raise frame.error("E0003", f"layers call each other too deeply (at `{defn.name}`)", loc,
                           hint="a layer cannot call itself")
     bind_formals(child, defn.name, defn.formals, args, kwargs, loc, frame)
-    return run_body(child, defn.body, loc, kind="layer")
+    try:
+        return run_body(child, defn.body, loc, kind="layer")
+    except DlcError as e:  # an error inside the body: say which call led there (one note per call level)
+        if loc is not None and getattr(loc, "source", None) is not None and e.loc != loc:
+            e.notes.append((f"in this call of `{defn.name}`", loc))
+        raise
 
 
 def bind_formals(child: Frame, what: str, formals, args: list, kwargs: dict, loc, caller: Frame) -> None:

@@ -110,7 +110,10 @@ class Scan(Op):
         # 1. residuals: the carry each step starts from, stacked in time order
         res_body = body.copy()
         for i, n in enumerate(body.inputs[:k]):
-            res_body.set_output(f"res{i}", Value(n))
+            name = f"res{i}"
+            while name in res_body.outputs:  # differentiating a residual scan again (second order)
+                name = "_" + name
+            res_body.set_output(name, Value(n))
         res = b.apply("scan", *inputs, body=res_body, n_carry=k, n_seq=m, axis=axis, reverse=reverse)
         residuals = list(res[n_y:n_y + k])
         # 2. the backward body: forward body + its VJP, built once

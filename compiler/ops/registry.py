@@ -214,7 +214,7 @@ def all_ops() -> dict[str, type[Op]]:
 
 
 _FAMILIES = ("arith", "activation", "reduction", "shape", "loss", "random", "nn", "norm",
-             "control", "optim")
+             "control", "optim", "fused", "autodiff")
 _loaded = False
 
 
