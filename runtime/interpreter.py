@@ -60,8 +60,8 @@ class Plan:
     def __init__(self, graph: Graph, outputs: list[str] | None = None, *, compute_dtype=None,
                  check_types: bool | None = None):
         """``check_types`` (default: the ``DLC_CHECK_TYPES`` environment variable) compares every
-        value computed with its declared type and raises E0401 at the first that differs (the
-        reference path runs then)."""
+        value computed with its declared type and raises E0401 at the first that differs (on the
+        generated path too: the check is generated in)."""
         self.graph = graph
         self.check_types = bool(os.environ.get(CHECK_TYPES_ENV)) if check_types is None else check_types
         self._declared: dict = {}  # (node, output) -> (declared shape, has symbols, dtype)
@@ -187,7 +187,7 @@ class Plan:
                 value = self._convert(value, self.graph[n].types[0].dtype, key, kind)
             values.append(value)
         with np.errstate(all="ignore"):  # NaN/Inf are reported by check_finite and the trainer, not warnings
-            if check_finite or self.compute_dtype is not None or profile is not None or self.check_types:
+            if check_finite or self.compute_dtype is not None or profile is not None:
                 slots: list[Any] = [None] * self.n_slots
                 for (_, _, slot, _), value in zip(self.sources, values):
                     slots[slot] = value
@@ -363,7 +363,8 @@ def _generate(plan: Plan):
     Kernels are bound as constants ``K<i>``, static attrs as ``A<i>`` (resolved
     per run from ``resolved[i]`` when they mention symbolic dims); value slot
     ``s`` is the local ``v<s>``.  Returns the function and {source line: step index}."""
-    ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray}
+    ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray,
+                          "CHK": lambda i, k, v, C: plan._check_declared(plan.steps[i], k, v, C["_dims"])}
     lines = ["def run(src, R, C):"]
     if plan.sources:
         lines.append("    " + ", ".join(f"v{slot}" for _, _, slot, _ in plan.sources) + (", = src" if len(plan.sources) == 1 else " = src"))
@@ -385,12 +386,16 @@ def _generate(plan: Plan):
             lines.append(f"    v{o} = {call}")
             line_of_step[len(lines)] = i
             lines.append(f"    if v{o}.__class__ is not ND: v{o} = AS(v{o})")
+            if plan.check_types:
+                lines.append(f"    CHK({i}, 0, v{o}, C)")
         else:
             lines.append(f"    t = {call}")
             line_of_step[len(lines)] = i
             for k, o in enumerate(st.outs):
                 lines.append(f"    v{o} = t[{k}]")
                 lines.append(f"    if v{o}.__class__ is not ND: v{o} = asarray(v{o})")
+                if plan.check_types:
+                    lines.append(f"    CHK({i}, {k}, v{o}, C)")
         if st.frees:
             lines.append("    del " + ", ".join(f"v{s}" for s in st.frees))
     outs = [f"v{s}" for s in plan.out_slots]

@@ -316,3 +316,29 @@ def test_compile_targets_that_cannot_be_written(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_train_log_refuses_a_foreign_file(tmp_path):
+    log = tmp_path / "notes.csv"
+    log.write_text("my own notes\n")
+    with pytest.raises(DlcError) as e:
+        dlc.load(regression(tmp_path, epochs=1), mode="train").train(log=log, **QUIET)
+    assert e.value.code == "E0002" and "refusing to overwrite" in e.value.message
+    assert log.read_text() == "my own notes\n"
+    ok = tmp_path / "run.csv"
+    dlc.load(regression(tmp_path, epochs=1), mode="train").train(log=ok, **QUIET)
+    dlc.load(regression(tmp_path, epochs=1), mode="train").train(log=ok, **QUIET)  # its own log: rewritten
+    assert ok.read_text().startswith("epoch,")
+
+
+def test_export_weights_refuses_a_foreign_file(tmp_path):
+    pytest.importorskip("safetensors")
+    spec = regression(tmp_path, epochs=1)
+    dlc.load(spec, mode="train").train(checkpoint=tmp_path / "ck", **QUIET)
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"not mine to overwrite")
+    r = _cli("export-weights", str(tmp_path / "ck"), "-o", str(target), code=2)
+    assert "refusing to overwrite" in r.output and target.read_bytes() == b"not mine to overwrite"
+    target.unlink()
+    _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))
+    _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))  # its own export: replaced
