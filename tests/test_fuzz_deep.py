@@ -5,8 +5,8 @@ graphs.
   volume) through the whole compiler: only DlcError/DlcErrors may come out, and
   every error's caret line is the line the lexer counted.
 - Random well-typed graphs (tests/fuzz_graphs.py): NumPy against onnxruntime
-  (its optimisations on and off), and symbolic gradients against float64 central
-  differences.
+  (dlc's optimizing pipeline and onnxruntime's optimisations each on and off), and
+  symbolic gradients against float64 central differences.
 
 The fast tier runs a few hundred cases; the slow tier (``pytest -m slow``) runs
 5,000 programs and a few hundred graphs; ``DLC_FUZZ_LONG=10`` multiplies every
@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 import dlc
 from dlc.compiler.onnx_export import export_graph
 from dlc.compiler.passes.backprop import gradient_graph
+from dlc.compiler.passes.pipeline import optimize
 from dlc.grammar.errors import DlcError, DlcErrors
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.ort import OrtSession
@@ -131,10 +132,15 @@ def _parity_and_gradients(seed: int) -> None:
     g.verify()
     want = Plan(g).run({}, params)["loss"]
     assert np.isfinite(want), seed
-    proto = export_graph(g, params=params, name="fuzz")
-    for optimize in (True, False):
-        got = OrtSession(proto, optimize=optimize).run({})["loss"]
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"seed {seed}, optimize={optimize}")
+    for level in (1, 2):  # dlc's own optimizing pipeline, verified after every pass
+        got = Plan(optimize(g, level, check=True)).run({}, params)["loss"]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"seed {seed}, dlc -O{level}")
+    for level, proto in ((0, export_graph(g, params=params, name="fuzz")),
+                         (1, export_graph(optimize(g, 1, "onnx"), params=params, name="fuzz"))):
+        for ort_opt in (True, False):
+            got = OrtSession(proto, optimize=ort_opt).run({})["loss"]
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9,
+                                       err_msg=f"seed {seed}, dlc -O{level}, onnxruntime optimize={ort_opt}")
     gg, grads = gradient_graph(g, "loss", "train")
     gg.set_outputs(dict(grads))
     gg.verify()
