@@ -97,8 +97,10 @@ class Setup:
         self.step_ort = lambda: self.trainers["onnxruntime"](self.batch)
         # dlc's own ONNX files, run bare (NumPy in and out every call)
         step_graph = build_steps(self.train_model, self.train_model.train_spec(), STEPS_PER_EPOCH)[0]
-        self.step_session = OrtSession(export_graph(optimize(step_graph.graph, DEFAULT_LEVEL, "onnx"), params=None,
-                                                    name=w.name, train=True), threads=threads).session
+        self.step_proto = export_graph(optimize(step_graph.graph, DEFAULT_LEVEL, "onnx"), params=None,
+                                       name=w.name, train=True).SerializeToString()
+        self.threads = threads
+        self.step_session = OrtSession(self.step_proto, threads=threads).session
         self.step_feeds = {**self.batch, "__rng": np.int64(0), **params, **self.trainers["numpy"].state}
         self.step_feeds = {k: v for k, v in self.step_feeds.items()
                            if k in {i.name for i in self.step_session.get_inputs()}}
@@ -189,6 +191,36 @@ class Setup:
         return sorted(((op, s / 3, n // 3) for op, (s, n) in prof.items()), key=lambda r: -r[1])
 
 
+def ort_profile(proto_bytes: bytes, feeds: dict, threads: int, runs: int = 5) -> list[tuple[str, float, int]]:
+    """onnxruntime's own per-node profile of ``runs`` runs: (op type, ms per run, nodes run per run)."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        session = ort.InferenceSession(proto_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        session.run(None, feeds)  # warm-up (profiled too, then dropped below)
+        for _ in range(runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, list] = {}
+    runs_seen = [e for e in events if e.get("name") == "model_run"]
+    skip_until = runs_seen[0]["ts"] + runs_seen[0]["dur"] if runs_seen else 0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= skip_until:
+            entry = totals.setdefault(e.get("args", {}).get("op_name", "?"), [0.0, 0])
+            entry[0] += e["dur"] / 1e3
+            entry[1] += 1
+    return sorted(((op, ms / runs, n // runs) for op, (ms, n) in totals.items()), key=lambda r: -r[1])
+
+
 def fmt_ratio(ours: list[float], theirs: list[float]) -> str:
     lo, mid, hi = percentiles([a / b for a, b in zip(ours, theirs)])
     return f"{mid:.2f}× ({lo:.2f}–{hi:.2f})"
@@ -201,8 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="", help="comma-separated workload names")
     ap.add_argument("--profile", action="store_true", help="time per op kind of the NumPy training step")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when it is installed")
+    ap.add_argument("--rounds", type=int, default=None, help="round-robin rounds (default 31; --quick 5)")
     args = ap.parse_args(argv)
-    rounds, burst = (5, 0.02) if args.quick else (15, 0.05)
+    rounds, burst = (5, 0.02) if args.quick else (31, 0.03)
+    rounds = args.rounds or rounds
     chosen = [w for w in WORKLOADS if not args.only or w.name in args.only.split(",")]
     torch_ok = has_torch() and not args.no_torch
     from threadpoolctl import threadpool_limits
@@ -218,13 +252,19 @@ def main(argv: list[str] | None = None) -> None:
             print(f"… {w.name}", file=sys.stderr, flush=True)
             s = Setup(w, args.threads, torch_ok)
             times = round_robin(s.candidates(), rounds, burst)
-            results[w.name] = (s, times, s.compile_seconds(), s.peak_step_mb(), s.profile() if args.profile else None)
+            profiles = (s.profile(), ort_profile(s.step_proto, s.step_feeds, args.threads)) if args.profile else None
+            results[w.name] = (s, times, s.compile_seconds(), s.peak_step_mb(), profiles)
     report(results, torch_ok, args)
 
 
 def report(results: dict, torch_ok: bool, args) -> None:
-    print(f"\nThreads: {args.threads} (BLAS, PyTorch, onnxruntime); per-call medians of {len(next(iter(results.values()))[1]['dlc numpy step'])} "
-          "round-robin bursts; ratios dlc / PyTorch eager, median (p25–p75); lower is better.\n")
+    import os
+
+    rounds = len(next(iter(results.values()))[1]["dlc numpy step"])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"\nThreads: {args.threads} (BLAS, PyTorch, onnxruntime); {rounds} round-robin bursts per candidate; "
+          f"ratios dlc / PyTorch eager, median (p25–p75) of the per-round ratios; lower is better.  "
+          f"Load average at the end: {load} on {os.cpu_count()} CPUs.\n")
     if torch_ok:
         import torch
 
@@ -237,12 +277,21 @@ def report(results: dict, torch_ok: bool, args) -> None:
                   f"{fmt_ratio(t['dlc numpy step'], t['torch step'])} | {fmt_ratio(t['dlc ort fwd'], t['torch fwd'])} | "
                   f"{fmt_ratio(t['dlc ort step'], t['torch step'])} | "
                   f"{fmt_ratio(t['dlc onnx fwd (bare)'], t['torch onnx fwd (bare)'])} |")
-    print("\n### Milliseconds per call (median)\n")
+        print("\nRatio of the fastest rounds (min / min: what each side does undisturbed; steadier than the "
+              "medians when the machine is shared):\n")
+        print("| workload | NumPy fwd | NumPy train step | onnxruntime fwd | onnxruntime train step | dlc ONNX / torch ONNX |")
+        print("|---|---:|---:|---:|---:|---:|")
+        pairs = [("dlc numpy fwd", "torch fwd"), ("dlc numpy step", "torch step"), ("dlc ort fwd", "torch fwd"),
+                 ("dlc ort step", "torch step"), ("dlc onnx fwd (bare)", "torch onnx fwd (bare)")]
+        for name, (s, t, *_rest) in results.items():
+            print(f"| {name} | " + " | ".join(f"{min(t[a]) / min(t[b]):.2f}×" for a, b in pairs) + " |")
+    print("\n### Milliseconds per call (median; fastest round in parentheses)\n")
     cols = list(next(iter(results.values()))[1])
     print("| workload | " + " | ".join(cols) + " |")
     print("|---|" + "---:|" * len(cols))
     for name, (s, t, *_rest) in results.items():
-        print(f"| {name} | " + " | ".join(f"{statistics.median(t[c]) * 1e3:.3f}" for c in cols) + " |")
+        print(f"| {name} | " + " | ".join(f"{statistics.median(t[c]) * 1e3:.2f} ({min(t[c]) * 1e3:.2f})"
+                                         for c in cols) + " |")
     print("\n### Compile time and memory\n")
     print("| workload | train-step nodes → NumPy kernel calls | compile: text → exported training step (ms) | "
           "torch.onnx.export, inference (ms) | peak MB per NumPy training step |")
@@ -251,16 +300,25 @@ def report(results: dict, torch_ok: bool, args) -> None:
         nodes = f"{len(s.trainers['numpy'].groups[0].step.graph)} → {len(s.trainers['numpy'].groups[0].run.plan.steps)}"
         te = f"{s.torch_export_s * 1e3:.1f}" if s.torch else "–"
         print(f"| {name} | {nodes} | {comp * 1e3:.1f} | {te} | {peak:.1f} |")
-    for name, (s, t, comp, peak, prof) in results.items():
-        if not prof:
+    for name, (s, t, comp, peak, profiles) in results.items():
+        if not profiles:
             continue
-        total = sum(r[1] for r in prof)
-        print(f"\n### Profile: {name}, NumPy training step ({total * 1e3:.2f} ms in kernels, "
-              f"{sum(r[2] for r in prof)} kernel calls)\n")
-        print("| op | ms per step | calls | share |")
-        print("|---|---:|---:|---:|")
-        for op, sec, n in prof[:10]:
-            print(f"| {op} | {sec * 1e3:.3f} | {n} | {sec / total:.0%} |")
+        numpy_prof, ort_prof = profiles
+        total = sum(r[1] for r in numpy_prof) * 1e3
+        total_ort = sum(r[1] for r in ort_prof)
+        print(f"\n### Profile: {name}, training step — NumPy ({total:.2f} ms in {sum(r[2] for r in numpy_prof)} "
+              f"kernel calls) and onnxruntime ({total_ort:.2f} ms in {sum(r[2] for r in ort_prof)} nodes)\n")
+        if any(r[0] in ("Scan", "Loop", "If") for r in ort_prof):
+            print("(onnxruntime reports a Scan's body nodes on their own too: its time includes theirs)\n")
+        print("| NumPy op | ms | calls | share | | onnxruntime op | ms | nodes | share |")
+        print("|---|---:|---:|---:|---|---|---:|---:|---:|")
+        for i in range(10):
+            left = numpy_prof[i] if i < len(numpy_prof) else None
+            right = ort_prof[i] if i < len(ort_prof) else None
+            a = (f"{left[0]} | {left[1] * 1e3:.3f} | {left[2]} | {left[1] * 1e3 / total:.0%}" if left
+                 else " | | | ")
+            b = f"{right[0]} | {right[1]:.3f} | {right[2]} | {right[1] / total_ort:.0%}" if right else " | | | "
+            print(f"| {a} | | {b} |")
 
 
 if __name__ == "__main__":

@@ -24,14 +24,15 @@ from dlc.runtime.interpreter import Plan
 N = 2000  # kernel calls per chain
 
 
-def chain(op: str, n: int = N, **attrs) -> Graph:
+def chain(op: str, length: int = N, **attrs) -> Graph:
+    """``length`` applications of ``op`` to an 8-element input (each ``sum`` broadcast back)."""
     g = Graph()
     t = TensorType("f32", (8,))
-    n = g.add_node("input", (), {"name": "x"}, (t,))
-    g.add_input(n)
+    x = g.add_node("input", (), {"name": "x"}, (t,))
+    g.add_input(x)
     b = Builder(g)
-    v = Value(n)
-    for _ in range(n):
+    v = Value(x)
+    for _ in range(length):
         v = b.apply(op, v, **attrs)
         if op == "sum":
             v = b.apply("broadcast_to", v, shape=(8,))

@@ -5,7 +5,8 @@
 
 Kernel calls are counted while one training step runs (scan bodies included:
 a body's kernels count once per step of the sequence).  Step times are
-medians of short bursts run round-robin in one process (each variant in
+medians (and minima: on a shared machine the fastest burst is the least disturbed) of
+short bursts run round-robin in one process (each variant in
 turn, so a busy machine slows all of them alike), BLAS single-threaded as
 during training.  ``O0`` is the graph as built; NumPy ``O2`` adds the
 cleanup passes and fusion, onnxruntime ``O1`` the cleanup passes.
@@ -83,7 +84,7 @@ def counts_table() -> None:
 
 
 def timing_table(rounds: int, burst: int) -> None:
-    print(f"\n### Training step time, ms (median of {rounds} round-robin bursts of {burst} steps)\n")
+    print(f"\n### Training step time, ms: median (fastest) of {rounds} round-robin bursts of {burst} steps\n")
     print("| spec | batch | numpy O0 | numpy O2 | speed-up | onnxruntime O0 | onnxruntime O1 | speed-up |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for spec, batch in TIMED.items():
@@ -100,8 +101,17 @@ def timing_table(rounds: int, burst: int) -> None:
                     r(feeds, m.params, state)
                 times[k].append((time.perf_counter() - t0) / burst * 1e3)
         med = {k: statistics.median(v) for k, v in times.items()}
-        n0, n2, o0, o1 = (med[("numpy", 0)], med[("numpy", 2)], med[("onnxruntime", 0)], med[("onnxruntime", 1)])
-        print(f"| {spec} | {batch} | {n0:.3f} | {n2:.3f} | {n0 / n2:.2f}x | {o0:.3f} | {o1:.3f} | {o0 / o1:.2f}x |")
+        low = {k: min(v) for k, v in times.items()}
+
+        def cell(k):
+            return f"{med[k]:.3f} ({low[k]:.3f})"
+
+        def ratio(a, b):
+            return f"{med[a] / med[b]:.2f}x ({low[a] / low[b]:.2f}x)"
+
+        n0, n2, o0, o1 = ("numpy", 0), ("numpy", 2), ("onnxruntime", 0), ("onnxruntime", 1)
+        print(f"| {spec} | {batch} | {cell(n0)} | {cell(n2)} | {ratio(n0, n2)} | {cell(o0)} | {cell(o1)} | "
+              f"{ratio(o0, o1)} |")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from dlc.grammar.errors import DlcError
 from . import budget
 from .graph import RNG_INPUT, Graph, Value
 from .ops.registry import get_op
-from .types import FLOATS, ShapeError, TensorType, dtype_name, np_dtype
+from .types import FLOATS, AttrError, ShapeError, TensorType, dtype_name, np_dtype
 
 
 class Builder:
@@ -121,6 +121,8 @@ class Builder:
         try:
             attrs = opdef.resolve_attrs(types, attrs)
             out = opdef.shape(*types, **attrs)
+        except AttrError as e:  # an attribute of the wrong form: the arguments are wrong, not the shapes
+            raise self.error("E0102", user_facing(str(e), op, shown)) from None
         except ShapeError as e:
             err = self.error("E0104", f"shape mismatch in `{shown}`: {user_facing(str(e), op, shown)}")
             err.notes.extend(self._operand_notes(values))

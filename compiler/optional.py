@@ -10,7 +10,7 @@ from dlc.grammar.errors import DlcError
 
 # module → the extra of pyproject.toml that installs it
 EXTRAS = {"onnxruntime": "ort", "graphviz": "graphviz", "pygments": "pygments",
-          "safetensors.numpy": "safetensors"}
+          "safetensors.numpy": "safetensors", "ray": "ray"}
 
 
 def import_optional(module: str, purpose: str) -> ModuleType:

@@ -24,37 +24,17 @@ import numpy as np
 from .dims import Dim, Sym, size_of
 from .graph import SOURCE_OPS, Graph, Value
 
-FREE_OPS = {"reshape", "flatten", "transpose", "squeeze", "unsqueeze", "slice", "concat", "split", "stack",
-            "broadcast_to", "gather", "cast", "identity", "fill", "pad", "one_hot", "argmax"}
 _OPERATORS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**", "mod": "%", "matmul": "@", "neg": "-"}
 
 
-def _size(shape) -> Dim:
-    n: Dim = 1
-    for d in shape:
-        n = n * d
-    return n
-
-
 def node_flops(g: Graph, n: int) -> Dim:
-    """FLOPs of one node (symbolic dims kept)."""
+    """FLOPs of one node, as its op counts them (``Op.flops``; symbolic dims kept)."""
+    from .ops.registry import get_op
+
     d = g[n]
-    op = d.op
-    if op in SOURCE_OPS or op in FREE_OPS:
+    if d.op in SOURCE_OPS:
         return 0
-    ins = [g.type_of(v) for v in d.inputs]
-    out = d.types[0]
-    if op == "matmul":
-        return 2 * _size(out.shape) * ins[0].shape[-1]
-    if op in ("conv2d", "conv_transpose2d", "conv1d"):
-        w = ins[1].shape
-        return 2 * _size(out.shape) * _size(w[1:])
-    if op == "scan":
-        body = d.attrs["body"]
-        seq = ins[d.attrs["n_carry"]]
-        length = seq.shape[d.attrs["axis"] % seq.rank]
-        return length * graph_flops(body)
-    return sum((_size(t.shape) for t in d.types), 0)
+    return get_op(d.op).flops([g.type_of(v) for v in d.inputs], list(d.types), **d.attrs)
 
 
 def graph_flops(g: Graph) -> Dim:

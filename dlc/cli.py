@@ -193,7 +193,9 @@ def check(files, hyper):
 
 @main.command()
 @click.argument("file", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json", "svg", "png"]), default="text",
+              show_default=True, help="svg/png are rendered by Graphviz (extra dlc[graphviz] and the `dot` program).")
+@click.option("-o", "output", type=click.Path(), default=None, help="Write to this file (needed for png).")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
 @click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
@@ -201,15 +203,32 @@ def check(files, hyper):
                    "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, grad, train_step, opt_level, model_name, hyper):
-    """Print the computation graph of FILE."""
+def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
+    """Print (or draw) the computation graph of FILE."""
     from dlc.compiler import printer
     from dlc.compiler.passes.pipeline import optimize
 
+    if fmt == "png" and not output:
+        raise usage("--format png writes a binary file: give it with -o FILE.png")
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
     g = optimize(g, opt_level, "numpy")
-    click.echo({"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g))
+    if fmt in ("svg", "png"):
+        from dlc.compiler.dot import render
+
+        data = render(printer.to_dot(g), fmt)
+        if output:
+            Path(output).write_bytes(data)
+            click.echo(f"wrote {output} ({len(data):,} bytes)")
+        else:
+            click.echo(data.decode("utf-8"))
+        return
+    text = {"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
 
 
 @main.command()
@@ -357,7 +376,7 @@ def export_weights(checkpoint, output, last):
     from dlc.runtime.weights import checkpoint_weights, write_safetensors
 
     if Path(output).suffix != ".safetensors":
-        raise DlcError("E0110", f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
+        raise usage(f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
     params, state, meta = checkpoint_weights(Path(checkpoint), best=not last)
     size = write_safetensors(Path(output), params, state, meta)
     click.echo(f"wrote {output} ({size:,} bytes: {len(params)} parameters, {len(state)} state tensors, "
@@ -375,19 +394,31 @@ def export_weights(checkpoint, output, last):
 @click.option("--log", "log_file", type=click.Path(), default=None,
               help="Also write the per-epoch metrics to FILE (.jsonl: JSON lines, else CSV); a checkpoint "
                    "folder always gets metrics.csv and metrics.jsonl.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Data-parallel training on N Ray workers (pip install 'dlc[ray]').")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --workers: join the Ray cluster at ADDR (default: start Ray on this machine).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where onnxruntime runs the steps: cpu, or cuda[:N] (onnxruntime-gpu).")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in the data set.")
 @_with_model_options
 @_report
-def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, allow_nonfinite, model_name,
-          hyper):
+def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, workers, address, device,
+          allow_nonfinite, model_name, hyper):
     """Train FILE as its train block says."""
     from dlc.runtime.train import train as run_training
 
     if resume and not checkpoint:
         raise usage("--resume needs --checkpoint DIR")
+    if address and workers is None:
+        raise usage("--address needs --workers N")
+    if workers is not None and workers < 1:
+        raise usage(f"--workers must be at least 1, got {workers}")
     m = _load(file, model_name, hyper, mode="train")
+    debug = click.get_current_context().find_root().params.get("debug", False)
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
-                 progress=not no_progress, echo=click.echo, log=log_file, allow_nonfinite=allow_nonfinite)
+                 device=device, progress=not no_progress, echo=click.echo, log=log_file, workers=workers,
+                 address=address, debug=debug, allow_nonfinite=allow_nonfinite)
     if not checkpoint:
         click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 

@@ -118,16 +118,39 @@ def _train(model, *, group, outputs):
     return proto, graph
 
 
-def _grad(model, *, group, outputs):
+def grad_graph(model, group: str | None = None):
+    """(the gradient graph of step group ``group``, the parameter names it differentiates):
+    the dlc Graph the grad export is made of (run it with runtime/interpreter.py's Plan)."""
     from dlc.compiler.lower import compile_model
-    from dlc.compiler.onnx_export import export_graph
     from dlc.compiler.training.spec import step_outputs
     from dlc.compiler.training.step import build_grad
 
     spec = model.train_spec()
+    s = spec.steps[_group_index(spec, group)]
+    lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, s))
+    return build_grad(lowered.graph, s)
+
+
+def update_graph(model, group: str | None = None, steps_per_epoch: int | None = None):
+    """The optimizer update of step group ``group`` as a StepGraph (inputs ``grad/<param>``):
+    what the update export is made of.  ``steps_per_epoch`` (default: from the data)
+    scales the schedule."""
+    from dlc.compiler.training.step import build_update, select_params
+    from dlc.runtime.train import steps_per_epoch_for
+
+    spec = model.train_spec()
+    s = spec.steps[_group_index(spec, group)]
+    names = select_params(s.params, list(model.graph.params), s.loc, f"step `{s.name}`")
+    spe = steps_per_epoch_for(model, spec) if steps_per_epoch is None else steps_per_epoch
+    return build_update(model.graph, spec, s, names, spe)
+
+
+def _grad(model, *, group, outputs):
+    from dlc.compiler.onnx_export import export_graph
+
+    spec = model.train_spec()
     gi = _group_index(spec, group)
-    lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, spec.steps[gi]))
-    graph, names = build_grad(lowered.graph, spec.steps[gi])
+    graph, names = grad_graph(model, group)
     graph = optimize(graph, model.opt_level, "onnx")
     params, state, global_step, seed = training_values(model, spec, ())
     defaults = {**params, **state}
@@ -142,17 +165,14 @@ def _grad(model, *, group, outputs):
 
 def _update(model, *, group, outputs):
     from dlc.compiler.onnx_export import export_graph
-    from dlc.compiler.training.step import build_update, select_params
-    from dlc.runtime.train import steps_per_epoch_for
 
     spec = model.train_spec()
-    gi = _group_index(spec, group)
-    s = spec.steps[gi]
-    names = select_params(s.params, list(model.graph.params), s.loc, f"step `{s.name}`")
-    step = build_update(model.graph, spec, s, names, steps_per_epoch_for(model, spec))
-    params, state, global_step, seed = training_values(model, spec, (step,))
+    s = spec.steps[_group_index(spec, group)]
+    step = update_graph(model, group)
+    params, state, global_step, _ = training_values(model, spec, (step,))
     feedback = {f"new/{k}": k for k in [*step.params, *step.state_init]}
-    props = {"dlc.weights": model.weights, "dlc.group": s.name, "dlc.feedback": json.dumps(feedback)}
+    props = {"dlc.weights": model.weights, "dlc.group": s.name, "dlc.step": str(global_step),
+             "dlc.feedback": json.dumps(feedback)}
     defaults = {**params, **{k: state[k] for k in step.state_init}}
     graph = optimize(step.graph, model.opt_level, "onnx")
     proto = export_graph(graph, params=None, name=model.name, doc=model.doc(), train=True,

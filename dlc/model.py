@@ -37,14 +37,32 @@ def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed
 
 
 def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
-            **hyper) -> "Model":
-    """Compile spec text (``use`` resolves relative to the current directory)."""
-    return Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
-                 hyper=hyper)
+            checkpoint: str | Path | None = None, **hyper) -> "Model":
+    """Compile spec text (``use`` resolves relative to the current directory); ``checkpoint`` as for :func:`load`."""
+    m = Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
+              hyper=hyper)
+    if checkpoint is not None:
+        m.load_checkpoint(checkpoint)
+    return m
 
 
 class Model:
-    opt_level: int = DEFAULT_LEVEL  # the optimizing pipeline's level for everything this model runs or exports
+    _opt_level: int = DEFAULT_LEVEL
+
+    @property
+    def opt_level(self) -> int:
+        """The optimizing pipeline's level for everything this model runs, trains or exports
+        (0: graphs as built; 1: cleanup passes; 2: also fusion on the NumPy backend)."""
+        return self._opt_level
+
+    @opt_level.setter
+    def opt_level(self, level: int) -> None:
+        from dlc.compiler.passes.pipeline import LEVELS
+
+        if level not in LEVELS:
+            raise DlcError("E0110", f"opt_level must be one of {', '.join(map(str, LEVELS))}, got {level!r}")
+        self._opt_level = level
+        self._plans.clear()  # plans and sessions were built at the old level
 
     def __init__(self, loaded: Loaded, model: str | None, *, mode: str = "eval", seed: int = 0,
                  hyper: dict | None = None):
@@ -120,6 +138,16 @@ class Model:
 
         graph = self.graph if self.mode == "eval" else load_eval_graph(self)
         return summarize(graph, self.defn, self.loaded.env.layers)
+
+    def _repr_svg_(self) -> str | None:
+        """A notebook draws the graph (None, so the HTML table shows instead, without Graphviz)."""
+        from dlc.compiler.dot import render, to_dot
+        from dlc.grammar.errors import DlcError as _Missing
+
+        try:
+            return render(to_dot(self.graph), "svg").decode("utf-8")
+        except _Missing:
+            return None
 
     def _repr_html_(self) -> str:
         """A notebook shows the summary table."""

@@ -82,6 +82,7 @@ CODES = {
     "E0401": "runtime error",
     "E0402": "non-finite value",
     "E0403": "checkpoint error",
+    "E0404": "worker failure",
     "E0501": "export error",
 }
 

@@ -191,7 +191,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
     arrays = _arrays(arrays)
     size = positive_int("batch_size", batch_size)
     n = length_of(arrays)
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else None
+    order = batch_indices(n, size, shuffle=shuffle, seed=seed, epoch=epoch)
     stop = n - n % size if drop_last else n
     for start in range(0, stop, size):
         if order is None:
@@ -199,6 +199,13 @@ def batches(arrays, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
         else:
             idx = order[start:start + size]
             yield {k: a[idx] for k, a in arrays.items()}
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray | None:
+    """The row order :func:`batches` cuts into consecutive batches of ``batch_size``:
+    a permutation that depends only on (seed, epoch), or None (rows in order).
+    Data-parallel workers cut their shards from the same order (runtime/distributed.py)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else None
 
 
 # -- feeding a model ------------------------------------------------------

@@ -17,11 +17,12 @@ checks, float64 gradient checks, per-op profiles.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
+_NO_CONTEXT: dict = {}
 MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
 # Debug mode: every value's run-time shape and dtype is compared with its declared type (the test
 # suite turns it on for every run; see tests/conftest.py).
@@ -46,7 +48,7 @@ class _Step:
     outs: tuple[int, ...]
     attrs: dict
     symbolic: bool  # attrs mention Syms: resolve per run
-    context: bool  # the kernel wants the run's dims and precision (control flow)
+    context: bool  # the kernel gets a RunContext (control flow: it runs a body)
     frees: tuple[int, ...]
 
 
@@ -108,6 +110,8 @@ class Plan:
         self.steps = steps
         self.input_nodes = {graph[n].attrs["name"]: n for n in graph.inputs}
         self._dim_plan = self._plan_dims(graph, self.input_nodes)
+        self._body_plans: dict[int, Plan] = {}  # id(body graph) → its plan; the plan keeps the body alive
+        self._takes_context = any(st.context for st in steps)
         self._source_dtypes = [self._target(graph[n].types[0].dtype) for _, _, _, n in self.sources]
         self._symbolic = [i for i, st in enumerate(steps) if st.symbolic]
         self._resolved: dict = {}  # dims binding -> {step index: resolved attrs}
@@ -194,6 +198,7 @@ class Plan:
                 self._execute(slots, env, check_finite, profile)
                 return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
             resolved = self._resolve_attrs(env) if self._symbolic else None
+            self._run_env = env  # the dims the generated type checks (debug mode) evaluate shapes in
             try:
                 results = self._fast(values, resolved, self._context(env))
             except DlcError:
@@ -203,8 +208,11 @@ class Plan:
         return dict(zip(self.output_names, results))
 
     def _context(self, env: dict) -> dict:
-        """The extra kwargs of kernels that take the run's context (control flow)."""
-        return {"_dims": env, "_compute_dtype": self.compute_dtype}
+        """The extra kwargs of kernels that take the run's context (control flow: a
+        :class:`RunContext`, see compiler/ops/context.py); none for plans without them."""
+        if not self._takes_context:
+            return _NO_CONTEXT
+        return {"context": RunContext(self._body_plans, env, self.compute_dtype)}
 
     def _resolve_attrs(self, env: dict) -> dict:
         key = tuple(env.items())
@@ -231,6 +239,7 @@ class Plan:
         for st in self.steps:
             attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
             if st.context:
+                attrs = {**attrs, "context": RunContext(self._body_plans, env, self.compute_dtype)}
                 attrs = {**attrs, **self._context(env)}
             try:
                 if profile is None:
@@ -350,6 +359,47 @@ class Plan:
         return [k for kd, k, _, _ in self.sources if kd == kind]
 
 
+class RunContext:
+    """The interpreter's :class:`~dlc.compiler.ops.context.KernelContext`:
+    bodies run as nested plans, built once per body and precision (the cache
+    belongs to the calling plan) and fed the caller's bound dims."""
+
+    __slots__ = ("_plans", "dims", "compute_dtype")
+
+    def __init__(self, plans: dict, dims: Mapping[str, int], compute_dtype):
+        self._plans, self.dims, self.compute_dtype = plans, dims, compute_dtype
+
+    def run_body(self, body: Graph, feeds: Mapping[str, Any]) -> dict:
+        plan = self._plans.get(id(body))
+        if plan is None:
+            plan = self._plans[id(body)] = Plan(body, compute_dtype=self.compute_dtype)
+        return plan.run(feeds, dims=self.dims)
+
+
+class KernelCalls:
+    calls = 0  # kernel calls
+    runs = 0  # plan runs: the outer run plus one per scan step
+
+
+@contextmanager
+def counting_kernel_calls() -> Iterator[KernelCalls]:
+    """Count the kernel calls of every plan run inside the block, nested scan
+    bodies included (``with counting_kernel_calls() as n: ...; n.calls``).
+    A test and benchmark hook: it wraps :meth:`Plan.run` for the block only,
+    so the hot path pays nothing outside it."""
+    counter = KernelCalls()
+    original = Plan.run
+
+    def counted(self, *args, **kwargs):
+        counter.calls += len(self.steps)
+        counter.runs += 1
+        return original(self, *args, **kwargs)
+
+    Plan.run = counted
+    try:
+        yield counter
+    finally:
+        Plan.run = original
 def _as_array(value):
     """A kernel's single result as an ndarray (NumPy reductions return scalars)."""
     if isinstance(value, tuple):
@@ -364,7 +414,7 @@ def _generate(plan: Plan):
     per run from ``resolved[i]`` when they mention symbolic dims); value slot
     ``s`` is the local ``v<s>``.  Returns the function and {source line: step index}."""
     ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray,
-                          "CHK": lambda i, k, v, C: plan._check_declared(plan.steps[i], k, v, C["_dims"])}
+                          "CHK": lambda i, k, v: plan._check_declared(plan.steps[i], k, v, plan._run_env)}
     lines = ["def run(src, R, C):"]
     if plan.sources:
         lines.append("    " + ", ".join(f"v{slot}" for _, _, slot, _ in plan.sources) + (", = src" if len(plan.sources) == 1 else " = src"))
@@ -387,7 +437,7 @@ def _generate(plan: Plan):
             line_of_step[len(lines)] = i
             lines.append(f"    if v{o}.__class__ is not ND: v{o} = AS(v{o})")
             if plan.check_types:
-                lines.append(f"    CHK({i}, 0, v{o}, C)")
+                lines.append(f"    CHK({i}, 0, v{o})")
         else:
             lines.append(f"    t = {call}")
             line_of_step[len(lines)] = i
@@ -395,7 +445,7 @@ def _generate(plan: Plan):
                 lines.append(f"    v{o} = t[{k}]")
                 lines.append(f"    if v{o}.__class__ is not ND: v{o} = asarray(v{o})")
                 if plan.check_types:
-                    lines.append(f"    CHK({i}, {k}, v{o}, C)")
+                    lines.append(f"    CHK({i}, {k}, v{o})")
         if st.frees:
             lines.append("    del " + ", ".join(f"v{s}" for s in st.frees))
     outs = [f"v{s}" for s in plan.out_slots]
@@ -437,14 +487,12 @@ def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-_INDEX_PRESERVING = {"reshape", "squeeze", "unsqueeze", "transpose", "slice", "cast", "identity", "broadcast_to"}
-
-
 def index_bounds(graph: Graph) -> dict[str, int]:
     """For integer inputs used as indices, the exclusive upper bound their values
-    may take: the rows of a ``gather``/``embedding`` table, a ``one_hot`` depth,
-    the classes of ``softmax_xent`` labels (the smallest when used several ways),
-    followed through ops that only move values (reshape, slice, cast, …)."""
+    may take (each op says, ``Op.index_bound``: the rows of a ``gather`` table, a
+    ``one_hot`` depth, the classes of ``softmax_xent`` labels; the smallest when
+    used several ways), followed through ops that only move values
+    (``Op.moves_values``: reshape, slice, cast, ...)."""
     bounds: dict[str, int] = {}
     for n in graph.inputs:
         name = graph[n].attrs["name"]
@@ -453,20 +501,17 @@ def index_bounds(graph: Graph) -> dict[str, int]:
             src = todo.pop()
             for user in graph.consumers(src):
                 data = graph[user]
-                slot = [i for i, v in enumerate(data.inputs) if v.node == src]
-                bound = None
-                if data.op in _INDEX_PRESERVING and user not in seen:
-                    seen.add(user)
-                    todo.append(user)
-                elif data.op == "gather" and 1 in slot:
-                    table = graph.type_of(data.inputs[0])
-                    bound = table.shape[data.attrs["axis"] % table.rank]
-                elif data.op == "one_hot":
-                    bound = data.attrs["depth"]
-                elif data.op == "softmax_xent" and 1 in slot:
-                    bound = graph.type_of(data.inputs[0]).shape[-1]
-                if isinstance(bound, int) and bound > 0:
-                    bounds[name] = min(bound, bounds.get(name, bound))
+                op = get_op(data.op)
+                if op.moves_values:
+                    if user not in seen:
+                        seen.add(user)
+                        todo.append(user)
+                    continue
+                types = [graph.type_of(v) for v in data.inputs]
+                for slot in [i for i, v in enumerate(data.inputs) if v.node == src]:
+                    bound = op.index_bound(types, slot, **data.attrs)
+                    if isinstance(bound, int) and bound > 0:
+                        bounds[name] = min(bound, bounds.get(name, bound))
     return bounds
 
 

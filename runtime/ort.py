@@ -175,12 +175,11 @@ class BoundRun:
                  outputs: list[str] | None = None):
         self.session = session
         self.store = store
-        self.writes = dict(writes or {})
         names = session.output_names if outputs is None else list(outputs)
+        self.writes = {o: r for o, r in (writes or {}).items() if r in store and o in names}
         self.resident_in = [n for n in (*session.inputs, *session.defaulted) if n in store]
         self.feed_names = [n for n in session.inputs if n not in store]
         self.host_out = [n for n in names if n not in self.writes]
-        self.written = [n for n in names if n in self.writes]
         self._host = {}  # output name -> (preallocated array, its OrtValue) for static shapes
         from onnxruntime import OrtValue
 
@@ -231,7 +230,7 @@ class BoundRun:
         out = {n: arr.copy() for n, (arr, _) in self._host.items()}
         if self._dynamic:
             for n, v in zip(self._dynamic, binding.get_outputs()[len(self._host):len(self._host) + len(self._dynamic)]):
-                out[n] = v.numpy()
+                out[n] = np.array(v.numpy(), copy=True)  # not a view of memory onnxruntime may reuse
         return out
 
     def commit(self, names: Iterable[str]) -> None:

@@ -109,7 +109,7 @@ def bind(graph: Graph, store, backend: str, *, threads: int | None = None, outpu
     those of ``names`` the store's values (the others are dropped at the next run).
     ``level``: the optimizing pipeline's level (0: the graph as built)."""
     names = list(graph.outputs) if outputs is None else list(outputs)
-    writes = {o: o[len("new/"):] for o in names if o.startswith("new/")}
+    writes = {o: o[len("new/"):] for o in names if o.startswith("new/") and o[len("new/"):] in store}
     if backend == "numpy":
         from .interpreter import Plan
 

@@ -1,10 +1,13 @@
-"""The training loop, shared by both backends.
+"""The epoch loop, shared by both backends, built on the Trainer (runtime/trainer.py).
 
 Each step group's graph (compiler/training/step.py) is a pure function
-``(batch, params, state) → (loss, metrics, new params, new state)``; the loop
-feeds it batches, keeps params and state, evaluates on the validation split
-after every epoch, stops early when the monitored metric stops improving, and
-checkpoints atomically.  Everything random derives from the seed: the batch
+``(batch, params, state) → (loss, metrics, new params, new state)``; the
+Trainer runs it on one batch and keeps params and state in the backend.  The
+loop feeds it the epoch's batches, evaluates on the validation split after
+every epoch (``_epoch`` returns the epoch's row: the one place its results
+land, read by the log line, early stopping, the checkpoint and the run log),
+stops early when the monitored metric stops improving, and checkpoints
+atomically.  Everything random derives from the seed: the batch
 order from (seed, epoch), random ops' key from (seed, global step), so a run
 resumed from a checkpoint is bit-identical to one never interrupted.
 """
@@ -18,7 +21,6 @@ from pathlib import Path
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
-from .data import batches
 from .runlog import EpochMeter, RunLog
 from .threads import training_threads
 from .trainer import Trainer, make_trainer
@@ -48,14 +50,34 @@ def train(model, **options) -> History:
 
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
            backend: str = "numpy", device: str = "cpu", progress: bool = True, echo=print,
-           fresh: bool = True, log=None, allow_nonfinite: bool = False) -> History:
+           fresh: bool = True, log=None, workers: int | None = None, address: str | None = None,
+           debug: bool = False, allow_nonfinite: bool = False) -> History:
     """``fresh``: start from parameters initialised with the training seed (the
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
     newest checkpoint in ``checkpoint`` instead.  Metrics are logged per epoch
-    in the checkpoint folder and in ``log`` (runtime/runlog.py)."""
-    trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
-                           allow_nonfinite=allow_nonfinite)
+    in the checkpoint folder and in ``log`` (runtime/runlog.py).  ``workers``: train
+    data-parallel on that many Ray workers (runtime/distributed.py), on the cluster at
+    ``address`` or on this machine (they check their own shards' data: ``allow_nonfinite`` is
+    for the local trainer); ``debug`` checks every epoch that they all used the
+    driver's parameters."""
+    if workers is None:
+        trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
+                               allow_nonfinite=allow_nonfinite)
+        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
+    from .distributed import DistributedTrainer
+
+    trainer = DistributedTrainer(model, workers=workers, address=address, backend=backend, device=device,
+                                 seed=seed, fresh=fresh, debug=debug)
+    try:
+        echo(f"data-parallel on {workers} Ray worker{'s' if workers > 1 else ''}")
+        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
+    finally:
+        trainer.close()
+
+
+def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log) -> History:
+    """The epoch loop over ``trainer`` (a Trainer or a DistributedTrainer)."""
     spec = trainer.spec
     epochs = spec.epochs if epochs is None else epochs
     splits = trainer.splits
@@ -128,9 +150,8 @@ def _epoch(trainer: Trainer, splits: dict, epoch: int, epochs: int, spe: int, pr
     keys = [g.loss_key for g in trainer.groups]
     totals = {k: [0.0, 0] for k in keys}  # per step group: loss sum, examples
     first = totals[keys[0]]
-    for batch in batches(splits["train"], trainer.spec.batch, shuffle=True, seed=trainer.seed, epoch=epoch):
+    for batch, n in trainer.train_batches(epoch):
         metrics = trainer(batch)
-        n = len(next(iter(batch.values())))
         for k in keys:
             if k in metrics:
                 totals[k][0] += metrics[k] * n

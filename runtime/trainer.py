@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 
@@ -227,11 +227,20 @@ class Trainer:
             self.outputs[g.index] = out
             if g.index == 0:
                 metrics["lr"] = float(out["train/lr"])
-                metrics.update({k[len("metric/"):]: float(v) for k, v in out.items() if k.startswith("metric/")})
+                for k, v in out.items():  # train metrics (a metric that repeats the loss is the loss)
+                    name = metric_key(k, g.step.group)
+                    if name is not None and k.startswith("metric/"):
+                        metrics[name] = float(v)
         self.global_step = step + 1
         return metrics
 
     step = __call__
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """(batch, examples) pairs of one epoch over the training split, in the order
+        that (seed, epoch) fixes."""
+        for b in batches(self.splits["train"], self.spec.batch, shuffle=True, seed=self.seed, epoch=epoch):
+            yield b, len(next(iter(b.values())))
 
     def _locate_nonfinite(self, g: _Group, feeds, loss: float):
         from .interpreter import Plan

@@ -16,10 +16,9 @@ from click.testing import CliRunner
 import dlc
 from dlc.cli import main
 from dlc.compiler.graph import RNG_INPUT
-from dlc.compiler.lower import compile_model, load_module
-from dlc.compiler.training.spec import step_outputs
-from dlc.compiler.training.step import build_grad, build_update, initial_state
-from dlc.exports import RNG_MODULUS, RNG_STRIDE
+from dlc.compiler.lower import load_module
+from dlc.compiler.training.step import initial_state
+from dlc.exports import RNG_MODULUS, RNG_STRIDE, grad_graph, update_graph
 from dlc.grammar.errors import DlcError
 from dlc.model import init_params, init_state
 from dlc.runtime.data import batches
@@ -252,6 +251,7 @@ def test_the_train_file_runs_fed_with_a_batch_alone_and_continues_a_checkpoint(t
         np.testing.assert_allclose(out[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow  # a fresh interpreter importing onnxruntime and scikit-learn: about 4 s
 def test_the_documented_script_trains_with_stock_onnxruntime(tmp_path):
     text = (ROOT / "docs" / "onnx.md").read_text()
     script = re.search(r"<!-- train-script -->\n```python\n(.*?)```", text, re.S).group(1)
@@ -316,11 +316,10 @@ def test_grad_then_update_is_the_fused_step_exactly(path, name, group):
     m = dlc.compile(REGULARISED, mode="train") if path.startswith("<") else dlc.load(path, model=name, mode="train")
     spec = m.train_spec()
     gi = [st.name for st in spec.steps].index(group)
-    s = spec.steps[gi]
     feeds = _first_batch(m, spec)
     fused = build_steps(m, spec, steps_per_epoch=7)[gi]
-    grad, names = build_grad(compile_model(m.loaded, m.defn, "train", m.hyper, extra=step_outputs(spec, s)).graph, s)
-    update = build_update(m.graph, spec, s, names, steps_per_epoch=7)
+    grad, names = grad_graph(m, group)
+    update = update_graph(m, group, steps_per_epoch=7)
     for g in (grad, update.graph):
         g.verify()
     params = init_params(m.graph, spec.seed)
@@ -354,7 +353,8 @@ def test_export_kinds_are_checked():
         m.to_onnx("gradient")
     with pytest.raises(DlcError, match="no step group `gen`"):
         dlc.load("specs/gan.dl", mode="train").to_onnx("grad", group="gen")
-    cli("compile", "specs/mlp.dl", "--onnx", "--grad", "--train", code=64)
+    cli("compile", "specs/mlp.dl", "--onnx", "--grad", "--train", code=64)  # a usage error
+    cli("export-weights", "runs", "-o", "w.npz", code=64)
 
 
 def test_compile_writes_each_kind_next_to_the_spec(tmp_path):
@@ -385,3 +385,11 @@ def test_a_checkpoint_of_other_set_values_says_which(tmp_path):
     assert "E0403" in r.stderr and "the run used --set lr=0.01" in r.stderr
     cli("compile", "specs/mlp.dl", "--onnx", "--checkpoint", tmp_path / "c", "--set", "lr=0.01", "-o",
         tmp_path / "m.onnx")
+
+
+def test_compile_takes_a_checkpoint_too(tmp_path):
+    m = dlc.compile(REGULARISED, mode="train")
+    m.train(epochs=1, checkpoint=tmp_path / "c", **QUIET)
+    again = dlc.compile(REGULARISED, checkpoint=tmp_path / "c")
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(again.params[k], v)

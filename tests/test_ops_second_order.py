@@ -16,9 +16,9 @@ import pytest
 from dlc.compiler.passes.backprop import backprop
 from dlc.runtime.interpreter import Plan
 
-from op_harness import cases, materialise, one_op_graph, seed_of
+from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of
 
-CASES = [c for c in cases() if c[1].differentiable and c[3].grad]
+CASES = gradient_cases(cases())
 
 
 def _weighted_sum(b, values, rng):

@@ -23,6 +23,7 @@ from dlc.compiler.passes.pipeline import optimize, passes_for
 from dlc.compiler.passes.simplify import simplify
 from dlc.compiler.training.step import initial_state
 from dlc.compiler.types import TensorType
+from dlc.grammar.errors import DlcError
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.ort import OrtSession
 from dlc.runtime.runner import make_runner
@@ -246,6 +247,23 @@ def test_a_chain_member_that_is_an_output_becomes_an_output_of_the_fused_node():
         np.testing.assert_array_equal(after[k], before[k])
 
 
+def test_a_value_read_again_later_leaves_the_chain_as_an_extra_output():
+    g, b, (x,) = small(F32)
+    bias = graph_param(g, "b", TensorType("f32", (3,)))
+    h = b.add(x, bias)
+    g.set_output("y", b.relu(h))
+    g.set_output("dx", b.where(b.gt(h, 0.0), x, 0.0))  # relu's gradient reads h after relu
+    feeds, params = {"x0": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}, {"b": np.ones(3, np.float32) / 4}
+    want = run(g, feeds, params)
+    fuse_elementwise(g)
+    g.verify()
+    assert ops(g) == {"input": 1, "param": 1, "const": 2, "fused": 2}
+    assert sorted(len(g[n].types) for n in g.nodes() if g.op(n) == "fused") == [1, 2]  # bias + relu, and h
+    got = run(g, feeds, params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
 def test_fusion_stops_at_a_value_read_outside_the_chain():
     g, b, (x,) = small(F32)
     e = b.exp(x)
@@ -299,20 +317,25 @@ def test_optimize_leaves_its_input_alone():
 
 
 def test_scan_bodies_go_through_the_passes_too():
+    from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
+
     m = dlc.load("specs/lstm.dl", mode="train")
     g = m.train_graph()
-    before = {g[n].attrs["body"] for n in g.nodes() if g.op(n) == "scan"}
     report = []
     o = optimize(g, 2, report=report, check=True)
     after = [o[n].attrs["body"] for n in o.nodes() if o.op(n) == "scan"]
-    assert ("scan bodies", 3) in report and len(after) == 3
+    # the forward scan and BPTT's reversed one, first reshaped by hoist_scan_invariants
+    assert ("hoist_scan_invariants", 2) in report and ("scan bodies", 2) in report and len(after) == 2
+    hoisted = g.copy()
+    hoist_scan_invariants(hoisted)
+    before = {hoisted[n].attrs["body"] for n in hoisted.nodes() if hoisted.op(n) == "scan"}
     for body in after:
         body.verify()
         assert body not in before and "fused" in ops(body)
-    # the calling conventions stay: the same input and output names, in order
+    # the body passes keep the calling conventions: the same input and output names, in order
     assert sorted((tuple(b.input_names()), tuple(b.outputs)) for b in after) == \
         sorted((tuple(b.input_names()), tuple(b.outputs)) for b in before)
-    assert sum(len(b) for b in after) < 0.6 * sum(len(b) for b in before)
+    assert sum(len(b) for b in after) < 0.8 * sum(len(b) for b in before)
 
 
 def test_cli_graph_shows_both_levels():
@@ -362,8 +385,8 @@ def test_optimized_training_steps_agree_on_both_backends(path):
     want = _steps(make_runner(step.graph, "numpy", level=0), feeds, m.params, state)
     got = _steps(make_runner(step.graph, "numpy", level=2), feeds, m.params, state)
     for w, o in zip(want, got):
-        for k in w:  # the NumPy passes are exact: the same kernels in the same order
-            np.testing.assert_allclose(o[k], w[k], rtol=1e-6, atol=1e-7, err_msg=f"{path} {k}")
+        for k in w:  # exact but for merged GEMMs and hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
+            np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
     ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
     for k in want[0]:
         np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")
@@ -375,8 +398,7 @@ def test_optimized_inference_agrees_on_both_backends(path):
     feeds = _feeds(m)
     m.opt_level = 0
     want = m.run(feeds)
-    m.opt_level = 2
-    m._plans.clear()
+    m.opt_level = 2  # drops the plans built at level 0
     got = m.run(feeds)
     ort = m.run(feeds, backend="onnxruntime")
     for k in want:
@@ -401,13 +423,27 @@ def test_the_fused_lowering_is_stock_onnx():
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+def test_training_runs_at_the_models_level(monkeypatch):
+    import dlc.runtime.runner as runner_module
+
+    levels = []
+    real = runner_module.optimize
+    monkeypatch.setattr(runner_module, "optimize", lambda g, level, backend: levels.append(level) or
+                        real(g, level, backend))
+    m = dlc.load("specs/xor.dl")
+    m.opt_level = 1
+    m.train(epochs=1, progress=False, echo=lambda s: None)
+    assert levels and set(levels) == {1}
+    with pytest.raises(DlcError, match="opt_level"):
+        m.opt_level = 5
+
+
 def test_gradients_are_optimized_and_unchanged():
     m = dlc.load("specs/mlp.dl", mode="train")
     feeds = _feeds(m, batch=4)
     m.opt_level = 0
     want = m.gradients(feeds)
-    m.opt_level = 2
-    m._plans.clear()
+    m.opt_level = 2  # drops the plans built at level 0
     got = m.gradients(feeds)
     assert "fused" in ops(m._plans[("grad", "loss")].graph)
     for k in want:

@@ -102,3 +102,26 @@ def test_no_progress_frames_when_stderr_is_a_file(tmp_path):
 def test_a_whole_run_leaves_a_small_log(tmp_path):
     _train_cli(tmp_path)
     assert (tmp_path / "log").stat().st_size < 5_000
+
+
+@pytest.mark.slow
+def test_a_run_killed_for_real_resumes_to_the_same_log(tmp_path):
+    """SIGKILL a `dlc train` process after its first logged epoch, resume it, and compare
+    with an uninterrupted run (wherever in epoch 2 the kill lands)."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "dlc", "train", "specs/cnn.dl", "--epochs", "3", "--checkpoint"]
+    subprocess.run([*args, str(tmp_path / "whole")], cwd=ROOT, capture_output=True, timeout=300, check=True)
+    proc = subprocess.Popen([*args, str(tmp_path / "cut")], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    subprocess.run([*args, str(tmp_path / "cut"), "--resume"], cwd=ROOT, capture_output=True, timeout=300,
+                   check=True)
+    assert rows(tmp_path / "cut" / "metrics.csv") == rows(tmp_path / "whole" / "metrics.csv")

@@ -74,3 +74,27 @@ def test_symbolic_flops_are_kept_and_json_has_everything(monkeypatch):
 def test_notebook_repr_is_the_summary_table():
     html = dlc.load(ROOT / "specs" / "mlp.dl")._repr_html_()
     assert html.startswith("<table>") and "<td>relu_dense</td>" in html and "4,810" in html
+
+
+def test_every_op_counts_its_flops_on_its_samples():
+    """FLOPs live on the op classes (Op.flops): every primitive op answers for every sample, ops that
+    only move values count nothing, a matmul two per multiply-add."""
+    import numpy as np
+    from op_harness import cases, materialise, one_op_graph, seed_of
+
+    from dlc.compiler.ops.registry import get_op
+    from dlc.compiler.summary import node_flops
+
+    for case_id, cls, _, sample in cases():
+        if cls.composite:
+            continue
+        g, _, outs, _, _ = one_op_graph(cls, sample, materialise(sample, np.float64, seed_of(case_id)))
+        n = outs[0].node
+        flops = node_flops(g, n)
+        assert isinstance(flops, int) and flops >= 0, case_id
+        if get_op(cls.name).free:
+            assert flops == 0, case_id
+    mm = get_op("matmul")
+    from dlc.compiler.types import TensorType
+
+    assert mm.flops([TensorType("f32", (2, 3)), TensorType("f32", (3, 4))], [TensorType("f32", (2, 4))]) == 48

@@ -94,6 +94,26 @@ def test_a_missing_execution_provider_is_a_coded_error():
     assert e.value.code == "E0110"
 
 
+def test_bound_runs_return_outputs_of_symbolic_shape():
+    """Outputs whose shape depends on the batch come back through onnxruntime-allocated buffers,
+    beside the preallocated scalars; the parameters are read from the resident store."""
+    from dlc.runtime.runner import bind, make_store
+
+    ev = dlc.load("specs/cnn.dl")
+    feeds = {"x": np.random.default_rng(1).standard_normal((5, 64)).astype(np.float32),
+             "y": np.zeros(5, np.int64), "__rng": np.int64(0)}
+    want = ev.run(feeds)
+    store = make_store("onnxruntime")
+    store.set({**ev.params, **ev.state})
+    run = bind(ev.graph, store, "onnxruntime")
+    for batch in (5, 3):  # a second batch size: the symbolic output is reallocated
+        f = {k: v[:batch] if np.ndim(v) else v for k, v in feeds.items()}
+        got = run(f)
+        assert got["probs"].shape == (batch, 10)
+        np.testing.assert_allclose(got["probs"], want["probs"][:batch], atol=1e-5)
+    np.testing.assert_allclose(run(feeds)["loss"], want["loss"], rtol=1e-5)
+
+
 def test_predict_uses_the_eval_graph():
     m = dlc.load("specs/cnn.dl", mode="train")
     ev = dlc.load("specs/cnn.dl")
@@ -155,3 +175,17 @@ def test_an_input_can_be_an_output():
     g = Graph()
     g.set_output("same", graph_input(g, "x", TensorType("f32", (2,))))
     np.testing.assert_array_equal(Plan(g).run({"x": np.ones(2, np.float32)})["same"], np.ones(2))
+
+
+def test_one_thread_setting_for_both_backends(monkeypatch):
+    from dlc.runtime.threads import training_threads
+
+    monkeypatch.setenv("DLC_THREADS", "2")
+    assert training_threads() == 2
+    t = dlc.load("specs/xor.dl", mode="train").trainer(backend="onnxruntime")
+    opts = t.groups[0].run.session.session.get_session_options()
+    assert opts.intra_op_num_threads == 2
+    monkeypatch.setenv("DLC_THREADS", "many")
+    with pytest.raises(DlcError) as e:
+        training_threads()
+    assert e.value.code == "E0110"

@@ -296,6 +296,9 @@ def _attribute(e: A.Attribute, frame: Frame):
     if owner is not None and node.id in owner.pending:
         owner.force(node.id, node.loc)
     graph = frame.ctx.graph
+    if graph is None:  # a train block's numbers: hyperparameters and consts only, no graph to look in
+        raise frame.error("E0103", f"`{path}` names a parameter; here only numbers, hyperparameters and "
+                                   "consts can be used", e.loc)
     for candidate in (frame.path(path), path):
         if candidate in graph.params:
             return frame.capture(Value(graph.params[candidate]))

@@ -162,6 +162,13 @@ class Conv2d(Op):
     attrs = CONV_ATTRS
     samples = [Sample((Arg(xs), Arg(ws)), a) for xs, ws, a in CONV_CASES]
 
+    def flops(self, in_types, out_types, **attrs):
+        """A multiply-add (2 FLOPs) per output element and weight of its window."""
+        n = 1
+        for d in (*out_types[0].shape, *in_types[1].shape[1:]):
+            n = n * d
+        return 2 * n
+
     def shape(self, x, w, stride, padding, dilation, groups):
         stride, padding, dilation = conv_params("conv2d", stride, padding, dilation, groups)
         dtype = same_dtype("conv2d", x, w)
@@ -224,6 +231,13 @@ class ConvTranspose2d(Op):
     def _params(stride, padding, output_padding, dilation, groups):
         s, p, d = conv_params("conv_transpose2d", stride, padding, dilation, groups)
         return s, p, pair("conv_transpose2d", "output_padding", output_padding, 0), d
+
+    def flops(self, in_types, out_types, **attrs):
+        """A multiply-add (2 FLOPs) per input element and weight it spreads over."""
+        n = 1
+        for d in (*in_types[0].shape, *in_types[1].shape[1:]):
+            n = n * d
+        return 2 * n
 
     def shape(self, x, w, stride, padding, output_padding, dilation, groups):
         s, p, q, d = self._params(stride, padding, output_padding, dilation, groups)

@@ -22,7 +22,12 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..dims import Sym, dim_str
-from ..types import ShapeError
+from ..types import AttrError, ShapeError
+
+
+def _listed(value) -> str:
+    """An attribute value as the user wrote it (`[0, 1, 0, 1]`, not a Python tuple)."""
+    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, (tuple, list)) else repr(value)
 
 
 def pair(op: str, key: str, value, low: int) -> tuple[int, int]:
@@ -30,10 +35,10 @@ def pair(op: str, key: str, value, low: int) -> tuple[int, int]:
     seq = (value,) if isinstance(value, (int, np.integer)) else value
     if (not isinstance(seq, (tuple, list)) or len(seq) not in (1, 2)
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seq)):
-        raise ShapeError(f"`{key}` of `{op}` must be an integer or a list of 2 integers, got {value!r}")
+        raise AttrError(f"`{key}` of `{op}` must be an integer or a list of 2 integers, got {_listed(value)}")
     h, w = (int(seq[0]), int(seq[-1]))
     if h < low or w < low:
-        raise ShapeError(f"`{key}` of `{op}` must be >= {low}, got {list(seq)}")
+        raise AttrError(f"`{key}` of `{op}` must be >= {low}, got {list(seq)}")
     return h, w
 
 

@@ -14,7 +14,7 @@ table: O(nodes · log nodes).
 """
 from __future__ import annotations
 
-from ..graph import Graph, Value
+from ..graph import Graph
 from .rewrite import Uses, hashable, topo_order
 
 MAX_CONST_BYTES = 1 << 16  # larger constants are not hashed (they are rare and rarely repeated)

@@ -1,11 +1,13 @@
 """Elementwise fusion for the NumPy backend: chains of elementwise ops become one ``fused`` node.
 
-Groups grow backwards from a root (the last op of a chain): a producer joins
-its consumer's group when it is elementwise and *every* node that reads it is
-in the group already — then no path leaves the group and comes back, so the
-group can run as one step.  A member that is also a named output or a next
-state (the Adam moments ``m``, ``v``) becomes an extra output of the fused
-node.  So the Adam update of one parameter (17 ops: moments, bias
+Groups grow backwards from a root (the last op of a chain, in a topological
+order): a producer joins its consumer's group when it is elementwise and
+every node that reads it is in the group already or comes after the root in
+that order — then no path leaves the group and comes back (a node after the
+root cannot lead to a member), so the group can run as one step.  A member
+read after the group (``bias + relu``'s sum, read again by relu's gradient),
+or that is a named output or a next state (the Adam moments ``m``, ``v``),
+becomes an extra output of the fused node.  So the Adam update of one parameter (17 ops: moments, bias
 corrections, square root, step) is one node with three outputs, ``bias +
 relu`` is one node, and so is an LSTM cell's gate arithmetic.  Values read by
 several groups (the learning rate, a shared bias correction) stay the output
@@ -14,11 +16,14 @@ of their own group.
 The fused kernel writes into buffers it allocated itself whenever a value of
 the same type is dead (planned here from the static types, checked by the
 op's shape rule); see compiler/ops/fused.py.  One reverse topological sweep,
-each edge counted once: O(nodes + edges).  ONNX exports run on unfused
+each edge counted once per group reaching it, with a binary search over its
+consumers' positions: O(edges · log).  ONNX exports run on unfused
 graphs (the pipeline's ``backend="onnx"``), although ``fused`` lowers to its
 primitive chain too.
 """
 from __future__ import annotations
+
+import bisect
 
 from ..graph import Graph, Value
 from ..ops.fused import FUSIBLE, INPLACE
@@ -32,9 +37,9 @@ def fuse_elementwise(graph: Graph) -> int:
     order = topo_order(graph)
     pos = {n: i for i, n in enumerate(order)}
     group_of: dict[int, int] = {}
-    inside: dict[int, tuple[int, int]] = {}  # node → (group, how many of its consumers are in it)
+    settled: dict[int, tuple[int, int]] = {}  # node → (group, its consumers in the group or after its root)
     groups: list[list[int]] = []
-    n_consumers = {}
+    consumer_pos: dict[int, list[int]] = {}  # node → its consumers' positions, sorted
     for root in reversed(order):
         if root in group_of or not _fusible(graph, root):
             continue
@@ -47,12 +52,15 @@ def fuse_elementwise(graph: Graph) -> int:
             for u in {v.node for v in graph[w].inputs}:
                 if u in group_of or not _fusible(graph, u):
                     continue
-                g, count = inside.get(u, (gid, 0))
-                count = count + 1 if g == gid else 1
-                inside[u] = (gid, count)
-                if u not in n_consumers:
-                    n_consumers[u] = len(graph.consumers(u))
-                if count == n_consumers[u]:
+                if u not in consumer_pos:
+                    consumer_pos[u] = sorted(pos[c] for c in graph.consumers(u))
+                after = consumer_pos[u]
+                g, count = settled.get(u, (-1, 0))
+                if g != gid:  # first seen from this group: its consumers after the root count as settled
+                    count = len(after) - bisect.bisect_right(after, pos[root])
+                count += 1
+                settled[u] = (gid, count)
+                if count == len(after):
                     group_of[u] = gid
                     members.append(u)
                     todo.append(u)
@@ -86,7 +94,8 @@ def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
         program.append((rec.op, tuple(number[v] for v in rec.inputs), tuple(sorted(rec.attrs.items()))))
         number[Value(m)] = len(inputs) + j
     root = members[-1]
-    leaving = [m for m in members if m == root or uses.external(m)]
+    leaving = [m for m in members if m == root or uses.external(m)
+               or any(c not in member_set for c in graph.consumers(m))]
     outputs = tuple(number[Value(m)] for m in leaving)
     types = [graph.type_of(v) for v in inputs] + [graph[m].types[0] for m in members]
     reuse = _plan_buffers(program, types, len(inputs), set(outputs))

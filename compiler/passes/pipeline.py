@@ -7,9 +7,14 @@ running or exporting it.  The passes, in their fixed order:
 level  passes
 ====== ===========================================================================
 0      none (the graph as built)
-1      simplify → fold_constants → cse → simplify → merge_batch_matmul → dce   (any backend)
+1      hoist_scan_invariants, then in bodies and graph: simplify → fold_constants → cse →
+       simplify → merge_batch_matmul → dce   (any backend)
 2      level 1, then, for ``backend="numpy"``, fold_transposes → fuse_elementwise → dce
 ====== ===========================================================================
+
+``hoist_scan_invariants`` runs first, on the graph that holds the scans and
+before their bodies are optimized: it recognises the ops backprop and
+lowering emit (``matmul``, ``add``, ``split``), which fusion would hide.
 
 Fusion (of elementwise chains, of transposes into matmuls) is a
 NumPy-backend step: onnxruntime fuses on its own and should receive
@@ -35,6 +40,7 @@ from .dce import dce
 from .fold_constants import fold_constants
 from .fold_transposes import fold_transposes
 from .fuse_elementwise import fuse_elementwise
+from .hoist_scan_invariants import hoist_scan_invariants
 from .merge_batch_matmul import merge_batch_matmul
 from .rewrite import Uses
 from .simplify import simplify
@@ -69,6 +75,11 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, backend: str = "numpy", *
     if not steps:
         return graph
     g = graph.copy()
+    hoisted = hoist_scan_invariants(g)  # loop-invariant work out of the loops, before bodies are fused
+    if report is not None:
+        report.append(("hoist_scan_invariants", hoisted))
+    if check:
+        g.verify()
     bodies = _optimize_bodies(g, steps, {})
     if report is not None:
         report.append(("scan bodies", bodies))

@@ -20,18 +20,11 @@ from typing import Any, Mapping
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
+from .optim import OPTIMIZERS as _OPTIMIZER_TABLE
+
 NUM, BOOL, STR = "a number", "true or false", "a name"
-OPTIMIZERS: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.01},
-    "momentum": {"lr": 0.01, "beta": 0.9},
-    "nesterov": {"lr": 0.01, "beta": 0.9},
-    "adagrad": {"lr": 0.01, "eps": 1e-10, "initial": 0.0},
-    "rmsprop": {"lr": 0.001, "rho": 0.9, "eps": 1e-8},
-    "adadelta": {"lr": 1.0, "rho": 0.95, "eps": 1e-6},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-    "ftrl": {"lr": 0.1, "l1": 0.0, "l2": 0.0, "beta": 1.0},
-}
+# an optimizer's hyperparameters and defaults live in its one entry (optim.py)
+OPTIMIZERS: dict[str, dict[str, Any]] = {name: o.defaults for name, o in _OPTIMIZER_TABLE.items()}
 SCHEDULES: dict[str, dict[str, Any]] = {
     "constant": {},
     "step": {"every": None, "gamma": 0.1},
@@ -107,7 +100,9 @@ def _evaluated(e, what: str, want: str):
     """The value of a non-literal expression ``e`` where ``want`` (NUM, BOOL or "an integer") is expected."""
     values = _VALUES.get()
     if values is None or isinstance(e, (A.String, A.ListExpr, A.Call)):
-        raise _err(f"{what} must be {want}", e.loc)
+        hint = "a train block evaluates arithmetic over the model's hyperparameters and consts, not calls" \
+            if values is not None and isinstance(e, A.Call) else None
+        raise _err(f"{what} must be {want}", e.loc, hint)
     if isinstance(e, A.Name) and e.id not in values.names:
         hint = suggest(e.id, values.names) or (
             "a train block reads the model's hyperparameters and consts: " + ", ".join(sorted(values.names))

@@ -64,7 +64,7 @@ def build_grad(graph: Graph, step: StepSpec) -> tuple[Graph, list[str]]:
     """Turn ``graph`` (train mode, with output ``loss/<group>``) into the gradient step of one group:
     outputs ``train/loss``, ``metric/<name>``, ``grad/<param>`` for the group's parameters and
     ``new/<state>`` for the spec's own state (running statistics); returns (graph, parameter names)."""
-    b, loss, names, grads = _gradients(graph, step)
+    _, loss, names, grads = _gradients(graph, step)
     model_state = [k for k, (_, v) in graph.state.items() if v is not None]
     outputs = {"train/loss": loss, **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")},
                **{f"grad/{n}": grads[n] for n in names},
@@ -120,8 +120,8 @@ def add_update(graph: Graph, b: Builder, spec: TrainSpec, step: StepSpec, names:
         for reg in spec.regularize:
             for n in [n for n in names if n in chosen(reg, "regulariser")]:
                 p = param_values[n]
-                term = b.mul(b.sum(b.abs(p)) if reg.name == "l1" else b.mul(b.sum(b.mul(p, p)), 0.5),
-                             reg.kwargs["strength"])
+                # the registry's penalty ops: one formula for `l1`/`l2` in a train block and in a model
+                term = b.apply(reg.name, p, scale=reg.kwargs["strength"])
                 penalty = term if penalty is None else b.add(penalty, term)
                 if n not in penalised:
                     penalised.append(n)
