@@ -21,10 +21,9 @@ def zero_where_no_cotangent(b, ct, grad, also=None):
     ``where`` did not select gets a zero cotangent there, and 0 * inf is NaN: the
     "double where" trap.  Masking makes ``where(v > 0, sqrt(v), v)`` have
     gradient 1 at v <= 0, as the function it computes does."""
-    skip = b.eq(ct, 0.0)
-    if also is not None:
-        skip = b.logical_or(skip, also)
-    return b.where(skip, 0.0, grad)
+    out = b.where(b.eq(ct, 0.0), 0.0, grad)
+    # a second Where, not an Or: onnxruntime's CUDA provider has no kernel for Or
+    return out if also is None else b.where(also, 0.0, out)
 
 
 class _Binary(Op):
