@@ -24,7 +24,6 @@ from dlc.model import init_params, init_state
 from dlc.runtime.data import batches
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.train import build_steps, load_splits, rng_key
-from dlc.runtime.trainer import updates_per_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"progress": False, "echo": lambda s: None}
