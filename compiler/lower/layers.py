@@ -14,6 +14,8 @@ import numpy as np
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
+from .. import budget
+
 from ..builder import Builder
 from ..dims import Sym, shape_str, solve
 from ..graph import RNG_INPUT, Graph, Value
@@ -201,7 +203,11 @@ def repeat(frame: Frame, e: A.Repeat):
     base = frame.call_scope()
     x = args[0]
     for i in range(count):
+        before = len(frame.builder.graph)
         out = call_layer(frame, layer, [x] + args[1:], kwargs, e.loc, scope=f"{base}.{i}")
+        if i == 0:  # every copy adds as many nodes as the first: refuse an unrolling too big before doing it
+            budget.check_nodes(before + count * (len(frame.builder.graph) - before), e.loc,
+                               what=f"unrolling `repeat {count}` would give the graph")
         if not is_tensor(out) or frame.builder.type(out) != frame.builder.type(x):
             got = frame.builder.type(out) if is_tensor(out) else describe(out)
             raise frame.error("E0104", f"a repeated layer must return one tensor of its input's type "
