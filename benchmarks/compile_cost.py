@@ -6,7 +6,6 @@ exponent of time ~ N^k (1.0 is linear).
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 

@@ -81,7 +81,7 @@ def test_debug_mode_catches_a_kernel_that_breaks_its_type(monkeypatch):
 def test_nonfinite_initial_values_are_refused():
     m = dlc.compile("model m() { input x: f32[2, 4]\n param W: [4, 4] = normal(1e300)\n output y = x @ W }")
     with pytest.raises(DlcError) as e:
-        m.params
+        _ = m.params
     assert e.value.code == "E0110" and "`W`" in e.value.message and "inf" in e.value.message
 
 
@@ -101,7 +101,7 @@ def test_the_budget_names_the_value_its_size_and_the_budget():
     try:
         m = dlc.compile("model m() { input x: f32[2, 8192]\n param W: [8192, 4096] = zeros()\n output y = x @ W }")
         with pytest.raises(DlcError) as e:
-            m.params
+            _ = m.params
         assert e.value.code == "E0003"
         assert "`W`" in e.value.message and "128.0 MiB" in e.value.message and "64.0 MiB" in e.value.message
     finally:
