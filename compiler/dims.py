@@ -159,6 +159,18 @@ def is_static(shape: Shape) -> bool:
     return all(isinstance(d, int) for d in shape)
 
 
+def mentions_sym(value) -> bool:
+    """Whether a symbolic dim occurs anywhere in ``value`` (an attribute: nested dicts,
+    tuples and lists), i.e. whether it only has a value once the dims are bound."""
+    if isinstance(value, Sym):
+        return True
+    if isinstance(value, dict):
+        return any(mentions_sym(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(mentions_sym(v) for v in value)
+    return False
+
+
 def evaluate_shape(shape: Shape, env: Mapping[str, int]) -> tuple:
     """The shape with names substituted (ints where every name is known)."""
     return tuple(d.evaluate(env) if isinstance(d, Sym) else d for d in shape)

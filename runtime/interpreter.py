@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from dlc.compiler import budget
-from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, size_of, solve
+from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, mentions_sym, size_of, solve
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import FLOATS, dtype_name, np_dtype
@@ -98,7 +98,7 @@ class Plan:
             if compute_dtype is not None and op == "cast" and attrs["dtype"] in FLOATS:
                 attrs["dtype"] = dtype_name(compute_dtype)
             steps.append(_Step(n, opdef.kernel, ins, tuple(slot_of[v] for v in graph.out_values(n)),
-                               attrs, _mentions_sym(attrs), opdef.takes_context, ()))
+                               attrs, mentions_sym(attrs), opdef.takes_context, ()))
         self.out_slots = [slot_of[v] for v in wanted]
         keep = set(self.out_slots)
         frees: dict[int, list[int]] = {}
@@ -456,16 +456,6 @@ def _generate(plan: Plan):
 
 
 _PLAN_IDS = itertools.count()
-
-
-def _mentions_sym(value) -> bool:
-    if isinstance(value, Sym):
-        return True
-    if isinstance(value, dict):
-        return any(_mentions_sym(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return any(_mentions_sym(v) for v in value)
-    return False
 
 
 def _resolve(value, env):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dims import is_static
+from ..dims import is_static, mentions_sym
 from ..graph import SOURCE_OPS, Graph, Value
 from ..ops.registry import get_op
 from ..types import np_dtype
@@ -39,7 +39,7 @@ def fold_constants(graph: Graph) -> int:
             if any(a is None for a in args):
                 continue
         opdef = get_op(rec.op)
-        if opdef.family in _NEVER or opdef.takes_context or _mentions_sym(rec.attrs):
+        if opdef.family in _NEVER or opdef.takes_context or mentions_sym(rec.attrs):
             continue
         t = rec.types[0]
         if not is_static(t.shape) or int(np.prod(t.shape, dtype=np.int64)) > MAX_FOLDED:
@@ -57,15 +57,3 @@ def fold_constants(graph: Graph) -> int:
         folded.append(n)
     graph.remove_nodes(folded)  # once: each call rebuilds the containers
     return len(folded)
-
-
-def _mentions_sym(value) -> bool:
-    from ..dims import Sym
-
-    if isinstance(value, Sym):
-        return True
-    if isinstance(value, dict):
-        return any(_mentions_sym(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return any(_mentions_sym(v) for v in value)
-    return False
