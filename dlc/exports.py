@@ -36,9 +36,6 @@ from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
 KINDS = ("inference", "train", "grad", "update")
-# runtime/train.py's rng_key(seed, step, group) is affine in the step: one step adds RNG_STRIDE mod RNG_MODULUS
-RNG_STRIDE = 7_919
-RNG_MODULUS = 2_147_483_647
 UNTRAINED = "untrained"
 
 
@@ -91,7 +88,7 @@ def _inference(model, *, group, outputs):
 def _train(model, *, group, outputs):
     from dlc.compiler.builder import Builder
     from dlc.compiler.onnx_export import export_graph
-    from dlc.runtime.train import build_steps, steps_per_epoch_for
+    from dlc.runtime.trainer import RNG_MODULUS, RNG_STRIDE, build_steps, steps_per_epoch_for
 
     spec = model.train_spec()
     spe = steps_per_epoch_for(model, spec)
@@ -121,14 +118,10 @@ def _train(model, *, group, outputs):
 def grad_graph(model, group: str | None = None):
     """(the gradient graph of step group ``group``, the parameter names it differentiates):
     the dlc Graph the grad export is made of (run it with runtime/interpreter.py's Plan)."""
-    from dlc.compiler.lower import compile_model
-    from dlc.compiler.training.spec import step_outputs
-    from dlc.compiler.training.step import build_grad
+    from dlc.runtime.trainer import build_grad_graph
 
     spec = model.train_spec()
-    s = spec.steps[_group_index(spec, group)]
-    lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, s))
-    return build_grad(lowered.graph, s)
+    return build_grad_graph(model, spec, spec.steps[_group_index(spec, group)])
 
 
 def update_graph(model, group: str | None = None, steps_per_epoch: int | None = None):
@@ -136,8 +129,7 @@ def update_graph(model, group: str | None = None, steps_per_epoch: int | None = 
     what the update export is made of.  ``steps_per_epoch`` (default: from the data)
     scales the schedule."""
     from dlc.compiler.training.step import build_update, select_params
-    from dlc.runtime.train import steps_per_epoch_for
-    from dlc.runtime.trainer import updates_per_epoch
+    from dlc.runtime.trainer import steps_per_epoch_for, updates_per_epoch
 
     spec = model.train_spec()
     s = spec.steps[_group_index(spec, group)]
@@ -209,7 +201,7 @@ def training_values(model, spec, steps) -> tuple[dict, dict, int, int]:
 
 def rng_start(seed: int, global_step: int, group: int, every: int) -> np.int64:
     """The key of the group's next run at or after ``global_step`` (groups run every ``every`` steps)."""
-    from dlc.runtime.train import rng_key
+    from dlc.runtime.trainer import rng_key
 
     return rng_key(seed, -(-global_step // every) * every, group)
 

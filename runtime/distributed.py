@@ -8,7 +8,7 @@ differs is where a step's work happens:
 - Each of ``N`` workers is a Ray actor that loads the train block's data
   itself (built-in sets, ``.npz`` and ``.csv`` files are deterministic at the
   block's seed) and compiles each step group's *gradient graph*
-  (compiler/training/step.py ``build_grad``: loss, metrics, ``grad/<param>``,
+  (runtime/trainer.py ``build_grad_graph``: loss, metrics, ``grad/<param>``,
   the spec's next state) on either backend.  Batches never pass through the
   driver: a step names (epoch, batch index) and every worker cuts its own rows
   out of the same (seed, epoch) order the single-process loop uses
@@ -50,19 +50,17 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT
-from dlc.compiler.lower import compile_model
 from dlc.compiler.optional import import_optional
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
-from dlc.compiler.training.spec import step_outputs
-from dlc.compiler.training.step import build_grad, build_update
+from dlc.compiler.training.step import build_update
 from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
-from .trainer import load_splits, make_trainer, metric_key, rng_key, updates_per_epoch
+from .trainer import (RNG_MODULUS, build_grad_graph, load_splits, make_trainer, metric_key, rng_key,
+                      updates_per_epoch)
 
 WORKER_KEY_STRIDE = 1_000_003  # worker r's random key: the step's key + r * stride (mod the key range)
-KEY_MODULUS = 2_147_483_647
 LOOPBACK = "127.0.0.1"  # a Ray started here listens on this machine only
 
 
@@ -92,7 +90,7 @@ def shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
 
 def worker_key(key: int, rank: int) -> np.int64:
     """The random key worker ``rank`` uses for a step whose single-process key is ``key``."""
-    return np.int64((int(key) + rank * WORKER_KEY_STRIDE) % KEY_MODULUS)
+    return np.int64((int(key) + rank * WORKER_KEY_STRIDE) % RNG_MODULUS)
 
 
 def params_digest(values: Mapping[str, np.ndarray]) -> str:
@@ -120,9 +118,7 @@ class GradientWorker:
         self.rank, self.world, self.spec, self.seed = rank, world, spec, seed
         self.runners = []
         for step in spec.steps:
-            lowered = compile_model(source.loaded, source.defn, "train", source.hyper,
-                                    extra=step_outputs(spec, step))
-            graph, _ = build_grad(lowered.graph, step)
+            graph, _ = build_grad_graph(source, spec, step)
             self.runners.append(make_runner(graph, backend, level))
         self.train = load_splits(source, spec)["train"]
         self.n_train = len(next(iter(self.train.values())))

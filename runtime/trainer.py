@@ -30,7 +30,7 @@ from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import compile_model
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
 from dlc.compiler.training.spec import step_outputs
-from dlc.compiler.training.step import StepGraph, build_step, initial_state
+from dlc.compiler.training.step import StepGraph, build_grad, build_step, initial_state
 from dlc.compiler.types import np_dtype
 from dlc.grammar.errors import DlcError
 
@@ -52,6 +52,14 @@ def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
         lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
         out.append(build_step(lowered.graph, spec, step, updates_per_epoch(step, steps_per_epoch)))
     return out
+
+
+def build_grad_graph(model, spec, step) -> tuple[Graph, list[str]]:
+    """(step group ``step``'s gradient graph, the parameters it differentiates): loss,
+    metrics, ``grad/<param>`` and next state, no update (``build_grad``).  ``model`` is
+    anything with ``loaded``, ``defn`` and ``hyper`` (a Model, a worker's ModelSource)."""
+    lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
+    return build_grad(lowered.graph, step)
 
 
 def updates_per_epoch(step, steps_per_epoch: int) -> int:
@@ -131,8 +139,13 @@ def steps_per_epoch_for(model, spec) -> int:
     return max(math.ceil(n / spec.batch), 1)
 
 
+RNG_STRIDE = 7_919  # rng_key is affine in the step: one step adds RNG_STRIDE (mod RNG_MODULUS);
+RNG_MODULUS = 2_147_483_647  # the training-step export advances its key input by exactly that
+
+
 def rng_key(seed: int, step: int, group: int) -> np.int64:
-    return np.int64((seed * 1_000_003 + step * 7_919 + group * 104_729) % 2_147_483_647)
+    """The random key of step group ``group``'s run at global step ``step``."""
+    return np.int64((seed * 1_000_003 + step * RNG_STRIDE + group * 104_729) % RNG_MODULUS)
 
 
 # -- the trainer ---------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ from dlc.cli import main
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.lower import load_module
 from dlc.compiler.training.step import initial_state
-from dlc.exports import RNG_MODULUS, RNG_STRIDE, grad_graph, update_graph
+from dlc.exports import grad_graph, update_graph
 from dlc.grammar.errors import DlcError
 from dlc.model import init_params, init_state
 from dlc.runtime.data import batches
 from dlc.runtime.interpreter import Plan
-from dlc.runtime.train import build_steps, load_splits, rng_key
+from dlc.runtime.trainer import RNG_MODULUS, RNG_STRIDE, build_steps, load_splits, rng_key
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"progress": False, "echo": lambda s: None}
