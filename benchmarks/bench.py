@@ -40,7 +40,7 @@ import dlc  # noqa: E402
 from dlc.compiler.onnx_export import export_graph  # noqa: E402
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize  # noqa: E402
 from dlc.runtime.ort import OrtSession  # noqa: E402
-from dlc.runtime.train import build_steps  # noqa: E402
+from dlc.runtime.trainer import build_steps  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 STEPS_PER_EPOCH = 100  # for schedules; the workloads have none

@@ -30,7 +30,7 @@ from dlc.compiler.passes.pipeline import optimize
 from dlc.compiler.training.step import initial_state
 from dlc.runtime import interpreter
 from dlc.runtime.runner import make_runner
-from dlc.runtime.train import build_steps
+from dlc.runtime.trainer import build_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMED = {"mlp.dl": 64, "lstm.dl": 32, "transformer.dl": 16}  # spec → batch

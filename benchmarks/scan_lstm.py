@@ -29,7 +29,7 @@ import dlc
 from dlc.compiler.training.step import initial_state
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.runner import make_runner
-from dlc.runtime.train import build_steps
+from dlc.runtime.trainer import build_steps
 
 SPEC = """
 layer dense(x: f32[B, I], units: int) {

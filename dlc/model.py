@@ -262,7 +262,7 @@ class Model:
     def check_train(self) -> None:
         """Validate the train block (if any) by building its step graphs."""
         if self.name in self.loaded.trains:
-            from dlc.runtime.train import build_steps, check_data
+            from dlc.runtime.trainer import build_steps, check_data
 
             spec = self.train_spec()
             check_data(self, spec)
@@ -271,7 +271,7 @@ class Model:
     def train_graph(self, optimizer: bool = True) -> Graph:
         """The forward+backward graph (``optimizer``: plus the update) of the first step group."""
         if optimizer:
-            from dlc.runtime.train import build_steps
+            from dlc.runtime.trainer import build_steps
 
             return build_steps(self, self.train_spec(), steps_per_epoch=1)[0].graph
         from dlc.compiler.passes.backprop import gradient_graph

@@ -24,7 +24,6 @@ from . import checkpoint as ckpt
 from .runlog import EpochMeter, RunLog
 from .threads import training_threads
 from .trainer import Trainer, make_trainer
-from .trainer import build_steps, check_data, load_splits, rng_key, steps_per_epoch_for  # noqa: F401  (their old home)
 
 BEST = "@best/"  # checkpoint prefix of the best epoch's parameters and state (`@` never occurs in a name)
 

@@ -7,7 +7,7 @@ import onnx
 from dlc.compiler.training.step import initial_state
 from dlc.runtime.ort import OrtSession
 from dlc.runtime.runner import make_runner
-from dlc.runtime.train import build_steps
+from dlc.runtime.trainer import build_steps
 
 
 def check_training_step(m, feeds: dict, *, label: str = "", rtol: float = 1e-5, atol: float = 2e-5,

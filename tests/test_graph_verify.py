@@ -6,7 +6,7 @@ import pytest
 import dlc
 from dlc.compiler.graph import Graph, GraphError, Value
 from dlc.compiler.types import TensorType
-from dlc.runtime.train import build_steps
+from dlc.runtime.trainer import build_steps
 
 SPECS = sorted(glob.glob("specs/*.dl"))
 

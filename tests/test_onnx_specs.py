@@ -12,7 +12,7 @@ import dlc
 from dlc.compiler.lower import load_module
 from dlc.compiler.training.step import initial_state
 from dlc.runtime.ort import OrtSession
-from dlc.runtime.train import build_steps
+from dlc.runtime.trainer import build_steps
 from step_parity import check_training_step
 
 SPECS = sorted(p for p in glob.glob("specs/*.dl"))

@@ -27,7 +27,7 @@ from dlc.grammar.errors import DlcError
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.ort import OrtSession
 from dlc.runtime.runner import make_runner
-from dlc.runtime.train import build_steps
+from dlc.runtime.trainer import build_steps
 
 from op_harness import cases, graph_input, graph_param, materialise, seed_of
 

@@ -40,7 +40,7 @@ def test_groups_training_parameter_subsets_keep_the_others():
 
 
 def test_overlapping_groups_keep_separate_optimizer_state():
-    from dlc.runtime.train import build_steps
+    from dlc.runtime.trainer import build_steps
 
     text = TWO_PARTS.format(groups='step one { loss = la; optimizer = adam() } step two { loss = lc; optimizer = adam() }')
     m = dlc.compile(text, mode="train")

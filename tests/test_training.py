@@ -77,7 +77,7 @@ def _one_step(spec: Path):
     from dlc.compiler.training.step import initial_state
     from dlc.runtime.data import batches
     from dlc.runtime.runner import make_runner
-    from dlc.runtime.train import build_steps, load_splits
+    from dlc.runtime.trainer import build_steps, load_splits
 
     m = dlc.load(spec, mode="train")
     train_spec = m.train_spec()
@@ -189,7 +189,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
 def test_schedules_shape_the_learning_rate(tmp_path):
     from dlc.compiler.training.step import initial_state
     from dlc.runtime.runner import make_runner
-    from dlc.runtime.train import build_steps
+    from dlc.runtime.trainer import build_steps
 
     cases = {"constant()": lambda t: 0.1,
              "step(every = 1, gamma = 0.5)": lambda t: 0.1 * 0.5 ** (t // 8),
