@@ -57,7 +57,7 @@ from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
-from .trainer import (RNG_MODULUS, build_grad_graph, load_splits, make_trainer, metric_key, rng_key,
+from .trainer import (RNG_MODULUS, batches_per_epoch, build_grad_graph, load_splits, make_trainer, metric_key, rng_key,
                       updates_per_epoch)
 
 WORKER_KEY_STRIDE = 1_000_003  # worker r's random key: the step's key + r * stride (mod the key range)
@@ -186,7 +186,7 @@ class DistributedTrainer:
         actor = _remote_worker(ray, max_restarts)
         self.workers = [actor.remote(source, spec, rank=r, world=workers, seed=self.local.seed, backend=backend, level=self.local.level,
                                      threads=threads_per_worker) for r in range(workers)]
-        steps_per_epoch = max(-(-self.n_train // spec.batch), 1)
+        steps_per_epoch = batches_per_epoch(self.n_train, spec.batch)
         self.updates = []
         for g in self.local.groups:
             s = spec.steps[g.index]

@@ -13,7 +13,6 @@ resumed from a checkpoint is bit-identical to one never interrupted.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from dlc.grammar.errors import DlcError
 from . import checkpoint as ckpt
 from .runlog import EpochMeter, RunLog
 from .threads import training_threads
-from .trainer import Trainer, make_trainer
+from .trainer import Trainer, batches_per_epoch, make_trainer
 
 BEST = "@best/"  # checkpoint prefix of the best epoch's parameters and state (`@` never occurs in a name)
 
@@ -81,7 +80,7 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
     epochs = spec.epochs if epochs is None else epochs
     splits = trainer.splits
     n_train = len(next(iter(splits["train"].values())))
-    spe = max(math.ceil(n_train / spec.batch), 1)
+    spe = batches_per_epoch(n_train, spec.batch)
     history = History()
     stopper = _EarlyStop(spec.early_stop)
     start_epoch, resumed = 0, False

@@ -134,9 +134,14 @@ def _at(loc):
         raise
 
 
+def batches_per_epoch(n_train: int, batch: int) -> int:
+    """The batches an epoch over ``n_train`` rows makes (the last one may be short; at least one)."""
+    return max(math.ceil(n_train / batch), 1)
+
+
 def steps_per_epoch_for(model, spec) -> int:
-    n = len(next(iter(load_splits(model, spec)["train"].values())))
-    return max(math.ceil(n / spec.batch), 1)
+    """The batches per epoch of the train block's training split (loads it)."""
+    return batches_per_epoch(len(next(iter(load_splits(model, spec)["train"].values()))), spec.batch)
 
 
 RNG_STRIDE = 7_919  # rng_key is affine in the step: one step adds RNG_STRIDE (mod RNG_MODULUS);
@@ -349,7 +354,7 @@ def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: in
 
     if steps_per_epoch is None:
         n_train = len(next(iter(loader()["train"].values())))
-        steps_per_epoch = max(math.ceil(n_train / spec.batch), 1)
+        steps_per_epoch = batches_per_epoch(n_train, spec.batch)
     steps = build_steps(model, spec, steps_per_epoch)
     params = init_params(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.params.items()}
     state = init_state(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.state.items()}
