@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from cli_harness import cli as dlc
 from dlc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,19 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def _at_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
-
-
-def dlc(*args: str, code: int = 0):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    result = runner.invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    assert result.exit_code == code, (result.output, result.exception)
-    if code == 0:
-        assert result.exception is None, result.exception
-    return result
 
 
 def test_check_every_spec():

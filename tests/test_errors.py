@@ -21,21 +21,14 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
+from cli_harness import runner
 from dlc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "bad"
 PROGRAMS = sorted(p for p in BAD.rglob("*.dl") if not p.name.startswith("_"))
 UPDATE = os.environ.get("DLC_UPDATE_GOLDEN") == "1"
-
-
-def runner() -> CliRunner:
-    try:
-        return CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        return CliRunner()  # click >= 8.2 keeps stderr apart by itself
 
 
 def check(monkeypatch, *paths: str):

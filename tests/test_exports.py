@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
 import dlc
-from dlc.cli import main
+from cli_harness import cli
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.lower import load_module
 from dlc.compiler.training.step import initial_state
@@ -35,17 +34,6 @@ SLOW_STEP = {"specs/transformer.dl"}  # an epoch of the others takes a second or
 @pytest.fixture(autouse=True)
 def _at_repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
-
-
-def cli(*args, code: int = 0):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    result = runner.invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    assert result.exit_code == code, (result.output, result.stderr, result.exception)
-    return result
 
 
 def session(proto_or_path) -> ort.InferenceSession:

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import dlc
-from dlc.cli import main
+from cli_harness import cli
 from dlc.grammar.errors import DlcError
 from dlc.model import init_params
 from dlc.runtime.checkpoint import load as load_ckpt
@@ -30,17 +29,6 @@ train m {
     early_stop = patience(2, restore_best = nesterov)
 }
 """
-
-
-def cli(*args, code: int = 0):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    result = runner.invoke(main, [str(a) for a in args])
-    assert "Traceback" not in result.output and "Traceback" not in result.stderr
-    assert result.exit_code == code, (result.output, result.stderr, result.exception)
-    return result
 
 
 def test_the_train_block_reads_hyperparameters_and_consts():
