@@ -29,10 +29,6 @@ class Uses:
             if v is not None:
                 self._states[v.node].append(name)
 
-    def external(self, n: int) -> bool:
-        """Is a value of ``n`` a named output or a next state (used beyond node arguments)?"""
-        return bool(self._outputs.get(n) or self._states.get(n))
-
     def external_indices(self, n: int) -> set[int]:
         """The output indices of ``n`` that named outputs or next states refer to."""
         g = self.graph
