@@ -32,7 +32,7 @@ def node_flops(g: Graph, n: int) -> Dim:
     out = d.types[0]
     if op == "matmul":
         return 2 * _size(out.shape) * ins[0].shape[-1]
-    if op in ("conv2d", "conv_transpose2d"):
+    if op.startswith("conv") and "grad" not in op:
         w = ins[1].shape
         return 2 * _size(out.shape) * _size(w[1:])
     if op == "scan":

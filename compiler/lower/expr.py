@@ -9,17 +9,17 @@ import operator
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
-from ..dims import Sym
+from ..dims import Sym, floordiv
 from ..graph import Value
 from ..ops.registry import REQUIRED, get_op
 from ..types import ShapeError, TensorType
 from .frame import ARITY_DISPATCH, DType, Frame, LayerRef, OpRef, describe, is_tensor
 
-_TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod", "@": "matmul",
+_TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floor_div", "**": "pow", "%": "mod", "@": "matmul",
                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
                   "and": "logical_and", "or": "logical_or"}
 _SCALAR_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
-                  "%": operator.mod, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+                  "%": operator.mod, "//": operator.floordiv, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
                   "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 MAX_DEPTH = 2000  # nested evaluations: deep expressions, and long chains of lazily forced bindings
 
@@ -99,11 +99,13 @@ def _binop(e: A.BinOp, frame: Frame):
             return _divide(left, right)
         if e.op == "@":
             raise TypeError("`@` needs tensors")
-        if e.op == "%" and isinstance(left, Sym):
-            if isinstance(right, int) and all(c.denominator == 1 and c.numerator % right == 0
-                                              for c in left.terms.values()):
-                return 0
-            raise ValueError(f"{left} % {right} depends on a size known only at run time")
+        if e.op in ("//", "%") and isinstance(right, Sym):
+            raise TypeError("the divisor must be a fixed integer")
+        if e.op in ("//", "%") and isinstance(left, Sym):
+            if not isinstance(right, int) or right < 1:
+                raise TypeError("a dim can only be floor-divided by a positive integer")
+            q = floordiv(left, right)
+            return q if e.op == "//" else left - right * q  # a symbolic dim: (H + 1)//2, H - 2*(H//2)
         return _SCALAR_BINOPS[e.op](left, right)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
         raise frame.error("E0110", f"cannot compute `{e.op}` of {describe(left)} and {describe(right)}: {exc}",
