@@ -21,10 +21,11 @@ Conventions (PyTorch's and ONNX's):
 Shapes: batch, channels and spatial dims may be symbolic; a strided window
 over a symbolic axis gives a floor-division dim (``(H + 1)//2``).
 
-Kernels: im2col as a strided view copied once into a ``[G, Cg*prod(k),
-N*prod(out)]`` matrix, then one GEMM per group (forward and weight
-gradient); the input gradient is one GEMM then col2im (``windows.fold``, a
-loop over the kernel offsets only).
+Kernels: im2col as a strided view copied once, in its own order, into an
+``[N, G, Cg*prod(k), prod(out)]`` matrix, then one batched GEMM (forward and
+weight gradient); the input gradient is one batched GEMM then col2im
+(``windows.fold``, a loop over the kernel offsets only).  No Python loop
+runs over output positions.
 
 The gradients form a closed set of three bilinear maps, each differentiable
 by the others (``C`` = conv(x, w), ``B`` = conv_grad_input(dy, w), ``GW`` =
@@ -125,42 +126,33 @@ def onnx_error(op: str, exc: Exception):
 
 
 # -- NumPy kernels ----------------------------------------------------------------------
-def by_group(t: np.ndarray, groups: int) -> np.ndarray:
-    """``[N, O, *S]`` → ``[G, O/G, N*prod(S)]`` (a copy)."""
-    n, o = t.shape[:2]
-    return t.reshape(n, groups, o // groups, -1).transpose(1, 2, 0, 3).reshape(groups, o // groups, -1)
-
-
-def from_group(y: np.ndarray, n: int, out) -> np.ndarray:
-    """``[G, O/G, N*prod(out)]`` → ``[N, O, *out]``."""
-    g, og = y.shape[:2]
-    y = y.reshape(g * og, n, -1).transpose(1, 0, 2)
-    return np.ascontiguousarray(y).reshape(n, g * og, *out)
-
-
+# Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
+# GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
+# the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
+# per-example products over N.
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
-    """The convolution as one GEMM per group over the im2col matrix."""
-    o, kernel = w.shape[0], w.shape[2:]
+    """The convolution as one batched GEMM over the im2col matrix."""
+    n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
     out = conv_out("conv", x.shape[2:], kernel, stride, pads, dilation)
     cols = im2col(x, kernel, stride, pads, dilation, groups, out)
-    return from_group(np.matmul(w.reshape(groups, o // groups, -1), cols), x.shape[0], out)
+    return np.matmul(w.reshape(groups, o // groups, -1), cols).reshape(n, o, *out)
 
 
 def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
-    """conv_grad_input: ``dy[N, O, *out]`` spread back through ``w[O, Cg, *k]``."""
+    """conv_grad_input: ``dy[N, O, *out]`` spread back through ``w[O, Cg, *k]``:
+    one batched GEMM to window columns, then col2im."""
     n, o, out = dy.shape[0], dy.shape[1], dy.shape[2:]
-    cg, kernel, k = w.shape[1], w.shape[2:], len(size)
-    cols = np.matmul(w.reshape(groups, o // groups, -1).transpose(0, 2, 1), by_group(dy, groups))
-    cols = cols.reshape(groups, cg, *kernel, n, *out)
-    cols = cols.transpose(2 + k, 0, 1, *range(2, 2 + k), *range(3 + k, 3 + 2 * k)).reshape(n, groups * cg, *kernel, *out)
-    return fold(cols, size, kernel, stride, pads, dilation, dy.dtype)
+    cg, kernel = w.shape[1], w.shape[2:]
+    wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # [G, Cg*prod(k), O/G]
+    cols = np.matmul(wt, dy.reshape(n, groups, o // groups, -1))  # [N, G, Cg*prod(k), prod(out)]
+    return fold(cols.reshape(n, groups * cg, *kernel, *out), size, kernel, stride, pads, dilation, dy.dtype)
 
 
 def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
-    """conv_grad_weight: ``[O, Cg, *k]`` as one GEMM of dy with the im2col matrix."""
-    o, c = dy.shape[1], x.shape[1]
+    """conv_grad_weight: ``[O, Cg, *k]``, one batched GEMM of dy with the im2col matrix."""
+    n, o, c = dy.shape[0], dy.shape[1], x.shape[1]
     cols = im2col(x, kernel, stride, pads, dilation, groups, dy.shape[2:])
-    dw = np.matmul(by_group(dy, groups), cols.transpose(0, 2, 1))
+    dw = np.matmul(dy.reshape(n, groups, o // groups, -1), cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(o, c // groups, *kernel)
 
 

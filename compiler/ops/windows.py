@@ -120,12 +120,11 @@ def windows(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
 
 
 def im2col(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> np.ndarray:
-    """The windows of ``x`` as one ``[G, Cg*prod(kernel), N*prod(out)]`` GEMM operand (one copy)."""
-    n, c, k = x.shape[0], x.shape[1], len(kernel)
-    win = windows(pad_image(x, pads), kernel, stride, dilation, out)
-    win = win.reshape(n, groups, c // groups, *kernel, *out)
-    win = win.transpose(1, 2, *range(3, 3 + k), 0, *range(3 + k, 3 + 2 * k))
-    return win.reshape(groups, (c // groups) * math.prod(kernel), n * math.prod(out))
+    """The windows of ``x`` as ``[N, G, Cg*prod(kernel), prod(out)]``: the strided view
+    copied once in its own order (no transposes), a batched GEMM operand."""
+    n, c = x.shape[:2]
+    win = np.ascontiguousarray(windows(pad_image(x, pads), kernel, stride, dilation, out))
+    return win.reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(out))
 
 
 def offset_slices(kernel, stride, dilation, out):
