@@ -86,6 +86,13 @@ class Attribute:
 
 
 @dataclass(frozen=True)
+class Ellipsis_:
+    """``...`` in a subscript: as many full slices as the other items leave axes."""
+
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class Slice:
     start: "Expr | None" = None
     stop: "Expr | None" = None
@@ -95,7 +102,7 @@ class Slice:
 
 @dataclass(frozen=True)
 class Index:
-    """``value[items]``; each item is an Expr (an index) or a Slice."""
+    """``value[items]``; each item is an Expr (an index), a Slice or an Ellipsis_."""
 
     value: "Expr"
     items: tuple["Expr | Slice", ...]

@@ -263,6 +263,9 @@ class _ToAst(Transformer):
     def slice2(self, meta, items):
         return A.Slice(items[0], items[1], None, loc=self._loc(meta))
 
+    def ellipsis(self, meta, items):
+        return A.Ellipsis_(loc=self._loc(meta))
+
     def slice3(self, meta, items):
         return A.Slice(items[0], items[1], items[2], loc=self._loc(meta))
 

@@ -126,6 +126,8 @@ def expr(e) -> str:
 
 
 def _subscript(i) -> str:
+    if isinstance(i, A.Ellipsis_):
+        return "..."
     if isinstance(i, A.Slice):
         parts = [expr(p) if p is not None else "" for p in (i.start, i.stop)]
         text = ":".join(parts)

@@ -346,7 +346,9 @@ class AvgPool(Op):
     def onnx(self, e, ins, outs, count_include_pad, **window):
         t = e.in_types[0]
         win = Window(self.name, self.rank, t.shape[2:], **window)
-        if win.eff == win.pads and not (win.ceil and not win.static):  # no ceil-mode overhang: ONNX's own rule
+        # no ceil-mode overhang, or a symbolic size (the shape rule ruled out PyTorch's last-window
+        # correction there): AveragePool's own rule, which divides the overhanging window as PyTorch does
+        if win.eff == win.pads or not win.static:
             e.node("AveragePool", ins, outs, count_include_pad=int(count_include_pad), **win.onnx_attrs(self.name))
             return
         try:  # the sum of each window (padding is zeros), divided as the kernel divides
