@@ -477,13 +477,63 @@ class UpsampleNearest(Op):
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
+def linear_weights(n: int, m: int) -> np.ndarray:
+    """``[m, n]``: the bilinear resampling of an axis of ``n`` to ``m`` samples, as
+    PyTorch's ``align_corners=False`` (ONNX Resize ``pytorch_half_pixel``): output
+    i reads input position (i + 0.5) n / m − 0.5, clamped at the edges."""
+    pos = np.maximum((np.arange(m) + 0.5) * n / m - 0.5, 0.0) if m > 1 else np.zeros(1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = pos - lo
+    w = np.zeros((m, n))
+    np.add.at(w, (np.arange(m), lo), 1.0 - frac)
+    np.add.at(w, (np.arange(m), hi), frac)
+    return w
+
+
+def nearest_index(n: int, m: int) -> np.ndarray:
+    """``[m]``: the input element output i of a nearest resampling reads, ⌊i n / m⌋."""
+    return (np.arange(m) * n) // m
+
+
 @register
 class Upsample(Composite):
-    """``upsample(x, scale, mode="nearest")``: ``upsample_nearest`` (the only mode so far)."""
+    """``upsample(x[N, C, H, W], scale=None, size=None, mode="nearest")``: resize the
+    two spatial axes by an integer ``scale`` (an int or ``[sh, sw]``) or to
+    ``size = [H', W']``.  ``"nearest"`` with a scale is ``upsample_nearest`` (any
+    image size); with a size it picks row ⌊i H / H'⌋.  ``"bilinear"`` interpolates as
+    PyTorch's ``align_corners = false``: a product with constant ``[H', H]`` and
+    ``[W, W']`` matrices (so H and W must be fixed), whose gradient is the
+    transposed products."""
 
     name, family = "upsample", "nn"
-    attrs = {"scale": Attr("ints"), "mode": Attr("str", "nearest", choices=("nearest",))}
-    samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2})]
+    attrs = {"scale": Attr("ints", None, doc="int or [sh, sw]"), "size": Attr("shape", None, doc="[H', W']"),
+             "mode": Attr("str", "nearest", choices=("nearest", "bilinear"))}
+    samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2}),
+               Sample((Arg((1, 2, 3, 4)),), {"size": (5, 7)}, note="nearest to a size"),
+               Sample((Arg((2, 2, 3, 4)),), {"scale": 2, "mode": "bilinear"}),
+               Sample((Arg((1, 2, 4, 5)),), {"size": (6, 3), "mode": "bilinear"}, note="up and down")]
 
-    def expand(self, b, x, scale, mode):
-        return b.upsample_nearest(x, scale=scale)
+    def expand(self, b, x, scale, size, mode):
+        t = b.type(x)
+        if t.rank != 4:
+            raise ShapeError(f"`upsample` needs x of rank 4 ([N, C, H, W]), got {t}")
+        if (scale is None) == (size is None):
+            raise ShapeError("`upsample` takes exactly one of `scale` and `size`")
+        if mode == "nearest" and scale is not None:
+            return b.upsample_nearest(x, scale=scale)
+        h, w = t.shape[2:]
+        if not isinstance(h, int) or not isinstance(w, int):
+            raise ShapeError(f"`upsample` with mode = \"{mode}\"{' to a size' if size else ''} needs a fixed "
+                             f"H and W, got {t}; use a scale with mode = \"nearest\" for any size")
+        if size is None:
+            sh, sw = ntuple(self.name, "scale", scale, 2, 1)
+            size = (h * sh, w * sw)
+        if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
+            raise ShapeError(f"`size` of `upsample` must be 2 positive integers, got {list(size)}")
+        ho, wo = size
+        if mode == "nearest":
+            rows = b.gather(x, b.const(nearest_index(h, ho)), axis=2)
+            return b.gather(rows, b.const(nearest_index(w, wo)), axis=3)
+        rows = b.matmul(b.const(linear_weights(h, ho), t.dtype), x)          # [N, C, H', W]
+        return b.matmul(rows, b.const(linear_weights(w, wo).T, t.dtype))     # [N, C, H', W']
