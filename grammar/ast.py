@@ -135,15 +135,18 @@ class Repeat:
 
 @dataclass(frozen=True)
 class Scan:
-    """``scan callee(kwargs) over xs axis k init (c1, ...) [reverse]``."""
+    """``scan callee(kwargs) over xs axis k init (c1, ...) lengths L [reverse]``, or
+    ``steps N`` instead of ``over xs`` (``over`` is then None)."""
 
     callee: Name
     kwargs: tuple[Keyword, ...]
-    over: "Expr"
+    over: "Expr | None"
     axis: "Expr | None" = None
     init: tuple["Expr", ...] = ()
     reverse: bool = False
     loc: Loc = _loc()
+    steps: "Expr | None" = None
+    lengths: "Expr | None" = None
 
 
 Expr = Union[Name, Number, String, Bool, BinOp, UnaryOp, Call, Attribute, Index,
