@@ -157,3 +157,37 @@ def test_padding_forms_keep_their_sizes_at_any_image_size(backend):
         assert got["avg"].shape == (2, 2, -(-h // 2), cols)
         np.testing.assert_allclose(got["avg"][..., -1, -1], x[..., (h - 1) // 2 * 2:, (w - 1) // 2 * 2:].mean((-1, -2)),
                                    rtol=1e-5)
+
+
+STAGE = """
+layer block(x: f32[B, C, H, W], out: int, stride: int = 1) {
+    param K: [out, C, 3, 3] = he_normal()
+    param P: [out, C, 1, 1] = he_normal()
+    return relu(conv2d(x, K, stride = stride, padding = 1) + conv2d(x, P, stride = stride))
+}
+model m {
+    input x: f32[B, 3, H, W]
+    output y = repeat 3 block(x, 8, stride = first(2, 1))     # the first block strides and projects
+}
+"""
+
+
+def test_repeat_with_a_first_block_that_differs():
+    m = dlc.compile(STAGE)
+    assert m.params["y.0.P"].shape == (8, 3, 1, 1) and m.params["y.2.P"].shape == (8, 8, 1, 1)
+    assert str(m.outputs["y"].shape[2]) == "(H + 1)//2"
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    conv = lambda v, k, s, p: __import__("dlc").compiler.ops.registry.get_op("conv2d").kernel(
+        v, k, stride=(s,), padding=p, dilation=(1,), groups=1)
+    h = x
+    for i, s in enumerate((2, 1, 1)):
+        h = np.maximum(conv(h, m.params[f"y.{i}.K"], s, 1) + conv(h, m.params[f"y.{i}.P"], s, 0), 0)
+    for backend in ("numpy", "onnxruntime"):
+        np.testing.assert_allclose(m.run({"x": x}, backend=backend)["y"], h, rtol=1e-4, atol=1e-5)
+
+
+def test_repeat_copies_after_the_first_keep_the_type():
+    with pytest.raises(DlcError, match="copy 1 of `block`"):
+        dlc.compile(STAGE.replace("stride = first(2, 1)", "stride = 2"))
+    with pytest.raises(DlcError, match="two values"):
+        dlc.compile(STAGE.replace("first(2, 1)", "first(2)"))

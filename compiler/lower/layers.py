@@ -181,7 +181,11 @@ def run_body(frame: Frame, body, loc, *, kind: str):
 
 
 def repeat(frame: Frame, e: A.Repeat):
-    """``repeat N layer(x, ...)``: N instances chained on their first argument (scopes .0 … .N-1)."""
+    """``repeat N layer(x, ...)``: N instances chained on their first argument (scopes .0 … .N-1).
+
+    An argument written ``first(a, b)`` is ``a`` for the first copy and ``b`` for the
+    others (a ResNet stage whose first block strides and projects); the first copy
+    may change the type, the others must keep it."""
     count = evaluate(e.count, frame)
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_REPEAT:
         raise frame.error("E0110", f"`repeat` needs a count between 1 and {MAX_REPEAT}, got {describe(count)}",
@@ -191,18 +195,41 @@ def repeat(frame: Frame, e: A.Repeat):
         raise frame.error("E0103", f"`repeat` needs a layer, `{e.callee.id}` is {describe(layer)}", e.callee.loc)
     if not e.args:
         raise frame.error("E0102", "`repeat` threads the first argument through the copies; give one", e.loc)
-    args = [evaluate(a, frame) for a in e.args]
-    kwargs = {k.name: evaluate(k.value, frame) for k in e.kwargs}
+    if _per_copy(frame, e.args[0]) is not None:
+        raise frame.error("E0102", "the first argument of `repeat` is threaded through the copies; "
+                          "`first(a, b)` chooses the other arguments", e.args[0].loc)
+    per_copy = [_per_copy(frame, a) for a in e.args[1:]] + [_per_copy(frame, k.value) for k in e.kwargs]
+    evaluated = [tuple(evaluate(v, frame) for v in pc) if pc else evaluate(a, frame)
+                 for pc, a in zip(per_copy, list(e.args[1:]) + [k.value for k in e.kwargs])]
+    n_args = len(e.args) - 1
     base = frame.call_scope()
-    x = args[0]
+    x = evaluate(e.args[0], frame)
     for i in range(count):
-        out = call_layer(frame, layer, [x] + args[1:], kwargs, e.loc, scope=f"{base}.{i}")
-        if not is_tensor(out) or frame.builder.type(out) != frame.builder.type(x):
+        chosen = [v[0 if i == 0 else 1] if pc else v for pc, v in zip(per_copy, evaluated)]
+        args, kwargs = chosen[:n_args], dict(zip((k.name for k in e.kwargs), chosen[n_args:]))
+        out = call_layer(frame, layer, [x] + args, kwargs, e.loc, scope=f"{base}.{i}")
+        if not is_tensor(out) or (i > 0 and frame.builder.type(out) != frame.builder.type(x)):
             got = frame.builder.type(out) if is_tensor(out) else describe(out)
             raise frame.error("E0104", f"a repeated layer must return one tensor of its input's type "
-                              f"{frame.builder.type(x)}; `{layer.defn.name}` returns {got}", e.loc)
+                              f"{frame.builder.type(x) if is_tensor(x) else describe(x)} (the first copy may "
+                              f"change it); copy {i} of `{layer.defn.name}` returns {got}", e.loc)
         x = out
     return x
+
+
+def _per_copy(frame: Frame, arg) -> tuple | None:
+    """(a, b) when ``arg`` is written ``first(a, b)`` and ``first`` is not a name in scope."""
+    if not (isinstance(arg, A.Call) and isinstance(arg.func, A.Name) and arg.func.id == "first"):
+        return None
+    try:
+        frame.lookup("first", arg.func.loc)
+        return None  # a user's own `first`
+    except DlcError:
+        pass
+    if len(arg.args) != 2 or arg.kwargs:
+        raise frame.error("E0102", "`first(a, b)` takes two values: one for the first copy, one for the others",
+                          arg.loc)
+    return tuple(arg.args)
 
 
 def scan(frame: Frame, e: A.Scan):
