@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from ..dims import dim_str, shape_str
 from ..types import ShapeError, TensorType, same_dtype
-from .nn import (CONV_ATTRS, CONV_CASES, Op, check_fits, check_image, conv_onnx_attrs, conv_out, conv_params,
-                 deconv_np, divisible, kernel_size, onnx_error, onnx_pads, per_rank, transpose_pads, wgrad_np)
+from .nn import (CONV_ATTRS, CONV_CASES, Op, check_fits, check_image, conv_out, conv_params, deconv_np, divisible,
+                 kernel_size, onnx_error, onnx_pads, per_rank, transpose_to_size, wgrad_np)
 from .registry import Arg, Attr, Sample
 from .shape import i64
 
@@ -73,12 +73,7 @@ class ConvGradInput(Op):
     def onnx(self, e, ins, outs, size, stride, padding, dilation, groups):
         w = e.in_types[1].shape
         s, p, d = self.params(w, stride, padding, dilation, groups)
-        try:
-            pads, extra = transpose_pads(size, w[2:], s, p, d, e.in_types[0].shape[2:])
-        except ShapeError as exc:
-            raise onnx_error(self.name, exc) from None
-        attrs = conv_onnx_attrs(w[2:], s, p, d, groups)
-        e.node("ConvTranspose", ins, outs, output_padding=extra, **{**attrs, "pads": pads})
+        transpose_to_size(e, ins, outs, w[2:], s, p, d, groups, size, e.in_types[0].shape[2:])
 
 
 class ConvGradWeight(Op):

@@ -119,6 +119,27 @@ def transpose_pads(size, kernel, stride, pads, dilation, out) -> tuple[list, lis
     return begins + ends, extra
 
 
+def transpose_to_size(e, ins, outs, kernel, stride, pads, dilation, groups, size, out) -> None:
+    """An ONNX ``ConvTranspose`` of ``out`` windows back onto an image of ``size``.
+    Static sizes: its pads and ``output_padding`` cut or extend the far edge
+    (``transpose_pads``).  Symbolic ones (a floor-division dim): the plain
+    transposed image, then a ``Pad`` by what ``size`` lacks, computed when the
+    model runs (zero or more rows; negative pads cut)."""
+    attrs = conv_onnx_attrs(kernel, stride, pads, dilation, groups)
+    try:
+        begins_ends, extra = transpose_pads(size, kernel, stride, pads, dilation, out)
+    except ShapeError:
+        k = len(size)
+        (full,) = e.node("ConvTranspose", ins, 1, **attrs)
+        (have,) = e.node("Shape", [full], 1, start=2)
+        (rest,) = e.node("Sub", [e.shape_tensor(tuple(size)), have], 1)
+        zeros = e.const(np.zeros(2 + k + 2, np.int64))  # no padding before any axis, nor after N and C
+        (amounts,) = e.node("Concat", [zeros, rest], 1, axis=0)
+        e.node("Pad", [full, amounts], outs)
+        return
+    e.node("ConvTranspose", ins, outs, output_padding=extra, **{**attrs, "pads": begins_ends})
+
+
 def onnx_error(op: str, exc: Exception):
     from dlc.grammar.errors import DlcError
 

@@ -38,10 +38,8 @@ import math
 
 import numpy as np
 
-from ..dims import Sym
 from ..types import ShapeError, TensorType, np_dtype, same_dtype
-from .nn import (check_image, conv_onnx_attrs, conv_out, onnx_error, onnx_pads, per_rank, rank_of,
-                 transpose_pads)
+from .nn import check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of, transpose_to_size
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .shape import i64
 from .windows import axis_names, ceil_extra, fold, ntuple, offset_slices, pad_image, resolve_pads, window_counts, windows
@@ -400,12 +398,12 @@ class AvgPoolGrad(Op):
             raise onnx_error(self.name, f"the channel dim {c} must be fixed (it is the ConvTranspose group)")
         try:
             g = e.node("Div", [ins[0], e.const(win.divisor(count_include_pad, dtype))], 1)[0]
-            pads, extra = transpose_pads(size, win.kernel, win.stride, win.eff, win.dilation, t.shape[2:])
         except ShapeError as exc:
             raise onnx_error(self.name, exc) from None
-        attrs = conv_onnx_attrs(win.kernel, win.stride, win.eff, win.dilation, c)
-        e.node("ConvTranspose", [g, e.const(np.ones((c, 1, *win.kernel), dtype))], outs, output_padding=extra,
-               **{**attrs, "pads": pads})
+        if win.ceil and not win.static:
+            raise onnx_error(self.name, "ceil_mode over a symbolic size needs a fixed size for the gradient")
+        transpose_to_size(e, [g, e.const(np.ones((c, 1, *win.kernel), dtype))], outs, win.kernel, win.stride,
+                          win.eff, win.dilation, c, size, t.shape[2:])
 
 
 per_rank(AvgPool, "avg_pool{k}d", AVG_CASES, lambda xs, a: Sample((Arg(xs),), a))
