@@ -122,15 +122,16 @@ def transpose_pads(size, kernel, stride, pads, dilation, out) -> tuple[list, lis
 def transpose_to_size(e, ins, outs, kernel, stride, pads, dilation, groups, size, out) -> None:
     """An ONNX ``ConvTranspose`` of ``out`` windows back onto an image of ``size``.
     Static sizes: its pads and ``output_padding`` cut or extend the far edge
-    (``transpose_pads``).  Symbolic ones (a floor-division dim): the plain
-    transposed image, then a ``Pad`` by what ``size`` lacks, computed when the
-    model runs (zero or more rows; negative pads cut)."""
+    (``transpose_pads``).  Symbolic ones (a floor-division dim): the transposed
+    windows cut by the before-padding only, then a ``Pad`` of the far edge to
+    ``size``, by an amount computed when the model runs (negative pads cut
+    what reached into the after-padding)."""
     attrs = conv_onnx_attrs(kernel, stride, pads, dilation, groups)
     try:
         begins_ends, extra = transpose_pads(size, kernel, stride, pads, dilation, out)
-    except ShapeError:
+    except ShapeError:  # transposed windows cut only before; the far edge is cut or padded to size
         k = len(size)
-        (full,) = e.node("ConvTranspose", ins, 1, **attrs)
+        (full,) = e.node("ConvTranspose", ins, 1, **{**attrs, "pads": [a for a, _ in pads] + [0] * k})
         (have,) = e.node("Shape", [full], 1, start=2)
         (rest,) = e.node("Sub", [e.shape_tensor(tuple(size)), have], 1)
         zeros = e.const(np.zeros(2 + k + 2, np.int64))  # no padding before any axis, nor after N and C
