@@ -14,6 +14,9 @@ downloaded, and the same call gives the same arrays.
   i64[n, T] = tokens with a seeded 20% of positions (at least one) set to the
   mask token 1; is_masked f32[n, T] marks them.  Options ``n=2000, T=12,
   vocab=12, period=3``.
+- ``padded_repeats``: does the first token appear again among the real ones?
+  tokens i64[n, T] in [1, vocab) padded with 0 past lengths i64[n] (3..T),
+  y i64[n] balanced.  Options ``n=3000, T=10, vocab=8``.
 - ``cbow``: continuous bag of words.  context i64[n, 2*window], center i64[n],
   topic i64[n]: windows of a synthetic corpus where word w is in topic
   w * topics // vocab and each sentence keeps to one topic but for ``noise``
@@ -97,4 +100,21 @@ def cbow(seed: int, n: int = 6000, vocab: int = 40, topics: int = 4, window: int
                    f"cbow: {n} windows of {2 * window} context words from a {vocab}-word corpus, {topics} topics")
 
 
-BUILTINS.update(shapes=shapes, reverse=reverse, periodic=periodic, cbow=cbow)
+def padded_repeats(seed: int, n: int = 3000, T: int = 10, vocab: int = 8) -> Dataset:
+    n, T, vocab = positive_int("n", n), positive_int("T", T, 3), positive_int("vocab", vocab, 3)
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, T + 1, size=n)
+    first = rng.integers(1, vocab, size=n)
+    rest = rng.integers(1, vocab - 1, size=(n, T - 1))
+    rest += rest >= first[:, None]  # never the first token, unless placed below
+    y = rng.permutation(np.arange(n) % 2).astype(np.int64)
+    where = (rng.random(n) * (lengths - 1)).astype(np.int64)  # a real position after the first
+    rows = np.flatnonzero(y)
+    rest[rows, where[rows]] = first[rows]
+    tokens = np.concatenate([first[:, None], rest], axis=1)
+    tokens[np.arange(T)[None, :] >= lengths[:, None]] = 0  # padding
+    return Dataset({"tokens": tokens.astype(np.int64), "lengths": lengths.astype(np.int64), "y": y}, 2,
+                   f"padded repeats: {n} sequences of 3..{T} tokens from [1, {vocab}), padded with 0")
+
+
+BUILTINS.update(shapes=shapes, reverse=reverse, periodic=periodic, cbow=cbow, padded_repeats=padded_repeats)
