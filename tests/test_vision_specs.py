@@ -16,7 +16,8 @@ BACKENDS = ["numpy", "onnxruntime"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("spec, floor", [("specs/lenet.dl", 0.97), ("specs/resnet.dl", 0.96)])
+@pytest.mark.parametrize("spec, floor", [("specs/lenet.dl", 0.97), ("specs/resnet.dl", 0.96),
+                                         ("specs/inception.dl", 0.95)])
 def test_digit_classifiers_reach_their_floor(spec, floor, backend):
     m = dlc.load(spec, mode="train")
     assert m.train(backend=backend, **QUIET).test["accuracy"] >= floor
