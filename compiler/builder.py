@@ -18,7 +18,7 @@ from dlc.grammar.errors import DlcError
 
 from .graph import RNG_INPUT, Graph, Value
 from .ops.registry import get_op
-from .types import FLOATS, ShapeError, TensorType, dtype_name, np_dtype
+from .types import FLOATS, AttrError, ShapeError, TensorType, dtype_name, np_dtype
 
 
 class Builder:
@@ -31,6 +31,7 @@ class Builder:
         self.role = role
         self.grad_of: int | None = None
         self.context = context  # human layer path for error messages
+        self.shown_op: str | None = None  # the op the user wrote, while it and its expansion are built
 
     @contextlib.contextmanager
     def at(self, *, scope=None, loc=None, role=None, grad_of=..., context=...):
@@ -86,23 +87,40 @@ class Builder:
         return Value(self.node("const", (), {"value": arr}, (t,)))
 
     def apply(self, op: str, *inputs, **attrs):
-        """Add one application of ``op``; returns a Value or a tuple of Values."""
+        """Add one application of ``op``; returns a Value or a tuple of Values.
+
+        Errors name the outermost op being applied (``mse``, not the ``sub`` it
+        expands into).  An unknown op name is a bug in dlc (the front end
+        resolves the names users write), not a user error."""
         try:
             opdef = get_op(op)
         except KeyError:
-            raise self.error("E0101", f"unknown op `{op}`") from None
+            raise LookupError(f"dlc bug: no op named {op!r} in the registry") from None
+        outer = self.shown_op is None
+        if outer:
+            self.shown_op = op
+        try:
+            return self._apply(op, opdef, inputs, attrs)
+        finally:
+            if outer:
+                self.shown_op = None
+
+    def _apply(self, op: str, opdef, inputs, attrs):
+        shown = self.shown_op or op
         try:
             attrs = opdef.check_attrs(attrs)
         except ShapeError as e:
-            raise self.error("E0102", str(e)) from None
+            raise self.error("E0102", user_facing(str(e), op, shown)) from None
         values = self._tensors(op, inputs)
         if opdef.composite:
             return opdef.expand(self, *values, **attrs)
         types = [self.type(v) for v in values]
         try:
             out = opdef.shape(*types, **attrs)
+        except AttrError as e:  # an attribute of the wrong form: the arguments are wrong, not the shapes
+            raise self.error("E0102", user_facing(str(e), op, shown)) from None
         except ShapeError as e:
-            err = self.error("E0104", f"shape mismatch in `{op}`: {e}")
+            err = self.error("E0104", f"shape mismatch in `{shown}`: {user_facing(str(e), op, shown)}")
             err.notes.extend(self._operand_notes(values))
             raise err from None
         out = out if isinstance(out, tuple) else (out,)
@@ -127,11 +145,11 @@ class Builder:
             elif isinstance(v, (bool, int, float, np.number, np.ndarray)):
                 dtype = like if like is not None else ("f32" if isinstance(v, float) else None)
                 if dtype is not None and dtype not in FLOATS and isinstance(v, float) and float(v) != int(v):
-                    raise self.error("E0103", f"`{op}` mixes a {dtype} tensor with the number {v}",
+                    raise self.error("E0103", f"`{self.shown_op or op}` mixes a {dtype} tensor with the number {v}",
                                      hint="use cast(x, f32) to convert the tensor")
                 out.append(self.const(v, dtype if dtype else ("bool" if isinstance(v, bool) else "i64")))
             else:
-                raise self.error("E0103", f"`{op}` expects a tensor, got {_describe(v)}")
+                raise self.error("E0103", f"`{self.shown_op or op}` expects a tensor, got {_describe(v)}")
         return out
 
     def _operand_notes(self, values) -> list:
@@ -150,6 +168,11 @@ class Builder:
 
     def error(self, code: str, message: str, hint: str | None = None) -> DlcError:
         return DlcError(code, message, self.loc, hint=hint, context=self.context)
+
+
+def user_facing(message: str, internal: str, shown: str) -> str:
+    """``message`` with the internal op's quoted name replaced by the one the user wrote."""
+    return message.replace(f"`{internal}`", f"`{shown}`") if internal != shown else message
 
 
 def _describe(v) -> str:

@@ -163,7 +163,10 @@ class Sym:
         parts = []
         # constant term last: "B*H + 1", "T - 1"
         for m, c in sorted(self.terms.items(), key=lambda mc: mc[0] == ()):
-            mono = "*".join(n if p == 1 else f"{n}**{p}" for n, p in m)
+            # a floor term among other factors reads as one: 2*((H + 1)//2), not 2*(H + 1)//2
+            bare = len(m) == 1 and m[0][1] == 1 and abs(c) == 1
+            mono = "*".join((f"({n})" if isinstance(n, FloorAtom) and not bare else n) + ("" if p == 1 else f"**{p}")
+                            for n, p in m)
             num, den = c.numerator, c.denominator
             if not mono:
                 body = str(abs(num)) + (f"/{den}" if den != 1 else "")

@@ -127,6 +127,27 @@ class Graph:
         rec.inputs = rec.inputs[:index] + (value,) + rec.inputs[index + 1:]
         self.nx.add_edge(value.node, node, src_out=value.index, dst_in=index)
 
+    def extend_outputs(self, node: int, attrs: dict, types) -> None:
+        """Give ``node`` new ``attrs`` and more outputs: ``types`` starts with
+        the node's current output types, so every Value that refers to the
+        node stays valid (a scan asked to also emit the residuals its gradient
+        reads).  ``attrs`` replaces the dict (records may share theirs with a
+        copy of the graph)."""
+        rec = self._nodes[node]
+        types = tuple(types)
+        if types[:len(rec.types)] != rec.types:
+            raise GraphError(f"%{node} ({rec.op}): extending outputs must keep the existing ones")
+        rec.attrs, rec.types = dict(attrs), types
+
+    def replace_uses(self, old: Value, new: Value) -> None:
+        """Make every argument, output and next-state that reads ``old`` read ``new``."""
+        for user in self.consumers(old.node):
+            for i, v in enumerate(self._nodes[user].inputs):
+                if v == old:
+                    self.set_input(user, i, new)
+        self._outputs = {k: new if v == old else v for k, v in self._outputs.items()}
+        self._state = {k: (n, new if v == old else v) for k, (n, v) in self._state.items()}
+
     def remove_nodes(self, nodes: Iterable[int]) -> None:
         """Remove nodes and everything that refers to them in the containers."""
         gone = set(nodes)
@@ -251,7 +272,8 @@ class Graph:
         - every node's ``types`` has one entry per output its op declares, and
           re-running the op's shape rule on the input types gives them;
         - inputs are ``input`` nodes, params ``param`` nodes, state ``state``
-          nodes; every output and next-state Value refers to an existing output.
+          nodes; every output and next-state Value refers to an existing output;
+        - graphs held in attrs (scan bodies) verify too.
         """
         from .ops.registry import get_op  # the registry imports types only; no cycle at call time
 
@@ -276,6 +298,9 @@ class Graph:
             if opdef.outputs is not None and len(rec.types) != len(opdef.outputs):
                 raise GraphError(f"%{n} ({rec.op}) has {len(rec.types)} types for "
                                  f"{len(opdef.outputs)} outputs")
+            for sub in rec.attrs.values():
+                if isinstance(sub, Graph):  # a scan body: the same invariants, recursively
+                    sub.verify()
             got = opdef.shape(*[self.type_of(v) for v in rec.inputs], **rec.attrs)
             got = got if isinstance(got, tuple) else (got,)
             if tuple(got) != tuple(rec.types):

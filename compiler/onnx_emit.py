@@ -181,6 +181,16 @@ class Emitter:
                 self._dims[key] = self.node("Concat", pieces, [self._dim_name("shape", dims)], axis=0)[0]
         return self._dims[key]
 
+    def int_product(self, vector: str, length: int) -> str:
+        """The product of the ``length`` entries of the 1-D int64 tensor ``vector``, as an
+        int64 scalar: Gather and Mul, since onnxruntime's CUDA provider has no int64
+        ReduceProd (its kernel table lists double, float, float16 and int32)."""
+        out = None
+        for i in range(length):
+            (d,) = self.node("Gather", [vector, self.const(np.asarray(i, np.int64))], 1, axis=0)
+            out = d if out is None else self.node("Mul", [out, d], 1)[0]
+        return out if out is not None else self.const(np.asarray(1, np.int64))
+
     # -- scan bodies ---------------------------------------------------------------
     def subgraph(self, body: Graph, n_formal: int | None = None, outer=(), input_names=None) -> onnx.GraphProto:
         """Lower ``body`` into a GraphProto (for Scan/Loop/If attributes).

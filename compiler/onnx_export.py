@@ -10,6 +10,8 @@ and lets every op's ``onnx`` method emit nodes through the emitter
   the updated parameters);
 - ``state`` → a graph input, or an initializer when a value is given in
   ``state`` for an inference export (eval-mode running statistics);
+- any graph input named in ``defaults`` also gets an initializer of its
+  name: the value used when the caller feeds none (ONNX's input defaults);
 - ``const`` → a deduplicated initializer.
 
 Value names are readable and unique: ``<scope>/<op>_<node id>`` (``h/matmul_3``;
@@ -40,9 +42,16 @@ from .types import TensorType, np_dtype
 
 
 def export_graph(graph: Graph, *, params: dict[str, np.ndarray] | None, state: dict | None = None,
-                 name: str, doc: str = "", train: bool = False) -> onnx.ModelProto:
-    """The ONNX model of ``graph`` (see the module docstring for the mapping)."""
+                 name: str, doc: str = "", train: bool = False, defaults: dict[str, np.ndarray] | None = None,
+                 props: dict[str, str] | None = None, mode: str | None = None) -> onnx.ModelProto:
+    """The ONNX model of ``graph`` (see the module docstring for the mapping).
+
+    ``defaults`` gives graph inputs (a step's parameters, state, ``__rng``) an
+    initializer of the same name, which a feed overrides; ``props`` adds
+    ``metadata_props``; ``mode`` is the ``dlc.mode`` property (default
+    ``train``/``inference`` by ``train``)."""
     params = params or {}
+    defaults = defaults or {}
     state = {} if train or state is None else state
     names = Names()
     e = Emitter(graph, names)
@@ -63,6 +72,8 @@ def export_graph(graph: Graph, *, params: dict[str, np.ndarray] | None, state: d
                 values[Value(n)] = vname
         elif n in live:
             e.sources[n] = values[Value(n)] = vname
+            if key in defaults:
+                e.initializers.append(numpy_helper.from_array(_value_for(key, t, defaults, data.op), vname))
         else:
             e.spare[n] = vname
     outputs = lower_nodes(e, graph, values, {k: k for k in graph.outputs})
@@ -71,7 +82,8 @@ def export_graph(graph: Graph, *, params: dict[str, np.ndarray] | None, state: d
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
                               producer_name="dlc", producer_version=_version(), doc_string=doc)
     model.model_version = 1
-    helper.set_model_props(model, {"dlc.model": name or graph.name, "dlc.mode": "train" if train else "inference"})
+    helper.set_model_props(model, {"dlc.model": name or graph.name,
+                                   "dlc.mode": mode or ("train" if train else "inference"), **(props or {})})
     return model
 
 

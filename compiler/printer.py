@@ -20,8 +20,10 @@ from .graph import SOURCE_OPS, Graph, Value
 _HIDDEN_ATTRS = ("body", "value", "name", "init")
 
 
-def _ref(v: Value) -> str:
-    return f"%{v.node}" if v.index == 0 else f"%{v.node}.{v.index}"
+def _ref(v: Value, g: Graph | None = None) -> str:
+    """``%n`` for a node's only value; ``%n.i`` for every value of a multi-output node (``%10.0`` too)."""
+    several = g is not None and len(g[v.node].types) > 1
+    return f"%{v.node}.{v.index}" if v.index or several else f"%{v.node}"
 
 
 def _attr_text(v) -> str:
@@ -48,7 +50,9 @@ def node_line(g: Graph, n: int) -> str:
         shown = np.array2string(value, precision=4, threshold=6) if value.size <= 6 else f"<{value.size} values>"
         text = f"%{n} = const {shown} : {_types_text(d.types)}"
     else:
-        args = ", ".join(_ref(v) for v in d.inputs)
+        args = ", ".join(_ref(v, g) for v in d.inputs)
+        if op == "fused":  # the chain's ops in order; the value numbering is in --format json
+            attrs = {"chain": " ".join(step[0] for step in attrs["program"])}
         extra = ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs.items() if k not in _HIDDEN_ATTRS)
         text = f"%{n} = {op}({args}{', ' if args and extra else ''}{extra}) : {_types_text(d.types)}"
     if d.scope:
@@ -69,36 +73,19 @@ def to_text(g: Graph, indent: str = "") -> str:
         if isinstance(body, Graph):
             lines.append(indent + "    body {")
             lines.append(to_text(body, indent + "        "))
-            outs = ", ".join(f"{k}={_ref(v)}" for k, v in body.outputs.items())
+            outs = ", ".join(f"{k}={_ref(v, body)}" for k, v in body.outputs.items())
             lines.append(indent + f"        return {outs}")
             lines.append(indent + "    }")
     if not indent:
-        lines.append("outputs: " + ", ".join(f"{k}={_ref(v)}" for k, v in g.outputs.items()))
+        lines.append("outputs: " + ", ".join(f"{k}={_ref(v, g)}" for k, v in g.outputs.items()))
     return "\n".join(lines)
 
 
 def to_dot(g: Graph) -> str:
-    colors = {"forward": "white", "loss": "khaki", "backward": "lightpink", "optimizer": "lightblue",
-              "state": "palegreen"}
-    lines = [f'digraph "{g.name}" {{', "  rankdir=TB;", '  node [shape=box, style=filled, fontname="monospace"];']
-    for n in g.topo_order():
-        d = g[n]
-        label = d.attrs["name"] if d.op in ("input", "param", "state") else d.op
-        label += "\\n" + _types_text(d.types)
-        shape = "ellipse" if d.op in SOURCE_OPS else "box"
-        lines.append(f'  n{n} [label="{label}", shape={shape}, fillcolor={colors.get(d.role, "white")}];')
-    for n in g.topo_order():
-        for i, v in enumerate(g[n].inputs):
-            lines.append(f"  n{v.node} -> n{n};")
-    for name, v in g.outputs.items():
-        lines.append(f'  out_{_ident(name)} [label="{name}", shape=plaintext];')
-        lines.append(f"  n{v.node} -> out_{_ident(name)};")
-    lines.append("}")
-    return "\n".join(lines)
+    """The Graphviz picture (clusters, port labels, legend): see ``compiler/dot.py``."""
+    from .dot import to_dot as dot
 
-
-def _ident(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
+    return dot(g)
 
 
 def to_json(g: Graph) -> str:

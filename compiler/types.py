@@ -29,6 +29,11 @@ class ShapeError(Exception):
     """A type rule failed; the message names the offending dims."""
 
 
+class AttrError(ShapeError):
+    """A shape rule found an attribute of the wrong form (``padding = [0, 1, 0, 1]``):
+    a wrong argument (E0102), not a shape mismatch (E0104)."""
+
+
 def np_dtype(dtype: str) -> np.dtype:
     return np.dtype(DTYPES[dtype])
 

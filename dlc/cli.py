@@ -1,24 +1,51 @@
-"""The `dlc` command line: check, graph, summary, run, compile, train, gradcheck.
+"""The `dlc` command line: check, graph, summary, run, compile, train, export-weights, gradcheck, fmt.
 
-User errors print as ``file:line:col`` + source line + caret, exit status 2;
-a Python traceback appears only with ``--debug``.
+Errors in a spec print as ``file:line:col`` + source line + caret, exit status 2;
+a misused command line (unknown option, malformed ``--bind``, a dim the model
+does not have) exits with status 64 (``EX_USAGE``).  A Python traceback appears
+only with ``--debug``.  Messages are coloured on a terminal unless ``NO_COLOR``
+is set (``--color always|never`` overrides).
 """
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from dlc.grammar.errors import DlcError, DlcErrors
 
-EXIT_USER_ERROR = 2
+EXIT_USER_ERROR = 2  # an error in the spec (or its data)
+EXIT_USAGE = 64  # the command line itself is wrong (sysexits' EX_USAGE)
+
+
+class UsageError(DlcError):
+    """A wrong command line (not a wrong spec): rendered like any DlcError, exit status 64."""
+
+
+def usage(message: str, hint: str | None = None) -> UsageError:
+    return UsageError("E0110", message, hint=hint)
+
+
+def use_color(stream=None) -> bool:
+    """Colour when ``--color always``, or ``auto`` on a terminal without ``NO_COLOR``."""
+    ctx = click.get_current_context(silent=True)
+    choice = ctx.find_root().params.get("color", "auto") if ctx else "auto"
+    if choice != "auto":
+        return choice == "always"
+    stream = stream or sys.stderr
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
+def echo_error(e) -> None:
+    color = use_color()
+    click.echo(e.render(color=color), err=True, color=color)
 
 
 def _report(fn):
-    """Turn DlcErrors into rendered messages and exit status 2."""
+    """Turn DlcErrors into rendered messages and exit status 2 (64 for usage errors)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -28,8 +55,8 @@ def _report(fn):
         except (DlcError, DlcErrors) as e:
             if debug:
                 raise
-            click.echo(e.render(), err=True)
-            sys.exit(EXIT_USER_ERROR)
+            echo_error(e)
+            sys.exit(EXIT_USAGE if isinstance(e, UsageError) else EXIT_USER_ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -42,7 +69,7 @@ def _bindings(pairs: tuple[str, ...], what: str) -> dict:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise DlcError("E0110", f"{what} `{pair}` is not of the form NAME=VALUE")
+            raise usage(f"{what} `{pair}` is not of the form NAME=VALUE")
         out[name.strip()] = value.strip()
     return out
 
@@ -53,9 +80,9 @@ def _int_bindings(pairs, what) -> dict[str, int]:
         try:
             out[k] = int(v)
         except ValueError:
-            raise DlcError("E0110", f"{what} `{k}={v}`: `{v}` is not an integer") from None
+            raise usage(f"{what} `{k}={v}`: `{v}` is not an integer") from None
         if out[k] <= 0:
-            raise DlcError("E0110", f"{what} `{k}={v}`: dims must be positive")
+            raise usage(f"{what} `{k}={v}`: dims must be positive")
     return out
 
 
@@ -86,33 +113,69 @@ def _with_model_options(fn):
     return fn
 
 
-def _load(path, model_name, hyper, mode="eval"):
+def _load(path, model_name, hyper, mode="eval", checkpoint=None):
     import dlc
 
-    return dlc.load(path, mode=mode, model=model_name, **_hyper(hyper))
+    return dlc.load(path, mode=mode, model=model_name, checkpoint=checkpoint, **_hyper(hyper))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+UNTRAINED_NOTE = "note: the weights are untrained (initialised from the spec); pass --checkpoint DIR for trained ones"
+
+
+def _checkpoint_option(what: str):
+    return click.option("--checkpoint", type=click.Path(), default=None,
+                        help=f"{what} the trained parameters and state of a checkpoint folder or manifest "
+                             "(the best epoch when kept), or of a .safetensors file of `dlc export-weights`.")
+
+
+class _Group(click.Group):
+    """click's own usage errors (unknown option or command, bad choice) exit with 64, not 2."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_status():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_status():
+            return super().invoke(ctx)
+
+
+class _usage_status:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, click.UsageError):
+            exc.exit_code = EXIT_USAGE
+        return False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Colour error messages (auto: on a terminal, unless NO_COLOR is set).")
 @click.version_option(package_name="dlc")
-def main(debug):
+def main(debug, color):
     """dlc — compile declarative .dl model specs to graphs, NumPy and ONNX."""
 
 
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--set", "hyper", multiple=True, metavar="NAME=VALUE",
+              help="Set a model hyperparameter (train blocks read them too) before checking.")
 @_report
-def check(files):
+def check(files, hyper):
     """Parse and type-check FILES; report every error found."""
     from dlc.model import check as check_file
 
     failed = 0
+    values = _hyper(hyper)
     for f in files:
         try:
-            click.echo(f"{f}: ok: {check_file(f)}")
+            click.echo(f"{f}: ok: {check_file(f, **values)}")
         except (DlcError, DlcErrors) as e:
             failed += 1
-            click.echo(e.render(), err=True)
+            echo_error(e)
     if failed:
         click.echo(f"{failed} of {len(files)} file(s) have errors", err=True)
         sys.exit(EXIT_USER_ERROR)
@@ -120,30 +183,57 @@ def check(files):
 
 @main.command()
 @click.argument("file", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "dot", "json", "svg", "png"]), default="text",
+              show_default=True, help="svg/png are rendered by Graphviz (extra dlc[graphviz] and the `dot` program).")
+@click.option("-o", "output", type=click.Path(), default=None, help="Write to this file (needed for png).")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
+@click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
+              help="Optimization level: 0 the graph as built, 1 after the cleanup passes (what onnxruntime "
+                   "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, grad, train_step, model_name, hyper):
-    """Print the computation graph of FILE."""
+def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
+    """Print (or draw) the computation graph of FILE."""
     from dlc.compiler import printer
+    from dlc.compiler.passes.pipeline import optimize
 
+    if fmt == "png" and not output:
+        raise usage("--format png writes a binary file: give it with -o FILE.png")
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
-    click.echo({"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g))
+    g = optimize(g, opt_level, "numpy")
+    if fmt in ("svg", "png"):
+        from dlc.compiler.dot import render
+
+        data = render(printer.to_dot(g), fmt)
+        if output:
+            Path(output).write_bytes(data)
+            click.echo(f"wrote {output} ({len(data):,} bytes)")
+        else:
+            click.echo(data.decode("utf-8"))
+        return
+    text = {"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
 
 
 @main.command()
 @click.argument("file", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_with_model_options
 @_report
-def summary(file, model_name, hyper):
-    """Per-layer table: output shapes, parameters, FLOPs per example."""
-    from dlc.compiler.summary import summary_table
+def summary(file, fmt, model_name, hyper):
+    """Per-layer table in execution order: type, output types, parameters, state, FLOPs per example."""
+    import json
 
-    m = _load(file, model_name, hyper)
-    click.echo(summary_table(m.graph, m.params))
+    from dlc.compiler.summary import summary_json, summary_table
+
+    s = _load(file, model_name, hyper).summary()
+    click.echo(summary_table(s) if fmt == "text" else json.dumps(summary_json(s), indent=2))
 
 
 @main.command()
@@ -152,14 +242,20 @@ def summary(file, model_name, hyper):
 @click.option("--bind", "binds", multiple=True, metavar="DIM=N", help="Value of a symbolic dim for random inputs.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
+@click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
+@_checkpoint_option("Run with")
 @_with_model_options
 @_report
-def run(file, inputs, binds, seed, out, backend, model_name, hyper):
+def run(file, inputs, binds, seed, out, force, backend, checkpoint, model_name, hyper):
     """Run FILE forward on given or random inputs."""
+    import numpy as np
+
     from dlc.runtime.interpreter import random_feeds
 
-    m = _load(file, model_name, hyper)
+    m = _load(file, model_name, hyper, checkpoint=checkpoint)
+    if checkpoint is None:
+        click.echo(UNTRAINED_NOTE, err=True)
     feeds = {}
     for name, path in _bindings(inputs, "--input").items():
         try:
@@ -168,10 +264,20 @@ def run(file, inputs, binds, seed, out, backend, model_name, hyper):
             raise DlcError("E0002", f"cannot read `{path}` for input `{name}`: {e}") from None
     unknown = set(feeds) - set(m.inputs)
     if unknown:
-        raise DlcError("E0110", f"the model has no input `{sorted(unknown)[0]}`",
-                       hint=f"its inputs are: {', '.join(m.inputs)}")
-    dims = {name: 2 for name in m.symbolic_dims()}
-    dims.update(_int_bindings(binds, "--bind"))
+        raise usage(f"the model has no input `{sorted(unknown)[0]}`", hint=f"its inputs are: {', '.join(m.inputs)}")
+    symbolic = m.symbolic_dims()
+    dims = {name: 2 for name in symbolic}
+    bound = _int_bindings(binds, "--bind")
+    for name in bound:
+        if name not in symbolic:
+            from dlc.grammar.errors import suggest
+
+            listing = f"its symbolic dims are {', '.join(symbolic)}" if symbolic else "its inputs have no symbolic dims"
+            same_letters = [d for d in symbolic if d.lower() == name.lower()]
+            close = f"did you mean `{same_letters[0]}`?" if same_letters else suggest(name, symbolic)
+            raise usage(f"--bind {name}=...: the model's inputs have no dim `{name}`",
+                        hint=f"{close} ({listing})" if close else listing)
+    dims.update(bound)
     for name, arr in feeds.items():
         dims.update(m.dims_from(name, arr))
     generated = random_feeds(m.graph, dims, seed)
@@ -181,11 +287,13 @@ def run(file, inputs, binds, seed, out, backend, model_name, hyper):
     for name, arr in results.items():
         click.echo(f"{name}: {arr.dtype}{list(arr.shape)}  {_describe(arr)}")
     if out:
-        np.savez(out, **results)
+        from dlc.runtime.npz_file import write_outputs
+
+        write_outputs(Path(out), results, force=force)
         click.echo(f"saved {len(results)} output(s) to {out}")
 
 
-def _describe(arr: np.ndarray) -> str:
+def _describe(arr) -> str:
     if arr.size == 0:
         return "(empty)"
     if arr.dtype.kind in "fc":
@@ -197,25 +305,68 @@ def _describe(arr: np.ndarray) -> str:
 
 @main.command(name="compile")
 @click.argument("file", type=click.Path())
-@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Write an ONNX model.")
-@click.option("--train", "train_step", is_flag=True, help="Export the training step instead of inference.")
-@click.option("--group", default=None, help="With --train: which step group (default: the first).")
+@click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX model (the default and only format).")
+@click.option("--train", "train_step", is_flag=True, help="Export the self-contained training step.")
+@click.option("--grad", "grad_step", is_flag=True, help="Export loss, metrics and one gradient per parameter.")
+@click.option("--optimizer-step", "update_step", is_flag=True,
+              help="Export the optimizer update alone (gradients in, new parameters and slots out).")
+@click.option("--group", default=None, help="With --train/--grad/--optimizer-step: which step group "
+                                            "(default: the first).")
+@click.option("--outputs", default=None, metavar="A,B", help="Inference outputs to export (default: every "
+                                                             "output but the train block's losses and metrics).")
+@_checkpoint_option("Export")
 @click.option("-o", "output", type=click.Path(), default=None, help="Output path (default: next to FILE).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file that dlc did not write.")
 @_with_model_options
 @_report
-def compile_cmd(file, to_onnx, train_step, group, output, force, model_name, hyper):
-    """Compile FILE to ONNX (inference graph, or --train for the training step)."""
+def compile_cmd(file, to_onnx, train_step, grad_step, update_step, group, outputs, checkpoint, output, force,
+                model_name, hyper):
+    """Compile FILE to ONNX: the inference model, or the training step (--train), the gradients (--grad) or
+    the optimizer update (--optimizer-step)."""
     from dlc.runtime.onnx_file import write_onnx
 
-    m = _load(file, model_name, hyper, mode="train" if train_step else "eval")
-    if group and not train_step:
-        raise DlcError("E0110", "--group picks the step group of a training step: use it with --train")
-    suffix = (f".{group}" if group else "") + (".train.onnx" if train_step else ".onnx")
+    chosen = [k for k, on in (("train", train_step), ("grad", grad_step), ("update", update_step)) if on]
+    if len(chosen) > 1:
+        raise usage("--train, --grad and --optimizer-step each write one file: choose one")
+    kind = chosen[0] if chosen else "inference"
+    if group and kind == "inference":
+        raise usage("--group picks the step group of a training export: use it with --train, "
+                                "--grad or --optimizer-step")
+    if outputs and kind != "inference":
+        raise usage("--outputs chooses the inference model's outputs; training exports have fixed ones")
+    wanted = [o.strip() for o in outputs.split(",") if o.strip()] if outputs else None
+    if outputs is not None and not wanted:
+        raise usage("--outputs is empty", hint="name outputs: --outputs probs,logits")
+    m = _load(file, model_name, hyper, mode="eval" if kind == "inference" else "train", checkpoint=checkpoint)
+    suffix = (f".{group}" if group else "") + {"inference": ".onnx", "train": ".train.onnx", "grad": ".grad.onnx",
+                                               "update": ".update.onnx"}[kind]
     target = Path(output) if output else Path(file).with_suffix(suffix)
-    proto = m.to_onnx(train=train_step, group=group)
+    proto = m.to_onnx(kind, group=group, outputs=wanted)
     write_onnx(proto, target, force=force)
-    click.echo(f"wrote {target} ({target.stat().st_size:,} bytes, {len(proto.graph.node)} nodes)")
+    defaulted = {t.name for t in proto.graph.initializer}
+    fed = [i.name for i in proto.graph.input if i.name not in defaulted]
+    click.echo(f"wrote {target} ({target.stat().st_size:,} bytes, {len(proto.graph.node)} nodes; "
+               f"fed with {', '.join(fed) or 'nothing'})")
+    if checkpoint is None:
+        click.echo(UNTRAINED_NOTE, err=True)
+
+
+@main.command(name="export-weights")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "output", type=click.Path(), required=True, help="The .safetensors file to write.")
+@click.option("--last", is_flag=True, help="The last epoch's weights, not the best epoch's.")
+@_report
+def export_weights(checkpoint, output, last):
+    """Write the trained parameters and state of CHECKPOINT (a folder or manifest) under their dlc
+    names as a .safetensors file (needs `pip install 'dlc[safetensors]'`)."""
+    from dlc.runtime.weights import checkpoint_weights, write_safetensors
+
+    if Path(output).suffix != ".safetensors":
+        raise usage(f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
+    params, state, meta = checkpoint_weights(Path(checkpoint), best=not last)
+    size = write_safetensors(Path(output), params, state, meta)
+    click.echo(f"wrote {output} ({size:,} bytes: {len(params)} parameters, {len(state)} state tensors, "
+               f"epoch {meta['epoch']})")
 
 
 @main.command()
@@ -225,18 +376,34 @@ def compile_cmd(file, to_onnx, train_step, group, output, force, model_name, hyp
 @click.option("--checkpoint", type=click.Path(), default=None, help="Directory for per-epoch checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint directory.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
+@click.option("--log", "log_file", type=click.Path(), default=None,
+              help="Also write the per-epoch metrics to FILE (.jsonl: JSON lines, else CSV); a checkpoint "
+                   "folder always gets metrics.csv and metrics.jsonl.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Data-parallel training on N Ray workers (pip install 'dlc[ray]').")
+@click.option("--address", default=None, metavar="ADDR",
+              help="With --workers: join the Ray cluster at ADDR (default: start Ray on this machine).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where onnxruntime runs the steps: cpu, or cuda[:N] (onnxruntime-gpu).")
 @_with_model_options
 @_report
-def train(file, epochs, seed, checkpoint, resume, backend, no_progress, model_name, hyper):
+def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, workers, address, device,
+          model_name, hyper):
     """Train FILE as its train block says."""
     from dlc.runtime.train import train as run_training
 
     if resume and not checkpoint:
-        raise DlcError("E0110", "--resume needs --checkpoint DIR")
+        raise usage("--resume needs --checkpoint DIR")
+    if address and workers is None:
+        raise usage("--address needs --workers N")
+    if workers is not None and workers < 1:
+        raise usage(f"--workers must be at least 1, got {workers}")
     m = _load(file, model_name, hyper, mode="train")
+    debug = click.get_current_context().find_root().params.get("debug", False)
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
-                 progress=not no_progress, echo=click.echo)
+                 device=device, progress=not no_progress, echo=click.echo, log=log_file, workers=workers,
+                 address=address, debug=debug)
     if not checkpoint:
         click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 
@@ -260,6 +427,37 @@ def gradcheck(file, tol, seed, loss_name, model_name, hyper):
         click.echo(f"{len(bad)} parameter(s) over tolerance {tol:g}", err=True)
         sys.exit(1)
     click.echo(f"all {len(worst)} parameters within {tol:g}")
+
+
+@main.command(name="fmt")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--check", "check_only", is_flag=True, help="Change nothing; exit 1 when a file is not formatted.")
+@_report
+def fmt_cmd(files, check_only):
+    """Rewrite FILES in the canonical layout (comments kept); --check only reports."""
+    from dlc.grammar.formatter import format_source
+    from dlc.grammar.parse import read_source
+
+    unformatted, failed = [], 0
+    for f in files:
+        try:
+            text = read_source(f)
+            formatted = format_source(text, f)
+        except (DlcError, DlcErrors) as e:
+            failed += 1
+            echo_error(e)
+            continue
+        if formatted != text:
+            unformatted.append(f)
+            if not check_only:
+                Path(f).write_text(formatted, encoding="utf-8")
+    for f in unformatted:
+        click.echo(f"{'would reformat' if check_only else 'reformatted'} {f}")
+    if failed:
+        sys.exit(EXIT_USER_ERROR)
+    if check_only and unformatted:
+        click.echo(f"{len(unformatted)} of {len(files)} file(s) would be reformatted", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

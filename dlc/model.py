@@ -4,11 +4,11 @@ A Model is one model of a spec, compiled in one mode (``eval`` by default,
 ``train`` for dropout and friends), with its parameters materialised from
 their initialisers (seeded: the same seed gives the same numbers).
 Everything else — running, gradients, training, ONNX — goes through it.
+Every graph it runs or exports first passes the optimizing pipeline at
+``model.opt_level`` (compiler/passes/pipeline.py; 0 runs graphs as built).
 """
 from __future__ import annotations
 
-import hashlib
-import zlib
 from functools import cached_property
 from pathlib import Path
 from typing import Mapping
@@ -17,26 +17,53 @@ import numpy as np
 
 from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
-from dlc.compiler.ops.init import initialize
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
+from dlc.runtime.params import init_params, init_state
 
-BACKENDS = ("numpy", "onnxruntime")
+from dlc.runtime.runner import BACKENDS
 
 
-def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0, **hyper) -> "Model":
-    """Load the spec at ``path``; ``model`` picks one of several (default: the last)."""
-    return Model(load_module(str(path)), model, mode=mode, seed=seed, hyper=hyper)
+def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0,
+         checkpoint: str | Path | None = None, **hyper) -> "Model":
+    """Load the spec at ``path``; ``model`` picks one of several (default: the last);
+    ``checkpoint`` (a checkpoint folder or manifest, or a ``.safetensors`` file of
+    ``dlc export-weights``) supplies trained parameters and state."""
+    m = Model(load_module(str(path)), model, mode=mode, seed=seed, hyper=hyper)
+    if checkpoint is not None:
+        m.load_checkpoint(checkpoint)
+    return m
 
 
 def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
-            **hyper) -> "Model":
-    """Compile spec text (``use`` resolves relative to the current directory)."""
-    return Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
-                 hyper=hyper)
+            checkpoint: str | Path | None = None, **hyper) -> "Model":
+    """Compile spec text (``use`` resolves relative to the current directory); ``checkpoint`` as for :func:`load`."""
+    m = Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
+              hyper=hyper)
+    if checkpoint is not None:
+        m.load_checkpoint(checkpoint)
+    return m
 
 
 class Model:
+    _opt_level: int = DEFAULT_LEVEL
+
+    @property
+    def opt_level(self) -> int:
+        """The optimizing pipeline's level for everything this model runs, trains or exports
+        (0: graphs as built; 1: cleanup passes; 2: also fusion on the NumPy backend)."""
+        return self._opt_level
+
+    @opt_level.setter
+    def opt_level(self, level: int) -> None:
+        from dlc.compiler.passes.pipeline import LEVELS
+
+        if level not in LEVELS:
+            raise DlcError("E0110", f"opt_level must be one of {', '.join(map(str, LEVELS))}, got {level!r}")
+        self._opt_level = level
+        self._plans.clear()  # plans and sessions were built at the old level
+
     def __init__(self, loaded: Loaded, model: str | None, *, mode: str = "eval", seed: int = 0,
                  hyper: dict | None = None):
         if mode not in ("eval", "train"):
@@ -52,6 +79,8 @@ class Model:
         self._params: dict[str, np.ndarray] | None = None  # drawn on first use (`dlc check` never needs them)
         self._state: dict[str, np.ndarray] | None = None
         self._plans: dict = {}
+        self.checkpoint = None  # the loaded runtime.checkpoint.Checkpoint (optimizer slots included), if any
+        self.weights = "untrained"  # where the parameters come from, as exports record it
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -76,6 +105,8 @@ class Model:
     @params.setter
     def params(self, value: dict[str, np.ndarray]) -> None:
         self._params = dict(value)
+        self.weights = "assigned"
+        self.checkpoint = None
         self._forget_sessions()
 
     def _forget_sessions(self) -> None:
@@ -93,11 +124,36 @@ class Model:
 
     @cached_property
     def spec_hash(self) -> str:
+        import hashlib
+
         h = hashlib.sha256()
         for text in self.loaded.sources:
             h.update(text.encode())
         h.update(repr((self.name, sorted(self.hyper.items()))).encode())
         return h.hexdigest()[:16]
+
+    def summary(self):
+        """The per-layer :class:`~dlc.compiler.summary.Summary` of the inference graph."""
+        from dlc.compiler.summary import summarize
+
+        graph = self.graph if self.mode == "eval" else load_eval_graph(self)
+        return summarize(graph, self.defn, self.loaded.env.layers)
+
+    def _repr_svg_(self) -> str | None:
+        """A notebook draws the graph (None, so the HTML table shows instead, without Graphviz)."""
+        from dlc.compiler.dot import render, to_dot
+        from dlc.grammar.errors import DlcError as _Missing
+
+        try:
+            return render(to_dot(self.graph), "svg").decode("utf-8")
+        except _Missing:
+            return None
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the summary table."""
+        from dlc.compiler.summary import summary_html
+
+        return summary_html(self.summary())
 
     def param_count(self) -> int:
         from dlc.compiler.dims import size_of
@@ -159,14 +215,15 @@ class Model:
             if key not in self._plans:
                 from dlc.runtime.interpreter import Plan
 
-                self._plans[key] = Plan(self.graph, wanted)
+                self._plans[key] = Plan(optimize(self.graph, self.opt_level, "numpy"), wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
             if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
                 from dlc.compiler.onnx_export import export_graph
                 from dlc.runtime.ort import OrtSession
 
-                proto = export_graph(self.graph, params=self.params, state=self.state, name=self.name)
+                graph = optimize(self.graph, self.opt_level, "onnx")
+                proto = export_graph(graph, params=self.params, state=self.state, name=self.name)
                 self._plans[("ort",)] = OrtSession(proto)
             return self._plans[("ort",)].run(feeds, wanted)
         raise DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
@@ -181,13 +238,13 @@ class Model:
         if key not in self._plans:
             g, grads = gradient_graph(self.graph, loss, self.mode)
             g.set_outputs(dict(grads))
-            self._plans[key] = Plan(g)
+            self._plans[key] = Plan(optimize(g, self.opt_level, "numpy"))
         feeds = {**feeds, RNG_INPUT: np.int64(seed)}
         return self._plans[key].run(feeds, self.params, self.state)
 
     # -- training ------------------------------------------------------------------
     def train_spec(self, required: bool = True):
-        from dlc.compiler.training.spec import parse_train
+        from dlc.compiler.training.spec import Values, parse_train
 
         t = self.loaded.trains.get(self.name)
         if t is None:
@@ -195,7 +252,7 @@ class Model:
                 raise DlcError("E0201", f"no `train {self.name} {{ ... }}` block in {self.loaded.path}",
                                self.defn.loc)
             return None
-        return parse_train(t)
+        return parse_train(t, Values(self.loaded.env, self.lowered.hyper))
 
     def check_train(self) -> None:
         """Validate the train block (if any) by building its step graphs."""
@@ -219,64 +276,99 @@ class Model:
         g.prune({v.node for v in g.outputs.values()})
         return g
 
+    def trainer(self, *, backend: str = "numpy", device: str = "cpu", seed: int | None = None,
+                fresh: bool = True, threads: int | None = None, steps_per_epoch: int | None = None):
+        """The train block's single-step API: ``step = model.trainer(); metrics = step(batch)``.
+
+        Each call runs one batch through the step groups due and updates the trainer's
+        parameters and state in the backend (``step.params`` / ``step.state`` read them;
+        ``model.params = step.params`` keeps them).  ``fresh=False`` starts from this
+        model's parameters; ``steps_per_epoch`` (for schedules) defaults to the data set's."""
+        from dlc.runtime.trainer import make_trainer
+
+        return make_trainer(self, backend=backend, device=device, seed=seed, fresh=fresh, threads=threads,
+                            steps_per_epoch=steps_per_epoch)
+
+    def predict(self, feeds: Mapping[str, np.ndarray], *, outputs=None, backend: str = "numpy") -> dict:
+        """The eval-mode outputs for ``feeds``: ``outputs``, by default the serving outputs
+        (every output the train block does not name as a loss or metric; dlc/exports.py).
+        A train-mode model predicts with its eval graph and its current parameters."""
+        if outputs is None:
+            from dlc.exports import serving_outputs
+
+            outputs = serving_outputs(self)
+        if self.mode == "eval":
+            return self.run(feeds, outputs=outputs, backend=backend)
+        key = ("eval-model",)
+        if key not in self._plans:
+            self._plans[key] = [Model(self.loaded, self.name, mode="eval", seed=self.seed, hyper=self.hyper), None]
+        entry = self._plans[key]
+        m, source = entry  # source: the dicts m's values came from (onnxruntime's session is rebuilt on change)
+        if source is None or source[0] is not self.params or source[1] is not self.state or backend == "numpy":
+            m.params, m.state = self.params, self.state
+            entry[1] = (self.params, self.state)
+        return m.run(feeds, outputs=outputs, backend=backend)
+
     def train(self, **options):
         """Train as the train block says (options override it); returns the History."""
         from dlc.runtime.train import train
 
-        return train(self, **options)
+        history = train(self, **options)
+        self.weights = "trained in this session"
+        return history
 
     def load_checkpoint(self, path: str | Path, *, best: bool = True) -> dict:
         """Load parameters and the spec's state (running statistics) from a
-        checkpoint directory or file; returns its manifest.  ``best``: when the
-        run kept its best epoch (early stopping's ``restore_best``), load that
-        one — the model the run reported — rather than the last epoch's."""
-        from dlc.runtime.checkpoint import load as load_ckpt
-        from dlc.runtime.train import BEST
+        checkpoint directory or file, or from a ``.safetensors`` file written by
+        ``dlc export-weights``; returns its manifest (metadata).  ``best``: when
+        the run kept its best epoch (early stopping's ``restore_best``), load
+        that one — the model the run reported — rather than the last epoch's."""
+        from dlc.runtime.weights import load_for_model
 
-        expect = {k: (v.shape, v.dtype) for k, v in self.params.items()}
-        ckpt = load_ckpt(Path(path), expect_spec_hash=self.spec_hash, expect_params=expect)
-        kept = {k[len(BEST):]: v for k, v in ckpt.state.items() if k.startswith(BEST)} if best else {}
-        source = {**ckpt.params, **ckpt.state, **kept}
-        missing = [k for k in self.state if k not in source]
-        if missing:
-            raise DlcError("E0403", f"checkpoint {ckpt.path} lacks the state {', '.join(missing)}")
-        self.params = {k: np.array(source[k]) for k in ckpt.params}
-        self.state = {k: np.array(source[k]) for k in self.state}
+        ckpt, params, state = load_for_model(Path(path), self, best=best)
+        self.params = params
+        self.state = state
+        self.checkpoint = ckpt  # after the setters, which forget any earlier one
+        self.weights = f"checkpoint {ckpt.path}" + (f" (epoch {ckpt.meta['epoch']})" if "epoch" in ckpt.meta else "")
         return ckpt.meta
 
     # -- export ----------------------------------------------------------------------
-    def to_onnx(self, train: bool = False, check: bool = True, group: str | None = None):
-        """The ONNX ModelProto of the inference graph, or of the training step of
-        one step group (``group``, default the first); ``check`` runs the full
-        onnx checker and strict shape inference."""
-        from dlc.compiler.onnx_export import export_graph, verify
+    def to_onnx(self, kind: str = "inference", *, group: str | None = None, outputs=None, check: bool = True):
+        """The ONNX ModelProto of one export ``kind`` (dlc/exports.py): ``inference``
+        (``outputs``: which, default the serving outputs), ``train`` (the fused,
+        self-contained step of step group ``group``, default the first),
+        ``grad`` (loss, metrics, gradients) or ``update`` (the optimizer step);
+        ``check`` runs the full onnx checker and strict shape inference."""
+        from dlc.exports import export
 
-        if train:
-            from dlc.runtime.train import build_steps, steps_per_epoch_for
+        return export(self, kind, group=group, outputs=outputs, check=check)
 
-            spec = self.train_spec()
-            steps = {s.group: s for s in build_steps(self, spec, steps_per_epoch=steps_per_epoch_for(self, spec))}
-            if group is not None and group not in steps:
-                raise DlcError("E0201", f"the train block has no step group `{group}`",
-                               hint="groups: " + ", ".join(steps))
-            graph = steps[group or next(iter(steps))].graph
-            proto = export_graph(graph, params=None, name=self.name, doc=_doc(self), train=True)
-        else:
-            graph = self.graph if self.mode == "eval" else load_eval_graph(self)
-            proto = export_graph(graph, params=self.params, state=self.state, name=self.name, doc=_doc(self))
-        if check:
-            verify(proto, graph)
-        return proto
+    def doc(self) -> str:
+        """The spec's header comment (the exports' doc_string)."""
+        text = self.loaded.sources[0]
+        lines = []
+        for line in text.splitlines():
+            if not line.startswith("#"):
+                break
+            lines.append(line.lstrip("# ").rstrip())
+        return "\n".join(lines)
 
 
-def check(path: str | Path) -> str:
+def check(path: str | Path, **hyper) -> str:
     """Compile every model of the spec at ``path`` in both modes and build its
-    training steps; returns a one-line summary or raises the first error."""
+    training steps; returns a one-line summary or raises the first error.
+    ``hyper`` sets hyperparameters of the models that declare them (a name no
+    model declares is an error)."""
     loaded = load_module(str(path))
+    declared = {f.name for d in loaded.models.values() for f in d.formals}
+    unknown = [k for k in hyper if k not in declared]
+    if unknown and loaded.models:
+        Model(loaded, None, hyper={unknown[0]: hyper[unknown[0]]})  # raises E0102 with a suggestion
     parts = []
-    for name in loaded.models:
-        m = Model(loaded, name, mode="train")
-        compile_model(loaded, m.defn, "eval", {})
+    for name, defn in loaded.models.items():
+        mine = {k: v for k, v in hyper.items() if k in {f.name for f in defn.formals}}
+        m = Model(loaded, name, mode="train", hyper=mine)
+        compile_model(loaded, m.defn, "eval", mine)
         m.check_train()
         parts.append(f"{name} ({m.param_count():,} weights{', trains' if name in loaded.trains else ''})")
     for t in loaded.trains.values():
@@ -293,35 +385,3 @@ def load_eval_graph(model: Model) -> Graph:
     return compile_model(model.loaded, model.defn, "eval", model.hyper).graph
 
 
-def init_params(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """Every parameter drawn from its initialiser with a generator seeded by
-    (seed, name), so adding a parameter never changes the others."""
-    return _initialise(graph, graph.params, seed)
-
-
-def init_state(graph: Graph, seed: int) -> dict[str, np.ndarray]:
-    """The spec's ``state`` tensors, from their initialisers (optimizer slots are not in a model graph)."""
-    return _initialise(graph, {k: n for k, (n, _) in graph.state.items()}, seed)
-
-
-def _initialise(graph: Graph, nodes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
-    out = {}
-    for name, n in nodes.items():
-        init_name, kwargs = graph[n].attrs["init"]
-        t = graph[n].types[0]
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        try:
-            out[name] = initialize(init_name, kwargs, tuple(t.shape), t.dtype, rng)
-        except ValueError as e:
-            raise DlcError("E0110", f"cannot initialise `{name}`: {e}", graph[n].loc) from None
-    return out
-
-
-def _doc(model: Model) -> str:
-    text = model.loaded.sources[0]
-    lines = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("# ").rstrip())
-    return "\n".join(lines)

@@ -56,6 +56,7 @@ CODES = {
     "E0001": "syntax error",
     "E0002": "file error",
     "E0003": "limit exceeded",
+    "E0004": "missing optional dependency",
     "E0101": "unknown name",
     "E0102": "wrong arguments",
     "E0103": "type error",
@@ -71,6 +72,7 @@ CODES = {
     "E0401": "runtime error",
     "E0402": "non-finite value",
     "E0403": "checkpoint error",
+    "E0404": "worker failure",
     "E0501": "export error",
 }
 
@@ -93,35 +95,57 @@ class DlcError(Exception):
     def __str__(self) -> str:
         return self.render()
 
-    def render(self) -> str:
+    def render(self, color: bool = False) -> str:
+        """The message as a compiler prints it; ``color`` adds ANSI colours (for a terminal).
+
+        The ``=`` of note, context and hint lines stands under the ``|`` of the
+        source snippet, whatever the width of the line number."""
+        paint = _Paint(color)
         kind = CODES.get(self.code, "error")
-        out = [f"error[{self.code}]: {self.message}" if self.message else f"error[{self.code}]: {kind}"]
+        head = paint("error", f"error[{self.code}]") + paint("bold", f": {self.message or kind}")
+        out = [head]
+        pad = " "
         if self.loc is not None and self.loc.source is not None:
-            out.extend(_snippet(self.loc, self.label))
+            pad = " " * len(str(self.loc.line))
+            out.extend(_snippet(self.loc, self.label, paint))
         elif self.loc is not None and self.loc is not NO_LOC:
-            out.append(f"  --> {self.loc}")
+            out.append(f"{pad}{paint('margin', '-->')} {self.loc}")
+        eq = f"{pad} {paint('margin', '=')}"
         for text, loc in self.notes:
-            out.append(f"   = note: {text}" + (f" at {loc}" if loc and loc.source else ""))
+            out.append(f"{eq} {paint('note', 'note')}: {text}" + (f" at {loc}" if loc and loc.source else ""))
         if self.context:
-            out.append(f"   = in: {self.context}")
+            out.append(f"{eq} {paint('note', 'in')}: {self.context}")
         if self.hint:
-            out.append(f"   = hint: {self.hint}")
+            out.append(f"{eq} {paint('hint', 'hint')}: {self.hint}")
         return "\n".join(out)
 
 
-def _snippet(loc: Loc, label: str | None) -> list[str]:
+class _Paint:
+    """ANSI styles by role (rustc's palette), or plain text."""
+
+    STYLES = {"error": "1;31", "bold": "1", "margin": "1;34", "caret": "1;31", "note": "1;36", "hint": "1;32"}
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def __call__(self, role: str, text: str) -> str:
+        return f"\x1b[{self.STYLES[role]}m{text}\x1b[0m" if self.on and text else text
+
+
+def _snippet(loc: Loc, label: str | None, paint: _Paint) -> list[str]:
     number = str(loc.line)
     pad = " " * len(number)
     text = loc.source.line(loc.line)
     start = max(loc.col - 1, 0)
     end = loc.end_col - 1 if loc.end_line == loc.line else len(text)
     width = max(end - start, 1)
-    caret = " " * start + "^" * width + (f" {label}" if label else "")
+    caret = ("^" * width + (f" {label}" if label else "")).rstrip()
+    bar = paint("margin", "|")
     return [
-        f"{pad}--> {loc}",
-        f"{pad} |",
-        f"{number} | {text}",
-        f"{pad} | {caret.rstrip()}",
+        f"{pad}{paint('margin', '-->')} {loc}",
+        f"{pad} {bar}",
+        f"{paint('margin', number)} {bar} {text}",
+        f"{pad} {bar} {' ' * start}{paint('caret', caret)}",
     ]
 
 
@@ -132,8 +156,8 @@ class DlcErrors(Exception):
         self.errors = list(errors)
         super().__init__(self.render())
 
-    def render(self) -> str:
-        return "\n\n".join(e.render() for e in self.errors)
+    def render(self, color: bool = False) -> str:
+        return "\n\n".join(e.render(color) for e in self.errors)
 
     def __str__(self) -> str:
         return self.render()

@@ -2,7 +2,8 @@
 or raises a :class:`DlcError` (E0001) that points at the offending token,
 says what was expected in words, and adds a hint for common mistakes.
 
-The grammar (``dl.lark``) is compiled once per process; pipelines
+The grammar (``dl.lark``) is compiled once per process (its tables cached across
+processes, see ``parser_cache.py``); pipelines
 (``x |> f(a)``) are desugared here into calls (``f(x, a)``), so later stages
 never see them.
 """
@@ -16,6 +17,7 @@ from lark import Token, Transformer, v_args
 
 from . import ast as A
 from .errors import DlcError, Loc, Source
+from .parser_cache import cache_file
 from .syntax_errors import syntax_error as _syntax_error
 
 MAX_SOURCE_CHARS = 2_000_000
@@ -26,7 +28,7 @@ _DTYPES = {"f16", "f32", "f64", "i32", "i64", "bool"}
 def _parser() -> lark.Lark:
     grammar = (Path(__file__).with_name("dl.lark")).read_text()
     return lark.Lark(grammar, start="module", parser="lalr", lexer="contextual",
-                     propagate_positions=True, maybe_placeholders=True)
+                     propagate_positions=True, maybe_placeholders=True, cache=cache_file(grammar))
 
 
 def parse(text: str, path: str = "<string>") -> A.Module:
@@ -68,16 +70,20 @@ def _too_deep(tree: lark.Tree, source: Source) -> DlcError:
                     hint="split it into several bindings")
 
 
-def parse_file(path: str | Path) -> A.Module:
-    """Read and parse a spec file; unreadable files are E0002."""
+def read_source(path: str | Path) -> str:
+    """The text of a spec file; unreadable files are E0002."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not a character
+        return p.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not a character
     except FileNotFoundError:
         raise DlcError("E0002", f"no such file: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DlcError("E0002", f"cannot read {path}: {e}") from None
-    return parse(text, str(path))
+
+
+def parse_file(path: str | Path) -> A.Module:
+    """Read and parse a spec file; unreadable files are E0002."""
+    return parse(read_source(path), str(path))
 
 
 # -- tree → AST --------------------------------------------------------------------

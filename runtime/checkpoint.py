@@ -1,19 +1,32 @@
-"""Checkpoints: an ``.npz`` of arrays plus a JSON manifest, written crash-safely.
+"""Checkpoints: an ``.npz`` of arrays plus a JSON manifest, written crash-safely
+into a folder dlc owns.
 
 Layout of a checkpoint folder::
 
-    ckpt-00000120.npz    arrays: ``param/<name>`` and ``state/<name>`` (no pickles)
-    ckpt-00000120.json   manifest: format tag, npz file name, its sha256, the
+    .dlc-checkpoints     the marker: dlc created this folder's checkpoint files
+    ckpt-00000120.npz    arrays: ``param/<name>``, ``state/<name>`` and ``dlc/record``
+                         (the seq, step, epoch and spec hash of the checkpoint it
+                         belongs to); no pickles
+    ckpt-00000120.json   manifest (schema: ckpt_schema.py): format, version,
+                         seq, npz file name, its sha256 and size, the
                          name/shape/dtype of every array, ``meta`` (spec_hash,
-                         step, epoch and whatever JSON the caller adds)
+                         step, epoch and whatever JSON the caller adds) and
+                         ``manifest_sha256``, the hash of all of that
     latest.json          {"format": "dlc-checkpoint-latest", "manifest": ...}
+
+Ownership: the first save into a folder creates the marker.  A folder without
+the marker that already holds a file with a name dlc writes (:data:`OWN_NAMES`)
+is refused, so a user's ``latest.json`` is never overwritten and a user's
+``ckpt-00000001.npz`` never pruned; other files in the folder are never
+touched.  Inside a marked folder, files with dlc's names are dlc's.
 
 Every file goes to a temp file in the same folder, is fsync'd, then
 ``os.replace``d into place: the npz first, its manifest next, ``latest.json``
 last.  A kill at any moment therefore leaves the previous checkpoint whole and
 ``latest.json`` pointing at a complete one; an npz without a manifest is never
-read.  Re-saving a step never overwrites an npz a manifest still points at.
-One writer per folder is assumed.
+read, and the next save or resume removes it and any temp file.  Re-saving a
+step never overwrites an npz a manifest still points at.  One writer per folder
+is assumed.
 """
 from __future__ import annotations
 
@@ -21,7 +34,7 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +42,22 @@ import numpy as np
 from dlc.compiler.types import DTYPES
 from dlc.grammar.errors import DlcError
 
-from .files import write_atomic
+from . import ckpt_schema as schema
+from .files import check_target, create_exclusive, fsync_dir, remove, write_atomic
 
-FORMAT = "dlc-checkpoint"
+FORMAT = schema.FORMAT
 LATEST_FORMAT = "dlc-checkpoint-latest"
 LATEST = "latest.json"
+MARKER = ".dlc-checkpoints"
+RECORD = "dlc/record"
 _MANIFEST = re.compile(r"^ckpt-(\d{8,})\.json$")
-_NPZ = re.compile(r"^ckpt-(\d{8,})(\.\d+)?\.npz$")
+_NPZ = schema.NPZ_NAME
 _TMP = ".ckpt-tmp-"
+_TEMP = re.compile(r"^\.ckpt-tmp-[0-9a-f]+\.tmp$")
+# Every name dlc writes into a checkpoint folder (run logs included): a foreign file with one of them
+# makes a folder without the marker unusable.
+OWN_NAMES = re.compile(r"^(ckpt-\d{8,}(\.\d+)?\.(npz|json)|latest\.json|metrics\.(csv|jsonl)|"
+                       r"\.ckpt-tmp-[0-9a-f]+\.tmp)$")
 
 
 @dataclass
@@ -70,15 +91,22 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-def _npz_bytes(params: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+def _record(seq: int, meta: dict) -> dict:
+    return {"seq": seq, "step": int(meta["step"]), "epoch": int(meta["epoch"]), "spec_hash": meta["spec_hash"]}
+
+
+def _npz_bytes(params: dict[str, np.ndarray], state: dict[str, np.ndarray], record: dict) -> tuple[bytes, dict]:
     arrays, listing = {}, {"params": {}, "state": {}}
     for group, prefix, items in (("params", "param/", params), ("state", "state/", state)):
         for name, value in items.items():
             a = np.asarray(value)
             if a.dtype.hasobject:
                 raise _err(f"cannot checkpoint {group} `{name}`: object arrays are not allowed")
+            if _dtype_name(a.dtype) not in DTYPES:
+                raise _err(f"cannot checkpoint {group} `{name}`: dtype {a.dtype} is not one of dlc's")
             arrays[prefix + name] = a
             listing[group][name] = {"shape": list(a.shape), "dtype": _dtype_name(a.dtype)}
+    arrays[RECORD] = np.frombuffer(json.dumps(record, sort_keys=True).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **arrays)
     return buf.getvalue(), listing
@@ -87,7 +115,7 @@ def _npz_bytes(params: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> t
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -95,13 +123,66 @@ def _manifests(folder: Path) -> list[tuple[int, Path, dict]]:
     """(seq, path, manifest) of every dlc manifest in ``folder``, oldest save first."""
     found = []
     for p in folder.iterdir():
-        if _MANIFEST.match(p.name):
+        if _MANIFEST.match(p.name) and not p.is_symlink():
             m = _read_json(p)
-            if isinstance(m, dict) and m.get("format") == FORMAT and isinstance(m.get("seq"), int):
+            if isinstance(m, dict) and m.get("format") == FORMAT and schema._is_int(m.get("seq")):
                 found.append((m["seq"], p, m))
     return sorted(found, key=lambda t: (t[0], t[1].name))
 
 
+# -- the folder ---------------------------------------------------------------
+def owns(folder: Path) -> bool:
+    """Whether ``folder`` carries dlc's checkpoint marker (a regular file, not a link)."""
+    marker = Path(folder) / MARKER
+    return marker.is_file() and not marker.is_symlink()
+
+
+def claim(folder: Path) -> Path:
+    """Make ``folder`` (created if needed) a dlc checkpoint folder, or refuse with E0403.
+
+    Refused: a path that is a file; a folder without the marker holding files
+    with names dlc writes (they are the user's: dlc would overwrite or prune
+    them).  Anything else in the folder is left alone.  Run logs (``metrics.csv``)
+    written into a claimed folder are dlc's too."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise _err(f"`{folder}` is a file, not a checkpoint folder",
+                   hint="--checkpoint takes a folder; to resume from one checkpoint, pass its manifest with "
+                        "--resume")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _err(f"cannot create checkpoint folder `{folder}`: {e.strerror or e}") from None
+    if owns(folder):
+        return folder
+    marker = folder / MARKER
+    if marker.is_symlink() or marker.exists():
+        raise _err(f"`{marker}` is not dlc's checkpoint marker (a link or not a regular file)",
+                   hint="choose another checkpoint folder")
+    foreign = sorted(p.name for p in folder.iterdir() if OWN_NAMES.match(p.name))
+    if foreign:
+        raise _err(f"refusing to write checkpoints into `{folder}`: it holds files dlc did not write "
+                   f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})",
+                   hint="choose a new or empty folder for --checkpoint; dlc overwrites and prunes the files it "
+                        "writes there")
+    create_exclusive(marker, b'{"format": "dlc-checkpoint-folder", "version": 1}\n')
+    fsync_dir(folder)
+    return folder
+
+
+def tidy(folder: Path) -> None:
+    """In a folder dlc owns: remove the temp files and manifest-less npz files a kill left."""
+    folder = Path(folder)
+    if not owns(folder):
+        return
+    live = {m.get("npz") for _, _, m in _manifests(folder)}
+    for p in folder.iterdir():
+        if _TEMP.match(p.name) or (_NPZ.match(p.name) and p.name not in live):
+            if p.is_file() and not p.is_symlink():
+                remove(p)
+
+
+# -- saving -------------------------------------------------------------------
 def save(dir: Path, *, params: dict[str, np.ndarray], state: dict[str, np.ndarray], meta: dict,
          keep: int = 3) -> Path:
     """Write checkpoint ``meta["step"]`` into ``dir``; returns the manifest path.
@@ -117,31 +198,32 @@ def save(dir: Path, *, params: dict[str, np.ndarray], state: dict[str, np.ndarra
         raise _err(f"checkpoint step and epoch must be integers >= 0, got step={step!r}, epoch={epoch!r}")
     if keep < 1:
         raise _err(f"keep must be at least 1, got {keep}")
-    folder = Path(dir)
+    folder = claim(Path(dir))
+    tidy(folder)  # what a killed save left behind
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _err(f"cannot create checkpoint folder `{folder}`: {e}") from None
-    data, listing = _npz_bytes(params, state)
+        meta = json.loads(json.dumps(meta, default=_json_default))  # plain JSON from here on
+    except (TypeError, ValueError) as e:
+        raise _err(f"checkpoint meta is not JSON-serialisable: {e}") from None
     existing = _manifests(folder)
+    seq = existing[-1][0] + 1 if existing else 0
+    data, listing = _npz_bytes(params, state, _record(seq, meta))
     # A fresh npz name when this step's file exists: a manifest may still point at it.
     stem = f"ckpt-{int(step):08d}"
     npz_name, k = f"{stem}.npz", 0
-    while (folder / npz_name).exists():
+    while (folder / npz_name).exists() or (folder / npz_name).is_symlink():
         k += 1
         npz_name = f"{stem}.{k}.npz"
-    manifest = {"format": FORMAT, "version": 1, "seq": existing[-1][0] + 1 if existing else 0,
+    manifest = {"format": FORMAT, "version": schema.VERSION, "seq": seq,
                 "npz": npz_name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 **listing, "meta": meta}
-    try:
-        text = json.dumps(manifest, indent=1, default=_json_default)
-    except (TypeError, ValueError) as e:
-        raise _err(f"checkpoint meta is not JSON-serialisable: {e}") from None
+    manifest["manifest_sha256"] = schema.self_hash(manifest)
     manifest_path = folder / f"{stem}.json"
+    for target in (folder / npz_name, manifest_path, folder / LATEST):
+        check_target(target)  # before the first byte lands: a link or directory in the way stops the save
     write_atomic(folder / npz_name, data, prefix=_TMP)
-    write_atomic(manifest_path, text.encode(), prefix=_TMP)
+    write_atomic(manifest_path, json.dumps(manifest, indent=1).encode(), prefix=_TMP)
     write_atomic(folder / LATEST, json.dumps({"format": LATEST_FORMAT, "manifest": manifest_path.name,
-                                               "step": int(step)}).encode())
+                                               "step": int(step)}).encode(), prefix=_TMP)
     _prune(folder, keep)
     return manifest_path
 
@@ -150,11 +232,8 @@ def _prune(folder: Path, keep: int) -> None:
     """Drop all but the ``keep`` newest manifests, then npz files no manifest names."""
     manifests = _manifests(folder)
     for _, path, _m in manifests[:-keep]:
-        path.unlink(missing_ok=True)  # manifest first: an orphan npz is harmless, a dangling manifest is not
-    live = {m["npz"] for _, _, m in manifests[-keep:]}
-    for p in folder.iterdir():
-        if (_NPZ.match(p.name) and p.name not in live) or p.name.startswith(_TMP):
-            p.unlink(missing_ok=True)
+        remove(path)  # manifest first: an orphan npz is harmless, a dangling manifest is not
+    tidy(folder)
 
 
 # -- loading --------------------------------------------------------------
@@ -197,37 +276,66 @@ def _find_manifest(path: Path) -> Path:
     return path
 
 
+def _read_manifest(path: Path) -> dict:
+    m = _read_json(path)
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise _err(f"`{path}` is not a dlc checkpoint manifest",
+                   hint="checkpoints are the ckpt-*.json files dlc writes next to ckpt-*.npz")
+    try:
+        schema.validate(m)
+    except schema.ManifestError as e:
+        raise schema.error(path, e) from None
+    return m
+
+
+def _lie(path: Path, field: str, problem: str) -> DlcError:
+    return schema.error(path, schema.ManifestError(field, problem))
+
+
 def load(dir_or_file: Path, *, expect_spec_hash: str | None = None,
          expect_params: dict[str, tuple] | None = None) -> Checkpoint:
     """Read a checkpoint folder (its latest), a manifest, or an npz with a manifest.
 
-    Verifies the sha256 of the npz, the spec hash when ``expect_spec_hash`` is
-    given, and the parameter names/shapes/dtypes against ``expect_params``
-    (name -> (shape, dtype)), listing every mismatch in one E0403."""
+    Validates the manifest against its schema and its own hash, the sha256,
+    size and record of the npz, every array against the manifest's listing, the
+    spec hash when ``expect_spec_hash`` is given, and the parameter
+    names/shapes/dtypes against ``expect_params`` (name -> (shape, dtype)),
+    listing every mismatch in one E0403."""
     path = _find_manifest(Path(dir_or_file))
-    m = _read_json(path)
-    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("meta"), dict) \
-            or not isinstance(m.get("npz"), str) or not isinstance(m.get("sha256"), str):
-        raise _err(f"`{path}` is not a dlc checkpoint manifest",
-                   hint="checkpoints are the ckpt-*.json files dlc writes next to ckpt-*.npz")
-    npz = path.parent / Path(m["npz"]).name
+    m = _read_manifest(path)
+    npz = path.parent / m["npz"]
     try:
+        if npz.is_symlink():
+            raise OSError("it is a symbolic link")
+        size = npz.stat().st_size
+        if size != m["bytes"]:
+            raise _err(f"checkpoint `{npz}` is corrupt or truncated: {size} bytes, {m['bytes']} expected",
+                       hint="resume from an older checkpoint manifest in the same folder, or start afresh")
         data = npz.read_bytes()
     except OSError as e:
-        raise _err(f"checkpoint arrays `{npz}` cannot be read: {e}") from None
+        raise _err(f"checkpoint arrays `{npz}` cannot be read: {e.strerror or e}") from None
     if hashlib.sha256(data).hexdigest() != m["sha256"]:
         raise _err(f"checkpoint `{npz}` is corrupt or truncated: its sha256 does not match the manifest "
-                   f"({len(data)} bytes, {m.get('bytes', '?')} expected)",
+                   f"({len(data)} bytes, {m['bytes']} expected)",
                    hint="resume from an older checkpoint manifest in the same folder, or start afresh")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile/format errors come in many types
         raise _err(f"checkpoint `{npz}` cannot be read: {e}") from None
+    _check_record(path, m, arrays.pop(RECORD, None))
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-    if set(params) != set(m.get("params", {})) or set(state) != set(m.get("state", {})):
-        raise _err(f"checkpoint `{npz}` does not hold the arrays its manifest lists")
+    if set(params) != set(m["params"]) or set(state) != set(m["state"]) or len(params) + len(state) != len(arrays):
+        raise _lie(path, "params", f"does not list the arrays `{npz.name}` holds")
+    for group, items in (("params", params), ("state", state)):
+        for name, a in items.items():
+            entry = m[group][name]
+            if list(a.shape) != entry["shape"]:
+                raise _lie(path, f"{group}.{name}.shape", f"says {entry['shape']}, the array is {list(a.shape)}")
+            if _dtype_name(a.dtype) != entry["dtype"]:
+                raise _lie(path, f"{group}.{name}.dtype", f"says {entry['dtype']}, the array is "
+                                                          f"{_dtype_name(a.dtype)}")
     meta = m["meta"]
     if expect_spec_hash is not None and meta.get("spec_hash") != expect_spec_hash:
         raise _err(f"checkpoint `{path.name}` was written for a different spec "
@@ -236,6 +344,88 @@ def load(dir_or_file: Path, *, expect_spec_hash: str | None = None,
     if expect_params is not None:
         _check_params(path, params, expect_params)
     return Checkpoint(params, state, meta, path)
+
+
+def _check_record(path: Path, m: dict, raw) -> None:
+    """The npz says which checkpoint it belongs to; the manifest must agree field by field."""
+    try:
+        record = json.loads(bytes(np.asarray(raw, dtype=np.uint8)).decode()) if raw is not None else None
+    except (ValueError, UnicodeDecodeError, TypeError):
+        record = None
+    if not isinstance(record, dict):
+        raise _lie(path, "npz", f"names `{m['npz']}`, which holds no record of the checkpoint it belongs to")
+    want = _record(m["seq"], m["meta"])
+    for key, field_name in (("seq", "seq"), ("step", "meta.step"), ("epoch", "meta.epoch"),
+                            ("spec_hash", "meta.spec_hash")):
+        if record.get(key) != want[key]:
+            raise _lie(path, field_name, f"says {want[key]!r}, but `{m['npz']}` was written for "
+                                         f"{record.get(key)!r}")
+
+
+# -- resuming -------------------------------------------------------------
+@dataclass
+class Resume:
+    """Where a resumed run continues: the folder it saves into, the checkpoint (None: start
+    afresh) and what the user should be told."""
+
+    folder: Path
+    checkpoint: Checkpoint | None
+    messages: list[str] = field(default_factory=list)
+
+
+def resume_point(path: Path, *, expect_spec_hash: str | None = None,
+                 expect_params: dict[str, tuple] | None = None) -> Resume:
+    """The checkpoint ``--checkpoint PATH --resume`` continues from.
+
+    A manifest (or npz) path: exactly that checkpoint (E0403 when it is
+    invalid); saves then go to its folder.  A folder: the checkpoint
+    ``latest.json`` names, else — when it or the pointer is damaged — the
+    newest valid one, saying so; E0403 listing every reason when none is
+    valid; no checkpoint at all: start afresh, saying so."""
+    path = Path(path)
+    expect = {"expect_spec_hash": expect_spec_hash, "expect_params": expect_params}
+    if path.exists() and not path.is_dir():
+        c = load(path, **expect)
+        tidy(path.parent)
+        return Resume(path.parent, c, [f"resumed from {c.path} (epoch {c.meta['epoch']}, step {c.meta['step']})"])
+    if not path.is_dir():
+        return Resume(path, None, [f"no checkpoint in `{path}` yet: training from the start"])
+    tidy(path)
+    candidates, problems = [], []
+    try:
+        pointed = latest(path)
+        if pointed is not None:
+            candidates.append(pointed)
+    except DlcError as e:
+        problems.append(e.message)
+    newest_first = sorted((p for p in path.iterdir() if _MANIFEST.match(p.name)), key=_save_order, reverse=True)
+    candidates += [p for p in newest_first if p not in candidates]
+    if not candidates and not problems:
+        return Resume(path, None, [f"no checkpoint in `{path}` yet: training from the start"])
+    first_error = None
+    for p in candidates:
+        try:
+            c = load(p, **expect)
+        except DlcError as e:
+            first_error = first_error or e
+            problems.append(e.message)
+            continue
+        messages = []
+        if problems:
+            messages.append(f"the newest checkpoint in `{path}` is not usable ({problems[0]}); "
+                            f"falling back to the newest valid one")
+        messages.append(f"resumed from {c.path} (epoch {c.meta['epoch']}, step {c.meta['step']})")
+        return Resume(path, c, messages)
+    if first_error is not None and len(problems) == 1:
+        raise first_error
+    raise _err(f"no valid checkpoint in `{path}` to resume from", notes=problems,
+               hint="start afresh without --resume, or with a new --checkpoint folder")
+
+
+def _save_order(p: Path):
+    m = _read_json(p)
+    seq = m.get("seq") if isinstance(m, dict) and schema._is_int(m.get("seq")) else -1
+    return (seq, p.name)
 
 
 def _check_params(path: Path, params: dict[str, np.ndarray], expect: dict[str, tuple]) -> None:

@@ -106,8 +106,8 @@ _FILES: dict[str, Callable[..., Dataset]] = {".npz": _load_npz, ".csv": _load_cs
 def _existing(name: str, base_dir: Path | None) -> Path:
     path = _resolve(name, base_dir)
     if not path.is_file():
-        raise DlcError("E0002", f"data file `{path}` does not exist",
-                       hint=f"paths are relative to `{base_dir or os.getcwd()}`")
+        where = "the spec's folder" if base_dir is not None else "the current directory"
+        raise DlcError("E0002", f"data file `{name}` does not exist", hint=f"relative paths start in {where}")
     return path
 
 
@@ -182,7 +182,7 @@ def batches(arrays, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
     arrays = _arrays(arrays)
     size = positive_int("batch_size", batch_size)
     n = length_of(arrays)
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else None
+    order = batch_indices(n, size, shuffle=shuffle, seed=seed, epoch=epoch)
     stop = n - n % size if drop_last else n
     for start in range(0, stop, size):
         if order is None:
@@ -190,6 +190,13 @@ def batches(arrays, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
         else:
             idx = order[start:start + size]
             yield {k: a[idx] for k, a in arrays.items()}
+
+
+def batch_indices(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray | None:
+    """The row order :func:`batches` cuts into consecutive batches of ``batch_size``:
+    a permutation that depends only on (seed, epoch), or None (rows in order).
+    Data-parallel workers cut their shards from the same order (runtime/distributed.py)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else None
 
 
 # -- feeding a model ------------------------------------------------------
@@ -204,6 +211,35 @@ def _dtype_str(dt) -> str:
     return str(dt)
 
 
+def _mismatch(name: str, ty, src: str, dtype: str, shape: tuple, env: dict) -> str | None:
+    """Why an array of ``dtype``/``shape`` (axis 0, the example axis, is not compared)
+    cannot feed input ``name`` of type ``ty``, or None."""
+    want = tuple(ty.shape)
+    found = f"{dtype}{shape_str(tuple('N' if d is None else d for d in shape))}"
+    if len(shape) != len(want):
+        return (f"model input `{name}` is {ty.dtype}{shape_str(want)} but dataset array `{src}` is "
+                f"{found} (rank {len(shape)}, not {len(want)})")
+    bad = [i for i in range(1, len(shape)) if not isinstance(want[i], (int, Sym)) or
+           not solve(want[i], int(shape[i]), env)]
+    if bad:
+        return (f"model input `{name}` is {ty.dtype}{shape_str(want)} but dataset array `{src}` is "
+                f"{found} (axis {', '.join(map(str, bad))} differs)")
+    return None
+
+
+def _check_mapping(mapping: dict, inputs: dict) -> None:
+    for key in mapping:
+        if key not in inputs:
+            raise DlcError("E0201", f"data mapping names `{key}`, which is not a model input",
+                           hint=suggest(key, inputs) or "model inputs: " + ", ".join(inputs))
+
+
+def _missing_array(name: str, src: str, names, described: str) -> DlcError:
+    close = suggest(src, names)
+    return DlcError("E0201", f"model input `{name}` needs a dataset array `{src}`; the dataset has {described}",
+                    hint=(close + " " if close else "") + f"map `{name}` to one of the dataset's arrays in the train block")
+
+
 def match_inputs(arrays, inputs: dict, mapping: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """Dataset arrays for each model input, by equal name or ``mapping[input] = array``.
 
@@ -213,41 +249,86 @@ def match_inputs(arrays, inputs: dict, mapping: dict[str, str] | None = None) ->
     inputs.  Every mismatch is reported in one E0201."""
     arrays = _arrays(arrays)
     mapping = dict(mapping or {})
-    for key in mapping:
-        if key not in inputs:
-            raise DlcError("E0201", f"data mapping names `{key}`, which is not a model input",
-                           hint=suggest(key, inputs) or "model inputs: " + ", ".join(inputs))
+    _check_mapping(mapping, inputs)
     out: dict[str, np.ndarray] = {}
     problems: list[str] = []
     env: dict = {}
     for name, ty in inputs.items():
         src = mapping.get(name, name)
         if src not in arrays:
-            close = suggest(src, arrays)
-            raise DlcError("E0201", f"model input `{name}` needs a dataset array `{src}`; "
-                                    f"the dataset has {_describe(arrays)}",
-                           hint=(close + " " if close else "") +
-                           f"map `{name}` to one of the dataset's arrays in the train block")
+            raise _missing_array(name, src, arrays, _describe(arrays))
         a = arrays[src]
         dt = np_dtype(ty.dtype) if isinstance(ty.dtype, str) else np.dtype(ty.dtype)
-        shape = tuple(ty.shape)
-        if a.ndim != len(shape):
-            problems.append(f"model input `{name}` is {ty.dtype}{shape_str(shape)} but dataset array `{src}` is "
-                            f"{_dtype_str(a.dtype)}{shape_str(a.shape)} (rank {a.ndim}, not {len(shape)})")
-            continue
-        bad = [i for i in range(1, a.ndim) if not isinstance(shape[i], (int, Sym)) or
-               not solve(shape[i], int(a.shape[i]), env)]
-        if bad:
-            problems.append(f"model input `{name}` is {ty.dtype}{shape_str(shape)} but dataset array `{src}` is "
-                            f"{_dtype_str(a.dtype)}{shape_str(a.shape)} (axis {', '.join(map(str, bad))} differs)")
-            continue
-        if np.issubdtype(a.dtype, np.floating) and not np.issubdtype(dt, np.floating) and dt != np.bool_:
+        problem = _mismatch(name, ty, src, _dtype_str(a.dtype), (None, *a.shape[1:]) if a.ndim else (), env)
+        if problem is None and np.issubdtype(a.dtype, np.floating) and not np.issubdtype(dt, np.floating) \
+                and dt != np.bool_:
             if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
-                problems.append(f"model input `{name}` is {_dtype_str(dt)} but dataset array `{src}` "
-                                f"holds non-integer values")
-                continue
+                problem = f"model input `{name}` is {_dtype_str(dt)} but dataset array `{src}` holds non-integer values"
+        if problem:
+            problems.append(problem)
+            continue
         out[name] = a.astype(dt, copy=False)
     if problems:
         raise DlcError("E0201", "the dataset does not fit the model inputs",
                        notes=[(p, None) for p in problems], hint=f"the dataset has {_describe(arrays)}")
     return out
+
+
+def declared_schema(name: str, *, base_dir: Path | None = None, **options):
+    """{array: (dtype, shape with None for the example axis)} of a data reference, from
+    what it declares without loading it: a built-in's schema, an ``.npz``'s array
+    headers; None when that is not known in advance (a ``.csv``)."""
+    from .datasets import SCHEMAS
+
+    suffix = Path(name).suffix.lower()
+    if suffix == ".npz":
+        return _npz_schema(_existing(name, base_dir))
+    if name in SCHEMAS:
+        return SCHEMAS[name](**options)
+    return None
+
+
+def _npz_schema(path: Path):
+    """The arrays' dtypes and shapes from the archive's .npy headers (no data read)."""
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                out[info.filename[:-4]] = (_dtype_str(dtype), (None, *shape[1:]) if shape else ())
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None  # unreadable: loading reports it, with the reason
+    return out or None
+
+
+def check_fits(schema: dict, inputs: dict, mapping: dict[str, str] | None = None) -> None:
+    """The checks of :func:`match_inputs` on a declared schema: every input has an
+    array of its rank and fixed dims.  Values are not known, so a float array for
+    an integer input passes (loading checks that its values are whole)."""
+    mapping = dict(mapping or {})
+    _check_mapping(mapping, inputs)
+    described = ", ".join(f"{k}: {d}{shape_str(tuple('N' if x is None else x for x in sh))}"
+                          for k, (d, sh) in schema.items()) or "nothing"
+    problems, env = [], {}
+    for name, ty in inputs.items():
+        src = mapping.get(name, name)
+        if src not in schema:
+            close = suggest(src, schema)
+            problems.append(f"model input `{name}` needs a dataset array `{src}`, which the dataset lacks"
+                            + (f" ({close})" if close else ""))
+            continue
+        dtype, shape = schema[src]
+        problem = _mismatch(name, ty, src, dtype, shape, env)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise DlcError("E0201", "the dataset does not fit the model inputs",
+                       notes=[(p, None) for p in problems],
+                       hint=f"the dataset has {described}; map inputs to its arrays with `inputs = {{...}}`")

@@ -1,4 +1,4 @@
-"""The built-in data sets, generated or shipped with installed packages (nothing is
+"""The built-in data sets, generated or shipped with dlc as package data (nothing is
 downloaded).  Each is a function ``(seed, **options) -> Dataset``; its keyword
 arguments are its options.
 
@@ -28,6 +28,7 @@ Built-ins (``load_dataset(name, **options)``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -65,20 +66,28 @@ def length_of(arrays: dict[str, np.ndarray]) -> int:
 
 
 # -- built-ins ------------------------------------------------------------
-def _digits(seed: int) -> Dataset:
-    from sklearn.datasets import load_digits
+_SHIPPED = Path(__file__).with_name("builtin_data")
 
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    return Dataset({"x": x, "y": d.target.astype(np.int64)}, 10, "sklearn digits: 8x8 images, 10 classes")
+
+def shipped_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(data f64[N, F], target i64[N]) of a data set shipped with dlc: the UCI digits
+    and iris arrays exactly as scikit-learn's ``load_digits``/``load_iris`` return
+    them (written once from scikit-learn; ``tests/test_data.py`` compares them), so
+    the core install needs no scikit-learn."""
+    with np.load(_SHIPPED / f"{name}.npz", allow_pickle=False) as z:
+        return z["data"].astype(np.float64), z["target"].astype(np.int64)
+
+
+def _digits(seed: int) -> Dataset:
+    data, target = shipped_arrays("digits")
+    x = (data / 16.0).astype(np.float32)
+    return Dataset({"x": x, "y": target}, 10, "UCI digits (as in scikit-learn): 8x8 images, 10 classes")
 
 
 def _iris(seed: int) -> Dataset:
-    from sklearn.datasets import load_iris
-
-    d = load_iris()
-    x = (d.data - d.data.mean(axis=0)) / d.data.std(axis=0)
-    return Dataset({"x": x.astype(np.float32), "y": d.target.astype(np.int64)}, 3, "iris: 4 features, 3 classes")
+    data, target = shipped_arrays("iris")
+    x = (data - data.mean(axis=0)) / data.std(axis=0)
+    return Dataset({"x": x.astype(np.float32), "y": target}, 3, "iris: 4 features, 3 classes")
 
 
 def _karate(seed: int) -> Dataset:
@@ -210,6 +219,27 @@ BUILTINS: dict[str, Callable[..., Dataset]] = {
     "first_token_repeats": _first_token_repeats,
     "skipgram": _skipgram,
 }  # generated.py adds the seed families' sets
+
+
+# -- declared schemas -----------------------------------------------------
+# What each built-in returns, as {array: (dtype, shape)} with None for the example
+# axis, computed from the options alone: `dlc check` fits the data to the model's
+# inputs without generating anything.  tests/test_data.py checks every schema
+# against the arrays the built-in really returns.
+Schema = dict[str, tuple[str, tuple]]
+
+SCHEMAS: dict[str, Callable[..., Schema]] = {
+    "digits": lambda: {"x": ("f32", (None, 64)), "y": ("i64", (None,))},
+    "iris": lambda: {"x": ("f32", (None, 4)), "y": ("i64", (None,))},
+    "karate": lambda: {"x": ("f32", (None, 34, 34)), "adj": ("f32", (None, 34, 34)), "y": ("i64", (None, 34)),
+                       "train_mask": ("bool", (None, 34)), "test_mask": ("bool", (None, 34))},
+    "xor": lambda repeat=1: {"x": ("f32", (None, 2)), "y": ("i64", (None,)), "y_f": ("f32", (None, 1))},
+    "adding": lambda n=2000, T=20: {"x": ("f32", (None, T, 2)), "y": ("f32", (None, 1)), "y_cls": ("i64", (None,))},
+    "gaussian_mixture": lambda n=300, k=3, std=0.5: {"x": ("f32", (None, 2)), "y": ("i64", (None,))},
+    "first_token_repeats": lambda n=2000, T=10, vocab=8: {"tokens": ("i64", (None, T)), "y": ("i64", (None,))},
+    "skipgram": lambda n=20000, vocab=50, topics=5, window=2, negatives=5, length=8, noise=0.1: {
+        "center": ("i64", (None,)), "context": ("i64", (None,)), "negatives": ("i64", (None, negatives))},
+}
 
 
 # -- user files -----------------------------------------------------------

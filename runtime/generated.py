@@ -28,7 +28,7 @@ import numpy as np
 
 from dlc.grammar.errors import DlcError
 
-from .datasets import BUILTINS, Dataset, positive_int
+from .datasets import BUILTINS, SCHEMAS, Dataset, positive_int
 
 
 def _unit(name: str, value) -> float:
@@ -118,3 +118,15 @@ def padded_repeats(seed: int, n: int = 3000, T: int = 10, vocab: int = 8) -> Dat
 
 
 BUILTINS.update(shapes=shapes, reverse=reverse, periodic=periodic, cbow=cbow, padded_repeats=padded_repeats)
+# the arrays each returns, as `dlc check` reads them without generating the data (tests/test_data.py)
+SCHEMAS.update(
+    shapes=lambda n=400, height=16, width=16: {"x": ("f32", (None, 1, height, width)),
+                                               "y": ("i64", (None, height, width))},
+    reverse=lambda n=2000, T=6, vocab=8: {k: ("i64", (None, T)) for k in ("src", "tgt", "tgt_in")},
+    periodic=lambda n=2000, T=12, vocab=12, period=3: {"tokens": ("i64", (None, T)), "masked": ("i64", (None, T)),
+                                                       "is_masked": ("f32", (None, T))},
+    cbow=lambda n=6000, vocab=40, topics=4, window=2, noise=0.1: {"context": ("i64", (None, 2 * window)),
+                                                                  "center": ("i64", (None,)),
+                                                                  "topic": ("i64", (None,))},
+    padded_repeats=lambda n=3000, T=10, vocab=8: {"tokens": ("i64", (None, T)), "lengths": ("i64", (None,)),
+                                                  "y": ("i64", (None,))})

@@ -4,12 +4,24 @@
 numbered value slots; each slot is released right after its last use, so
 peak memory follows the live set rather than the whole graph.  Symbolic dims
 are bound per run from the shapes of the feeds; attrs that mention them are
-resolved then (a dict lookup per such node, not a graph walk).
+resolved then, once per distinct binding of the dims (cached).
+
+The schedule runs in one of two ways.  The hot path is straight-line Python
+generated once per plan (:func:`_generate`): one line per kernel call with
+the kernel and its static attrs bound as constants, values in local
+variables, ``del`` at each value's last use, and no per-call dict building,
+attr lookups or isinstance chains; a failing kernel is located from the
+traceback's line number.  The reference path (:meth:`Plan._execute`) walks
+the step records and serves the modes that inspect every value: finiteness
+checks, float64 gradient checks, per-op profiles.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+import itertools
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -19,6 +31,7 @@ from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
+_NO_CONTEXT: dict = {}
 MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
 
 
@@ -30,7 +43,7 @@ class _Step:
     outs: tuple[int, ...]
     attrs: dict
     symbolic: bool  # attrs mention Syms: resolve per run
-    context: bool  # the kernel wants the run's dims and precision (control flow)
+    context: bool  # the kernel gets a RunContext (control flow: it runs a body)
     frees: tuple[int, ...]
 
 
@@ -85,6 +98,12 @@ class Plan:
         self.steps = steps
         self.input_nodes = {graph[n].attrs["name"]: n for n in graph.inputs}
         self._dim_plan = self._plan_dims(graph, self.input_nodes)
+        self._body_plans: dict[int, Plan] = {}  # id(body graph) → its plan; the plan keeps the body alive
+        self._takes_context = any(st.context for st in steps)
+        self._source_dtypes = [self._target(graph[n].types[0].dtype) for _, _, _, n in self.sources]
+        self._symbolic = [i for i, st in enumerate(steps) if st.symbolic]
+        self._resolved: dict = {}  # dims binding -> {step index: resolved attrs}
+        self._fast, self._line_of_step = _generate(self)
 
     # -- running ------------------------------------------------------------
     def bind_dims(self, feeds: Mapping[str, np.ndarray], known: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -134,37 +153,89 @@ class Plan:
 
     def run(self, feeds: Mapping[str, Any], params: Mapping[str, np.ndarray] | None = None,
             state: Mapping[str, np.ndarray] | None = None, *, check_finite: bool = False,
-            dims: Mapping[str, int] | None = None) -> dict:
+            dims: Mapping[str, int] | None = None, profile: dict | None = None) -> dict:
         """Execute; returns ``{output name: array}``.
 
         ``check_finite`` raises E0402 at the first node whose output holds a
         NaN or Inf, naming its op and source line.  ``dims`` are known values of
-        symbolic dims (a scan body gets its caller's)."""
+        symbolic dims (a scan body gets its caller's).  ``profile``: a dict that
+        accumulates ``op -> [seconds, calls]`` over the run (the reference path)."""
         params = params or {}
         state = state or {}
         env = self.bind_dims(feeds, dims)
-        slots: list[Any] = [None] * self.n_slots
-        for kind, key, slot, n in self.sources:
+        values = []
+        for (kind, key, slot, n), target in zip(self.sources, self._source_dtypes):
             if kind == "const":
                 value = key
             else:
                 table = feeds if kind == "input" else params if kind == "param" else state
-                if key not in table:
+                try:
+                    value = table[key]
+                except KeyError:
                     raise DlcError("E0401", f"no value given for {kind} `{key}`", self.graph[n].loc,
-                                   hint=f"expected {kind}s: {', '.join(sorted(self._names(kind)))}")
-                value = table[key]
-            slots[slot] = self._convert(value, self.graph[n].types[0].dtype, key, kind)
+                                   hint=f"expected {kind}s: {', '.join(sorted(self._names(kind)))}") from None
+            if value.__class__ is not np.ndarray or value.dtype != target:
+                value = self._convert(value, self.graph[n].types[0].dtype, key, kind)
+            values.append(value)
         with np.errstate(all="ignore"):  # NaN/Inf are reported by check_finite and the trainer, not warnings
-            self._execute(slots, env, check_finite)
-        return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
+            if check_finite or self.compute_dtype is not None or profile is not None:
+                slots: list[Any] = [None] * self.n_slots
+                for (_, _, slot, _), value in zip(self.sources, values):
+                    slots[slot] = value
+                self._execute(slots, env, check_finite, profile)
+                return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
+            resolved = self._resolve_attrs(env) if self._symbolic else None
+            try:
+                results = self._fast(values, resolved, self._context(env))
+            except DlcError:
+                raise
+            except (ValueError, IndexError, FloatingPointError, KeyError) as e:
+                raise self._failure(e) from e
+        return dict(zip(self.output_names, results))
 
-    def _execute(self, slots: list, env: dict, check_finite: bool) -> None:
+    def _context(self, env: dict) -> dict:
+        """The extra kwargs of kernels that take the run's context (control flow: a
+        :class:`RunContext`, see compiler/ops/context.py); none for plans without them."""
+        if not self._takes_context:
+            return _NO_CONTEXT
+        return {"context": RunContext(self._body_plans, env, self.compute_dtype)}
+
+    def _resolve_attrs(self, env: dict) -> dict:
+        key = tuple(env.items())
+        got = self._resolved.get(key)
+        if got is None:
+            if len(self._resolved) > 16:
+                self._resolved.clear()
+            got = self._resolved[key] = {i: _resolve(self.steps[i].attrs, env) for i in self._symbolic}
+        return got
+
+    def _failure(self, e: Exception) -> DlcError:
+        """E0401 naming the node whose kernel raised ``e`` (found from the generated code's line)."""
+        tb, line = e.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code is self._fast.__code__:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        st = self.steps[self._line_of_step.get(line, 0)] if self.steps else None
+        data = self.graph[st.node] if st is not None else None
+        op = data.op if data is not None else "?"
+        return DlcError("E0401", f"`{op}` failed at run time: {e}", data.loc if data is not None else None)
+
+    def _execute(self, slots: list, env: dict, check_finite: bool, profile: dict | None = None) -> None:
         for st in self.steps:
             attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
             if st.context:
-                attrs = {**attrs, "_dims": env, "_compute_dtype": self.compute_dtype}
+                attrs = {**attrs, "context": RunContext(self._body_plans, env, self.compute_dtype)}
+                attrs = {**attrs, **self._context(env)}
             try:
-                result = st.kernel(*[slots[s] for s in st.ins], **attrs)
+                if profile is None:
+                    result = st.kernel(*[slots[s] for s in st.ins], **attrs)
+                else:
+                    t0 = time.perf_counter()
+                    result = st.kernel(*[slots[s] for s in st.ins], **attrs)
+                    entry = profile.setdefault(self.graph[st.node].op, [0.0, 0])
+                    entry[0] += time.perf_counter() - t0
+                    entry[1] += 1
             except DlcError:
                 raise
             except (ValueError, IndexError, FloatingPointError, KeyError) as e:
@@ -185,11 +256,14 @@ class Plan:
             for s in st.frees:
                 slots[s] = None
 
+    def _target(self, dtype: str) -> np.dtype:
+        if self.compute_dtype is not None and dtype in FLOATS:
+            return np.dtype(self.compute_dtype)
+        return np.dtype(np_dtype(dtype))
+
     def _convert(self, value, dtype: str, name="", kind="input") -> np.ndarray:
         """``value`` as the declared dtype; a cast that would change values (2.5 → 2, complex → real) is an error."""
-        target = np_dtype(dtype)
-        if self.compute_dtype is not None and dtype in FLOATS:
-            target = np.dtype(self.compute_dtype)
+        target = self._target(dtype)
         arr = np.asarray(value)
         if arr.dtype == target:
             return arr
@@ -202,6 +276,100 @@ class Plan:
 
     def _names(self, kind: str) -> list[str]:
         return [k for kd, k, _, _ in self.sources if kd == kind]
+
+
+class RunContext:
+    """The interpreter's :class:`~dlc.compiler.ops.context.KernelContext`:
+    bodies run as nested plans, built once per body and precision (the cache
+    belongs to the calling plan) and fed the caller's bound dims."""
+
+    __slots__ = ("_plans", "dims", "compute_dtype")
+
+    def __init__(self, plans: dict, dims: Mapping[str, int], compute_dtype):
+        self._plans, self.dims, self.compute_dtype = plans, dims, compute_dtype
+
+    def run_body(self, body: Graph, feeds: Mapping[str, Any]) -> dict:
+        plan = self._plans.get(id(body))
+        if plan is None:
+            plan = self._plans[id(body)] = Plan(body, compute_dtype=self.compute_dtype)
+        return plan.run(feeds, dims=self.dims)
+
+
+class KernelCalls:
+    calls = 0  # kernel calls
+    runs = 0  # plan runs: the outer run plus one per scan step
+
+
+@contextmanager
+def counting_kernel_calls() -> Iterator[KernelCalls]:
+    """Count the kernel calls of every plan run inside the block, nested scan
+    bodies included (``with counting_kernel_calls() as n: ...; n.calls``).
+    A test and benchmark hook: it wraps :meth:`Plan.run` for the block only,
+    so the hot path pays nothing outside it."""
+    counter = KernelCalls()
+    original = Plan.run
+
+    def counted(self, *args, **kwargs):
+        counter.calls += len(self.steps)
+        counter.runs += 1
+        return original(self, *args, **kwargs)
+
+    Plan.run = counted
+    try:
+        yield counter
+    finally:
+        Plan.run = original
+def _as_array(value):
+    """A kernel's single result as an ndarray (NumPy reductions return scalars)."""
+    if isinstance(value, tuple):
+        (value,) = value
+    return np.asarray(value)
+
+
+def _generate(plan: Plan):
+    """The plan's schedule as one generated function ``run(sources, resolved, context) -> outputs``.
+
+    Kernels are bound as constants ``K<i>``, static attrs as ``A<i>`` (resolved
+    per run from ``resolved[i]`` when they mention symbolic dims); value slot
+    ``s`` is the local ``v<s>``.  Returns the function and {source line: step index}."""
+    ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray}
+    lines = ["def run(src, R, C):"]
+    if plan.sources:
+        lines.append("    " + ", ".join(f"v{slot}" for _, _, slot, _ in plan.sources) + (", = src" if len(plan.sources) == 1 else " = src"))
+    line_of_step: dict[int, int] = {}
+    for i, st in enumerate(plan.steps):
+        ns[f"K{i}"] = st.kernel
+        args = [f"v{s}" for s in st.ins]
+        if st.symbolic:
+            lines.append(f"    A{i} = R[{i}]")
+            args.append(f"**A{i}")
+        elif st.attrs:
+            ns[f"A{i}"] = st.attrs
+            args.append(f"**A{i}")
+        if st.context:
+            args.append("**C")
+        call = f"K{i}({', '.join(args)})"
+        if len(st.outs) == 1:
+            (o,) = st.outs
+            lines.append(f"    v{o} = {call}")
+            line_of_step[len(lines)] = i
+            lines.append(f"    if v{o}.__class__ is not ND: v{o} = AS(v{o})")
+        else:
+            lines.append(f"    t = {call}")
+            line_of_step[len(lines)] = i
+            for k, o in enumerate(st.outs):
+                lines.append(f"    v{o} = t[{k}]")
+                lines.append(f"    if v{o}.__class__ is not ND: v{o} = asarray(v{o})")
+        if st.frees:
+            lines.append("    del " + ", ".join(f"v{s}" for s in st.frees))
+    outs = [f"v{s}" for s in plan.out_slots]
+    lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
+    code = compile("\n".join(lines) + "\n", f"<dlc plan {next(_PLAN_IDS)}>", "exec")
+    exec(code, ns)
+    return ns["run"], line_of_step
+
+
+_PLAN_IDS = itertools.count()
 
 
 def _mentions_sym(value) -> bool:
@@ -233,14 +401,12 @@ def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-_INDEX_PRESERVING = {"reshape", "squeeze", "unsqueeze", "transpose", "slice", "cast", "identity", "broadcast_to"}
-
-
 def index_bounds(graph: Graph) -> dict[str, int]:
     """For integer inputs used as indices, the exclusive upper bound their values
-    may take: the rows of a ``gather``/``embedding`` table, a ``one_hot`` depth,
-    the classes of ``softmax_xent`` labels (the smallest when used several ways),
-    followed through ops that only move values (reshape, slice, cast, …)."""
+    may take (each op says, ``Op.index_bound``: the rows of a ``gather`` table, a
+    ``one_hot`` depth, the classes of ``softmax_xent`` labels; the smallest when
+    used several ways), followed through ops that only move values
+    (``Op.moves_values``: reshape, slice, cast, ...)."""
     bounds: dict[str, int] = {}
     for n in graph.inputs:
         name = graph[n].attrs["name"]
@@ -249,20 +415,17 @@ def index_bounds(graph: Graph) -> dict[str, int]:
             src = todo.pop()
             for user in graph.consumers(src):
                 data = graph[user]
-                slot = [i for i, v in enumerate(data.inputs) if v.node == src]
-                bound = None
-                if data.op in _INDEX_PRESERVING and user not in seen:
-                    seen.add(user)
-                    todo.append(user)
-                elif data.op == "gather" and 1 in slot:
-                    table = graph.type_of(data.inputs[0])
-                    bound = table.shape[data.attrs["axis"] % table.rank]
-                elif data.op == "one_hot":
-                    bound = data.attrs["depth"]
-                elif data.op == "softmax_xent" and 1 in slot:
-                    bound = graph.type_of(data.inputs[0]).shape[-1]
-                if isinstance(bound, int) and bound > 0:
-                    bounds[name] = min(bound, bounds.get(name, bound))
+                op = get_op(data.op)
+                if op.moves_values:
+                    if user not in seen:
+                        seen.add(user)
+                        todo.append(user)
+                    continue
+                types = [graph.type_of(v) for v in data.inputs]
+                for slot in [i for i, v in enumerate(data.inputs) if v.node == src]:
+                    bound = op.index_bound(types, slot, **data.attrs)
+                    if isinstance(bound, int) and bound > 0:
+                        bounds[name] = min(bound, bounds.get(name, bound))
     return bounds
 
 

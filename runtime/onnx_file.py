@@ -1,17 +1,16 @@
 """Writing exported models to disk without clobbering anything a user saved.
 
 An existing file is replaced only when it is an ONNX model that dlc wrote
-(``producer_name == "dlc"``), or with ``force``.  The new file is written to a
-temporary name in the same folder and renamed over the target, so an
-interrupted write never leaves a half-written model behind.
+(``producer_name == "dlc"``), or with ``force``; links, directories, FIFOs and
+missing folders are coded errors even with ``force`` (files.py).  The new file
+is written to a temporary name in the same folder and renamed over the target,
+so an interrupted write never leaves a half-written model behind.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from dlc.grammar.errors import DlcError
-
-from .files import write_atomic
+from .files import refuse_foreign, write_atomic
 
 
 def written_by_dlc(path: Path) -> bool:
@@ -25,9 +24,5 @@ def written_by_dlc(path: Path) -> bool:
 
 def write_onnx(proto, target: Path, *, force: bool = False) -> None:
     target = Path(target)
-    if target.exists() and not force and not written_by_dlc(target):
-        raise DlcError("E0501", f"refusing to overwrite `{target}`: it is not an ONNX file written by dlc",
-                       hint="choose another path with -o, or pass --force")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    data = proto.SerializeToString(deterministic=True)
-    write_atomic(target, data)
+    refuse_foreign(target, written_by_dlc, force=force, code="E0501")
+    write_atomic(target, proto.SerializeToString(deterministic=True))

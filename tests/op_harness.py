@@ -75,5 +75,17 @@ def one_op_graph(cls, sample, arrays, mode: str = "train"):
     return g, b, outs, params, feeds
 
 
+def has_float_input(sample) -> bool:
+    """Does the sample feed a float tensor (something a gradient can be taken for)?"""
+    return any(spec.kind in ("normal", "positive", "unit") if isinstance(spec, Arg)
+               else np.asarray(spec).dtype.kind == "f" for spec in sample.inputs)
+
+
+def gradient_cases(all_cases) -> list:
+    """The cases whose gradient is checked: differentiable ops, samples marked for it, with a float input
+    (constructors such as `zeros(shape)` have none: nothing to differentiate, so no case, not a skip)."""
+    return [c for c in all_cases if c[1].differentiable and c[3].grad and has_float_input(c[3])]
+
+
 def seed_of(case_id: str) -> int:
     return zlib.crc32(case_id.encode())

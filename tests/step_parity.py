@@ -15,7 +15,7 @@ def check_training_step(m, feeds: dict, *, label: str = "", rtol: float = 1e-5, 
     """Run the first step group's training step on ``feeds`` (a batch, ``__rng`` included)
     in NumPy and in onnxruntime from the exported model (checked with the full onnx
     checker); assert every output agrees; return (numpy outputs, onnxruntime outputs)."""
-    proto = proto if proto is not None else m.to_onnx(train=True)
+    proto = proto if proto is not None else m.to_onnx("train")
     onnx.checker.check_model(proto, full_check=True)
     step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
     state = {**m.state, **initial_state(step)}  # the spec's running statistics and the optimizer's slots

@@ -56,7 +56,7 @@ def test_round_trip_bit_exact(tmp_path):
 def test_no_pickle_in_npz(tmp_path):
     ck.save(tmp_path, params={"w": np.ones(2)}, state={}, meta=_meta(0))
     with np.load(tmp_path / "ckpt-00000000.npz", allow_pickle=False) as z:
-        assert sorted(z.files) == ["param/w"]
+        assert sorted(z.files) == ["dlc/record", "param/w"]
     with pytest.raises(DlcError) as e:
         ck.save(tmp_path, params={"w": np.array([object()])}, state={}, meta=_meta(1))
     assert e.value.code == "E0403"
@@ -66,12 +66,12 @@ def test_keep_prunes_oldest(tmp_path):
     for step in (10, 20, 30, 40, 50):
         _save(tmp_path, step, seed=step)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["ckpt-00000030.json", "ckpt-00000030.npz", "ckpt-00000040.json", "ckpt-00000040.npz",
+    assert names == [".dlc-checkpoints", "ckpt-00000030.json", "ckpt-00000030.npz", "ckpt-00000040.json", "ckpt-00000040.npz",
                      "ckpt-00000050.json", "ckpt-00000050.npz", "latest.json"]
     assert ck.load(tmp_path).meta["step"] == 50
     assert ck.load(tmp_path / "ckpt-00000030.json").meta["step"] == 30
     _save(tmp_path, 60, keep=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000060.json", "ckpt-00000060.npz", "latest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dlc-checkpoints", "ckpt-00000060.json", "ckpt-00000060.npz", "latest.json"]
 
 
 def test_resave_same_step_and_older_step(tmp_path):
@@ -211,13 +211,13 @@ def test_bad_meta(tmp_path):
 def test_leftovers_of_a_real_kill_are_ignored_then_removed(tmp_path):
     _save(tmp_path, 1)
     # what SIGKILL can leave: a temp file and an npz whose manifest never landed
-    (tmp_path / ".ckpt-tmp-abc.tmp").write_bytes(b"partial")
+    (tmp_path / ".ckpt-tmp-abc123.tmp").write_bytes(b"partial")
     (tmp_path / "ckpt-00000002.npz").write_bytes(b"partial")
     assert ck.latest(tmp_path).name == "ckpt-00000001.json"
     assert ck.load(tmp_path).meta["step"] == 1
     _save(tmp_path, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "ckpt-00000001.json", "ckpt-00000001.npz", "ckpt-00000002.1.npz", "ckpt-00000002.json", "latest.json"]
+        ".dlc-checkpoints", "ckpt-00000001.json", "ckpt-00000001.npz", "ckpt-00000002.json", "ckpt-00000002.npz", "latest.json"]
     assert ck.load(tmp_path).meta["step"] == 2
 
 
@@ -229,6 +229,8 @@ def test_unreadable_npz_with_matching_hash(tmp_path):
     (tmp_path / "ckpt-00000001.npz").write_bytes(junk)
     m = json.loads(path.read_text())
     m["sha256"] = hashlib.sha256(junk).hexdigest()
+    m["bytes"] = len(junk)
+    m["manifest_sha256"] = ck.schema.self_hash(m)
     path.write_text(json.dumps(m))
     with pytest.raises(DlcError) as e:
         ck.load(tmp_path)

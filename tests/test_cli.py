@@ -93,14 +93,14 @@ def test_run_with_an_input_file(tmp_path):
 def test_run_with_an_unknown_input_is_an_error(tmp_path):
     path = tmp_path / "z.npy"
     np.save(path, np.zeros((2, 64), np.float32))
-    result = dlc("run", "specs/mlp.dl", "--input", f"z={path}", code=2)
+    result = dlc("run", "specs/mlp.dl", "--input", f"z={path}", code=64)
     assert "no input `z`" in result.stderr
 
 
 def test_compile_onnx(tmp_path):
     import onnx
 
-    target = tmp_path / "tmp" / "m.onnx"
+    target = tmp_path / "m.onnx"
     assert "wrote" in dlc("compile", "specs/mlp.dl", "--onnx", "-o", target).stdout
     onnx.checker.check_model(onnx.load(str(target)), full_check=True)
     first = target.read_bytes()
@@ -131,7 +131,7 @@ def test_missing_file():
 
 
 def test_bad_bind_and_set_are_user_errors():
-    assert "not an integer" in dlc("run", "specs/mlp.dl", "--bind", "B=two", code=2).stderr
+    assert "not an integer" in dlc("run", "specs/mlp.dl", "--bind", "B=two", code=64).stderr
     assert "E0102" in dlc("summary", "specs/mlp.dl", "--set", "hiden=3", code=2).stderr
     assert "did you mean `hidden`?" in dlc("summary", "specs/mlp.dl", "--set", "hiden=3", code=2).stderr
 
@@ -164,4 +164,42 @@ def test_compile_train_exports_a_chosen_step_group(tmp_path):
 
 def test_group_needs_train():
     res = CliRunner().invoke(main, ["compile", "specs/gan.dl", "--onnx", "--group", "generator", "-o", "/tmp/x.onnx"])
-    assert res.exit_code == 2 and "use it with --train" in res.output
+    assert res.exit_code == 64 and "use it with --train" in res.output
+
+
+def test_usage_errors_exit_64_spec_errors_2():
+    """A wrong command line is not a wrong spec: scripts can tell them apart."""
+    assert "No such option" in dlc("check", "--nope", "specs/mlp.dl", code=64).stderr
+    assert "No such command" in dlc("chek", "specs/mlp.dl", code=64).stderr
+    dlc("run", "specs/mlp.dl", "--backend", "tpu", code=64)
+    dlc("check", "tests/bad/unknown_name.dl", code=2)
+
+
+def test_bind_names_a_dim_of_the_model():
+    """`--bind` of a dim the model does not have is an error, never silently another dim."""
+    err = dlc("run", "specs/lstm.dl", "--bind", "Q=3", code=64).stderr
+    assert "no dim `Q`" in err and "B, T" in err
+    err = dlc("run", "specs/lstm.dl", "--bind", "b=3", code=64).stderr
+    assert "did you mean `B`?" in err
+    out = dlc("run", "specs/lstm.dl", "--bind", "B=3", "--bind", "T=4").stdout
+    assert "[3" in out
+
+
+def test_errors_are_coloured_on_request_and_plain_otherwise(monkeypatch):
+    plain = dlc("check", "tests/bad/unknown_name.dl", code=2).stderr
+    assert "\x1b[" not in plain
+    coloured = dlc("--color", "always", "check", "tests/bad/unknown_name.dl", code=2).stderr
+    assert "\x1b[1;31merror[E0101]\x1b[0m" in coloured
+    import re
+
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain
+    from dlc.cli import use_color
+
+    class Tty:
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert use_color(Tty())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not use_color(Tty())

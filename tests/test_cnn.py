@@ -31,7 +31,7 @@ def test_cnn_reaches_96_percent_on_digits():
 
 def test_cnn_training_step_matches_the_interpreter():
     m = dlc.load(SPEC, mode="train")
-    proto = m.to_onnx(train=True)
+    proto = m.to_onnx("train")
     ops = {n.op_type for n in proto.graph.node}
     assert {"Conv", "ConvTranspose", "MaxPool", "ScatterElements"} <= ops  # forward and backward convs, pooling
     rng = np.random.default_rng(0)

@@ -24,6 +24,19 @@ def test_digits():
     assert ds.n_classes == 10 and set(np.unique(y)) == set(range(10)) and len(ds) == 1797
 
 
+@pytest.mark.parametrize("name", ["digits", "iris"])
+def test_shipped_arrays_equal_scikit_learn(name):
+    """The package data is scikit-learn's data set, bit for bit (the `test` extra installs scikit-learn;
+    the core install does not need it)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from dlc.runtime.datasets import shipped_arrays
+
+    ref = getattr(sklearn_datasets, f"load_{name}")()
+    data, target = shipped_arrays(name)
+    assert data.dtype == ref.data.dtype and np.array_equal(data, ref.data)
+    assert np.array_equal(target, ref.target) and target.dtype == np.int64
+
+
 def test_iris_standardised():
     ds = load_dataset("iris")
     x = ds.arrays["x"]
@@ -230,3 +243,35 @@ def test_match_inputs_errors():
 def test_dataset_is_plain():
     ds = Dataset({"x": np.zeros((3, 1))}, None, "tiny")
     assert len(ds) == 3 and split(ds, (1, 0, 0))["train"]["x"].shape == (3, 1)
+
+
+@pytest.mark.parametrize("name, options", [(n, {}) for n in BUILTINS] + [
+    ("adding", {"n": 10, "T": 7}), ("first_token_repeats", {"n": 6, "T": 4}), ("skipgram", {"n": 30, "negatives": 3}),
+    ("xor", {"repeat": 3})])
+def test_declared_schemas_are_what_the_builtins_return(name, options):
+    """`dlc check` fits data to inputs from the declared schema: it must be the truth."""
+    from dlc.runtime.data import _dtype_str
+    from dlc.runtime.datasets import SCHEMAS
+
+    ds = load_dataset(name, **options)
+    real = {k: (_dtype_str(a.dtype), (None, *a.shape[1:])) for k, a in ds.arrays.items()}
+    assert SCHEMAS[name](**options) == real
+
+
+def test_check_fits_reports_rank_names_and_dims_without_data(tmp_path):
+    from dlc.runtime.data import check_fits, declared_schema
+
+    schema = declared_schema("digits")
+    check_fits(schema, {"x": TensorType("f32", (B, 64)), "y": TensorType("i64", (B,))})
+    with pytest.raises(DlcError) as e:
+        check_fits(schema, {"x": TensorType("f32", (B, 8, 8)), "label": TensorType("i64", (B,))})
+    notes = [n for n, _ in e.value.notes]
+    assert e.value.code == "E0201" and len(notes) == 2
+    assert "rank 2, not 3" in notes[0] and "`label`" in notes[1]
+    check_fits(schema, {"x": TensorType("f32", (B, 64)), "label": TensorType("i64", (B,))}, {"label": "y"})
+    np.savez(tmp_path / "d.npz", a=np.zeros((5, 3, 2), np.float32), b=np.zeros(5, np.int64))
+    schema = declared_schema("d.npz", base_dir=tmp_path)
+    assert schema == {"a": ("f32", (None, 3, 2)), "b": ("i64", (None,))}
+    with pytest.raises(DlcError) as e:
+        check_fits(schema, {"a": TensorType("f32", (B, 3, 4))})
+    assert "axis 2 differs" in e.value.notes[0][0]

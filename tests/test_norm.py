@@ -156,7 +156,7 @@ def test_penalties():
     w = RNG.standard_normal((3, 4))
     _, r = _run(lambda b, w: (b.l1(w, scale=0.5), b.l2(w)), {"w": w})
     np.testing.assert_allclose(r["y0"], 0.5 * np.abs(w).sum())
-    np.testing.assert_allclose(r["y1"], 0.01 * (w ** 2).sum())
+    np.testing.assert_allclose(r["y1"], 0.01 * 0.5 * (w ** 2).sum())  # the weight-decay form: gradient 0.01 * w
 
 
 @pytest.mark.parametrize("size,dtype", [(3, "f32"), (4, "f32"), (5, "f64"), (3, "f16")])

@@ -14,7 +14,7 @@ from dlc.compiler.ops.registry import missing_parts
 from dlc.compiler.passes.backprop import backprop
 from dlc.runtime.interpreter import Plan
 
-from op_harness import cases, materialise, one_op_graph, seed_of
+from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of
 
 ALL = cases()
 IDS = [c[0] for c in ALL]
@@ -42,7 +42,7 @@ def test_shape_rule_matches_kernel(case, float_dtype):
             f"output {j}: rule says {t.dtype}, kernel gave {got.dtype}"
 
 
-GRAD_CASES = [c for c in ALL if c[1].differentiable and c[3].grad]
+GRAD_CASES = gradient_cases(ALL)
 
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=[c[0] for c in GRAD_CASES])

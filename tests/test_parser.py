@@ -179,8 +179,14 @@ def _error(text: str) -> DlcError:
 @pytest.mark.parametrize("text, code, line, col, words", [
     (_model("y = dense(x 3)"), "E0001", 2, 17, ["unexpected number `3`", "`,`", "missing"]),
     (_model("h := relu(x)"), "E0001", 2, 7, ["unexpected", "`:=`"]),
-    ("model m() {\n    input x: f32[B, 4]\n    output y = relu(x)\n", "E0001", 3, 23,
-     ["end of file", "`}`", "line 1, column 11", "never closed"]),
+    # an unclosed bracket is reported at the bracket, with where parsing stopped
+    ("model m() {\n    input x: f32[B, 4]\n    output y = relu(x)\n", "E0001", 1, 11,
+     ["unclosed `{`", "unclosed delimiter", "the file ends at t.dl:3:23", "expected", "`}`"]),
+    (_model("h = relu(x", "output y = h"), "E0001", 2, 13,
+     ["unclosed `(`", "parsing stopped at t.dl:3:5", "close it with `)`"]),
+    (_model("w = [x, x", "output y = h"), "E0001", 2, 9, ["unclosed `[`", "parsing stopped at t.dl:3:5"]),
+    ("modle m() {\n    input x: f32[B, 4]\n}\n", "E0001", 1, 1, ["name `modle`", "did you mean `model`?"]),
+    (_model("retrun x"), "E0001", 2, 12, ["did you mean `return`?"]),
     (_model("y = f(x, mode = 'a')"), "E0001", 2, 21, ["unexpected character", "double quotes"]),
     ("def f(x) {\n    return x\n}\n", "E0001", 1, 1, ["name `def`", "`layer`", "layer NAME(args)"]),
     ("layer f {\n    return x\n}\n", "E0001", 1, 9, ["unexpected `{`", "`(`", "parameter list"]),

@@ -144,3 +144,15 @@ def test_random_ids_span_the_tables_they_index():
     feeds = random_feeds(m.graph, {"B": 400, "K": 3}, seed=0)
     assert feeds["center"].max() > 40 and feeds["center"].min() >= 0
     assert index_bounds(dlc.load("specs/mlp.dl").graph) == {"y": 10}
+
+
+def test_a_dotted_name_in_a_train_block_number_is_an_error_not_a_crash(tmp_path):
+    """Found by test_fuzz: `adam(lr = use.05)` reached the parameter lookup without a graph."""
+    import dlc as _dlc
+    from dlc.grammar.errors import DlcError as _Err
+
+    text = ("model m() {\n    input x: f32[N, 2]\n    param W: [2, 1] = zeros()\n    output loss = mean(x @ W)\n}\n"
+            "train m { data = xor(same = true); loss = loss; optimizer = adam(lr = use.05) }\n")
+    with pytest.raises(_Err) as e:
+        _dlc.compile(text, mode="train").check_train()
+    assert e.value.code == "E0103" and "use.05" in e.value.message

@@ -9,6 +9,7 @@ from dlc.compiler.builder import Builder
 from dlc.compiler.dims import Sym
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.passes.backprop import backprop
+from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
 from dlc.compiler.types import TensorType
 from dlc.runtime.interpreter import Plan
 from op_harness import graph_input, graph_param
@@ -66,13 +67,19 @@ def test_scan_matches_a_python_loop(reverse):
     np.testing.assert_allclose(out["h_last"], h_last, rtol=1e-12)
 
 
+@pytest.mark.parametrize("hoist", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_bptt_matches_finite_differences(reverse):
+def test_bptt_matches_finite_differences(reverse, hoist):
     g, b, loss = rnn_graph(reverse=reverse)
     grads = backprop(g, loss, ["Wx", "Wh"], builder=b)
     xs_node = g.input_node("xs")
     dxs = backprop(g, loss, [Value(xs_node)], builder=b)[Value(xs_node)]
     g.set_outputs({**g.outputs, "dWx": grads["Wx"], "dWh": grads["Wh"], "dxs": dxs})
+    if hoist:  # weight gradients as GEMMs after the loop, x @ Wx before it
+        hoist_scan_invariants(g)
+        g.verify()
+        back = [n for n in g.nodes() if g.op(n) == "scan" and g[n].role == "backward"]
+        assert all(g[n].attrs["n_carry"] == 1 for n in back)  # only dh is carried
     feeds, params = _data()
     out = Plan(g).run(feeds, params)
     loss_plan = Plan(g, ["loss"])

@@ -21,10 +21,22 @@ def test_xor_mlp_is_exact_and_the_perceptron_cannot_be():
     assert perceptron.test["acc"] <= 0.75
 
 
+def _readme_figure(spec: str) -> float:
+    """The accuracy the README's spec table gives for ``spec`` (``≈ 92%``)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith(f"| `specs/{spec}.dl` |"))
+    return float(re.search(r"≈ (\d+(?:\.\d+)?)%", row).group(1)) / 100
+
+
 @pytest.mark.parametrize("spec, floor", [("lstm", 0.80), ("gru", 0.80), ("rnn", 0.65)])
 def test_recurrent_specs_beat_chance_on_the_adding_problem(spec, floor):
     h = dlc.load(f"specs/{spec}.dl", mode="train").train(**QUIET)
     assert h.test["accuracy"] >= floor  # chance is about 0.5
+    # the README's figure is this measurement (NumPy backend, default seed)
+    assert abs(h.test["accuracy"] - _readme_figure(spec)) <= 0.01, (spec, h.test["accuracy"])
 
 
 def test_gan_trains_two_step_groups():

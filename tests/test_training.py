@@ -130,14 +130,15 @@ def test_same_seed_same_numbers(tmp_path):
     assert not all(np.array_equal(runs[0][k], m.params[k]) for k in m.params)
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_resume_is_bit_identical(tmp_path, backend):
     spec = regression(tmp_path, opt="adam(lr = 0.01)", epochs=6)
     whole = dlc.load(spec, mode="train")
-    whole.train(checkpoint=tmp_path / "a", **QUIET)
+    whole.train(checkpoint=tmp_path / "a", backend=backend, **QUIET)
     part = dlc.load(spec, mode="train")
-    part.train(epochs=3, checkpoint=tmp_path / "b", **QUIET)
+    part.train(epochs=3, checkpoint=tmp_path / "b", backend=backend, **QUIET)
     resumed = dlc.load(spec, mode="train")
-    resumed.train(checkpoint=tmp_path / "b", resume=True, **QUIET)
+    resumed.train(checkpoint=tmp_path / "b", resume=True, backend=backend, **QUIET)
     for k in whole.params:
         assert np.array_equal(whole.params[k], resumed.params[k]), k
     a, b = ckpt.load(tmp_path / "a"), ckpt.load(tmp_path / "b")

@@ -11,11 +11,12 @@ import numpy as np
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
+from ..builder import user_facing
 from ..dims import Sym, floordiv
 from ..graph import Value
 from ..ops.registry import REQUIRED, get_op
 from ..types import ShapeError, TensorType, np_dtype
-from .frame import ARITY_DISPATCH, DType, Frame, LayerRef, OpRef, describe, is_tensor
+from .frame import ARITY_DISPATCH, Builtin, DType, Frame, LayerRef, OpRef, describe, is_tensor
 
 _TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floor_div", "**": "pow", "%": "mod", "@": "matmul",
                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
@@ -84,9 +85,7 @@ def _binop(e: A.BinOp, frame: Frame):
         try:
             return _apply(frame, _TENSOR_BINOPS[e.op], [left, right], {}, e.loc)
         except DlcError as exc:  # name the operator as written: `@`, not `matmul`
-            prefix = f"shape mismatch in `{_TENSOR_BINOPS[e.op]}`"
-            if exc.message.startswith(prefix):
-                exc.message = f"shape mismatch in `{e.op}`" + exc.message[len(prefix):]
+            exc.message = user_facing(exc.message, _TENSOR_BINOPS[e.op], e.op)
             raise
     if e.op in ("and", "or"):
         if not isinstance(left, bool) or not isinstance(right, bool):
@@ -172,6 +171,10 @@ def _call(e: A.Call, frame: Frame):
 
 def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
     """Call an op or layer value with evaluated arguments (``e`` gives locations)."""
+    if isinstance(fn, Builtin):  # grad(y, x)
+        from .autodiff import grad_call
+
+        return grad_call(frame, args, kwargs, e)
     if isinstance(fn, OpRef):
         if fn.name == "identity" and len(args) == 1 and is_tensor(args[0]) and not kwargs:
             return args[0]  # `act = identity`: no node for a no-op
@@ -263,6 +266,11 @@ def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None, 
     for i, t in enumerate(tensors):
         if not (is_tensor(t) or (isinstance(t, (int, float)) and not isinstance(t, Sym))):
             where = arg_locs[i] if arg_locs and i < len(arg_locs) else loc
+            if isinstance(t, tuple) and t and all(is_tensor(v) for v in t):  # relu(batch_norm(...))
+                names = ", ".join("abcdefgh"[j] for j in range(min(len(t), 8)))
+                raise frame.error("E0103", f"input {i + 1} of `{op}` must be one tensor, but its argument "
+                                  f"returns {len(t)} values", where,
+                                  hint=f"bind them first (`{names} = ...`) and pass the one you mean")
             raise frame.error("E0103", f"input {i + 1} of `{op}` must be a tensor, got {describe(t)}", where)
         if _too_big(frame, t, tensors):
             where = arg_locs[i] if arg_locs and i < len(arg_locs) else loc
@@ -333,6 +341,9 @@ def _attribute(e: A.Attribute, frame: Frame):
     if owner is not None and node.id in owner.pending:
         owner.force(node.id, node.loc)
     graph = frame.ctx.graph
+    if graph is None:  # a train block's numbers: hyperparameters and consts only, no graph to look in
+        raise frame.error("E0103", f"`{path}` names a parameter; here only numbers, hyperparameters and "
+                                   "consts can be used", e.loc)
     for candidate in (frame.path(path), path):
         if candidate in graph.params:
             return frame.capture(Value(graph.params[candidate]))

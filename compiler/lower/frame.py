@@ -45,6 +45,16 @@ class LayerRef:
 
 
 @dataclass(frozen=True)
+class Builtin:
+    """A language builtin that is not an op: ``grad`` (compiler/lower/autodiff.py)."""
+
+    name: str
+
+
+BUILTINS = {"grad": Builtin("grad")}
+
+
+@dataclass(frozen=True)
 class DType:
     name: str
 
@@ -133,6 +143,8 @@ class Frame:
             return const_value(self.module, name)
         if name in self.module.layers:
             return self.module.layers[name]
+        if name in BUILTINS:
+            return BUILTINS[name]
         op = ALIASES.get(name, name)
         if op in all_ops() or op in ARITY_DISPATCH:
             return OpRef(op)
@@ -145,7 +157,7 @@ class Frame:
 
     def visible(self) -> list[str]:
         return [*self.names, *self.pending, *self.dims, *self.module.consts, *self.module.layers,
-                *all_ops(), *ALIASES, *ARITY_DISPATCH]
+                *BUILTINS, *all_ops(), *ALIASES, *ARITY_DISPATCH]
 
     def force(self, name: str, loc: Loc | None) -> None:
         """Evaluate the pending binding that defines ``name``."""
@@ -239,5 +251,7 @@ def describe(v) -> str:
         return f"the layer `{v.defn.name}`"
     if isinstance(v, DType):
         return f"the dtype {v.name}"
+    if isinstance(v, Builtin):
+        return f"the builtin `{v.name}`"
     return type(v).__name__
 

@@ -38,7 +38,12 @@ def call_layer(frame: Frame, layer: LayerRef, args: list, kwargs: dict, loc, *, 
         raise frame.error("E0003", f"layers call each other too deeply (at `{defn.name}`)", loc,
                           hint="a layer cannot call itself")
     bind_formals(child, defn.name, defn.formals, args, kwargs, loc, frame)
-    return run_body(child, defn.body, loc, kind="layer")
+    try:
+        return run_body(child, defn.body, loc, kind="layer")
+    except DlcError as e:  # an error inside the body: say which call led there (one note per call level)
+        if loc is not None and getattr(loc, "source", None) is not None and e.loc != loc:
+            e.notes.append((f"in this call of `{defn.name}`", loc))
+        raise
 
 
 def bind_formals(child: Frame, what: str, formals, args: list, kwargs: dict, loc, caller: Frame) -> None:
@@ -384,7 +389,7 @@ def _split_results(frame: Frame, cell: LayerRef, e: A.Scan, results: list, k: in
 def _mask_by_length(frame, e, bb: Builder, lengths: Value, step: Value, ys: list, carries: list, olds: list):
     """Carries frozen and outputs zeroed at the steps past each example's length."""
     t = bb.reshape(step, shape=())
-    live = bb.lt(t, bb.cast(lengths, dtype="i64"))  # [B]
+    live = bb.gt(bb.cast(lengths, dtype="i64"), t)  # [B]; Greater has CUDA kernels for int64 (Less: not listed)
 
     def spread(v):  # live, broadcast over v's trailing axes
         rank = bb.type(v).rank

@@ -350,6 +350,13 @@ class MatMul(Op):
                Sample((Arg((2, 5, 3)), Arg((2, 3, 4)))), Sample((Arg((3,)), Arg((3, 4)))),
                Sample((Arg((2, 3)), Arg((3,))))]
 
+    def flops(self, in_types, out_types, **attrs):
+        """A multiply-add (2 FLOPs) per output element and inner index."""
+        n = 1
+        for d in out_types[0].shape:
+            n = n * d
+        return 2 * n * in_types[0].shape[-1]
+
     def shape(self, a, b):
         dtype = same_dtype("@", a, b)
         if a.rank == 0 or b.rank == 0:

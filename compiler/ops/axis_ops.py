@@ -16,6 +16,7 @@ class Squeeze(Op):
     """``squeeze(x, axes=None)``: drop size-1 axes (None: every axis of static size 1)."""
 
     name, family = "squeeze", "shape"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"axes": Attr("any", None, doc="int, list of ints, or None for all size-1 axes")}
     samples = [Sample((Arg((2, 1, 3)),), {"axes": 1}), Sample((Arg((1, 2, 1)),)),
                Sample((Arg((2, 1, 1)),), {"axes": (-1, -2)}), Sample((Arg((1,)),), {"axes": 0}, note="to scalar")]
@@ -53,6 +54,7 @@ class Unsqueeze(Op):
     """``unsqueeze(x, axes)``: insert size-1 axes; ``axes`` index the output."""
 
     name, family = "unsqueeze", "shape"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"axes": Attr("any", doc="int or list of ints, positions in the output")}
     samples = [Sample((Arg((2, 3)),), {"axes": 0}), Sample((Arg((2, 3)),), {"axes": (-1, 1)}),
                Sample((Arg(()),), {"axes": (0, 1)}, note="from scalar")]
@@ -80,6 +82,7 @@ class BroadcastTo(Op):
     """``broadcast_to(x, shape)``: NumPy broadcasting of ``x`` to ``shape``."""
 
     name, family = "broadcast_to", "shape"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"shape": Attr("shape")}
     samples = [Sample((Arg((3,)),), {"shape": (2, 3)}), Sample((Arg((2, 1)),), {"shape": (4, 2, 3)}),
                Sample((Arg(()),), {"shape": (2, 2)}), Sample((Arg((2, 3)),), {"shape": (2, 3)}, note="no-op")]

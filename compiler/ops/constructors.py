@@ -23,6 +23,10 @@ class OneHot(Op):
 
     name, family = "one_hot", "shape"
     inputs = ("ids",)
+    free = True  # dlc summary: 0 FLOPs
+
+    def index_bound(self, in_types, slot, depth, dtype):
+        return depth
     attrs = {"depth": Attr("int"), "dtype": Attr("dtype", "f32", ("f16", "f32", "f64", "i32", "i64", "bool"))}
     differentiable = False
     samples = [Sample((Arg((4,), "int", 0, 3),), {"depth": 3}),
@@ -60,6 +64,7 @@ class Fill(Op):
     """``fill(shape, value=0.0, dtype=f32)``: a tensor of one value (shape may hold Syms)."""
 
     name, family = "fill", "shape"
+    free = True  # dlc summary: 0 FLOPs
     inputs = ()
     attrs = {"shape": Attr("shape"), "value": Attr("float", 0.0), "dtype": Attr("dtype", "f32", tuple(DTYPES))}
     differentiable = False  # no tensor inputs

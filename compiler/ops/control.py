@@ -4,26 +4,37 @@ Node inputs are ``(c_1..c_k, xs_1..xs_m, v_1..v_p)``: k initial carries, m
 sequences (scanned along ``axis``) and p captured values (parameters and
 other outer values the body reads).  The body :class:`Graph` has one input
 node per (carry, sequence slice, captured value), in that order, and outputs
-``carry0..carry{k-1}`` (the next carries) followed by per-step outputs
-``y0, y1, …``.  The node's outputs are the stacked per-step outputs (the
-sequence dim inserted at ``axis``, in time order even when ``reverse``),
-then the k final carries.
+``carry0..carry{k-1}`` (the next carries) followed by per-step outputs.  The
+node's outputs are the stacked per-step outputs (the sequence dim inserted at
+``axis``, in time order even when ``reverse``), then the k final carries —
+except that the last ``residuals`` per-step outputs are stacked *after* the
+final carries: those are the values the gradient reads, appended to an
+existing node without moving the outputs other nodes already refer to.
 
-Gradient (back-propagation through time): a residual scan recomputes the
-forward sweep and stacks the carries each step started from; a second,
-reversed scan runs the body's own VJP (built symbolically, once, into its
-body) over those residuals, carrying the carries' cotangents and
-accumulating the captured values' gradients.  Both are ordinary ``scan``
-nodes, so the graph size does not depend on the sequence length, and both
-run in the interpreter and export to ONNX ``Scan``.
+Gradient (back-propagation through time), the way fast RNN libraries do it:
+the forward scan itself stacks what the cell's VJP reads per step (the
+carries each step started from, gate activations, ...), asked for through
+:meth:`Graph.extend_outputs` on the forward node, so a training step sweeps
+forward once; a second, reversed scan runs only the VJP over those residuals,
+carrying the carries' cotangents and accumulating the captured values'
+gradients.  Step-invariant forward values the VJP reads stay in its body (a
+pass hoists them, see ``passes/hoist_scan_invariants.py``).  Both are
+ordinary ``scan`` nodes, so the graph size does not depend on the sequence
+length, and both run in the interpreter and export to ONNX ``Scan``.
+
+The kernel runs the body through the :class:`~.context.KernelContext` its
+executor supplies; the op layer never imports the runtime.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..builder import Builder
 from ..graph import Graph, Value
 from ..types import FLOATS, ShapeError, TensorType, norm_axis
+from .context import KernelContext
 from .registry import Attr, Op, register
 
 
@@ -33,15 +44,24 @@ class Scan(Op):
     inputs = ("*args",)
     outputs = None
     attrs = {"body": Attr("any"), "n_carry": Attr("int"), "n_seq": Attr("int", 1),
-             "axis": Attr("int", 0), "reverse": Attr("bool", False)}
+             "axis": Attr("int", 0), "reverse": Attr("bool", False), "residuals": Attr("int", 0)}
     samples = []
     tested_by = "tests/test_scan.py"  # a body graph cannot be a generic sample
 
+    def flops(self, in_types, out_types, body, n_carry, n_seq, axis, reverse, residuals=0):
+        """The body's FLOPs times the number of steps."""
+        from ..summary import graph_flops
+
+        seq = in_types[n_carry]
+        return seq.shape[axis % seq.rank] * graph_flops(body)
+
     # -- types -------------------------------------------------------------------
-    def shape(self, *types, body, n_carry, n_seq, axis, reverse):
+    def shape(self, *types, body, n_carry, n_seq, axis, reverse, residuals):
         k, m = n_carry, n_seq
         if len(types) < k + m or len(body.inputs) != len(types):
             raise ShapeError(f"scan body takes {len(body.inputs)} inputs, the node has {len(types)}")
+        if m < 1:
+            raise ShapeError("a scan needs at least one sequence")
         seqs = types[k:k + m]
         length = None
         for s in seqs:
@@ -67,19 +87,15 @@ class Scan(Op):
             t = body.type_of(v)
             ax = min(norm_axis(axis, seqs[0].rank), t.rank)
             stacked.append(t.with_shape(t.shape[:ax] + (length,) + t.shape[ax:]))
-        return tuple(stacked) + tuple(types[:k])
+        if not 0 <= residuals <= len(stacked):
+            raise ShapeError(f"{residuals} residuals, but the body has {len(stacked)} per-step outputs")
+        split = len(stacked) - residuals
+        return tuple(stacked[:split]) + tuple(types[:k]) + tuple(stacked[split:])
 
     # -- NumPy -------------------------------------------------------------------
-    takes_context = True  # the interpreter passes its dims and precision (the body runs in a nested plan)
+    takes_context = True  # the executor runs the body (ops/context.py)
 
-    def kernel(self, *arrays, body, n_carry, n_seq, axis, reverse, _dims=None, _compute_dtype=None):
-        from dlc.runtime.interpreter import Plan  # runtime depends on compiler, not the reverse, except here
-
-        # the body runs at the caller's precision (float64 under gradcheck), planned once per precision
-        key = f"_plan_{np.dtype(_compute_dtype).name if _compute_dtype is not None else 'declared'}"
-        plan = body.__dict__.get(key)
-        if plan is None:
-            plan = body.__dict__[key] = Plan(body, compute_dtype=_compute_dtype)
+    def kernel(self, *arrays, body, n_carry, n_seq, axis, reverse, residuals, context: KernelContext):
         k, m = n_carry, n_seq
         names = [body[n].attrs["name"] for n in body.inputs]
         seqs = arrays[k:k + m]
@@ -87,41 +103,42 @@ class Scan(Op):
         length = seqs[0].shape[ax]
         if length == 0:
             raise ValueError("scan over an empty sequence")
+        lead = (slice(None),) * ax  # s[lead + (t,)] is step t's slice, a view
         feeds = dict(zip(names[k + m:], arrays[k + m:]))
         carries = list(arrays[:k])
         out_names = list(body.outputs)
         stacked: list[list] = [[None] * length for _ in out_names[k:]]
         for t in (range(length - 1, -1, -1) if reverse else range(length)):
             feeds.update(zip(names[:k], carries))
-            feeds.update((nm, np.take(s, t, axis=ax)) for nm, s in zip(names[k:k + m], seqs))
-            out = plan.run(feeds, dims=_dims)  # outer dims reach attrs like zeros([B, n]) in the cell
+            feeds.update((nm, s[lead + (t,)]) for nm, s in zip(names[k:k + m], seqs))
+            out = context.run_body(body, feeds)  # at the caller's precision, with its dims (zeros([B, n]))
             carries = [out[nm] for nm in out_names[:k]]
             for j, nm in enumerate(out_names[k:]):
                 stacked[j][t] = out[nm]
-        ys = [np.stack(col, axis=min(ax, col[0].ndim)) for col in stacked]
-        return tuple(ys) + tuple(carries)
+        ys = [np.stack(col, axis=min(ax, np.ndim(col[0]))) for col in stacked]
+        split = len(ys) - residuals
+        return tuple(ys[:split]) + tuple(carries) + tuple(ys[split:])
 
     # -- gradient (BPTT) ----------------------------------------------------------
-    def grad(self, b: Builder, inputs, outputs, cts, body, n_carry, n_seq, axis, reverse):
+    def grad(self, b: Builder, inputs, outputs, cts, body, n_carry, n_seq, axis, reverse, residuals):
         k, m = n_carry, n_seq
         n_y = len(body.outputs) - k
-        ct_ys, ct_final = cts[:n_y], cts[n_y:]
+        split = n_y - residuals
+        ct_ys = list(cts[:split]) + list(cts[split + k:])  # per-step outputs in body order
+        ct_final = cts[split:split + k]
         carries, seqs, captured = inputs[:k], inputs[k:k + m], inputs[k + m:]
-        # 1. residuals: the carry each step starts from, stacked in time order
-        res_body = body.copy()
-        for i, n in enumerate(body.inputs[:k]):
-            res_body.set_output(f"res{i}", Value(n))
-        res = b.apply("scan", *inputs, body=res_body, n_carry=k, n_seq=m, axis=axis, reverse=reverse)
-        residuals = list(res[n_y:n_y + k])
-        # 2. the backward body: forward body + its VJP, built once
+        ax = norm_axis(axis, b.type(seqs[0]).rank)
         used_y = [j for j in range(n_y) if ct_ys[j] is not None]
         float_cap = [i for i, v in enumerate(captured) if b.type(v).dtype in FLOATS]
-        back = _backward_body(body, k, m, used_y, float_cap)
+        back = _backward_body(body, k, m, used_y, float_cap, ax)
+        # the forward node stacks what the VJP reads: no second forward sweep
+        stacked = emit_residuals(b.graph, outputs[0].node, back.residuals)
         zeros = [ct if ct is not None else b.zeros(shape=b.type(c).shape, dtype=b.type(c).dtype)
                  for c, ct in zip(carries, ct_final)]
         acc = [b.zeros(shape=b.type(captured[i]).shape, dtype=b.type(captured[i]).dtype) for i in float_cap]
-        out = b.apply("scan", *zeros, *acc, *residuals, *seqs, *[ct_ys[j] for j in used_y], *captured,
-                      body=back, n_carry=k + len(float_cap), n_seq=k + m + len(used_y), axis=axis,
+        per_step = stacked + [seqs[i] for i in back.seqs] + [ct_ys[j] for j in used_y]
+        out = b.apply("scan", *zeros, *acc, *per_step, *[captured[i] for i in back.captured],
+                      body=back.graph, n_carry=k + len(float_cap), n_seq=len(per_step), axis=ax,
                       reverse=not reverse)
         d_seqs = list(out[:m])
         d_init = list(out[m:m + k])
@@ -131,27 +148,80 @@ class Scan(Op):
         return d_init + d_seqs + d_cap
 
     # -- ONNX ----------------------------------------------------------------------
-    def onnx(self, e, ins, outs, body, n_carry, n_seq, axis, reverse):
+    def onnx(self, e, ins, outs, body, n_carry, n_seq, axis, reverse, residuals):
         k, m = n_carry, n_seq
         graph_proto = e.subgraph(body, n_formal=k + m, outer=ins[k + m:])
         ranks = [t.rank for t in e.in_types[k:k + m]]
         ax = [norm_axis(axis, r) for r in ranks]
         n_y = len(outs) - k
-        out_ax = [min(ax[0], t.rank - 1) for t in e.out_types[:n_y]]
-        # ONNX Scan lists final carries first, then stacked outputs; dlc the reverse
-        e.node("Scan", list(ins[:k + m]), list(outs[n_y:]) + list(outs[:n_y]), body=graph_proto,
+        split = n_y - residuals
+        scan_outs = list(outs[:split]) + list(outs[split + k:])
+        scan_types = list(e.out_types[:split]) + list(e.out_types[split + k:])
+        out_ax = [min(ax[0], t.rank - 1) for t in scan_types]
+        # ONNX Scan lists final carries first, then every stacked output in body order
+        e.node("Scan", list(ins[:k + m]), list(outs[split:split + k]) + scan_outs, body=graph_proto,
                num_scan_inputs=m, scan_input_axes=ax, scan_input_directions=[int(reverse)] * m,
                scan_output_axes=out_ax, scan_output_directions=[int(reverse)] * n_y)
 
 
-def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: list[int]) -> Graph:
-    """The body of the reversed scan.
+def emit_residuals(graph: Graph, node: int, sources: list[Value]) -> list[Value]:
+    """The stacked per-step values of body Values ``sources`` from scan ``node``.
 
-    Inputs: carry cotangents (k), captured-gradient accumulators, then the
-    per-step slices (residual carries (k), sequence slices (m), used output
-    cotangents), then the captured values.  Outputs: the cotangents of the
-    step's input carries and the updated accumulators (the next carries), then
-    the cotangents of the sequence slices (stacked by the scan).
+    A source the body already emits per step (itself, or through an
+    ``identity``) is read from that output; the others become residual
+    outputs appended to the node (:meth:`Graph.extend_outputs`, on a copy of
+    its body, so other graphs sharing the body are untouched)."""
+    rec = graph[node]
+    attrs = rec.attrs
+    body, k = attrs["body"], attrs["n_carry"]
+    per_step = list(body.outputs.values())[k:]
+    split = len(per_step) - attrs["residuals"]
+    index: dict[Value, int] = {}
+    for j, v in enumerate(per_step):
+        position = j if j < split else j + k
+        index.setdefault(v, position)
+        if body[v.node].op == "identity":
+            index.setdefault(body[v.node].inputs[0], position)
+    missing = [u for u in dict.fromkeys(sources) if u not in index]
+    if missing:
+        new_body = body.copy()
+        nb = Builder(new_body, role=body[missing[0].node].role)
+        carried = set(list(body.outputs.values())[:k])
+        names = set(new_body.outputs)
+        for u in missing:
+            name = next(f"res{i}" for i in range(len(names) + 1) if f"res{i}" not in names)
+            names.add(name)
+            index[u] = len(rec.types) + len(names) - len(body.outputs) - 1
+            # an output already naming this value is a carry: give the residual its own node
+            new_body.set_output(name, nb.identity(u) if u in carried else u)
+        new_attrs = {**attrs, "body": new_body, "residuals": attrs["residuals"] + len(missing)}
+        types = Scan().shape(*[graph.type_of(v) for v in rec.inputs], **new_attrs)
+        graph.extend_outputs(node, new_attrs, types)
+    return [Value(node, index[u]) for u in sources]
+
+
+@dataclass
+class _Backward:
+    graph: Graph  # the reversed scan's body
+    residuals: list[Value]  # forward-body values it reads per step (stacked by the forward scan)
+    seqs: list[int]  # forward sequences it reads per step (after the residuals)
+    captured: list[int]  # forward captured values it reads
+
+
+def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: list[int], ax: int) -> _Backward:
+    """The body of the reversed scan: the cell's VJP, reading stacked residuals.
+
+    Inputs: carry cotangents (k) and captured-gradient accumulators (the
+    carries), then per-step slices — residuals, forward sequence slices the
+    VJP reads, used output cotangents — then the captured values it reads.
+    Outputs: the cotangents of the step's input carries and the updated
+    accumulators (the next carries), then the cotangents of the m sequence
+    slices (stacked by the scan).
+
+    Built as forward body + symbolic VJP; then every step-dependent forward
+    value the VJP reads becomes a residual input (the forward scan stacks it),
+    and the forward nodes nothing reads any more are dropped.  Forward values
+    that do not change from step to step are left in the body.
     """
     g = Graph(body.name + ".grad")
     b = Builder(g, role="backward")
@@ -166,12 +236,13 @@ def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: li
     ct_carry = [add_input(f"dcarry{i}", in_types[i]) for i in range(k)]
     cap_types = in_types[k + m:]
     acc = [add_input(f"dcap{i}", cap_types[i]) for i in float_cap]
-    res = [add_input(f"res{i}", in_types[i]) for i in range(k)]
+    res = [add_input(f"res{i}", in_types[i]) for i in range(k)]  # the carry each step started from
     xs = [add_input(f"x{i}", in_types[k + i]) for i in range(m)]
     ct_y = [add_input(f"dy{j}", body.type_of(outs[k + j])) for j in used_y]
     cap = [add_input(f"cap{i}", t) for i, t in enumerate(cap_types)]
     mapping = dict(zip(body.inputs, res + xs + cap))
     fwd = _inline(body, g, mapping)
+    forward_nodes = {v.node for v in fwd.values()} - {v.node for v in mapping.values()}
     seeds: dict[Value, Value] = {}
 
     def seed(v: Value, ct: Value) -> None:
@@ -196,7 +267,42 @@ def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: li
         g.set_output(f"carry{k + j}", b.add(a, or_zeros(cap[i], cap_types[i])))
     for i in range(m):
         g.set_output(f"y{i}", or_zeros(xs[i], in_types[k + i]))
-    return g
+
+    # step-dependent forward values the VJP reads become residual inputs
+    variant = g.descendants(v.node for v in res + xs) & forward_nodes
+    source_of = {gv: bv for bv, gv in fwd.items()}
+    stash: dict[Value, Value] = {}
+
+    def stashed(v: Value) -> Value:
+        if v.node not in variant or g.type_of(v).rank < ax:  # a stack must have the scanned axis
+            return v
+        if v not in stash:
+            stash[v] = add_input(f"r{len(stash)}", g.type_of(v))
+        return stash[v]
+
+    for n in [n for n in g.nodes() if n not in forward_nodes and g[n].op != "input"]:
+        for i, v in enumerate(g[n].inputs):
+            if stashed(v) != v:
+                g.set_input(n, i, stash[v])
+    for name, v in list(g.outputs.items()):
+        g.set_output(name, stashed(v))
+    g.prune({v.node for v in g.outputs.values()})
+
+    def read(v: Value) -> bool:
+        return bool(g.consumers(v.node)) or v in g.outputs.values()
+
+    used_res = [i for i in range(k) if read(res[i])]
+    used_xs = [i for i in range(m) if read(xs[i])]
+    if not (stash or used_res or used_xs or used_y):
+        used_xs = [0]  # a scan needs a sequence to count its steps
+    used_cap = [i for i in range(len(cap)) if read(cap[i])]
+    g.remove_nodes([v.node for i, v in enumerate(res) if i not in used_res]
+                   + [v.node for i, v in enumerate(xs) if i not in used_xs]
+                   + [v.node for i, v in enumerate(cap) if i not in used_cap])
+    g.set_inputs([v.node for v in ct_carry + acc + list(stash.values())] + [res[i].node for i in used_res]
+                 + [xs[i].node for i in used_xs] + [v.node for v in ct_y] + [cap[i].node for i in used_cap])
+    residuals = [source_of[v] for v in stash] + [Value(body.inputs[i]) for i in used_res]
+    return _Backward(g, residuals, used_xs, used_cap)
 
 
 def _inline(src: Graph, dst: Graph, mapping: dict[int, Value]) -> dict[Value, Value]:

@@ -79,6 +79,7 @@ class Slice(Op):
     (``x[1:3]``, ``x[:, ::2]``, ``x[:, -1:]``); ``axes`` default to the leading ones."""
 
     name, family = "slice", "shape"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"starts": Attr("any", doc=_BOUND), "stops": Attr("any", doc=_BOUND),
              "steps": Attr("any", None, doc="non-zero ints; None: all 1"),
              "axes": Attr("any", None, doc="axes sliced; None: the leading ones")}
@@ -212,6 +213,7 @@ class Pad(Op):
     pair per axis, nested or flat (``[b0, a0, b1, a1, ...]``)."""
 
     name, family = "pad", "shape"
+    free = True  # dlc summary: 0 FLOPs
     attrs = {"pads": Attr("any", doc="((before, after), ...) per axis, or the same flattened"),
              "value": Attr("float", 0.0)}
     samples = [Sample((Arg((2, 3)),), {"pads": ((1, 0), (2, 1))}),
@@ -255,6 +257,10 @@ class Gather(Op):
     name, family = "gather", "shape"
     inputs = ("x", "indices")
     attrs = {"axis": Attr("int", 0)}
+    free = True  # dlc summary: 0 FLOPs
+
+    def index_bound(self, in_types, slot, axis):
+        return in_types[0].shape[axis % in_types[0].rank] if slot == 1 else None
     samples = [Sample((Arg((5, 3)), Arg((4,), "int", 0, 5))),
                Sample((Arg((2, 4)), Arg((2, 3), "int", -4, 4)), {"axis": -1}, note="negative indices"),
                Sample((Arg((3, 2, 2)), Arg((), "int", 0, 2)), {"axis": 1}, note="scalar index"),

@@ -31,6 +31,9 @@ class SoftmaxXent(Op):
 
     name, family = "softmax_xent", "loss"
     inputs = ("logits", "labels")
+
+    def index_bound(self, in_types, slot):
+        return in_types[0].shape[-1] if slot == 1 else None  # labels are class ids
     samples = [Sample((Arg((4, 3)), Arg((4,), "int", 0, 3))),
                Sample((Arg((2, 3, 5)), Arg((2, 3), "int", 0, 5)))]
 

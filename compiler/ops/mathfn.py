@@ -110,6 +110,7 @@ class Cast(Op):
     """``cast(x, f32)``: convert the dtype; the gradient flows between float types."""
 
     name, family = "cast", "arithmetic"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"dtype": Attr("dtype", choices=("f16", "f32", "f64", "i32", "i64", "bool"))}
     samples = [Sample((Arg((2, 3)),), {"dtype": "f32"}), Sample((Arg((2, 3), "int", 0, 5),), {"dtype": "f64"}, grad=False)]
 

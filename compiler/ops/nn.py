@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dims import Sym, dim_str, shape_str
-from ..types import FLOATS, ShapeError, TensorType, same_dtype
+from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
 from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads
 
@@ -216,6 +216,13 @@ class Conv(Op):
     def params(self, w_shape, stride, padding, dilation, groups):
         return conv_params(self.name, self.rank, tuple(w_shape[2:]), stride, padding, dilation, groups)
 
+    def flops(self, in_types, out_types, **attrs):
+        """A multiply-add (2 FLOPs) per output element and weight of its window."""
+        n = 1
+        for d in (*out_types[0].shape, *in_types[1].shape[1:]):
+            n = n * d
+        return 2 * n
+
     def shape(self, x, w, stride, padding, dilation, groups):
         dtype = same_dtype(self.name, x, w)
         check_image(self.name, "x", x, self.rank)
@@ -287,9 +294,16 @@ class ConvTranspose(Op):
 
     def params(self, w_shape, stride, padding, output_padding, dilation, groups):
         if isinstance(padding, str):
-            raise ShapeError(f"`{self.name}` takes padding as numbers, got {padding!r}")
+            raise AttrError(f"`{self.name}` takes padding as numbers, got {padding!r}")
         s, p, d = conv_params(self.name, self.rank, tuple(w_shape[2:]), stride, padding, dilation, groups)
         return s, p, ntuple(self.name, "output_padding", output_padding, self.rank, 0), d
+
+    def flops(self, in_types, out_types, **attrs):
+        """A multiply-add (2 FLOPs) per input element and weight it spreads over."""
+        n = 1
+        for d in (*in_types[0].shape, *in_types[1].shape[1:]):
+            n = n * d
+        return 2 * n
 
     def shape(self, x, w, stride, padding, output_padding, dilation, groups):
         dtype = same_dtype(self.name, x, w)

@@ -316,11 +316,12 @@ class L1(Composite):
 
 @register
 class L2(Composite):
-    """``l2(x, scale=0.01)``: the weight penalty scale * Σ x² (a scalar)."""
+    """``l2(x, scale=0.01)``: the weight penalty scale * ½ Σ x² (a scalar), whose gradient
+    is scale * x — the weight-decay convention, and the train block's ``l2(strength)``."""
 
     name, family = "l2", "norm"
     attrs = {"scale": Attr("float", 0.01)}
     samples = [Sample((Arg((3, 4)),)), Sample((Arg(()),), {"scale": 2.0})]
 
     def expand(self, b, x, scale):
-        return b.mul(b.sum(b.mul(x, x)), scale)
+        return b.mul(b.sum(b.mul(x, x)), 0.5 * scale)

@@ -193,7 +193,7 @@ def _onnx_index(e, shape=None, like=None) -> tuple[str, str]:
     else:
         sh = i64(e, shape)
         if any(isinstance(d, Sym) for d in shape):
-            n = e.node("ReduceProd", [sh], 1, keepdims=0)[0]
+            n = e.int_product(sh, len(shape))
         else:
             n = _scalar(e, math.prod(shape))
     return e.node("Range", [_scalar(e, 0), n, _scalar(e, 1)], 1)[0], sh

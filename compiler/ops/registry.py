@@ -96,7 +96,9 @@ class Op:
     samples: ClassVar[list[Sample]] = []
     composite: ClassVar[bool] = False
     tested_by: ClassVar[str] = ""  # a test module standing in for samples (ops with graph attrs)
-    takes_context: ClassVar[bool] = False  # kernel also gets _dims= and _compute_dtype= (control flow)
+    takes_context: ClassVar[bool] = False  # kernel also gets context= (ops/context.py: runs bodies; control flow)
+    free: ClassVar[bool] = False  # moves or picks values without arithmetic: 0 FLOPs (reshape, slice, gather)
+    moves_values: ClassVar[bool] = False  # output elements are input elements: an index stays an index
 
     def shape(self, *types, **attrs):
         raise NotImplementedError
@@ -109,6 +111,26 @@ class Op:
 
     def onnx(self, e, ins, outs, **attrs):
         raise NotImplementedError
+
+    def flops(self, in_types, out_types, **attrs):
+        """FLOPs of one application (symbolic dims kept): one per output element unless
+        the op is ``free``; ops that multiply-add (matmul, convolutions) count two per
+        multiply-add, a ``scan`` its body times the length (``dlc summary``)."""
+        if self.free:
+            return 0
+        total = 0
+        for t in out_types:
+            n = 1
+            for d in t.shape:
+                n = n * d
+            total = total + n
+        return total
+
+    def index_bound(self, in_types, slot: int, **attrs):
+        """The exclusive upper bound of the values of integer input ``slot`` when the op
+        uses them as indices (a ``gather`` table's rows, a ``one_hot`` depth), else None.
+        ``dlc run`` draws random integer inputs below it."""
+        return None
 
     # -- introspection used by the registry test and the CLI ---------------
     @classmethod
@@ -213,7 +235,7 @@ def all_ops() -> dict[str, type[Op]]:
 
 
 _FAMILIES = ("arith", "activation", "reduction", "shape", "loss", "random", "nn", "norm",
-             "control", "optim")
+             "control", "optim", "fused", "autodiff")
 _loaded = False
 
 

@@ -130,6 +130,7 @@ class Reshape(Op):
     """``reshape(x, shape)``: same elements, new shape; one dim may be -1 (inferred)."""
 
     name, family = "reshape", "shape"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"shape": Attr("shape")}
     samples = [Sample((Arg((2, 3, 4)),), {"shape": (6, 4)}),
                Sample((Arg((2, 3, 4)),), {"shape": (4, -1, 2)}, note="-1 inferred"),
@@ -180,6 +181,7 @@ class Flatten(Composite):
     """``flatten(x, axis=1)``: keep the dims before ``axis``, merge the rest into one."""
 
     name, family = "flatten", "shape"
+    free = True  # dlc summary: 0 FLOPs
     attrs = {"axis": Attr("int", 1)}
     samples = [Sample((Arg((2, 3, 4)),)), Sample((Arg((2, 3, 4)),), {"axis": -1}),
                Sample((Arg((2, 3)),), {"axis": 0}), Sample((Arg((2, 3)),), {"axis": 2}, note="trailing 1")]
@@ -207,6 +209,7 @@ class Transpose(Op):
     """``transpose(x, perm=None)``: permute axes; None reverses them."""
 
     name, family = "transpose", "shape"
+    free, moves_values = True, True  # dlc summary: 0 FLOPs; index bounds pass through
     attrs = {"perm": Attr("any", None, doc="permutation of the axes; None reverses them")}
     samples = [Sample((Arg((2, 3)),)), Sample((Arg((2, 3, 4)),), {"perm": (1, 0, 2)}),
                Sample((Arg((2, 3, 4)),), {"perm": (-1, 0, 1)}), Sample((Arg((5,)),))]
@@ -230,6 +233,7 @@ class Concat(Op):
     """``concat(*xs, axis=0)``: join along ``axis``; the other dims must match."""
 
     name, family = "concat", "shape"
+    free = True  # dlc summary: 0 FLOPs
     inputs = ("*xs",)
     attrs = {"axis": Attr("int", 0)}
     samples = [Sample((Arg((2, 3)), Arg((4, 3)))), Sample((Arg((2, 1)), Arg((2, 3)), Arg((2, 2))), {"axis": -1}),
@@ -287,6 +291,7 @@ class Split(Op):
     """``split(x, parts, axis=0)``: ``parts`` equal pieces, or pieces of the listed sizes."""
 
     name, family = "split", "shape"
+    free = True  # dlc summary: 0 FLOPs
     outputs = None
     attrs = {"parts": Attr("any", doc="number of equal parts, or a list of sizes"), "axis": Attr("int", 0)}
     samples = [Sample((Arg((4, 3)),), {"parts": 2}), Sample((Arg((2, 6)),), {"parts": 3, "axis": -1}),
@@ -329,6 +334,7 @@ class Stack(Op):
     """``stack(*xs, axis=0)``: join equal-shaped tensors along a new axis."""
 
     name, family = "stack", "shape"
+    free = True  # dlc summary: 0 FLOPs
     inputs = ("*xs",)
     attrs = {"axis": Attr("int", 0)}
     samples = [Sample((Arg((2, 3)), Arg((2, 3)))), Sample((Arg((2, 3)), Arg((2, 3)), Arg((2, 3))), {"axis": -1}),

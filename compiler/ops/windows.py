@@ -27,13 +27,20 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..dims import Sym, dim_str, floordiv
-from ..types import ShapeError
+from ..types import AttrError, ShapeError
 
 AXES = ("L",), ("H", "W"), ("D", "H", "W")  # axis names for messages, by rank
 
 
 def axis_names(k: int) -> tuple[str, ...]:
     return AXES[k - 1] if k <= len(AXES) else tuple(f"S{i}" for i in range(k))
+
+
+def _listed(value) -> str:
+    """An attribute value as the user wrote it (`[0, 1, 0, 1]`, not a Python tuple)."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_listed(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _is_int(v) -> bool:
@@ -44,10 +51,10 @@ def ntuple(op: str, key: str, value, k: int, low: int) -> tuple[int, ...]:
     """``value`` (an int, or a list of 1 or k ints) as a k-tuple, each >= ``low``."""
     seq = (value,) if _is_int(value) else value
     if not isinstance(seq, (tuple, list)) or len(seq) not in (1, k) or not all(map(_is_int, seq)):
-        raise ShapeError(f"`{key}` of `{op}` must be an integer or a list of {k} integers, got {value!r}")
+        raise AttrError(f"`{key}` of `{op}` must be an integer or a list of {k} integers, got {_listed(value)}")
     out = tuple(int(v) for v in seq) * (k if len(seq) == 1 else 1)
     if min(out) < low:
-        raise ShapeError(f"`{key}` of `{op}` must be >= {low}, got {list(seq)}")
+        raise AttrError(f"`{key}` of `{op}` must be >= {low}, got {_listed(seq)}")
     return out
 
 
@@ -61,20 +68,20 @@ def resolve_pads(op: str, padding, k: int, kernel, dilation, stride) -> tuple[tu
             return ((0, 0),) * k
         if padding == "same":
             if any(s != 1 for s in stride):
-                raise ShapeError(f"`{op}`: padding = \"same\" needs stride 1, got stride {list(stride)}; "
+                raise AttrError(f"`{op}`: padding = \"same\" needs stride 1, got stride {list(stride)}; "
                                  "give the padding as numbers for a strided window")
             total = [d * (n - 1) for n, d in zip(kernel, dilation)]
             return tuple((t // 2, t - t // 2) for t in total)
-        raise ShapeError(f"`padding` of `{op}` must be \"same\", \"valid\", an integer or a list, got {padding!r}")
+        raise AttrError(f"`padding` of `{op}` must be \"same\", \"valid\", an integer or a list, got {padding!r}")
     if (isinstance(padding, (tuple, list)) and len(padding) == k
             and all(isinstance(p, (tuple, list)) for p in padding)):
         if not all(len(p) == 2 and all(map(_is_int, p)) and min(p) >= 0 for p in padding):
-            raise ShapeError(f"`padding` of `{op}` as pairs must be {k} lists [before, after] of integers >= 0, "
-                             f"got {padding!r}")
+            raise AttrError(f"`padding` of `{op}` as pairs must be {k} lists [before, after] of integers >= 0, "
+                            f"got {_listed(padding)}")
         return tuple((int(a), int(b)) for a, b in padding)
     if isinstance(padding, (tuple, list)) and len(padding) == 2 * k and k > 1 and all(map(_is_int, padding)):
-        raise ShapeError(f"`padding` of `{op}`: a flat list of {2 * k} numbers is ambiguous; write asymmetric "
-                         f"padding as {k} pairs [[before, after], ...]")
+        raise AttrError(f"`padding` of `{op}`: a flat list of {2 * k} numbers ({_listed(padding)}) is ambiguous; "
+                        f"write asymmetric padding as {k} pairs [[before, after], ...]")
     return tuple((p, p) for p in ntuple(op, "padding", padding, k, 0))
 
 

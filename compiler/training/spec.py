@@ -4,27 +4,27 @@ Every key and every argument of every call is checked against a table; an
 unknown one is an E0201 error with a suggestion, a wrong type says what was
 expected.  Nothing is silently defaulted except what the tables declare.
 Durations in schedules and the early-stopping patience are in epochs.
+
+Wherever a number (or true/false) is expected, the block may also write an
+expression over the model's hyperparameters and the module's consts
+(``optimizer = adam(lr = lr)``, ``batch = batch``, ``total = epochs * 2``):
+:class:`Values` evaluates it like a model argument and the result is checked
+like a literal, so ``--set lr=1e-3`` sweeps without copying files.
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
+from .optim import OPTIMIZERS as _OPTIMIZER_TABLE
+
 NUM, BOOL, STR = "a number", "true or false", "a name"
-OPTIMIZERS: dict[str, dict[str, Any]] = {
-    "sgd": {"lr": 0.01},
-    "momentum": {"lr": 0.01, "beta": 0.9},
-    "nesterov": {"lr": 0.01, "beta": 0.9},
-    "adagrad": {"lr": 0.01, "eps": 1e-10, "initial": 0.0},
-    "rmsprop": {"lr": 0.001, "rho": 0.9, "eps": 1e-8},
-    "adadelta": {"lr": 1.0, "rho": 0.95, "eps": 1e-6},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
-    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-    "ftrl": {"lr": 0.1, "l1": 0.0, "l2": 0.0, "beta": 1.0},
-}
+# an optimizer's hyperparameters and defaults live in its one entry (optim.py)
+OPTIMIZERS: dict[str, dict[str, Any]] = {name: o.defaults for name, o in _OPTIMIZER_TABLE.items()}
 SCHEDULES: dict[str, dict[str, Any]] = {
     "constant": {},
     "step": {"every": None, "gamma": 0.1},
@@ -75,7 +75,64 @@ class TrainSpec:
     loc: Any = None
 
 
-def parse_train(t: A.TrainDef) -> TrainSpec:
+class Values:
+    """The scalar names a train block can read — the model's hyperparameters (their
+    bound values) and the module's consts — and the evaluation of expressions over them."""
+
+    def __init__(self, env, hyper: Mapping[str, Any]):
+        from ..lower.frame import _CONST_CTX, Frame
+
+        self.frame = Frame(_CONST_CTX, env, scope="", context="train", builder=None)  # type: ignore[arg-type]
+        for k, v in hyper.items():
+            self.frame.define(k, v, None)
+        self.names = {*hyper, *env.consts}
+
+    def __call__(self, e: A.Expr):
+        from ..lower.expr import evaluate
+
+        return evaluate(e, self.frame)
+
+
+_VALUES: contextvars.ContextVar[Values | None] = contextvars.ContextVar("train_values", default=None)
+
+
+def _evaluated(e, what: str, want: str):
+    """The value of a non-literal expression ``e`` where ``want`` (NUM, BOOL or "an integer") is expected."""
+    values = _VALUES.get()
+    if values is None or isinstance(e, (A.String, A.ListExpr, A.Call)):
+        hint = "a train block evaluates arithmetic over the model's hyperparameters and consts, not calls" \
+            if values is not None and isinstance(e, A.Call) else None
+        raise _err(f"{what} must be {want}", e.loc, hint)
+    if isinstance(e, A.Name) and e.id not in values.names:
+        hint = suggest(e.id, values.names) or (
+            "a train block reads the model's hyperparameters and consts: " + ", ".join(sorted(values.names))
+            if values.names else "declare it as a model hyperparameter: `model m(lr: float = 1e-3)`")
+        raise _err(f"{what} must be {want}; `{e.id}` is neither a hyperparameter of the model nor a const",
+                   e.loc, hint)
+    value = values(e)
+    ok = isinstance(value, bool) if want == BOOL else (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and (want != "an integer" or isinstance(value, int)))
+    if not ok:
+        raise _err(f"{what} must be {want}, got {value!r}", e.loc)
+    return value
+
+
+def step_outputs(spec: TrainSpec, step: StepSpec) -> dict[str, A.Expr]:
+    """The extra outputs a step group's graph is lowered with: ``loss/<group>`` and ``metric/<name>``."""
+    return {f"loss/{step.name}": step.loss, **{f"metric/{n}": e for n, e in spec.metrics}}
+
+
+def parse_train(t: A.TrainDef, values: Values | None = None) -> TrainSpec:
+    """Validate train block ``t``; ``values`` resolves hyperparameters and consts (none: literals only)."""
+    token = _VALUES.set(values)
+    try:
+        return _parse_train(t)
+    finally:
+        _VALUES.reset(token)
+
+
+def _parse_train(t: A.TrainDef) -> TrainSpec:
     items = {}
     groups = []
     for it in t.items:
@@ -185,7 +242,7 @@ def _call(e, table: dict, what: str) -> CallSpec:
 
 
 # argument name → (lowest, highest, is the lowest itself allowed); names not listed are unchecked
-_RANGES = {"lr": (0, None, False), "eps": (0, None, False), "every": (0, None, False), "gamma": (0, None, False),
+_RANGES = {"lr": (0, None, True), "eps": (0, None, False), "every": (0, None, False), "gamma": (0, None, False),
            "total": (0, None, False), "max": (0, None, False), "power": (0, None, False),
            "epochs": (0, None, False), "patience": (1, None, True), "strength": (0, None, True),
            "min_delta": (0, None, True), "weight_decay": (0, None, True), "l1": (0, None, True),
@@ -198,6 +255,8 @@ def _check_range(call: str, key: str, value, loc) -> None:
         raise _err(f"`mode` of `{call}` must be auto, min or max, got {value}", loc)
     if key not in _RANGES or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if call == "ftrl" and key == "lr" and value <= 0:  # FTRL divides by its rate
+        raise _err(f"argument `lr` of `ftrl` must be > 0, got {value}", loc)
     low, high, closed = _RANGES[key]
     ok = (value >= low if closed else value > low) and (high is None or value < high)
     if not ok:
@@ -211,11 +270,10 @@ def _literal(e, like, what: str):
     if isinstance(like, bool):
         if isinstance(e, A.Bool):
             return e.value
-        raise _err(f"{what} must be {BOOL}", e.loc)
+        return _evaluated(e, what, BOOL)
     if like is None or isinstance(like, (int, float)):
-        if not isinstance(e, A.Number):
-            raise _err(f"{what} must be {NUM}", e.loc)
-        return float(e.value) if isinstance(like, float) else e.value
+        value = e.value if isinstance(e, A.Number) else _evaluated(e, what, NUM)
+        return float(value) if isinstance(like, float) else value
     if isinstance(e, A.Call):
         return e  # a nested call (warm-up's `then`), validated by its owner
     if isinstance(e, (A.Name, A.Attribute, A.String)):
@@ -258,10 +316,13 @@ def _data(e) -> CallSpec:
 
 
 def _plain(e):
+    values = _VALUES.get()
     if isinstance(e, (A.Number, A.String, A.Bool)):
         return e.value
     if isinstance(e, A.ListExpr):
         return [_plain(i) for i in e.items]
+    if values is not None and (isinstance(e, A.Name) and e.id in values.names or isinstance(e, (A.BinOp, A.UnaryOp))):
+        return values(e)  # a hyperparameter or const (`n = n`), or arithmetic over them
     if isinstance(e, (A.Name, A.Attribute)):
         return _dotted(e)
     raise _err("expected a number, string, boolean or list", e.loc)
@@ -292,9 +353,11 @@ def _int(items: dict, key: str, default: int, low: int) -> int:
     if key not in items:
         return default
     e = items[key].value
-    if not isinstance(e, A.Number) or not isinstance(e.value, int) or e.value < low:
-        raise _err(f"`{key}` must be an integer >= {low}", e.loc)
-    return e.value
+    value = e.value if isinstance(e, A.Number) else _evaluated(e, f"`{key}`", "an integer")
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise _err(f"`{key}` must be an integer >= {low}" + ("" if isinstance(e, A.Number) else f", got {value!r}"),
+                   e.loc)
+    return value
 
 
 def _sig(name: str, params: dict) -> str:

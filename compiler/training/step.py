@@ -9,6 +9,10 @@ optimizer update.  Its outputs are ``train/loss``, ``train/lr``,
 in a `.dl` name, so they never collide with the model's inputs); its state
 inputs are the optimizer slots (``<group>/<optimizer>.<slot>/<param>``, e.g.
 ``main/adam.m/h.W``) and the update counter ``step/<group>``.
+
+The same step comes apart in two (the gradient and update exports):
+:func:`build_grad` stops at ``grad/<param>``, :func:`build_update` starts from
+those gradients as inputs; both are made by the functions the fused step uses.
 """
 from __future__ import annotations
 
@@ -47,11 +51,62 @@ def select_params(patterns, names: list[str], loc=None, what="step") -> list[str
 
 
 def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: int) -> StepGraph:
-    """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step."""
+    """Extend ``graph`` (train mode, with output ``loss/<group>``) into a training step.
+
+    The step is :func:`build_grad`'s gradients fed to :func:`add_update`'s
+    optimizer update inside one graph, node for node what the separate
+    gradient and update exports compute, so their composition equals it exactly."""
+    b, loss, names, grads = _gradients(graph, step)
+    return add_update(graph, b, spec, step, names, grads, loss, steps_per_epoch)
+
+
+def build_grad(graph: Graph, step: StepSpec) -> tuple[Graph, list[str]]:
+    """Turn ``graph`` (train mode, with output ``loss/<group>``) into the gradient step of one group:
+    outputs ``train/loss``, ``metric/<name>``, ``grad/<param>`` for the group's parameters and
+    ``new/<state>`` for the spec's own state (running statistics); returns (graph, parameter names)."""
+    _, loss, names, grads = _gradients(graph, step)
+    model_state = [k for k, (_, v) in graph.state.items() if v is not None]
+    outputs = {"train/loss": loss, **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")},
+               **{f"grad/{n}": grads[n] for n in names},
+               **{f"new/{k}": graph.state[k][1] for k in model_state}}
+    graph.set_outputs(outputs)
+    graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
+    return graph, names
+
+
+def build_update(param_nodes: Graph, spec: TrainSpec, step: StepSpec, names: list[str],
+                 steps_per_epoch: int) -> StepGraph:
+    """The optimizer update of one group alone: a graph whose inputs are the parameters
+    ``names`` (``param`` nodes copied from ``param_nodes``), their gradients (inputs
+    ``grad/<param>``), the optimizer slots and the update counter; outputs ``train/lr`` and
+    ``new/<name>`` as in the fused step (regularisation, clipping and schedule included)."""
+    graph = Graph(f"{param_nodes.name}.update")
+    b = Builder(graph, mode="train", role="optimizer", scope="train")
+    grads = {}
+    for n in names:
+        src = param_nodes[param_nodes.params[n]]
+        node = graph.add_node("param", (), dict(src.attrs), src.types, loc=src.loc, scope=src.scope)
+        graph.add_param(n, node)
+    for n in names:
+        node = graph.add_node("input", (), {"name": f"grad/{n}"}, graph[graph.params[n]].types, scope="train")
+        graph.add_input(node)
+        grads[n] = Value(node)
+    return add_update(graph, b, spec, step, names, grads, None, steps_per_epoch)
+
+
+def _gradients(graph: Graph, step: StepSpec):
+    """(builder, loss, the group's parameter names, d loss / d param) for one step group."""
     b = Builder(graph, mode="train", role="optimizer", scope="train")
     loss = graph.remove_output(f"loss/{step.name}")
+    names = select_params(step.params, list(graph.params), step.loc, f"step `{step.name}`")
+    return b, loss, names, backprop(graph, loss, names, builder=b)
+
+
+def add_update(graph: Graph, b: Builder, spec: TrainSpec, step: StepSpec, names: list[str], grads: dict,
+               loss: Value | None, steps_per_epoch: int) -> StepGraph:
+    """Add regularisation, clipping, the schedule and the optimizer update of ``names`` given their
+    loss gradients ``grads``; set the step's outputs (``train/loss`` only when ``loss`` is given)."""
     everything = list(graph.params)
-    names = select_params(step.params, everything, step.loc, f"step `{step.name}`")
     param_values = {n: Value(graph.params[n]) for n in names}
 
     def chosen(rule, what: str) -> set[str]:
@@ -59,15 +114,20 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
         return set(select_params((rule.kwargs["params"],), everything, rule.loc, what)) & set(names)
 
     decayed = chosen(spec.weight_decay, "weight decay") if spec.weight_decay is not None else set()
-    dtype = graph.type_of(loss).dtype
-    total = loss
+    dtype = graph.type_of(param_values[names[0]]).dtype if loss is None else graph.type_of(loss).dtype
+    penalty, penalised = None, []
     with b.at(scope="train/regularize"):
         for reg in spec.regularize:
             for n in [n for n in names if n in chosen(reg, "regulariser")]:
                 p = param_values[n]
-                term = b.sum(b.abs(p)) if reg.name == "l1" else b.mul(b.sum(b.mul(p, p)), 0.5)
-                total = b.add(total, b.mul(term, reg.kwargs["strength"]))
-    grads = backprop(graph, total, names, builder=b)
+                # the registry's penalty ops: one formula for `l1`/`l2` in a train block and in a model
+                term = b.apply(reg.name, p, scale=reg.kwargs["strength"])
+                penalty = term if penalty is None else b.add(penalty, term)
+                if n not in penalised:
+                    penalised.append(n)
+    if penalty is not None:  # the penalty's gradient is added to the loss's (it reads parameters only)
+        extra = backprop(graph, penalty, penalised, builder=b)
+        grads = {**grads, **{n: b.add(grads[n], extra[n]) for n in penalised}}
     state_init: dict[str, tuple[TensorType, float]] = {}
 
     def state(name: str, t: TensorType, init: float) -> Value:
@@ -98,10 +158,10 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
         new[n] = new_p
         for s, v in new_slots.items():
             new[slot[s]] = v
-    model_state = [k for k, (_, v) in graph.state.items() if v is not None]  # the spec's `update`s
+    model_state = [k for k, (_, v) in graph.state.items() if v is not None and k not in new]  # the spec's `update`s
     for key in new.keys() & graph.state.keys():  # the optimizer's slots and counter
         graph.set_state(key, graph.state[key][0], new[key])
-    outputs = {"train/loss": loss, "train/lr": lr,
+    outputs = {**({"train/loss": loss} if loss is not None else {}), "train/lr": lr,
                **{k: v for k, v in graph.outputs.items() if k.startswith("metric/")}}
     outputs.update({f"new/{k}": v for k, v in new.items()})
     outputs.update({f"new/{k}": graph.state[k][1] for k in model_state})

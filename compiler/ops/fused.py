@@ -1,0 +1,224 @@
+"""``fused``: a chain of elementwise ops evaluated as one kernel call.
+
+Made by the NumPy backend's fusion pass (compiler/passes/fuse_elementwise.py),
+never written in a spec.  Attrs:
+
+- ``program``: the chain, one instruction per primitive, in evaluation order:
+  ``(op name, argument value numbers, attrs as sorted (key, value) pairs)``.
+  Value numbers ``0 .. n_inputs-1`` are the node's inputs; instruction ``j``
+  defines value ``n_inputs + j``.
+- ``outputs``: the value numbers the node returns, in order.
+- ``reuse``: per instruction, the value number whose buffer it overwrites
+  (``out=``), or -1 to allocate.  The pass plans it from the types — a buffer
+  of equal type whose value is dead by then and that the chain itself
+  allocated (never an input: kernels must not modify their inputs) — and the
+  shape rule checks the plan, so ``verify()`` rejects an unsafe one.
+
+The kernel calls the NumPy ufunc each primitive's own kernel calls, in the
+same order, so a fused chain gives bit-identical results to the unfused
+nodes.  The ONNX lowering emits each primitive's own lowering (an exported
+optimized graph is stock ONNX).  Not differentiable: fusion runs after
+backprop, on graphs that are only executed, and a rule would have to
+re-derive the chain's VJP that backprop already built from the primitives.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import ShapeError
+from .registry import Arg, Attr, Op, Sample, get_op, register
+
+
+def _div(a, b, out=None):
+    return (np.floor_divide if a.dtype.kind in "iu" else np.true_divide)(a, b, out=out)
+
+
+def _relu(x, out=None):
+    return np.maximum(x, 0, out=out)
+
+
+def _sigmoid(x, out=None):
+    half = np.asarray(0.5, x.dtype)  # the sigmoid kernel's own formula, step by step in one buffer
+    y = np.multiply(half, x, out=out)
+    if not isinstance(y, np.ndarray) or y.ndim == 0:
+        return get_op("sigmoid").kernel(x)
+    np.tanh(y, out=y)
+    np.multiply(half, y, out=y)
+    return np.add(y, half, out=y)
+
+
+# op → how the chain evaluates it: ``fn(*args, out=None)``, writing into ``out`` when given
+# (ufuncs themselves where the op's kernel is one ufunc call)
+INPLACE = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _div, "pow": np.power,
+    "maximum": np.maximum, "minimum": np.minimum, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
+    "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "logical_and": np.logical_and,
+    "logical_or": np.logical_or, "logical_not": np.logical_not, "neg": np.negative, "abs": np.absolute,
+    "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "cos": np.cos, "sin": np.sin, "tanh": np.tanh,
+    "relu": _relu, "sigmoid": _sigmoid,
+}
+# ops evaluated by their own kernel (no out=); their results are fresh arrays the chain owns
+FRESH = ("where",)
+FUSIBLE = frozenset(INPLACE) | frozenset(FRESH)
+
+
+@register
+class Fused(Op):
+    """One node evaluating a chain of elementwise primitives (see the module docstring)."""
+
+    name, family = "fused", "fused"
+    inputs = ("*xs",)
+    outputs = None
+    attrs = {"program": Attr("any", doc="the chain: (op, argument value numbers, attrs) per step"),
+             "outputs": Attr("ints", doc="value numbers returned"),
+             "reuse": Attr("ints", (), doc="per step: the value number whose buffer it overwrites, or -1")}
+    differentiable = False  # runs after backprop only (see the module docstring)
+    samples = [
+        # bias + relu
+        Sample((Arg((4, 3)), Arg((3,))), {"program": (("add", (0, 1), ()), ("relu", (2,), ())),
+                                          "outputs": (3,), "reuse": (-1, 2)}),
+        # an Adam-like update with two outputs and buffer reuse
+        Sample((Arg((2, 3)), Arg((2, 3)), Arg((2, 3), "positive"), Arg(())),
+               {"program": (("mul", (0, 3), ()), ("add", (4, 1), ()), ("sqrt", (2,), ()),
+                            ("div", (5, 6), ()), ("sub", (0, 7), ())),
+                "outputs": (8, 5), "reuse": (-1, 4, -1, 6, 7)}),
+        # an LSTM-style gate: sigmoid * tanh, where and a comparison
+        Sample((Arg((3, 4)), Arg((3, 4))),
+               {"program": (("sigmoid", (0,), ()), ("tanh", (1,), ()), ("mul", (2, 3), ()),
+                            ("gt", (0, 1), ()), ("where", (5, 4, 1), ())),
+                "outputs": (6,), "reuse": (-1, -1, 2, -1, -1)}),
+    ]
+
+    def shape(self, *types, program, outputs, reuse):
+        values, _ = _check_program(types, program, outputs, reuse)
+        return tuple(values[o] for o in outputs)
+
+    def kernel(self, *arrays, program, outputs, reuse):
+        return _compiled(program, outputs, reuse, len(arrays))(*arrays)
+
+    def onnx(self, e, ins, outs, program, outputs, reuse):
+        names, types = list(ins), list(e.in_types)
+        named = {v: outs[k] for k, v in enumerate(outputs)}
+        saved = e.in_types, e.out_types
+        try:
+            for op, args, kw in program:
+                opdef, kw = get_op(op), dict(kw)
+                arg_types = [types[a] for a in args]
+                t = opdef.shape(*arg_types, **kw)
+                name = named.get(len(names)) or e.tmp(op)
+                e.in_types, e.out_types = arg_types, [t]
+                opdef.onnx(e, [names[a] for a in args], [name], **kw)
+                names.append(name)
+                types.append(t)
+        finally:
+            e.in_types, e.out_types = saved
+
+
+def _check_program(types, program, outputs, reuse):
+    """(the type of every value, whether the chain owns each value's buffer); raises ShapeError."""
+    n_in = len(types)
+    values = list(types)
+    owned = [False] * n_in
+    last_use: dict[int, int] = {}
+    if not isinstance(program, tuple) or not program:
+        raise ShapeError("`fused` needs a non-empty program")
+    for j, step in enumerate(program):
+        op, args, kw = step
+        if op not in FUSIBLE:
+            raise ShapeError(f"`fused` cannot evaluate `{op}`")
+        if any(not 0 <= a < len(values) for a in args):
+            raise ShapeError(f"step {j} ({op}) reads a value not defined before it")
+        t = get_op(op).shape(*[values[a] for a in args], **dict(kw))
+        values.append(t)
+        owned.append(True)
+        for a in args:
+            last_use[a] = j
+    if not outputs or any(not n_in <= o < len(values) for o in outputs):
+        raise ShapeError(f"`fused` outputs {outputs} must name steps of the program")
+    if reuse:
+        if len(reuse) != len(program):
+            raise ShapeError("`fused` needs one reuse entry per step")
+        claimed = set()
+        for j, r in enumerate(reuse):
+            if r < 0:
+                continue
+            v = n_in + j
+            ok = (n_in <= r < v and owned[r] and r not in claimed and r not in outputs
+                  and program[j][0] in INPLACE and values[r] == values[v] and values[v].rank > 0
+                  and last_use.get(r, -1) <= j)
+            if not ok:
+                raise ShapeError(f"step {j} of `fused` cannot write into the buffer of value {r}")
+            claimed.add(r)
+    return values, owned
+
+
+_CACHE: dict[int, tuple] = {}  # id(program) → (program, key, function)
+
+
+def _compiled(program, outputs, reuse, n_in: int):
+    """The chain as one Python function of the inputs, generated once per program object.
+
+    Straight-line code (``v3 = f0(v0, v1)``, ``v4 = f1(v3, v2, out=v3)``) calls each
+    step's function directly: interpreting the program instead costs about twice the
+    time of the ufunc calls themselves on small arrays.  The source holds only value
+    numbers and the names ``f<j>`` bound to the table above (or a step's own kernel)."""
+    key = (tuple(outputs), tuple(reuse), n_in)
+    hit = _CACHE.get(id(program))
+    if hit is not None and hit[0] is program and hit[1] == key:
+        return hit[2]
+    env, lines = {}, [f"def fused({', '.join(f'v{i}' for i in range(n_in))}):"]
+    for j, (op, args, kw) in enumerate(program):
+        if op in INPLACE and not kw:
+            env[f"f{j}"] = INPLACE[op]
+        else:
+            env[f"f{j}"] = (lambda k, a: lambda *xs, out=None: k(*xs, **a))(get_op(op).kernel, dict(kw))
+        out = f", out=v{reuse[j]}" if reuse and reuse[j] >= 0 else ""
+        lines.append(f"    v{n_in + j} = f{j}({', '.join(f'v{int(a)}' for a in args)}{out})")
+    lines.append(f"    return ({', '.join(f'v{int(o)}' for o in outputs)},)")
+    exec("\n".join(lines), env)  # noqa: S102  (generated from integers and fixed names only)
+    _CACHE[id(program)] = (program, key, env["fused"])
+    return env["fused"]
+
+
+@register
+class MatMulT(Op):
+    """``matmul_t(a, b, ta, tb)``: ``a @ b`` with the last two axes of ``a`` (``ta``) and/or
+    ``b`` (``tb``) swapped first — a transpose folded into its matmul by the NumPy
+    backend's optimizer (compiler/passes/fold_transposes.py), so ``x.T @ dy`` is one
+    kernel call on a view.  Both operands have rank >= 2."""
+
+    name, family = "matmul_t", "fused"
+    inputs = ("a", "b")
+    attrs = {"ta": Attr("bool", False), "tb": Attr("bool", False)}
+    samples = [Sample((Arg((3, 2)), Arg((3, 4))), {"ta": True}),
+               Sample((Arg((2, 3)), Arg((4, 3))), {"tb": True}),
+               Sample((Arg((3, 2)), Arg((4, 3))), {"ta": True, "tb": True}),
+               Sample((Arg((2, 5, 3)), Arg((4, 3))), {"tb": True}, note="batched, broadcast"),
+               Sample((Arg((2, 3, 5)), Arg((2, 3, 4))), {"ta": True}, note="batched")]
+
+    def shape(self, a, b, ta, tb):
+        if a.rank < 2 or b.rank < 2:
+            raise ShapeError(f"`matmul_t` needs operands of rank >= 2, got {a} and {b}")
+        return get_op("matmul").shape(_swapped(a) if ta else a, _swapped(b) if tb else b)
+
+    def kernel(self, a, b, ta, tb):
+        return np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+
+    def grad(self, b, inputs, outputs, cts, ta, tb):
+        # C = X @ Y with X = op(A), Y = op(B): dX = dC @ Y^T, dY = X^T @ dC, transposed back when ta / tb
+        x, y = inputs
+        dc = cts[0]
+        dx = b.matmul_t(y, dc, ta=tb, tb=True) if ta else b.matmul_t(dc, y, ta=False, tb=not tb)
+        dy = b.matmul_t(dc, x, ta=True, tb=ta) if tb else b.matmul_t(x, dc, ta=not ta, tb=False)
+        return [dx, dy]
+
+    def onnx(self, e, ins, outs, ta, tb):
+        args = []
+        for name, t, swap in zip(ins, e.in_types, (ta, tb)):
+            perm = list(range(t.rank - 2)) + [t.rank - 1, t.rank - 2]
+            args.append(e.node("Transpose", [name], 1, perm=perm)[0] if swap else name)
+        e.node("MatMul", args, outs)
+
+
+def _swapped(t):
+    return t.with_shape(t.shape[:-2] + (t.shape[-1], t.shape[-2]))

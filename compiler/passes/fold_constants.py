@@ -1,0 +1,70 @@
+"""Constant folding: evaluate, at compile time, nodes whose value is already known.
+
+A node folds when every input is a ``const`` and its op is a pure function of
+its inputs and attrs: not random (their values depend on the run's key, and
+reading ``__rng`` makes an input non-constant anyway), not control flow, and
+with no symbolic dim in its attrs.  ``count`` of a statically shaped value
+folds whatever that value is (it reads only the shape).  The op's own NumPy
+kernel computes the value, so a folded graph gives the same numbers as the
+unfolded one; results larger than :data:`MAX_FOLDED` elements are left to run
+time, so a folded model file does not grow by a materialised ``zeros``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dims import is_static
+from ..graph import SOURCE_OPS, Graph, Value
+from ..ops.registry import get_op
+from ..types import np_dtype
+from .rewrite import Uses, const_value, topo_order
+
+MAX_FOLDED = 4096  # elements
+_NEVER = {"random", "control"}  # families whose ops are not pure functions of their inputs
+
+
+def fold_constants(graph: Graph) -> int:
+    """Replace foldable nodes by ``const`` nodes (in one topological sweep); returns how many."""
+    uses = Uses(graph)
+    folded = 0
+    for n in topo_order(graph):
+        rec = graph[n]
+        if rec.op in SOURCE_OPS or len(rec.types) != 1:
+            continue
+        opdef = get_op(rec.op)
+        if opdef.family in _NEVER or opdef.takes_context or _mentions_sym(rec.attrs):
+            continue
+        t = rec.types[0]
+        if not is_static(t.shape) or int(np.prod(t.shape, dtype=np.int64)) > MAX_FOLDED:
+            continue
+        if rec.op == "count" and is_static(graph.type_of(rec.inputs[0]).shape):
+            args = [np.empty(graph.type_of(rec.inputs[0]).shape, np_dtype(graph.type_of(rec.inputs[0]).dtype))]
+        else:
+            args = [const_value(graph, v) for v in rec.inputs]
+            if any(a is None for a in args):
+                continue
+        with np.errstate(all="ignore"):  # a folded 1/0 is inf, as it would be at run time
+            value = opdef.kernel(*args, **rec.attrs)
+        value = np.asarray(value[0] if isinstance(value, tuple) else value)  # a one-output op may return a 1-tuple
+        if value.dtype != np_dtype(t.dtype) or value.shape != tuple(t.shape):
+            continue  # a kernel whose result type differs from its rule: leave it to run time
+        value = value.copy()
+        value.setflags(write=False)
+        c = graph.add_node("const", (), {"value": value}, (t,), loc=rec.loc, scope=rec.scope, role=rec.role,
+                           grad_of=rec.grad_of)
+        uses.replace(n, [Value(c)])
+        graph.remove_nodes([n])
+        folded += 1
+    return folded
+
+
+def _mentions_sym(value) -> bool:
+    from ..dims import Sym
+
+    if isinstance(value, Sym):
+        return True
+    if isinstance(value, dict):
+        return any(_mentions_sym(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return any(_mentions_sym(v) for v in value)
+    return False

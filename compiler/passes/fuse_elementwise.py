@@ -1,0 +1,130 @@
+"""Elementwise fusion for the NumPy backend: chains of elementwise ops become one ``fused`` node.
+
+Groups grow backwards from a root (the last op of a chain, in a topological
+order): a producer joins its consumer's group when it is elementwise and
+every node that reads it is in the group already or comes after the root in
+that order — then no path leaves the group and comes back (a node after the
+root cannot lead to a member), so the group can run as one step.  A member
+read after the group (``bias + relu``'s sum, read again by relu's gradient),
+or that is a named output or a next state (the Adam moments ``m``, ``v``),
+becomes an extra output of the fused node.  So the Adam update of one parameter (17 ops: moments, bias
+corrections, square root, step) is one node with three outputs, ``bias +
+relu`` is one node, and so is an LSTM cell's gate arithmetic.  Values read by
+several groups (the learning rate, a shared bias correction) stay the output
+of their own group.
+
+The fused kernel writes into buffers it allocated itself whenever a value of
+the same type is dead (planned here from the static types, checked by the
+op's shape rule); see compiler/ops/fused.py.  One reverse topological sweep,
+each edge counted once per group reaching it, with a binary search over its
+consumers' positions: O(edges · log).  ONNX exports run on unfused
+graphs (the pipeline's ``backend="onnx"``), although ``fused`` lowers to its
+primitive chain too.
+"""
+from __future__ import annotations
+
+import bisect
+
+from ..graph import Graph, Value
+from ..ops.fused import FUSIBLE, INPLACE
+from ..ops.registry import get_op
+from .rewrite import Uses, topo_order
+
+
+def fuse_elementwise(graph: Graph) -> int:
+    """Fuse every chain of two or more elementwise nodes; returns how many nodes were absorbed."""
+    uses = Uses(graph)
+    order = topo_order(graph)
+    pos = {n: i for i, n in enumerate(order)}
+    group_of: dict[int, int] = {}
+    settled: dict[int, tuple[int, int]] = {}  # node → (group, its consumers in the group or after its root)
+    groups: list[list[int]] = []
+    consumer_pos: dict[int, list[int]] = {}  # node → its consumers' positions, sorted
+    for root in reversed(order):
+        if root in group_of or not _fusible(graph, root):
+            continue
+        gid = len(groups)
+        members = [root]
+        group_of[root] = gid
+        todo = [root]
+        while todo:
+            w = todo.pop()
+            for u in {v.node for v in graph[w].inputs}:
+                if u in group_of or not _fusible(graph, u):
+                    continue
+                if u not in consumer_pos:
+                    consumer_pos[u] = sorted(pos[c] for c in graph.consumers(u))
+                after = consumer_pos[u]
+                g, count = settled.get(u, (-1, 0))
+                if g != gid:  # first seen from this group: its consumers after the root count as settled
+                    count = len(after) - bisect.bisect_right(after, pos[root])
+                count += 1
+                settled[u] = (gid, count)
+                if count == len(after):
+                    group_of[u] = gid
+                    members.append(u)
+                    todo.append(u)
+        groups.append(members)
+    absorbed = 0
+    for members in groups:
+        if len(members) > 1:
+            _fuse(graph, uses, sorted(members, key=pos.__getitem__))
+            absorbed += len(members) - 1
+    return absorbed
+
+
+def _fusible(graph: Graph, n: int) -> bool:
+    rec = graph[n]
+    return rec.op in FUSIBLE and len(rec.types) == 1
+
+
+def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
+    """Replace ``members`` (topologically ordered, the root last) by one ``fused`` node."""
+    member_set = set(members)
+    number: dict[Value, int] = {}
+    inputs: list[Value] = []
+    for m in members:
+        for v in graph[m].inputs:
+            if v.node not in member_set and v not in number:
+                number[v] = len(inputs)
+                inputs.append(v)
+    program = []
+    for j, m in enumerate(members):
+        rec = graph[m]
+        program.append((rec.op, tuple(number[v] for v in rec.inputs), tuple(sorted(rec.attrs.items()))))
+        number[Value(m)] = len(inputs) + j
+    root = members[-1]
+    leaving = [m for m in members if m == root or uses.external(m)
+               or any(c not in member_set for c in graph.consumers(m))]
+    outputs = tuple(number[Value(m)] for m in leaving)
+    types = [graph.type_of(v) for v in inputs] + [graph[m].types[0] for m in members]
+    reuse = _plan_buffers(program, types, len(inputs), set(outputs))
+    attrs = {"program": tuple(program), "outputs": outputs, "reuse": reuse}
+    out_types = get_op("fused").shape(*types[:len(inputs)], **attrs)
+    last = graph[root]
+    f = graph.add_node("fused", inputs, attrs, out_types, loc=last.loc, scope=last.scope, role=last.role,
+                       grad_of=last.grad_of)
+    for k, m in enumerate(leaving):
+        uses.replace(m, [Value(f, k)])
+    graph.remove_nodes(members)
+
+
+def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:
+    """Per step, a dead buffer of the step's type that the chain allocated (or -1)."""
+    last_use: dict[int, int] = {}
+    for j, (_, args, _) in enumerate(program):
+        for a in args:
+            last_use[a] = j
+    free: dict = {}  # type → value numbers whose buffers may be overwritten
+    dying: dict[int, list[int]] = {}
+    for v, j in last_use.items():
+        if v >= n_in and v not in outputs and types[v].rank > 0:
+            dying.setdefault(j, []).append(v)
+    reuse = []
+    for j, (op, _, kw) in enumerate(program):
+        for v in dying.get(j, ()):  # operands read for the last time here may take the result
+            free.setdefault(types[v], []).append(v)
+        v = n_in + j
+        pool = free.get(types[v]) if op in INPLACE and not kw else None
+        reuse.append(pool.pop() if pool else -1)
+    return tuple(reuse)

@@ -1,0 +1,317 @@
+"""Synchronous data-parallel training on Ray.
+
+A :class:`DistributedTrainer` has the interface of :class:`~dlc.runtime.trainer.Trainer`
+(one call = one global batch), so the epoch loop, metrics, early stopping,
+checkpoints and ``--resume`` are the single-process ones unchanged.  What
+differs is where a step's work happens:
+
+- Each of ``N`` workers is a Ray actor that loads the train block's data
+  itself (built-in sets, ``.npz`` and ``.csv`` files are deterministic at the
+  block's seed) and compiles each step group's *gradient graph*
+  (compiler/training/step.py ``build_grad``: loss, metrics, ``grad/<param>``,
+  the spec's next state) on either backend.  Batches never pass through the
+  driver: a step names (epoch, batch index) and every worker cuts its own rows
+  out of the same (seed, epoch) order the single-process loop uses
+  (runtime/data.py ``batch_indices``), split with ``np.array_split`` so shard
+  sizes differ by at most one.
+- The driver sends the parameters once per step group (one object in Ray's
+  object store, which workers on one machine read from shared memory),
+  averages the workers' gradients, losses, metrics and next state weighted by
+  shard size — for a per-example-mean loss, exactly the global batch's
+  gradient — and runs the group's *optimizer update* graph
+  (``build_update``: regularisation, clipping, the schedule, the optimizer)
+  once.  ``grad`` + ``update`` is node for node the fused step, so one worker
+  takes bit for bit the single-process step, and N workers take it up to float
+  rounding — except where a model looks across the batch inside the forward
+  pass: batch normalisation normalises each shard with its own statistics
+  (as PyTorch's DistributedDataParallel does without SyncBatchNorm).
+- Random ops: worker 0 uses the single-process key of (seed, step, group),
+  worker ``r`` a key derived from it and ``r``; a run is reproducible for a
+  given ``N``.
+
+Faults: a worker that dies is restarted by Ray (``max_restarts``) and the
+call retried on the new process (``max_task_retries``) — safe, because a call
+is a pure function of (parameters, epoch, batch, key).  When retries run out,
+or a step takes longer than ``timeout`` seconds, the step fails with E0404
+and nothing has been committed: the last checkpoint is intact and
+``--resume`` continues from it.
+
+Ray is an optional extra (``pip install 'dlc[ray]'``).  Without ``address``
+Ray starts on this machine and is shut down at :meth:`close`; with one, the
+trainer joins that cluster and only removes the actors it created.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from dlc.compiler.graph import RNG_INPUT
+from dlc.compiler.lower import compile_model
+from dlc.compiler.optional import import_optional
+from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
+from dlc.compiler.training.spec import step_outputs
+from dlc.compiler.training.step import build_grad, build_update
+from dlc.grammar.errors import DlcError
+
+from .data import batch_indices
+from .runner import bind, make_runner
+from .trainer import load_splits, make_trainer, rng_key
+
+WORKER_KEY_STRIDE = 1_000_003  # worker r's random key: the step's key + r * stride (mod the key range)
+KEY_MODULUS = 2_147_483_647
+LOOPBACK = "127.0.0.1"  # a Ray started here listens on this machine only
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One global batch, by position: what the driver sends instead of the rows."""
+
+    epoch: int
+    index: int
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a worker needs to rebuild a model's graphs and data: the loaded spec,
+    the model's definition, its hyperparameters and declared inputs (picklable)."""
+
+    loaded: object
+    defn: object
+    hyper: dict
+    inputs: dict
+
+
+def shard(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Worker ``rank``'s rows of a global batch: ``np.array_split`` order, sizes differ by ≤ 1."""
+    return np.array_split(indices, world)[rank]
+
+
+def worker_key(key: int, rank: int) -> np.int64:
+    """The random key worker ``rank`` uses for a step whose single-process key is ``key``."""
+    return np.int64((int(key) + rank * WORKER_KEY_STRIDE) % KEY_MODULUS)
+
+
+def params_digest(values: Mapping[str, np.ndarray]) -> str:
+    """A hash of named arrays (names, dtypes, shapes and bytes), for the debug-mode check."""
+    h = hashlib.sha256()
+    for k in sorted(values):
+        a = np.ascontiguousarray(values[k])
+        h.update(f"{k}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+class GradientWorker:
+    """One data-parallel worker: the step groups' gradient graphs and the training split.
+
+    Plain Python (no Ray in here), so it is tested directly; :func:`_remote_worker`
+    wraps it in a Ray actor."""
+
+    def __init__(self, source: ModelSource, spec, *, rank: int, world: int, seed: int, backend: str = "numpy",
+                 level: int = DEFAULT_LEVEL, threads: int | None = None):
+        if threads is not None:  # a worker process is one of many on a node: BLAS gets `threads` of its cores
+            from threadpoolctl import threadpool_limits
+
+            self._limits = threadpool_limits(threads)
+        self.rank, self.world, self.spec, self.seed = rank, world, spec, seed
+        self.runners = []
+        for step in spec.steps:
+            lowered = compile_model(source.loaded, source.defn, "train", source.hyper,
+                                    extra=step_outputs(spec, step))
+            graph, _ = build_grad(lowered.graph, step)
+            self.runners.append(make_runner(graph, backend, level))
+        self.train = load_splits(source, spec)["train"]
+        self.n_train = len(next(iter(self.train.values())))
+        self._order: tuple[int, np.ndarray] | None = None
+        self.last_digest = ""
+
+    def rows(self, batch: BatchRef) -> np.ndarray:
+        """This worker's row indices of ``batch``."""
+        if self._order is None or self._order[0] != batch.epoch:
+            self._order = (batch.epoch, batch_indices(self.n_train, self.spec.batch, shuffle=True,
+                                                      seed=self.seed, epoch=batch.epoch))
+        order = self._order[1]
+        size = self.spec.batch
+        return shard(order[batch.index * size:(batch.index + 1) * size], self.rank, self.world)
+
+    def grad(self, group: int, batch: BatchRef, key: int, values: Mapping[str, np.ndarray]) -> dict:
+        """Loss, metrics, gradients and next model state of this worker's shard of ``batch``
+        (``n`` = 0 and nothing else for an empty shard)."""
+        self.last_digest = params_digest(values)
+        idx = self.rows(batch)
+        if len(idx) == 0:
+            return {"n": 0}
+        feeds = {k: a[idx] for k, a in self.train.items()}
+        feeds[RNG_INPUT] = worker_key(key, self.rank)
+        out = self.runners[group](feeds, values, values)
+        return {"n": len(idx), **{k: np.asarray(v) for k, v in out.items()}}
+
+    def digest(self) -> str:
+        """The hash of the parameters this worker computed its last gradients with."""
+        return self.last_digest
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _remote_worker(ray, max_restarts: int):
+    return ray.remote(num_cpus=0)(GradientWorker).options(max_restarts=max_restarts,
+                                                          max_task_retries=max_restarts)
+
+
+class DistributedTrainer:
+    """Data-parallel steps of one training run over ``workers`` Ray actors (see the module
+    docstring).  Parameters, optimizer state, evaluation and checkpoints live on the
+    driver, in a single-process :class:`Trainer` whose store the update graphs write."""
+
+    def __init__(self, model, *, workers: int, address: str | None = None, backend: str = "numpy",
+                 device: str = "cpu", seed: int | None = None, fresh: bool = True, timeout: float = 600.0,
+                 max_restarts: int = 1, threads_per_worker: int = 1, debug: bool = False):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise DlcError("E0110", f"--workers must be a positive integer, got {workers!r}")
+        self.ray = ray = import_optional("ray", "training on several workers (--workers)")
+        self.local = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh)
+        self.world, self.timeout, self.debug = workers, float(timeout), debug
+        spec = self.local.spec
+        self._started_ray = not ray.is_initialized()
+        if self._started_ray:
+            try:
+                local = {} if address else {"num_cpus": max(os.cpu_count() or 1, 1), "_node_ip_address": LOOPBACK}
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         **local)
+            except Exception as e:  # noqa: BLE001 - Ray raises many types for an unreachable cluster
+                raise DlcError("E0404", f"cannot start or join Ray{f' at {address}' if address else ''}: {e}",
+                               hint="check --address, or leave it out to start Ray on this machine") from None
+        source = ModelSource(model.loaded, model.defn, dict(model.hyper), dict(model.inputs))
+        actor = _remote_worker(ray, max_restarts)
+        self.workers = [actor.remote(source, spec, rank=r, world=workers, seed=self.local.seed, backend=backend, level=self.local.level,
+                                     threads=threads_per_worker) for r in range(workers)]
+        steps_per_epoch = max(-(-self.n_train // spec.batch), 1)
+        self.updates = []
+        for g in self.local.groups:
+            s = spec.steps[g.index]
+            every_steps = max(-(-steps_per_epoch // s.every), 1)
+            upd = build_update(model.graph, spec, s, g.step.params, every_steps)
+            self.updates.append(bind(upd.graph, self.local.store, backend, threads=self.local.threads,
+                                     level=self.local.level))
+        self.outputs: dict[int, dict] = {}
+        self._get(self.workers[0].pid.remote())  # fail now, not at the first step, if workers cannot start
+
+    # -- the Trainer interface the epoch loop uses ---------------------------------------
+    def __getattr__(self, name):  # spec, seed, groups, store, params, state, evaluate, save, ...
+        if name == "local":
+            raise AttributeError(name)
+        return getattr(self.local, name)
+
+    @property
+    def global_step(self) -> int:
+        return self.local.global_step
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self.local.global_step = value
+
+    @property
+    def n_train(self) -> int:
+        return len(next(iter(self.local.splits["train"].values())))
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[BatchRef, int]]:
+        """(batch, examples) pairs of one epoch: positions only, the workers hold the rows."""
+        size = self.local.spec.batch
+        for i, start in enumerate(range(0, self.n_train, size)):
+            yield BatchRef(epoch, i), min(size, self.n_train - start)
+
+    def __call__(self, batch: BatchRef) -> dict[str, float]:
+        """One global batch: every step group due at this global step runs once, in order."""
+        store = self.local.store
+        metrics: dict[str, float] = {}
+        self.outputs = {}
+        committed = False
+        step = self.global_step
+        names = [*self.local.param_names, *self.local.model_state]
+        for g in self.local.groups:
+            if step % g.every:
+                continue
+            key = int(rng_key(self.local.seed, step, g.index))
+            sent = store.get(names)
+            if self.debug:
+                self._sent = sent
+            values = self.ray.put(sent)
+            parts = [p for p in self._get([w.grad.remote(g.index, batch, key, values) for w in self.workers])
+                     if p["n"]]
+            avg = _weighted_mean(parts)
+            out = self.updates[g.index]({k: v for k, v in avg.items() if k.startswith("grad/")})
+            self.updates[g.index].commit([*g.step.params, *g.step.state_init])
+            if not committed and g.step.model_state:
+                store.set({k: avg[f"new/{k}"] for k in g.step.model_state})
+                committed = True
+            loss = float(avg["train/loss"])
+            metrics[g.loss_key] = loss
+            self.outputs[g.index] = {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
+                                     **{k: v for k, v in avg.items() if k.startswith("metric/")}}
+            if g.index == 0:
+                metrics["lr"] = float(out["train/lr"])
+                metrics.update({k[len("metric/"):]: float(v) for k, v in avg.items() if k.startswith("metric/")})
+        self.global_step = step + 1
+        if self.debug and (batch.index + 1) * self.local.spec.batch >= self.n_train:  # once per epoch
+            self.check_consistent(self._sent)
+        return metrics
+
+    step = __call__
+
+    def check_consistent(self, values: Mapping[str, np.ndarray]) -> None:
+        """Raise E0404 unless every worker's last parameters hash like ``values`` (debug mode
+        checks this at the end of every epoch against what the last step sent)."""
+        want = params_digest(values)
+        got = self._get([w.digest.remote() for w in self.workers])
+        bad = [r for r, d in enumerate(got) if d != want]
+        if bad:
+            raise DlcError("E0404", f"worker{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} computed "
+                                    "gradients with other parameters than the driver's")
+
+    def worker_pids(self) -> list[int]:
+        return self._get([w.pid.remote() for w in self.workers])
+
+    def close(self) -> None:
+        """Remove the workers; shut Ray down if this trainer started it."""
+        for w in self.workers:
+            try:
+                self.ray.kill(w)
+            except Exception:  # noqa: BLE001, S110 - a worker that is already gone
+                pass
+        self.workers = []
+        if self._started_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+
+    def _get(self, refs):
+        ray = self.ray
+        try:
+            return ray.get(refs, timeout=self.timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise DlcError("E0404", f"a training step took longer than {self.timeout:g} s on the workers",
+                           hint="the last checkpoint is intact: `dlc train ... --resume` continues") from None
+        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+            raise DlcError("E0404", f"a worker died and could not be restarted: {type(e).__name__}",
+                           hint="the last checkpoint is intact: `dlc train ... --resume` continues") from None
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, DlcError):
+                raise cause from None
+            raise DlcError("E0404", f"a worker failed: {cause or e}") from None
+
+
+def _weighted_mean(parts: list[dict]) -> dict[str, np.ndarray]:
+    """Every array output of the workers averaged with weights ``n`` (their shard sizes)."""
+    total = sum(p["n"] for p in parts)
+    out = {}
+    for k in parts[0]:
+        if k == "n":
+            continue
+        first = parts[0][k]
+        acc = sum(np.asarray(p[k], dtype=np.float64) * p["n"] for p in parts) / total
+        out[k] = acc.astype(first.dtype) if first.dtype.kind == "f" else acc.astype(first.dtype)
+    return out

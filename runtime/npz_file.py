@@ -1,0 +1,34 @@
+"""``dlc run --out``: outputs as an ``.npz`` that dlc can recognise as its own.
+
+The archive's zip comment is :data:`TAG`; an existing file is replaced only
+when it carries that tag (an earlier ``dlc run --out``), or with ``force``.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .files import refuse_foreign, write_atomic
+
+TAG = b"dlc run outputs"
+
+
+def written_by_dlc(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.comment == TAG
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def write_outputs(target: Path, arrays: dict[str, np.ndarray], *, force: bool = False) -> None:
+    target = Path(target)
+    refuse_foreign(target, written_by_dlc, force=force)
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.comment = TAG
+    write_atomic(target, buf.getvalue())

@@ -1,0 +1,34 @@
+"""The benchmark scripts keep running (slow tier: they time things)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_its_tables(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench
+
+    bench.main(["--quick", "--only", "mlp", "--no-torch", "--profile"])
+    out = capsys.readouterr().out
+    assert "| mlp |" in out and "Compile time and memory" in out and "Profile: mlp" in out
+
+
+def test_workload_specs_compile_and_their_batches_fit():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import dlc
+        from workloads import WORKLOADS
+    finally:
+        sys.path.remove(str(BENCH))
+    for w in WORKLOADS:
+        m = dlc.load(w.spec)
+        batch = w.batch(0)
+        assert set(batch) == set(m.inputs), w.name
+        for k, t in m.inputs.items():
+            assert batch[k].ndim == t.rank, (w.name, k)

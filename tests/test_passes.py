@@ -1,0 +1,498 @@
+"""The optimizing passes: each on small graphs with exact structural assertions,
+then optimized against unoptimized graphs on every spec and every op sample,
+on both backends."""
+from __future__ import annotations
+
+import collections
+import glob
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc.compiler.builder import Builder
+from dlc.compiler.graph import Graph
+from dlc.compiler.onnx_export import export_graph
+from dlc.compiler.ops.registry import Arg, Sample
+from dlc.compiler.passes.cse import cse
+from dlc.compiler.passes.dce import dce
+from dlc.compiler.passes.fold_constants import fold_constants
+from dlc.compiler.passes.fold_transposes import fold_transposes
+from dlc.compiler.passes.fuse_elementwise import fuse_elementwise
+from dlc.compiler.passes.pipeline import optimize, passes_for
+from dlc.compiler.passes.simplify import simplify
+from dlc.compiler.training.step import initial_state
+from dlc.compiler.types import TensorType
+from dlc.grammar.errors import DlcError
+from dlc.runtime.interpreter import Plan
+from dlc.runtime.ort import OrtSession
+from dlc.runtime.runner import make_runner
+from dlc.runtime.train import build_steps
+
+from op_harness import cases, graph_input, graph_param, materialise, seed_of
+
+F32 = TensorType("f32", (2, 3))
+
+
+def ops(g: Graph) -> collections.Counter:
+    return collections.Counter(g.op(n) for n in g.nodes())
+
+
+def small(*types):
+    g = Graph("t")
+    b = Builder(g)
+    xs = [graph_input(g, f"x{i}", t) for i, t in enumerate(types)]
+    return g, b, xs
+
+
+def run(g, feeds, params=None):
+    return Plan(g).run(feeds, params or {})
+
+
+# -- dead code -------------------------------------------------------------------
+def test_dce_removes_what_no_output_reads_and_keeps_the_sources():
+    g, b, (x,) = small(F32)
+    w = graph_param(g, "w", F32)
+    unused = graph_param(g, "unused", F32)
+    y = b.add(x, w)
+    dead = b.exp(b.mul(x, x))  # two dead nodes
+    g.set_output("y", y)
+    assert dce(g) == 2
+    g.verify()
+    assert dead.node not in g and unused.node in g and g.params["unused"] == unused.node
+    assert ops(g) == {"input": 1, "param": 2, "add": 1}
+
+
+# -- constant folding --------------------------------------------------------------
+def test_fold_constants_evaluates_const_subgraphs_with_the_kernels():
+    g, b, (x,) = small(F32)
+    c = b.sqrt(b.add(b.const(np.float32(2.0)), b.const(np.float32(2.0))))  # sqrt(2 + 2) = 2
+    g.set_output("y", b.mul(x, c))
+    assert fold_constants(g) == 2
+    dce(g)
+    g.verify()
+    assert ops(g) == {"input": 1, "const": 1, "mul": 1}
+    (k,) = [n for n in g.nodes() if g.op(n) == "const"]
+    assert g[k].attrs["value"] == np.float32(2.0) and g[k].types == (TensorType("f32", ()),)
+
+
+def test_fold_constants_leaves_random_ops_symbolic_shapes_and_big_results():
+    from dlc.compiler.dims import Sym
+
+    g, b, (x,) = small(TensorType("f32", (Sym.var("B"), 3)))
+    key = b.const(np.int64(3))
+    g.set_output("r", b.apply("random_uniform", key, shape=(2,), salt=1))
+    g.set_output("n", b.count(x, axes=(0,)))  # reads the run-time B
+    g.set_output("z", b.fill(shape=(100, 100), value=1.0))  # 10,000 elements: left to run time
+    assert fold_constants(g) == 0
+    assert ops(g)["random_uniform"] == 1 and ops(g)["count"] == 1 and ops(g)["fill"] == 1
+
+
+def test_count_of_a_static_shape_folds_whatever_its_input():
+    g, b, (x,) = small(F32)
+    g.set_output("n", b.count(b.exp(x), axes=(1,)))
+    assert fold_constants(g) == 1
+    dce(g)
+    g.verify()
+    assert ops(g) == {"input": 1, "const": 1}
+    assert run(g, {"x0": np.ones((2, 3), np.float32)})["n"] == 3.0
+
+
+# -- common subexpressions ---------------------------------------------------------
+def test_cse_merges_equal_computations_and_their_constants():
+    g, b, (x, w) = small(F32, TensorType("f32", (3, 4)))
+    a1, a2 = b.matmul(x, w), b.matmul(x, w)
+    t1, t2 = b.transpose(x), b.transpose(x, perm=(1, 0))  # None and (1, 0) differ as attrs: both stay
+    g.set_output("y", b.add(b.mul(a1, 2.0), b.mul(a2, 2.0)))  # the two consts 2.0 merge, so do the muls
+    g.set_output("t", b.add(t1, t2))
+    assert cse(g) == 3  # matmul, const, mul
+    dce(g)
+    g.verify()
+    assert ops(g) == {"input": 2, "matmul": 1, "const": 1, "mul": 1, "add": 2, "transpose": 2}
+
+
+def test_cse_merges_random_ops_only_with_equal_salts():
+    g, b, (x,) = small(F32)
+    key = b.rng_key()
+    r1 = b.apply("random_uniform", key, shape=(2, 3), salt=1)
+    r2 = b.apply("random_uniform", key, shape=(2, 3), salt=1)  # the same stream: the same numbers
+    r3 = b.apply("random_uniform", key, shape=(2, 3), salt=2)
+    g.set_output("y", b.add(b.add(r1, r2), r3))
+    assert cse(g) == 1
+    g.verify()
+    assert ops(g)["random_uniform"] == 2
+
+
+def test_counts_of_values_of_one_type_merge():
+    from dlc.compiler.dims import Sym
+
+    t = TensorType("f32", (Sym.var("B"),))
+    g, b, (x, y) = small(t, t)
+    g.set_output("a", b.div(b.sum(x), b.count(x, axes=(0,))))
+    g.set_output("b", b.div(b.sum(y), b.count(y, axes=(0,))))
+    assert cse(g) == 1
+    g.verify()
+    assert ops(g)["count"] == 1
+
+
+# -- algebraic simplification -------------------------------------------------------
+def test_neutral_elements_disappear():
+    g, b, (x,) = small(F32)
+    y = b.sub(b.div(b.add(b.mul(b.mul(x, 1.0), 1.0), 0.0), 1.0), 0.0)  # ((x * 1 * 1) + 0) / 1 - 0
+    g.set_output("y", y)
+    g.set_output("z", b.sub(0.0, x))  # 0 - x is not x
+    assert simplify(g) == 5
+    dce(g)
+    g.verify()
+    assert g.outputs["y"] == x
+    assert ops(g) == {"input": 1, "const": 1, "sub": 1}
+
+
+def test_a_neutral_constant_that_broadcasts_stays():
+    g, b, (x,) = small(TensorType("f32", (3,)))
+    g.set_output("y", b.mul(x, b.const(np.ones((2, 3), np.float32))))  # x * ones[2, 3] is f32[2, 3]
+    assert simplify(g) == 0
+
+
+def test_identities_at_their_types_disappear():
+    g, b, (x,) = small(F32)
+    y = b.cast(b.reshape(b.identity(x), shape=(2, 3)), dtype="f32")
+    y = b.sum_to(b.broadcast_to(y, shape=(2, 3)), shape=(2, 3))
+    y = b.squeeze(b.unsqueeze(b.neg(b.neg(y)), axes=(0,)), axes=(0,))
+    g.set_output("y", y)
+    simplify(g)
+    dce(g)
+    g.verify()
+    assert g.outputs["y"] == x and ops(g) == {"input": 1}
+
+
+def test_double_transposes_cancel_or_compose():
+    g, b, (x,) = small(TensorType("f32", (2, 3, 4)))
+    g.set_output("same", b.transpose(b.transpose(x, perm=(1, 0, 2)), perm=(1, 0, 2)))
+    g.set_output("moved", b.transpose(b.transpose(x, perm=(1, 0, 2)), perm=(0, 2, 1)))
+    assert simplify(g) == 2
+    dce(g)
+    g.verify()
+    assert g.outputs["same"] == x
+    (t,) = [n for n in g.nodes() if g.op(n) == "transpose"]
+    assert g[t].attrs["perm"] == (1, 2, 0) and g[t].inputs == (x,)
+    xv = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(run(g, {"x0": xv})["moved"], xv.transpose(1, 0, 2).transpose(0, 2, 1))
+
+
+# -- transposes into matmuls ------------------------------------------------------------
+def test_backprop_transposes_fold_into_their_matmuls():
+    g, b, (x, dy) = small(TensorType("f32", (5, 3)), TensorType("f32", (5, 4)))
+    w = graph_param(g, "w", TensorType("f32", (3, 4)))
+    g.set_output("dw", b.matmul(b.transpose(x), dy))  # x^T @ dy
+    g.set_output("dx", b.matmul(dy, b.transpose(w, perm=(1, 0))))  # dy @ w^T
+    g.set_output("keep", b.matmul(b.transpose(b.unsqueeze(x, axes=(0,)), perm=(1, 0, 2)), w))  # not the last two
+    feeds = {"x0": np.arange(15, dtype=np.float32).reshape(5, 3), "x1": np.ones((5, 4), np.float32)}
+    params = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    want = run(g, feeds, params)
+    assert fold_transposes(g) == 2
+    dce(g)
+    g.verify()
+    assert ops(g)["matmul_t"] == 2 and ops(g)["transpose"] == 1 and ops(g)["matmul"] == 1
+    assert {g[g.outputs["dw"].node].attrs["ta"], g[g.outputs["dx"].node].attrs["tb"]} == {True}
+    got = run(g, feeds, params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_a_weight_gradient_over_a_batch_becomes_one_gemm():
+    from dlc.compiler.dims import Sym
+    from dlc.compiler.passes.merge_batch_matmul import merge_batch_matmul
+
+    B = Sym.var("B")
+    g, b, (x, dy) = small(TensorType("f32", (B, 5, 3)), TensorType("f32", (B, 5, 4)))
+    g.set_output("dw", b.sum_to(b.matmul(b.transpose(x, perm=(0, 2, 1)), dy), shape=(3, 4)))
+    rng = np.random.default_rng(0)
+    feeds = {"x0": rng.standard_normal((2, 5, 3)).astype(np.float32),
+             "x1": rng.standard_normal((2, 5, 4)).astype(np.float32)}
+    want = run(g, feeds)
+    assert merge_batch_matmul(g) == 1
+    dce(g)
+    g.verify()
+    assert ops(g) == {"input": 2, "reshape": 2, "transpose": 1, "matmul": 1}
+    np.testing.assert_allclose(run(g, feeds)["dw"], want["dw"], rtol=1e-6, atol=1e-6)
+
+
+# -- fusion ------------------------------------------------------------------------------
+def test_bias_relu_becomes_one_kernel_call():
+    g, b, (x,) = small(F32)
+    bias = graph_param(g, "b", TensorType("f32", (3,)))
+    g.set_output("y", b.relu(b.add(x, bias)))
+    assert fuse_elementwise(g) == 1
+    g.verify()
+    assert ops(g) == {"input": 1, "param": 1, "fused": 1}
+    xv, bv = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32), np.ones(3, np.float32)
+    np.testing.assert_array_equal(run(g, {"x0": xv}, {"b": bv})["y"], np.maximum(xv + bv, 0))
+
+
+def test_a_chain_member_that_is_an_output_becomes_an_output_of_the_fused_node():
+    g, b, (p, grad, m) = small(F32, F32, F32)
+    m_new = b.add(b.mul(m, 0.9), b.mul(grad, 0.1))
+    g.set_output("new/m", m_new)
+    g.set_output("new/p", b.sub(p, b.mul(b.div(m_new, b.add(b.sqrt(b.abs(m_new)), 1e-8)), 0.01)))
+    before = Plan(g).run(feeds := {k: np.random.default_rng(i).standard_normal((2, 3)).astype(np.float32)
+                                   for i, k in enumerate(("x0", "x1", "x2"))})
+    assert fuse_elementwise(g) == 8  # nine nodes become one
+    g.verify()
+    (f,) = [n for n in g.nodes() if g.op(n) == "fused"]
+    assert len(g[f].types) == 2 and {g.outputs["new/m"].node, g.outputs["new/p"].node} == {f}
+    assert any(r >= 0 for r in g[f].attrs["reuse"])  # temporaries are overwritten in place
+    after = Plan(g).run(feeds)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_a_value_read_again_later_leaves_the_chain_as_an_extra_output():
+    g, b, (x,) = small(F32)
+    bias = graph_param(g, "b", TensorType("f32", (3,)))
+    h = b.add(x, bias)
+    g.set_output("y", b.relu(h))
+    g.set_output("dx", b.where(b.gt(h, 0.0), x, 0.0))  # relu's gradient reads h after relu
+    feeds, params = {"x0": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)}, {"b": np.ones(3, np.float32) / 4}
+    want = run(g, feeds, params)
+    fuse_elementwise(g)
+    g.verify()
+    assert ops(g) == {"input": 1, "param": 1, "const": 2, "fused": 2}
+    assert sorted(len(g[n].types) for n in g.nodes() if g.op(n) == "fused") == [1, 2]  # bias + relu, and h
+    got = run(g, feeds, params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_fusion_stops_at_a_value_read_outside_the_chain():
+    g, b, (x,) = small(F32)
+    e = b.exp(x)
+    s = b.sum(e)  # not elementwise: e must stay a value of its own
+    g.set_output("y", b.mul(b.add(e, 1.0), s))
+    fuse_elementwise(g)
+    g.verify()
+    assert ops(g)["exp"] == 1 and ops(g)["fused"] == 1 and ops(g)["sum"] == 1
+
+
+def test_fused_kernel_never_writes_into_its_inputs():
+    g, b, (x, y) = small(F32, F32)
+    g.set_output("z", b.neg(b.mul(b.add(x, y), x)))
+    fuse_elementwise(g)
+    xv, yv = np.ones((2, 3), np.float32), np.full((2, 3), 2.0, np.float32)
+    out = run(g, {"x0": xv, "x1": yv})
+    assert (xv == 1).all() and (yv == 2).all() and (out["z"] == -3).all()
+
+
+def test_an_unsafe_buffer_plan_fails_verification():
+    from dlc.compiler.types import ShapeError
+
+    g, b, (x,) = small(F32)
+    g.set_output("y", b.exp(b.neg(x)))
+    fuse_elementwise(g)
+    (f,) = [n for n in g.nodes() if g.op(n) == "fused"]
+    g[f].attrs = {**g[f].attrs, "reuse": (-1, 0)}  # write into the input: forbidden
+    with pytest.raises(ShapeError, match="cannot write into the buffer"):  # from the shape rule verify() reruns
+        g.verify()
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+def test_levels_and_backends():
+    assert passes_for(0) == ()
+    assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "simplify",
+                                                  "merge_batch_matmul", "dce"]
+    assert passes_for(2, "onnx") == passes_for(1)
+    assert [p.__name__ for p in passes_for(2)][-3:] == ["fold_transposes", "fuse_elementwise", "dce"]
+    with pytest.raises(ValueError):
+        passes_for(3)
+
+
+def test_optimize_leaves_its_input_alone():
+    m = dlc.load("specs/mlp.dl", mode="train")
+    g = m.train_graph()
+    n, text = len(g), sorted(g.op(k) for k in g.nodes())
+    o = optimize(g, 2, check=True)
+    assert len(g) == n and sorted(g.op(k) for k in g.nodes()) == text
+    assert optimize(g, 0) is g
+    assert "fused" in ops(o) and "fused" not in ops(optimize(g, 2, "onnx"))
+
+
+def test_scan_bodies_go_through_the_passes_too():
+    from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
+
+    m = dlc.load("specs/lstm.dl", mode="train")
+    g = m.train_graph()
+    report = []
+    o = optimize(g, 2, report=report, check=True)
+    after = [o[n].attrs["body"] for n in o.nodes() if o.op(n) == "scan"]
+    # the forward scan and BPTT's reversed one, first reshaped by hoist_scan_invariants
+    assert ("hoist_scan_invariants", 2) in report and ("scan bodies", 2) in report and len(after) == 2
+    hoisted = g.copy()
+    hoist_scan_invariants(hoisted)
+    before = {hoisted[n].attrs["body"] for n in hoisted.nodes() if hoisted.op(n) == "scan"}
+    for body in after:
+        body.verify()
+        assert body not in before and "fused" in ops(body)
+    # the body passes keep the calling conventions: the same input and output names, in order
+    assert sorted((tuple(b.input_names()), tuple(b.outputs)) for b in after) == \
+        sorted((tuple(b.input_names()), tuple(b.outputs)) for b in before)
+    assert sum(len(b) for b in after) < 0.8 * sum(len(b) for b in before)
+
+
+def test_cli_graph_shows_both_levels():
+    from click.testing import CliRunner
+
+    from dlc.cli import main
+
+    o0 = CliRunner().invoke(main, ["graph", "specs/mlp.dl", "--train", "-O0"])
+    o2 = CliRunner().invoke(main, ["graph", "specs/mlp.dl", "--train", "-O2"])
+    assert o0.exit_code == 0 and o2.exit_code == 0
+    assert "fused(" not in o0.output and "fused(" in o2.output
+    assert len(o2.output.splitlines()) < len(o0.output.splitlines()) / 2
+
+
+# -- optimized == unoptimized: every spec, both backends ---------------------------------------
+SPECS = [pytest.param(p, marks=pytest.mark.slow) if p.endswith(("cnn.dl", "transformer.dl")) else p
+         for p in sorted(glob.glob("specs/*.dl"))]  # those two take 2-3 s each
+
+
+def _feeds(m, batch=3, length=5):
+    from test_onnx_specs import feeds_for
+
+    return {**feeds_for(m, batch, length), "__rng": np.int64(7)}
+
+
+def _steps(runner, feeds, params, state, k=3):
+    """k training steps from (params, state); returns every step's outputs."""
+    params, state, seen = dict(params), dict(state), []
+    for i in range(k):
+        out = runner({**feeds, "__rng": np.int64(7 + i)}, params, state)
+        seen.append(out)
+        params.update({n: out[f"new/{n}"] for n in params if f"new/{n}" in out})
+        state.update({n: out[f"new/{n}"] for n in state if f"new/{n}" in out})
+    return seen
+
+
+@pytest.mark.parametrize("path", SPECS)
+def test_optimized_training_steps_agree_on_both_backends(path):
+    m = dlc.load(path, mode="train")
+    if m.train_spec(required=False) is None:
+        pytest.skip("no train block")
+    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+    for level in (1, 2):
+        for backend in ("numpy", "onnx"):
+            optimize(step.graph, level, backend, check=True)  # verify() after every pass
+    feeds, state = _feeds(m), {**m.state, **initial_state(step)}
+    want = _steps(make_runner(step.graph, "numpy", level=0), feeds, m.params, state)
+    got = _steps(make_runner(step.graph, "numpy", level=2), feeds, m.params, state)
+    for w, o in zip(want, got):
+        for k in w:  # exact but for merged GEMMs and hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
+            np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
+    ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
+    for k in want[0]:
+        np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")
+
+
+@pytest.mark.parametrize("path", SPECS)
+def test_optimized_inference_agrees_on_both_backends(path):
+    m = dlc.load(path)
+    feeds = _feeds(m)
+    m.opt_level = 0
+    want = m.run(feeds)
+    m.opt_level = 2  # drops the plans built at level 0
+    got = m.run(feeds)
+    ort = m.run(feeds, backend="onnxruntime")
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=f"{path} {k}")
+        np.testing.assert_allclose(ort[k], want[k], rtol=1e-5, atol=2e-5, err_msg=f"{path} ort {k}")
+
+
+def test_the_fused_lowering_is_stock_onnx():
+    """A graph fused for NumPy still exports (each chain as its primitives) and runs the same."""
+    from dlc.compiler.onnx_export import export_graph, verify
+    from dlc.runtime.ort import OrtSession
+
+    m = dlc.load("specs/lstm.dl", mode="train")
+    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+    fused = optimize(step.graph, 2, "numpy")
+    proto = export_graph(fused, params=None, name="lstm", train=True)
+    verify(proto, fused)
+    feeds, state = _feeds(m), {**m.state, **initial_state(step)}
+    want = make_runner(step.graph, "numpy", level=0)(feeds, m.params, state)
+    got = OrtSession(proto).run({**feeds, **m.params, **state})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_training_runs_at_the_models_level(monkeypatch):
+    import dlc.runtime.runner as runner_module
+
+    levels = []
+    real = runner_module.optimize
+    monkeypatch.setattr(runner_module, "optimize", lambda g, level, backend: levels.append(level) or
+                        real(g, level, backend))
+    m = dlc.load("specs/xor.dl")
+    m.opt_level = 1
+    m.train(epochs=1, progress=False, echo=lambda s: None)
+    assert levels and set(levels) == {1}
+    with pytest.raises(DlcError, match="opt_level"):
+        m.opt_level = 5
+
+
+def test_gradients_are_optimized_and_unchanged():
+    m = dlc.load("specs/mlp.dl", mode="train")
+    feeds = _feeds(m, batch=4)
+    m.opt_level = 0
+    want = m.gradients(feeds)
+    m.opt_level = 2  # drops the plans built at level 0
+    got = m.gradients(feeds)
+    assert "fused" in ops(m._plans[("grad", "loss")].graph)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+# -- every op sample: folded with constant inputs, then run on both backends ---------------------
+OP_CASES = [c for c in cases("primitive") if c[1].family not in ("random", "control")]
+
+
+@pytest.mark.parametrize("case", OP_CASES, ids=[c[0] for c in OP_CASES])
+def test_every_op_sample_folds_to_its_kernel_value(case):
+    case_id, cls, _, sample = case
+    arrays = materialise(sample, np.float32, seed_of(case_id))
+    g = Graph(cls.name)
+    b = Builder(g)
+    out = b.apply(cls.name, *[b.const(a) for a in arrays], **sample.attrs)
+    for j, v in enumerate(out if isinstance(out, tuple) else (out,)):
+        g.set_output(f"y{j}", b.identity(v))  # an op between the folded node and the output
+    want = Plan(g).run({})
+    o = optimize(g, 2, "numpy", check=True)
+    got = Plan(o).run({})
+    exported = OrtSession(export_graph(optimize(g, 2, "onnx", check=True), params={}, name=case_id)).run({})
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=case_id)
+        # a folded constant is exact; what is left to onnxruntime agrees within float32 rounding
+        np.testing.assert_allclose(exported[k], want[k], rtol=1e-5, atol=1e-6, err_msg=case_id)
+
+
+def test_fold_results_over_every_sample_are_consts_where_small():
+    """The op-sample folding above is not vacuous: most samples fold to a bare constant."""
+    folded = 0
+    for case_id, cls, _, sample in OP_CASES:
+        arrays = materialise(sample, np.float32, seed_of(case_id))
+        g = Graph(cls.name)
+        b = Builder(g)
+        out = b.apply(cls.name, *[b.const(a) for a in arrays], **sample.attrs)
+        for j, v in enumerate(out if isinstance(out, tuple) else (out,)):
+            g.set_output(f"y{j}", v)
+        o = optimize(g, 1)
+        folded += all(o.op(v.node) == "const" for v in o.outputs.values())
+    assert folded > 0.8 * len(OP_CASES)
+
+
+def test_samples_rows_are_exercised_by_the_generic_op_tests():
+    """The fused op's own samples run through test_ops / test_onnx_ops like every op's."""
+    from dlc.compiler.ops.registry import get_op
+
+    fused = type(get_op("fused"))
+    assert len(fused.samples) >= 3 and all(isinstance(s, Sample) for s in fused.samples)
+    assert all(isinstance(a, Arg) for s in fused.samples for a in s.inputs)
+    assert any(case[0].startswith("fused-") for case in cases("primitive"))

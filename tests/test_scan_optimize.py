@@ -1,0 +1,187 @@
+"""Recurrence the way fast RNN libraries run it: a training step sweeps forward
+once, loop-invariant work (input projections, weight gradients) runs as big
+GEMMs outside the loop, and the results equal the graph as lowered on both
+backends."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc.compiler.passes.pipeline import optimize
+from dlc.compiler.training.step import initial_state
+from dlc.runtime.interpreter import counting_kernel_calls
+from dlc.runtime.runner import make_runner
+from dlc.runtime.train import build_steps
+from step_parity import check_training_step
+
+ROOT = Path(__file__).resolve().parent.parent
+CELLS = ["rnn", "lstm", "gru"]
+RECURRENT_MATMULS = {"rnn": 1, "lstm": 1, "gru": 2}  # h @ Wh (and the GRU's (r * h) @ Wn) stay in the loop
+
+
+def _step(spec: str):
+    m = dlc.load(ROOT / "specs" / f"{spec}.dl", mode="train")
+    return m, build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+
+
+def _optimized(graph, level: int = 2, backend: str = "numpy"):
+    return optimize(graph, level, backend, check=True)  # verify() after every pass, scan bodies included
+
+
+def _feeds(batch: int, length: int = 6, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"xs": rng.standard_normal((batch, length, 2)).astype(np.float32),
+            "y": rng.integers(0, 2, batch).astype(np.int64), "__rng": np.int64(3)}
+
+
+def _run(m, step, feeds, level: int = 2) -> tuple[dict, int, int]:
+    state = {**m.state, **initial_state(step)}
+    run = make_runner(step.graph, "numpy", level)
+    with counting_kernel_calls() as n:
+        out = run(feeds, m.params, state)
+    return out, n.calls, n.runs
+
+
+def _scans(g):
+    return {g[n].role: g[n] for n in g.nodes() if g.op(n) == "scan"}
+
+
+def _ops(body) -> list[str]:
+    return [body.op(n) for n in body.nodes()]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnx"])
+@pytest.mark.parametrize("spec", CELLS)
+def test_a_training_step_sweeps_forward_once(spec, backend):
+    m, step = _step(spec)
+    for g in (step.graph, _optimized(step.graph, 2, backend)):
+        scans = _scans(g)
+        assert len([n for n in g.nodes() if g.op(n) == "scan"]) == 2
+        fwd, back = scans["forward"], scans["backward"]
+        # the reversed body is the cell's VJP: it re-runs no activation of the cell
+        assert not {"sigmoid", "tanh"} & set(_ops(back.attrs["body"]))
+        assert fwd.attrs["residuals"] > 0  # the forward scan stacks what the VJP reads
+    # optimized: no weight gradient accumulates in the loop, x @ Wx left it
+    assert back.attrs["n_carry"] == fwd.attrs["n_carry"]
+    if backend == "onnx":  # unfused bodies: the recurrent products are all that is left of the GEMMs
+        assert _ops(fwd.attrs["body"]).count("matmul") == RECURRENT_MATMULS[spec]
+    length = 6
+    for level in (0, 2):
+        _, _, runs = _run(m, step, _feeds(4, length), level)
+        assert runs == 1 + 2 * length  # the step itself, then each body once per step: forward, backward
+
+
+@pytest.mark.parametrize("spec", CELLS)
+def test_kernel_calls_per_step_do_not_grow_with_the_batch(spec):
+    m, step = _step(spec)
+    _, small, _ = _run(m, step, _feeds(2))
+    _, large, _ = _run(m, step, _feeds(64))
+    assert small == large
+    _, unoptimized, _ = _run(m, step, _feeds(2), level=0)
+    assert small < unoptimized / 2
+
+
+@pytest.mark.parametrize("spec", CELLS)
+def test_the_optimized_step_equals_the_graph_as_built(spec):
+    m, step = _step(spec)
+    feeds = _feeds(5, length=7)
+    want, _, _ = _run(m, step, feeds, level=0)
+    only_scans = step.graph.copy()
+    from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
+
+    assert hoist_scan_invariants(only_scans) == 2
+    only_scans.verify()
+    state = {**m.state, **initial_state(step)}
+    for got in (make_runner(only_scans, "numpy", 0)(feeds, m.params, state), _run(m, step, feeds)[0]):
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=f"{spec} {k}")
+    # the exported optimized step (its Scan stacks the residuals) agrees in onnxruntime
+    check_training_step(m, feeds, label=spec)
+
+
+@pytest.mark.parametrize("spec", CELLS)
+def test_inference_reads_the_projected_sequence(spec):
+    m = dlc.load(ROOT / "specs" / f"{spec}.dl")
+    g = _optimized(m.graph, 2, "onnx")
+    (scan,) = [g[n] for n in g.nodes() if g.op(n) == "scan"]
+    assert _ops(scan.attrs["body"]).count("matmul") == RECURRENT_MATMULS[spec]
+    feeds = {k: v for k, v in _feeds(3, 9).items() if k != "__rng"}
+    want = make_runner(m.graph, "numpy", 0)(feeds, m.params, m.state)
+    got = m.run(feeds)
+    ort = m.run(feeds, backend="onnxruntime")
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(ort[k], want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_gradients_of_the_optimized_graph_match_finite_differences():
+    from dlc.runtime.gradcheck import gradcheck
+
+    m = dlc.load(ROOT / "specs" / "lstm.dl", mode="train")
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-6  # the graph as built
+    feeds = {k: v for k, v in _feeds(3, 5).items() if k != "__rng"}
+    fast = m.gradients(feeds)  # at the model's level, 2
+    m.opt_level = 0
+    plain = m.gradients(feeds)
+    for k in plain:
+        np.testing.assert_allclose(fast[k], plain[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_the_exported_training_step_has_two_scans_and_matches():
+    m, _ = _step("lstm")
+    proto = m.to_onnx("train")
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Scan") == 2
+    assert ops.count("MatMul") >= 4  # x @ Wx before the loop; dWx, dWh after it; the head's
+    check_training_step(m, _feeds(3, 5), label="lstm", proto=proto)
+
+
+def test_the_compiler_does_not_import_the_runtime():
+    """Imports run one way: a kernel that runs a body gets a context object instead."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "compiler").rglob("*.py")
+                 if re.search(r"^\s*(from|import)\s+(dlc\.runtime|\.\.+runtime)", p.read_text(), re.M)]
+    assert offenders == []
+    code = ("import sys, dlc.compiler.lower, dlc.compiler.training.step, dlc.compiler.onnx_export, "
+            "dlc.compiler.ops.control, dlc.compiler.passes.hoist_scan_invariants\n"
+            "print(sorted(m for m in sys.modules if m.startswith('dlc.runtime')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("hoist", [False, True])
+def test_second_order_through_bptt_matches_finite_differences(hoist):
+    """d/dW of |dL/dW|²: the backward scan (with its residual inputs) differentiates like any scan."""
+    from dlc.compiler.passes.backprop import backprop
+    from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
+    from dlc.runtime.interpreter import Plan
+    from test_scan import _data, rnn_graph
+
+    g, b, loss = rnn_graph()
+    grads = backprop(g, loss, ["Wx", "Wh"], builder=b)
+    penalty = b.add(b.sum(b.mul(grads["Wx"], grads["Wx"])), b.sum(b.mul(grads["Wh"], grads["Wh"])))
+    second = backprop(g, penalty, ["Wx", "Wh"], builder=b)
+    g.set_outputs({"penalty": penalty, "dWx": second["Wx"], "dWh": second["Wh"]})
+    g.prune({v.node for v in g.outputs.values()})
+    if hoist:
+        assert hoist_scan_invariants(g) > 0
+    g.verify()
+    feeds, params = _data()
+    out = Plan(g).run(feeds, params)
+    plan = Plan(g, ["penalty"])
+    eps = 1e-6
+    for name in ("Wx", "Wh"):
+        num = np.zeros_like(params[name])
+        for idx in np.ndindex(*params[name].shape):
+            hi, lo = params[name].copy(), params[name].copy()
+            hi[idx] += eps
+            lo[idx] -= eps
+            num[idx] = (plan.run(feeds, {**params, name: hi})["penalty"]
+                        - plan.run(feeds, {**params, name: lo})["penalty"]) / (2 * eps)
+        np.testing.assert_allclose(out["d" + name], num, rtol=1e-6, atol=1e-8)
