@@ -16,10 +16,13 @@ which never wins a maximum and never counts in an average.
 
 Max pooling routes the gradient to the first maximum of each window in
 row-major order, the element ONNX ``MaxPool``'s ``Indices`` output names.
-The argmax is one ``np.argmax`` over the window axis of the im2col view (a
-reshape when the windows tile the image) and the gradient a scatter of
-``dy`` onto it — a direct write when windows tile, ``bincount`` when they
-overlap.  Two primitives carry it, each the other's gradient with respect to
+The gradient is a scatter of ``dy`` onto each window's argmax, found once.
+When the windows tile the image (stride = kernel, no padding: LeNet's 2x2
+pools) the image is viewed as ``[N, C, o0, k0, o1, k1, ...]`` without a
+copy: the argmax is one strided comparison per kernel offset and the scatter
+writes ``dy`` into each offset's slice of the output; otherwise the argmax is
+one ``np.argmax`` over the window axis of the im2col view and the scatter a
+``bincount``.  Two primitives carry it, each the other's gradient with respect to
 its second input (both are piecewise constant in ``x``):
 
 - ``max_pool{k}d_grad(x, dy)``: scatter-add ``dy`` onto the argmax positions
@@ -34,6 +37,7 @@ of real elements in each window instead of the kernel size.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -129,26 +133,28 @@ def max_np(x: np.ndarray, win: Window) -> np.ndarray:
     return y
 
 
-def tile_view(x: np.ndarray, win: Window) -> np.ndarray:
-    """``x`` as ``[N, C, *out, prod(kernel)]`` when the windows tile it (a copy)."""
-    k = len(win.kernel)
-    split = x.reshape(*x.shape[:2], *(v for o, kk in zip(win.out, win.kernel) for v in (o, kk)))
-    order = (0, 1, *range(2, 2 + 2 * k, 2), *range(3, 3 + 2 * k, 2))
-    return split.transpose(order).reshape(*x.shape[:2], *win.out, -1)
-
-
-def untile(t: np.ndarray, win: Window, shape) -> np.ndarray:
-    """The inverse of ``tile_view``: ``[N, C, *out, prod(kernel)]`` back to the image ``shape``."""
-    k = len(win.kernel)
-    t = t.reshape(*t.shape[:2 + k], *win.kernel)
-    order = (0, 1, *(a for i in range(k) for a in (2 + i, 2 + k + i)))
-    return t.transpose(order).reshape(shape)
+def _tiles(x: np.ndarray, win: Window):
+    """When the windows tile ``x``: ``x`` viewed as ``[N, C, o0, k0, o1, k1, ...]`` (no
+    copy) and, per kernel offset in row-major order, the index of its ``[N, C, *out]``
+    slice in that view."""
+    view = x.reshape(*x.shape[:2], *(v for o, kk in zip(win.out, win.kernel) for v in (o, kk)))
+    offsets = itertools.product(*(range(kk) for kk in win.kernel))
+    return view, [(slice(None), slice(None), *(v for i in offset for v in (slice(None), i))) for offset in offsets]
 
 
 def window_argmax(x: np.ndarray, win: Window) -> np.ndarray:
-    """int64 ``[N, C, *out]``: each window's first maximum, as an offset in the window (row-major)."""
+    """int64 ``[N, C, *out]``: each window's first maximum, as an offset in the window (row-major).
+    Tiling windows: one strided comparison per kernel offset (no copy of the windows);
+    otherwise one ``argmax`` over the window axis of the im2col view."""
     if win.tiles():
-        return tile_view(x, win).argmax(axis=-1)
+        view, slices = _tiles(x, win)
+        best = view[slices[0]].copy()
+        arg = np.zeros(best.shape, np.int64)
+        for k, idx in enumerate(slices[1:], start=1):
+            better = view[idx] > best  # strict: an equal value later in the window does not win
+            np.copyto(best, view[idx], where=better)
+            arg[better] = k
+        return arg
     view = windows(pad_image(x, win.eff, -np.inf), win.kernel, win.stride, win.dilation, win.out)
     return view.reshape(*x.shape[:2], -1, *win.out).argmax(axis=2)
 
@@ -167,17 +173,27 @@ def flat_argmax(x: np.ndarray, win: Window) -> np.ndarray:
 
 
 def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
-    if win.tiles():  # a direct write: every element belongs to one window
-        out = np.zeros((*dy.shape, math.prod(win.kernel)), dtype=x.dtype)
-        np.put_along_axis(out, window_argmax(x, win)[..., None], dy[..., None], axis=-1)
-        return untile(out, win, x.shape)
+    """``dy`` scattered onto each window's argmax: written slice by slice when the
+    windows tile ``x`` (every element is in one window), else one ``bincount``."""
+    if win.tiles():
+        arg = window_argmax(x, win)
+        out = np.zeros_like(x)
+        view, slices = _tiles(out, win)
+        for k, idx in enumerate(slices):
+            np.multiply(dy, arg == k, out=view[idx])
+        return out
     flat = np.bincount(flat_argmax(x, win).ravel(), weights=dy.ravel(), minlength=x.size)
     return flat.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 def max_pick_np(x: np.ndarray, t: np.ndarray, win: Window) -> np.ndarray:
     if win.tiles():
-        return np.take_along_axis(tile_view(t, win), window_argmax(x, win)[..., None], axis=-1)[..., 0]
+        arg = window_argmax(x, win)
+        view, slices = _tiles(t, win)
+        out = np.empty(arg.shape, dtype=t.dtype)
+        for k, idx in enumerate(slices):
+            np.copyto(out, view[idx], where=arg == k)
+        return out
     return t.reshape(-1)[flat_argmax(x, win)]
 
 
@@ -314,7 +330,8 @@ AVG_CASES = [((2, 3, 7), {"kernel": 3, "stride": 2, "padding": 1, "count_include
 
 def avg_np(x: np.ndarray, win: Window, count_include_pad: bool) -> np.ndarray:
     if win.tiles():
-        return tile_view(x, win).mean(axis=-1)
+        view, _ = _tiles(x, win)
+        return view.mean(axis=tuple(range(3, 3 + 2 * len(win.kernel), 2)))
     xp = pad_image(x, win.eff)
     y = None
     for _, idx in offset_slices(win.kernel, win.stride, win.dilation, win.out):
@@ -382,8 +399,9 @@ class AvgPoolGrad(Op):
         win = Window(self.name, self.rank, tuple(size), **window)
         g = dy / win.divisor(count_include_pad, dy.dtype)
         if win.tiles():
-            shape = (*dy.shape, math.prod(win.kernel))
-            return untile(np.broadcast_to(g[..., None], shape), win, (*dy.shape[:2], *size))
+            spread = g.reshape(*g.shape[:2], *(v for o in win.out for v in (o, 1)))
+            tiled = (*g.shape[:2], *(v for o, kk in zip(win.out, win.kernel) for v in (o, kk)))
+            return np.broadcast_to(spread, tiled).reshape(*dy.shape[:2], *size)
         return fold(g, tuple(size), win.kernel, win.stride, win.eff, win.dilation, dy.dtype)
 
     def grad(self, b, inputs, outputs, cts, size, count_include_pad, **window):
