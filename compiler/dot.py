@@ -56,7 +56,8 @@ class _Dot:
     def __init__(self, name: str):
         self.lines = [f"digraph {quote(name)} {{", "  compound=true; rankdir=TB; newrank=true;",
                       '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
-                      '  edge [fontname="Helvetica", fontsize=8, color="#555555", arrowsize=0.6];']
+                      '  edge [fontname="Helvetica", fontsize=8, color="#555555", arrowsize=0.6, labelfontsize=7, '
+                      'labelfontcolor="#6666aa", labeldistance=1.6, labelangle=35];']
         self.edges: list[str] = []
 
     def node(self, ident: str, indent: str, **attrs) -> None:
@@ -189,6 +190,8 @@ def to_dot(g: Graph, legend: bool = True) -> str:
             if prev is not None:
                 dot.edge(prev, ident, style="invis")
             prev = ident
+        # one row, not a column beside the graph
+        dot.lines.append("    {rank=same; " + " ".join(quote(e[0]) + ";" for e in entries) + "}")
         dot.lines.append("  }")
     return "\n".join(dot.lines + dot.edges + ["}"])
 

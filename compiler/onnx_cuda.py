@@ -30,6 +30,7 @@ CUDA_KERNELS: dict[str, tuple[str, ...]] = {
     **{op: _ALL for op in ("Cast", "Concat", "Expand", "Gather", "GatherElements", "Identity", "Reshape",
                            "Scan", "ScatterElements", "Shape", "Size", "Slice", "Split", "Squeeze",
                            "Transpose", "Unsqueeze")},
+    "Clip": _F + ("INT8", "UINT8", "INT64", "UINT64"),
     "ConstantOfShape": ("INT64",),
     "Pad": _F + ("BOOL",),
     "Range": ("FLOAT", "DOUBLE", "INT16", "INT32", "INT64"),

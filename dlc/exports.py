@@ -137,12 +137,13 @@ def update_graph(model, group: str | None = None, steps_per_epoch: int | None = 
     scales the schedule."""
     from dlc.compiler.training.step import build_update, select_params
     from dlc.runtime.train import steps_per_epoch_for
+    from dlc.runtime.trainer import updates_per_epoch
 
     spec = model.train_spec()
     s = spec.steps[_group_index(spec, group)]
     names = select_params(s.params, list(model.graph.params), s.loc, f"step `{s.name}`")
     spe = steps_per_epoch_for(model, spec) if steps_per_epoch is None else steps_per_epoch
-    return build_update(model.graph, spec, s, names, spe)
+    return build_update(model.graph, spec, s, names, updates_per_epoch(s, spe))  # as the fused step counts
 
 
 def _grad(model, *, group, outputs):

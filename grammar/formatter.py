@@ -147,6 +147,16 @@ class _Source:
             out.append((line, col, text))
         return out
 
+    def inside(self, first: int, last: int) -> list[tuple[int, int, str]]:
+        """Unused comments on lines first..last-1 (inside a statement that spans lines: they
+        move above it, since the statement becomes one line)."""
+        out = []
+        for i, (line, col, text) in enumerate(self.comments):
+            if i not in self.used and first <= line < last:
+                self.used.add(i)
+                out.append((line, col, text))
+        return out
+
     def trailing(self, line: int) -> str | None:
         for i, (cline, col, text) in enumerate(self.comments):
             if i not in self.used and cline == line and self.lines[line - 1][:col - 1].strip():
@@ -271,7 +281,7 @@ def _block(items, src: _Source, indent: str, after: int) -> list[_Line]:
     out: list[_Line] = []
     prev_end = after
     for s in items:
-        lead = src.own_line_comments(s.loc.line)
+        lead = src.own_line_comments(s.loc.line) + src.inside(s.loc.line, s.loc.end_line)
         first = lead[0][0] if lead else s.loc.line
         if out and src.blank_between(prev_end, first):
             out.append(_Line("", [""], None, None, 0, 0))
@@ -279,7 +289,7 @@ def _block(items, src: _Source, indent: str, after: int) -> list[_Line]:
             if i and src.blank_between(lead[i - 1][0], line):
                 out.append(_Line("", [""], None, None, 0, 0))
             out.append(_Line(indent, [c], None, None, line, line))
-        if lead and src.blank_between(lead[-1][0], s.loc.line):
+        if lead and lead[-1][0] < s.loc.line and src.blank_between(lead[-1][0], s.loc.line):
             out.append(_Line("", [""], None, None, 0, 0))
         kind, cells = _statement(s, src)
         out.append(_Line(indent, cells, kind, src.trailing(s.loc.end_line), s.loc.line, s.loc.end_line))

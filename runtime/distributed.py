@@ -59,7 +59,7 @@ from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
-from .trainer import load_splits, make_trainer, rng_key
+from .trainer import load_splits, make_trainer, metric_key, rng_key, updates_per_epoch
 
 WORKER_KEY_STRIDE = 1_000_003  # worker r's random key: the step's key + r * stride (mod the key range)
 KEY_MODULUS = 2_147_483_647
@@ -194,8 +194,7 @@ class DistributedTrainer:
         self.updates = []
         for g in self.local.groups:
             s = spec.steps[g.index]
-            every_steps = max(-(-steps_per_epoch // s.every), 1)
-            upd = build_update(model.graph, spec, s, g.step.params, every_steps)
+            upd = build_update(model.graph, spec, s, g.step.params, updates_per_epoch(s, steps_per_epoch))
             self.updates.append(bind(upd.graph, self.local.store, backend, threads=self.local.threads,
                                      level=self.local.level))
         self.outputs: dict[int, dict] = {}
@@ -226,36 +225,44 @@ class DistributedTrainer:
             yield BatchRef(epoch, i), min(size, self.n_train - start)
 
     def __call__(self, batch: BatchRef) -> dict[str, float]:
-        """One global batch: every step group due at this global step runs once, in order."""
+        """One global batch: every step group due at this global step runs, in order,
+        ``repeat`` times, with the Trainer's random keys and ``sees`` rule."""
         store = self.local.store
         metrics: dict[str, float] = {}
         self.outputs = {}
         committed = False
         step = self.global_step
+        groups = self.local.groups
         names = [*self.local.param_names, *self.local.model_state]
-        for g in self.local.groups:
+        at_start = self.local.params if any(g.step.sees == "start" for g in groups[1:]) else None
+        for g in groups:
             if step % g.every:
                 continue
-            key = int(rng_key(self.local.seed, step, g.index))
-            sent = store.get(names)
-            if self.debug:
-                self._sent = sent
-            values = self.ray.put(sent)
-            parts = [p for p in self._get([w.grad.remote(g.index, batch, key, values) for w in self.workers])
-                     if p["n"]]
-            avg = _weighted_mean(parts)
-            out = self.updates[g.index]({k: v for k, v in avg.items() if k.startswith("grad/")})
-            self.updates[g.index].commit([*g.step.params, *g.step.state_init])
-            if not committed and g.step.model_state:
-                store.set({k: avg[f"new/{k}"] for k in g.step.model_state})
-                committed = True
-            loss = float(avg["train/loss"])
-            metrics[g.loss_key] = loss
+            for r in range(g.step.repeat):
+                key = int(rng_key(self.local.seed, step, g.index + len(groups) * r))
+                sent = store.get(names)
+                if g.step.sees == "start" and at_start is not None:  # the others' parameters as the batch found them
+                    sent.update({k: at_start[k] for k in self.local.param_names if k not in g.step.params})
+                if self.debug:
+                    self._sent = sent
+                values = self.ray.put(sent)
+                parts = [p for p in self._get([w.grad.remote(g.index, batch, key, values) for w in self.workers])
+                         if p["n"]]
+                avg = _weighted_mean(parts)
+                out = self.updates[g.index]({k: v for k, v in avg.items() if k.startswith("grad/")})
+                self.updates[g.index].commit([*g.step.params, *g.step.state_init])
+                if not committed and g.step.model_state:
+                    store.set({k: avg[f"new/{k}"] for k in g.step.model_state})
+                    committed = True
+            metrics[g.loss_key] = float(avg["train/loss"])
             self.outputs[g.index] = {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
                                      **{k: v for k, v in avg.items() if k.startswith("metric/")}}
             if g.index == 0:
                 metrics["lr"] = float(out["train/lr"])
-                metrics.update({k[len("metric/"):]: float(v) for k, v in avg.items() if k.startswith("metric/")})
+                for k, v in avg.items():
+                    name = metric_key(k, g.step.group)
+                    if name is not None and k.startswith("metric/"):
+                        metrics[name] = float(v)
         self.global_step = step + 1
         if self.debug and (batch.index + 1) * self.local.spec.batch >= self.n_train:  # once per epoch
             self.check_consistent(self._sent)

@@ -5,6 +5,12 @@ The training-mode graph is differentiated symbolically, then run in float64
 masks are the same in every evaluation.  For each parameter up to
 ``samples`` elements are perturbed by ±eps; the reported error is
 ``max |symbolic - numeric| / max(|symbolic|, |numeric|, floor)``.
+
+A loss that contains ``grad(...)`` (gradient nodes in the forward graph) is
+checked the same way, which makes it a second-order check: the symbolic
+side differentiates the first pass's nodes again, the numeric side
+perturbs the parameters under the whole first-order computation.  The
+first line printed says so.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ def gradcheck(model, *, loss: str | None = None, seed: int = 0, samples: int = 1
     if loss_name not in model.graph.outputs:
         raise DlcError("E0301", f"the model has no output `{loss_name}` to differentiate",
                        hint=f"outputs: {', '.join(model.graph.outputs)}")
+    if uses_grad(model.graph, loss_name):
+        echo(f"second order: `{loss_name}` contains grad(...), so its gradients are second derivatives")
     g, grads = gradient_graph(model.graph, loss_name, "train")
     loss_v = g.outputs[loss_name]
     names = sorted(g.params)
@@ -58,3 +66,9 @@ def gradcheck(model, *, loss: str | None = None, seed: int = 0, samples: int = 1
         echo(f"{name.ljust(width)}  {str(list(base.shape)):>14}  max rel error {err:.2e}")
     return worst
 
+
+
+def uses_grad(graph, output: str) -> bool:
+    """Does ``output`` depend on gradient nodes built by ``grad(...)`` in the model?"""
+    up = graph.ancestors([graph.outputs[output].node])
+    return any(graph[n].role == "backward" for n in up)

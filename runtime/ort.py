@@ -34,12 +34,12 @@ _NP = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(doubl
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(device: str) -> list:
     """The execution providers for ``device`` (``cpu``, ``cuda`` or ``cuda:N``), CPU last as the
     fallback for nodes a device provider lacks; E0401 when the provider is not installed."""
     ort = import_optional("onnxruntime", "the onnxruntime backend")
-    kind = device.split(":", 1)[0]
-    if kind not in PROVIDERS:
+    kind, _, index = device.partition(":")
+    if kind not in PROVIDERS or index and not index.isdigit() or kind == "cpu" and index not in ("", "0"):
         raise DlcError("E0110", f"unknown device `{device}`", hint="devices: " + ", ".join(PROVIDERS))
     wanted = PROVIDERS[kind]
     available = ort.get_available_providers()
@@ -48,7 +48,7 @@ def providers_for(device: str) -> list[str]:
                                 f"({ort.__version__}) does not have (it has {', '.join(available)})",
                        hint="pip install onnxruntime-gpu (in place of onnxruntime) on a machine with CUDA"
                        if kind == "cuda" else None)
-    return [wanted] if kind == "cpu" else [wanted, PROVIDERS["cpu"]]
+    return [wanted] if kind == "cpu" else [(wanted, {"device_id": int(index or 0)}), PROVIDERS["cpu"]]
 
 
 def _device(device: str) -> tuple[str, int]:

@@ -49,9 +49,14 @@ def build_steps(model, spec, steps_per_epoch: int) -> list[StepGraph]:
     out = []
     for step in spec.steps:
         lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
-        # a group that runs every k batches makes 1/k of the updates: its schedule counts those
-        out.append(build_step(lowered.graph, spec, step, max(math.ceil(steps_per_epoch / step.every), 1)))
+        out.append(build_step(lowered.graph, spec, step, updates_per_epoch(step, steps_per_epoch)))
     return out
+
+
+def updates_per_epoch(step, steps_per_epoch: int) -> int:
+    """The updates a step group makes per epoch, which its schedule counts: a group that
+    runs every k batches, r times, makes r/k as many as there are batches."""
+    return max(math.ceil(steps_per_epoch / step.every), 1) * step.repeat
 
 
 def eval_graph(model, spec) -> Graph:
@@ -203,22 +208,33 @@ class Trainer:
 
     # -- stepping ------------------------------------------------------------------------
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
-        """One batch: every step group due at this global step runs once, in order."""
+        """One batch: every step group due at this global step runs, in order, ``repeat``
+        times (fresh random keys; repeat 0 has the key of a group without repeat).  A group
+        with ``sees = start`` reads the other groups' parameters as the batch found them."""
         metrics: dict[str, float] = {}
         self.outputs = {}
         committed = False
         step = self.global_step
+        at_start = self.params if any(g.step.sees == "start" for g in self.groups[1:]) else None
         for g in self.groups:
             if step % g.every:
                 continue
-            feeds = dict(batch)
-            feeds[RNG_INPUT] = rng_key(self.seed, step, g.index)
-            out = g.run(feeds)
-            loss = float(out["train/loss"])
-            if not math.isfinite(loss):
-                self._locate_nonfinite(g, feeds, loss)
-            g.run.commit(g.commit_later if committed else g.commit_first)
-            committed = committed or bool(g.step.model_state)
+            for r in range(g.step.repeat):
+                feeds = dict(batch)
+                feeds[RNG_INPUT] = rng_key(self.seed, step, g.index + len(self.groups) * r)
+                moved = None
+                if g.step.sees == "start" and at_start is not None:
+                    others = [k for k in self.param_names if k not in g.step.params]
+                    moved = self.store.get(others)
+                    self.store.set({k: at_start[k] for k in others})
+                out = g.run(feeds)
+                loss = float(out["train/loss"])
+                if not math.isfinite(loss):
+                    self._locate_nonfinite(g, feeds, loss)
+                g.run.commit(g.commit_later if committed else g.commit_first)
+                if moved is not None:
+                    self.store.set(moved)
+                committed = committed or bool(g.step.model_state)
             metrics[g.loss_key] = loss
             self.outputs[g.index] = out
             if g.index == 0:

@@ -109,7 +109,8 @@ def test_the_required_mistakes_are_covered():
 
     # E0501 (export) has no golden program: every graph that passes `dlc check` exports (the shape
     # rules refuse what ONNX cannot express); its messages are tested in test_onnx_export.py.
-    for code in set(CODES) - {"E0501"}:
+    # E0404 (a data-parallel worker failed) needs a killed Ray worker: tests/test_distributed.py.
+    for code in set(CODES) - {"E0501", "E0404"}:
         assert code in codes, f"no golden error for {code}"
     text = {p.stem: p.with_suffix(".expected").read_text(encoding="utf-8") for p in PROGRAMS}
     assert "did you mean `relu`?" in text["unknown_name"]

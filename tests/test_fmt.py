@@ -70,3 +70,10 @@ def test_fmt_of_a_broken_file_is_the_syntax_error(tmp_path, monkeypatch):
     Path("b.dl").write_text("model m( {\n")
     result = CliRunner().invoke(main, ["fmt", "b.dl"])
     assert result.exit_code == 2 and "error[E0001]" in result.output
+
+
+def test_a_comment_inside_a_statement_spanning_lines_moves_above_it():
+    text = ("model m() {\n    input x: f32[B, 4]\n    y = concat([x,   # the input\n                x], axis = 1)\n"
+            "    output z = y\n}\n")
+    assert format_source(text) == ("model m() {\n    input x: f32[B, 4]\n    # the input\n"
+                                   "    y = concat([x, x], axis = 1)\n    output z = y\n}\n")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import dlc
 from dlc.grammar.errors import DlcError
 from dlc.runtime.gradcheck import gradcheck
+
+import dlc
 
 BACKENDS = ["numpy", "onnxruntime"]
 X = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]], np.float32)

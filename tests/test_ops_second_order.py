@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from dlc.compiler.passes.backprop import backprop
 from dlc.runtime.interpreter import Plan
 

@@ -92,6 +92,10 @@ def test_a_missing_execution_provider_is_a_coded_error():
     with pytest.raises(DlcError) as e:
         m.trainer(backend="numpy", device="cuda")
     assert e.value.code == "E0110"
+    for bad in ("tpu", "cuda:x", "cpu:1"):
+        with pytest.raises(DlcError) as e:
+            m.trainer(backend="onnxruntime", device=bad)
+        assert e.value.code == "E0110", bad
 
 
 def test_bound_runs_return_outputs_of_symbolic_shape():

@@ -48,7 +48,7 @@ class Scan(Op):
     samples = []
     tested_by = "tests/test_scan.py"  # a body graph cannot be a generic sample
 
-    def flops(self, in_types, out_types, body, n_carry, n_seq, axis, reverse, residuals=0):
+    def flops(self, in_types, out_types, body, n_carry, axis, **attrs):
         """The body's FLOPs times the number of steps."""
         from ..summary import graph_flops
 
@@ -115,7 +115,9 @@ class Scan(Op):
             carries = [out[nm] for nm in out_names[:k]]
             for j, nm in enumerate(out_names[k:]):
                 stacked[j][t] = out[nm]
-        ys = [np.stack(col, axis=min(ax, np.ndim(col[0]))) for col in stacked]
+        # stacked time-major (one contiguous copy each) and seen through a view with the steps at
+        # `axis`: no strided scatter, and a reversed scan reading it back gets contiguous slices
+        ys = [np.moveaxis(np.stack(col), 0, min(ax, np.ndim(col[0]))) for col in stacked]
         split = len(ys) - residuals
         return tuple(ys[:split]) + tuple(carries) + tuple(ys[split:])
 

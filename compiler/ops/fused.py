@@ -152,7 +152,8 @@ def _check_program(types, program, outputs, reuse):
     return values, owned
 
 
-_CACHE: dict[int, tuple] = {}  # id(program) → (program, key, function)
+_CACHE: dict[int, tuple] = {}  # id(program) → (program, key, function); the entry keeps the program alive
+_CACHE_LIMIT = 4096
 
 
 def _compiled(program, outputs, reuse, n_in: int):
@@ -176,6 +177,8 @@ def _compiled(program, outputs, reuse, n_in: int):
         lines.append(f"    v{n_in + j} = f{j}({', '.join(f'v{int(a)}' for a in args)}{out})")
     lines.append(f"    return ({', '.join(f'v{int(o)}' for o in outputs)},)")
     exec("\n".join(lines), env)  # noqa: S102  (generated from integers and fixed names only)
+    if len(_CACHE) >= _CACHE_LIMIT:  # programs of graphs long gone: start again rather than grow
+        _CACHE.clear()
     _CACHE[id(program)] = (program, key, env["fused"])
     return env["fused"]
 

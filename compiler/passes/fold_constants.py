@@ -26,23 +26,24 @@ _NEVER = {"random", "control"}  # families whose ops are not pure functions of t
 def fold_constants(graph: Graph) -> int:
     """Replace foldable nodes by ``const`` nodes (in one topological sweep); returns how many."""
     uses = Uses(graph)
-    folded = 0
+    folded: list[int] = []
     for n in topo_order(graph):
         rec = graph[n]
         if rec.op in SOURCE_OPS or len(rec.types) != 1:
             continue
+        if rec.op == "count" and is_static(graph.type_of(rec.inputs[0]).shape):
+            x = graph.type_of(rec.inputs[0])
+            args = [np.empty(x.shape, np_dtype(x.dtype))]
+        else:
+            args = [const_value(graph, v) for v in rec.inputs]  # the cheap test first: most nodes stop here
+            if any(a is None for a in args):
+                continue
         opdef = get_op(rec.op)
         if opdef.family in _NEVER or opdef.takes_context or _mentions_sym(rec.attrs):
             continue
         t = rec.types[0]
         if not is_static(t.shape) or int(np.prod(t.shape, dtype=np.int64)) > MAX_FOLDED:
             continue
-        if rec.op == "count" and is_static(graph.type_of(rec.inputs[0]).shape):
-            args = [np.empty(graph.type_of(rec.inputs[0]).shape, np_dtype(graph.type_of(rec.inputs[0]).dtype))]
-        else:
-            args = [const_value(graph, v) for v in rec.inputs]
-            if any(a is None for a in args):
-                continue
         with np.errstate(all="ignore"):  # a folded 1/0 is inf, as it would be at run time
             value = opdef.kernel(*args, **rec.attrs)
         value = np.asarray(value[0] if isinstance(value, tuple) else value)  # a one-output op may return a 1-tuple
@@ -53,9 +54,9 @@ def fold_constants(graph: Graph) -> int:
         c = graph.add_node("const", (), {"value": value}, (t,), loc=rec.loc, scope=rec.scope, role=rec.role,
                            grad_of=rec.grad_of)
         uses.replace(n, [Value(c)])
-        graph.remove_nodes([n])
-        folded += 1
-    return folded
+        folded.append(n)
+    graph.remove_nodes(folded)  # once: each call rebuilds the containers
+    return len(folded)
 
 
 def _mentions_sym(value) -> bool:

@@ -20,7 +20,7 @@ from .rewrite import Uses
 def fold_transposes(graph: Graph) -> int:
     """Rewrite every ``matmul`` of a swapped-axes transpose as ``matmul_t``; returns how many."""
     uses = Uses(graph)
-    folded = 0
+    folded: list[int] = []
     for n in list(graph.nodes()):
         rec = graph[n]
         if rec.op != "matmul":
@@ -39,9 +39,9 @@ def fold_transposes(graph: Graph) -> int:
         m = graph.add_node("matmul_t", args, attrs, types, loc=rec.loc, scope=rec.scope, role=rec.role,
                            grad_of=rec.grad_of)
         uses.replace(n, [Value(m)])
-        graph.remove_nodes([n])
-        folded += 1
-    return folded
+        folded.append(n)
+    graph.remove_nodes(folded)
+    return len(folded)
 
 
 def _swaps_last_two(perm, rank: int) -> bool:

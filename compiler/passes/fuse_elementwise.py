@@ -7,11 +7,13 @@ that order — then no path leaves the group and comes back (a node after the
 root cannot lead to a member), so the group can run as one step.  A member
 read after the group (``bias + relu``'s sum, read again by relu's gradient),
 or that is a named output or a next state (the Adam moments ``m``, ``v``),
-becomes an extra output of the fused node.  So the Adam update of one parameter (17 ops: moments, bias
-corrections, square root, step) is one node with three outputs, ``bias +
-relu`` is one node, and so is an LSTM cell's gate arithmetic.  Values read by
-several groups (the learning rate, a shared bias correction) stay the output
-of their own group.
+becomes an extra output of the fused node.  So the Adam update of one
+parameter (17 ops: moments, bias corrections, square root, step) is one node
+with three outputs, ``bias + relu`` is one node, and so is an LSTM cell's
+gate arithmetic.  Values read by several groups (the learning rate, a shared
+bias correction) stay the output of their own group.  Between the groups of
+one round every edge runs from a lower root position to a higher one, so the
+fused graph is acyclic too.
 
 The fused kernel writes into buffers it allocated itself whenever a value of
 the same type is dead (planned here from the static types, checked by the
@@ -32,7 +34,25 @@ from .rewrite import Uses, topo_order
 
 
 def fuse_elementwise(graph: Graph) -> int:
-    """Fuse every chain of two or more elementwise nodes; returns how many nodes were absorbed."""
+    """Fuse every chain of two or more elementwise nodes; returns how many nodes were absorbed.
+
+    Rounds repeat (at most :data:`ROUNDS`) with the fused nodes of the last round
+    fusible in turn: which group a node joins depends on the order roots are met, so
+    a chain split in one round (a cell's forward gates and their gradient) can join
+    in the next."""
+    total = 0
+    for _ in range(ROUNDS):
+        absorbed = _fuse_round(graph)
+        total += absorbed
+        if not absorbed:
+            break
+    return total
+
+
+ROUNDS = 3
+
+
+def _fuse_round(graph: Graph) -> int:
     uses = Uses(graph)
     order = topo_order(graph)
     pos = {n: i for i, n in enumerate(order)}
@@ -65,21 +85,24 @@ def fuse_elementwise(graph: Graph) -> int:
                     members.append(u)
                     todo.append(u)
         groups.append(members)
-    absorbed = 0
+    absorbed: list[int] = []
     for members in groups:
         if len(members) > 1:
             _fuse(graph, uses, sorted(members, key=pos.__getitem__))
-            absorbed += len(members) - 1
-    return absorbed
+            absorbed += members
+    graph.remove_nodes(absorbed)  # unused now; at once, since each call rebuilds the containers
+    return len(absorbed) - sum(len(m) > 1 for m in groups)
 
 
 def _fusible(graph: Graph, n: int) -> bool:
     rec = graph[n]
-    return rec.op in FUSIBLE and len(rec.types) == 1
+    return rec.op == "fused" or rec.op in FUSIBLE and len(rec.types) == 1
 
 
 def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
-    """Replace ``members`` (topologically ordered, the root last) by one ``fused`` node."""
+    """Make one ``fused`` node compute ``members`` (topologically ordered, the root last)
+    and rewire their uses to it (the caller removes them); a member that is a ``fused``
+    node already (an earlier round's) is inlined."""
     member_set = set(members)
     number: dict[Value, int] = {}
     inputs: list[Value] = []
@@ -88,25 +111,47 @@ def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
             if v.node not in member_set and v not in number:
                 number[v] = len(inputs)
                 inputs.append(v)
-    program = []
-    for j, m in enumerate(members):
+    types = [graph.type_of(v) for v in inputs]
+    program: list = []
+
+    def emit(op, args, kw) -> int:
+        program.append((op, args, kw))
+        types.append(get_op(op).shape(*[types[a] for a in args], **dict(kw)))
+        return len(types) - 1
+
+    for m in members:
         rec = graph[m]
-        program.append((rec.op, tuple(number[v] for v in rec.inputs), tuple(sorted(rec.attrs.items()))))
-        number[Value(m)] = len(inputs) + j
-    root = members[-1]
-    leaving = [m for m in members if m == root or uses.external(m)
-               or any(c not in member_set for c in graph.consumers(m))]
-    outputs = tuple(number[Value(m)] for m in leaving)
-    types = [graph.type_of(v) for v in inputs] + [graph[m].types[0] for m in members]
-    reuse = _plan_buffers(program, types, len(inputs), set(outputs))
+        args = [number[v] for v in rec.inputs]
+        if rec.op == "fused":
+            local = list(args)  # the inlined program's value numbers → ours
+            for op, a, kw in rec.attrs["program"]:
+                local.append(emit(op, tuple(local[i] for i in a), kw))
+            for k, o in enumerate(rec.attrs["outputs"]):
+                number[Value(m, k)] = local[o]
+        else:
+            number[Value(m)] = emit(rec.op, tuple(args), tuple(sorted(rec.attrs.items())))
+    n_in = len(inputs)
+    read_outside: dict[Value, bool] = {}
+    for m in members:
+        wanted = uses.external_indices(m) | ({0} if m == members[-1] and graph[m].op != "fused" else set())
+        for c in graph.consumers(m):
+            if c not in member_set:
+                wanted |= {v.index for v in graph[c].inputs if v.node == m}
+        if m == members[-1] and not wanted:
+            wanted = {0}
+        for k in sorted(wanted):
+            read_outside[Value(m, k)] = True
+    leaving = list(read_outside)
+    outputs = tuple(number[v] for v in leaving)
+    reuse = _plan_buffers(program, types, n_in, set(outputs))
     attrs = {"program": tuple(program), "outputs": outputs, "reuse": reuse}
-    out_types = get_op("fused").shape(*types[:len(inputs)], **attrs)
-    last = graph[root]
+    out_types = get_op("fused").shape(*types[:n_in], **attrs)
+    last = graph[members[-1]]
     f = graph.add_node("fused", inputs, attrs, out_types, loc=last.loc, scope=last.scope, role=last.role,
                        grad_of=last.grad_of)
-    for k, m in enumerate(leaving):
-        uses.replace(m, [Value(f, k)])
-    graph.remove_nodes(members)
+    slot = {v: Value(f, k) for k, v in enumerate(leaving)}
+    for m in members:
+        uses.replace(m, [slot.get(Value(m, k), Value(f, 0)) for k in range(len(graph[m].types))])
 
 
 def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:

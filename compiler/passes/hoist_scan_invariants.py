@@ -228,75 +228,86 @@ _ELEMENTWISE = ("add", "sub", "mul", "div")
 
 
 def _hoist_maps(graph: Graph, n: int) -> int:
-    """Move elementwise work on sequence slices out of the loop, one layer at a
-    time: ``p_t + b`` (b captured) and a ``split`` of a slice along a feature
-    axis run once over the whole sequence.  ``(p_t + q) + b`` with ``q``
-    step-dependent is first reassociated to ``(p_t + b) + q`` (the LSTM's
-    ``x @ Wx + h @ Wh + b``)."""
+    """Move elementwise work on sequence slices out of the loop: ``p_t + b``
+    (b captured or a scalar constant), a ``split`` of a slice along a feature
+    axis, and whatever such nodes compute from each other run once over the
+    whole sequence; the scan reads the results as sequences.  ``(p_t + q) + b``
+    with ``q`` step-dependent is first reassociated to ``(p_t + b) + q`` (the
+    LSTM's ``x @ Wx + h @ Wh + b``).  One sweep over the body."""
     n = _reassociate_biases(graph, n)
-    while True:
-        s = _Scan(graph, n)
-        found = _one_map(graph, s)
-        if found is None:
-            return n
-        node, outer_ins = found
-        body, rec = s.body, s.body[found[0]]
-        b = Builder(graph)
-        with b.at(scope=s.rec.scope, loc=s.rec.loc, role=s.rec.role, grad_of=s.rec.grad_of):
-            attrs = dict(rec.attrs)
-            if rec.op == "split":
-                axis = norm_axis(attrs["axis"], rec.types[0].rank)
-                attrs["axis"] = axis + (axis >= s.ax)
-            out = b.apply(rec.op, *outer_ins, **attrs)
-        outs = out if isinstance(out, tuple) else (out,)
-        new_body = body.copy()
-        mapped = []
-        for i, t in enumerate(rec.types):
-            p = new_body.add_node("input", (), {"name": f"map{node}_{i}"}, (t,), role=rec.role)
-            new_body.replace_uses(Value(node, i), Value(p))
-            mapped.append(p)
-        new_body.remove_nodes([node])
-        seq_nodes, cap_nodes = list(body.inputs[s.k:s.k + s.m]), list(body.inputs[s.k + s.m:])
-        seq_stay = _drop_unread(new_body, seq_nodes, set())
-        cap_stay = _drop_unread(new_body, cap_nodes, set())
-        new_body.prune({v.node for v in new_body.outputs.values()})
-        new_body.set_inputs(list(body.inputs[:s.k]) + [v for v, ok in zip(seq_nodes, seq_stay) if ok]
-                            + mapped + [v for v, ok in zip(cap_nodes, cap_stay) if ok])
-        seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok] + list(outs)
-        captured = [v for v, ok in zip(s.captured, cap_stay) if ok]
-        new = _rebuild(graph, s, new_body, s.carries, seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
-        graph.remove_nodes([n])
-        n = new
-
-
-def _one_map(graph: Graph, s: _Scan):
-    """A body node that maps sequence slices (and captured or constant operands)
-    step by step, with the outer values it would read; or None."""
+    s = _Scan(graph, n)
     body = s.body
     slices = dict(zip(body.inputs[s.k:s.k + s.m], s.seqs))
     caps = dict(zip(body.inputs[s.k + s.m:], s.captured))
+    mapped = {Value(node) for node in slices}  # body values that are one slice of a sequence
+    maps = []  # mappable nodes, in order
     for node in body.topo_order():
         rec = body[node]
-        if rec.op == "split" and rec.inputs[0].node in slices:
-            return node, [slices[rec.inputs[0].node]]
-        if rec.op not in _ELEMENTWISE or not any(v.node in slices for v in rec.inputs):
-            continue
-        t = rec.types[0]
-        outer = []
-        for v in rec.inputs:
-            vt = body.type_of(v)
-            if v.node in slices and vt.shape == t.shape:
-                outer.append(slices[v.node])
-            elif v.node in caps and vt.rank <= t.rank - s.ax:  # broadcasts over trailing axes only
-                outer.append(caps[v.node])
-            elif body.op(v.node) == "const" and vt.rank == 0:
-                outer.append(body[v.node])  # copied out below, once the node qualifies
-            else:
-                break
+        if rec.op == "split":
+            ok = rec.inputs[0] in mapped
+        elif rec.op in _ELEMENTWISE and any(v in mapped for v in rec.inputs):
+            ok = all(_map_operand(body, s, v, rec.types[0], mapped, caps) for v in rec.inputs)
         else:
-            return node, [v if isinstance(v, Value) else Value(graph.add_node(
-                "const", (), v.attrs, v.types, role=s.rec.role, scope=s.rec.scope)) for v in outer]
-    return None
+            ok = False
+        if ok:
+            maps.append(node)
+            mapped.update(body.out_values(node))
+    computed = set(maps)
+    frontier = list(dict.fromkeys(
+        [v for u in body.nodes() if u not in computed for v in body[u].inputs if v.node in computed]
+        + [v for v in body.outputs.values() if v.node in computed]))
+    if not frontier:
+        return n
+    needed, todo = set(), [v.node for v in frontier]
+    while todo:
+        node = todo.pop()
+        if node in computed and node not in needed:
+            needed.add(node)
+            todo.extend(v.node for v in body[node].inputs)
+    outer = {Value(node): v for node, v in slices.items()}
+    b = Builder(graph)
+    with b.at(scope=s.rec.scope, loc=s.rec.loc, role=s.rec.role, grad_of=s.rec.grad_of):
+        for node in (x for x in maps if x in needed):
+            rec = body[node]
+            ins = [outer[v] if v in outer else caps[v.node] if v.node in caps else b.const(
+                body[v.node].attrs["value"], body.type_of(v).dtype) for v in rec.inputs]
+            attrs = dict(rec.attrs)
+            if rec.op == "split":
+                axis = norm_axis(attrs["axis"], rec.types[0].rank)
+                attrs["axis"] = axis + (axis >= s.ax)  # the same feature axis of the stacked sequence
+            out = b.apply(rec.op, *ins, **attrs)
+            for v, o in zip(body.out_values(node), out if isinstance(out, tuple) else (out,)):
+                outer[v] = o
+    new_body = body.copy()
+    inputs = []
+    for v in frontier:
+        p = new_body.add_node("input", (), {"name": f"map{v.node}_{v.index}"}, (body.type_of(v),),
+                              role=body[v.node].role)
+        new_body.replace_uses(v, Value(p))
+        inputs.append(p)
+    new_body.prune({v.node for v in new_body.outputs.values()})
+    seq_nodes, cap_nodes = list(body.inputs[s.k:s.k + s.m]), list(body.inputs[s.k + s.m:])
+    seq_stay = _drop_unread(new_body, seq_nodes, set())
+    cap_stay = _drop_unread(new_body, cap_nodes, set())
+    new_body.set_inputs(list(body.inputs[:s.k]) + [v for v, ok in zip(seq_nodes, seq_stay) if ok]
+                        + inputs + [v for v, ok in zip(cap_nodes, cap_stay) if ok])
+    seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok] + [outer[v] for v in frontier]
+    captured = [v for v, ok in zip(s.captured, cap_stay) if ok]
+    new = _rebuild(graph, s, new_body, s.carries, seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
+    graph.remove_nodes([n])
+    return new
+
+
+def _map_operand(body: Graph, s: _Scan, v: Value, out, mapped: set, caps: dict) -> bool:
+    """Whether operand ``v`` of an elementwise node with result type ``out`` can
+    be read from outside: a slice of the same shape, a captured value that
+    broadcasts over trailing axes only, or a scalar constant."""
+    t = body.type_of(v)
+    if v in mapped:
+        return t.shape == out.shape
+    if v.node in caps:
+        return t.rank <= out.rank - s.ax
+    return body.op(v.node) == "const" and t.rank == 0
 
 
 def _reassociate_biases(graph: Graph, n: int) -> int:

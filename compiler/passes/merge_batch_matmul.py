@@ -21,7 +21,7 @@ from .rewrite import Uses
 def merge_batch_matmul(graph: Graph) -> int:
     """Rewrite every ``sum_to(matmul(transpose(a), b), [K, N])`` over shared batch dims; returns how many."""
     uses = Uses(graph)
-    merged = 0
+    merged: list[int] = []
     for n in list(graph.nodes()):
         rec = graph[n]
         if rec.op != "sum_to" or len(rec.attrs["shape"]) != 2:
@@ -51,6 +51,6 @@ def merge_batch_matmul(graph: Graph) -> int:
         flat_b = add("reshape", (b,), shape=(-1, tb.shape[-1]))
         out = add("matmul", (add("transpose", (flat_a,), perm=(1, 0)), flat_b))
         uses.replace(n, [out])
-        graph.remove_nodes([n])
-        merged += 1
-    return merged
+        merged.append(n)
+    graph.remove_nodes(merged)
+    return len(merged)

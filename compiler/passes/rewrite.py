@@ -33,6 +33,12 @@ class Uses:
         """Is a value of ``n`` a named output or a next state (used beyond node arguments)?"""
         return bool(self._outputs.get(n) or self._states.get(n))
 
+    def external_indices(self, n: int) -> set[int]:
+        """The output indices of ``n`` that named outputs or next states refer to."""
+        g = self.graph
+        return ({g.outputs[k].index for k in self._outputs.get(n, ())}
+                | {g.state[k][1].index for k in self._states.get(n, ())})
+
     def replace(self, old: int, new: Sequence[Value]) -> None:
         """Make every use of ``Value(old, i)`` a use of ``new[i]`` (``old`` is left unused)."""
         g = self.graph

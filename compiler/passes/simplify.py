@@ -37,14 +37,14 @@ _MAX_CHAIN = 8
 def simplify(graph: Graph) -> int:
     """Apply the rules above everywhere; returns how many nodes were replaced."""
     uses = Uses(graph)
-    replaced = 0
+    replaced: list[int] = []
     for n in topo_order(graph):
         value = _rewrite(graph, n)
         if value is not None:
-            uses.replace(n, [value])
-            graph.remove_nodes([n])
-            replaced += 1
-    return replaced
+            uses.replace(n, [value])  # n is unused now; removed at the end, at once
+            replaced.append(n)
+    graph.remove_nodes(replaced)
+    return len(replaced)
 
 
 def _rewrite(graph: Graph, n: int) -> Value | None:

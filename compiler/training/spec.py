@@ -34,8 +34,9 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "warmup": {"epochs": None, "then": "constant"},
 }
 KEYS = ("data", "inputs", "loss", "optimizer", "schedule", "clip", "batch", "epochs", "metrics", "early_stop",
-        "regularize", "weight_decay", "params", "seed", "step")
-STEP_KEYS = ("loss", "params", "optimizer", "schedule", "clip", "every")
+        "regularize", "weight_decay", "params", "seed", "step", "constrain")
+STEP_KEYS = ("loss", "params", "optimizer", "schedule", "clip", "every", "repeat", "sees", "constrain")
+SEES = ("updated", "start")  # which parameters of other groups a step group reads within a batch
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class StepSpec:
     clip: CallSpec | None
     every: int = 1
     loc: Any = None  # of the `params` item (or the group), for pattern errors
+    repeat: int = 1  # updates per batch it runs on (n_critic on one batch)
+    sees: str = "updated"  # other groups' parameters: as updated earlier in this batch, or as at its start
+    constraints: list[CallSpec] = field(default_factory=list)  # this group's own (compiler/training/constraints.py)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class TrainSpec:
     weight_decay: CallSpec | None = None
     seed: int = 0
     loc: Any = None
+    constraints: list[CallSpec] = field(default_factory=list)  # every group's
 
 
 class Values:
@@ -170,6 +175,10 @@ def _parse_train(t: A.TrainDef) -> TrainSpec:
             spec.weight_decay = CallSpec("decay", {"strength": float(v.value), "params": "*"}, v.loc)
         else:
             spec.weight_decay = _call(v, {"decay": {"strength": None, "params": "*"}}, "weight decay")
+    if "constrain" in items:
+        from .constraints import parse_constraints  # constraints builds on this module's CallSpec
+
+        spec.constraints = parse_constraints(items["constrain"].value)
     if groups:
         for key in ("loss", "optimizer", "params", "schedule", "clip"):
             if key in items:
@@ -196,9 +205,23 @@ def _step(name: str, items: dict, loc, raw) -> StepSpec:
     if "clip" in items:
         clip = _call(items["clip"].value, {"norm": {"max": None}, "value": {"max": None}}, "clipping")
     every = _int(items, "every", 1, low=1)
+    repeat = _int(items, "repeat", 1, low=1)
+    sees = "updated"
+    if "sees" in items:
+        sees = _literal(items["sees"].value, "", "`sees`")
+        if sees not in SEES:
+            raise _err(f"`sees` must be `updated` or `start`, got `{sees}`", items["sees"].value.loc,
+                       "updated: other groups' parameters as updated earlier in this batch; "
+                       "start: as they were when the batch began")
+    constraints = []
+    if raw and "constrain" in items:
+        from .constraints import parse_constraints
+
+        constraints = parse_constraints(items["constrain"].value)
     params = _patterns(items["params"].value) if "params" in items else ("*",)
     where = items["params"].loc if "params" in items else loc
-    return StepSpec(name, items["loss"].value, params, optimizer, schedule, clip, every, where)
+    return StepSpec(name, items["loss"].value, params, optimizer, schedule, clip, every, where, repeat, sees,
+                    constraints)
 
 
 def _schedule(e) -> CallSpec:

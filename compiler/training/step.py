@@ -28,6 +28,7 @@ from ..graph import Graph, Value
 from ..passes.backprop import backprop
 from ..types import TensorType
 from . import optim
+from .constraints import apply_constraint
 from .spec import StepSpec, TrainSpec
 
 
@@ -39,6 +40,8 @@ class StepGraph:
     state_init: dict[str, tuple[TensorType, float]]  # optimizer state name → (type, initial fill value)
     every: int = 1
     model_state: list[str] = field(default_factory=list)  # the spec's state this step updates
+    repeat: int = 1  # updates per batch it runs on
+    sees: str = "updated"  # "start": reads other groups' parameters as they were when the batch began
 
 
 def select_params(patterns, names: list[str], loc=None, what="step") -> list[str]:
@@ -57,6 +60,7 @@ def build_step(graph: Graph, spec: TrainSpec, step: StepSpec, steps_per_epoch: i
     optimizer update inside one graph, node for node what the separate
     gradient and update exports compute, so their composition equals it exactly."""
     b, loss, names, grads = _gradients(graph, step)
+    _constraints(spec.constraints, step, list(graph.params), names)  # block patterns checked on the whole model
     return add_update(graph, b, spec, step, names, grads, loss, steps_per_epoch)
 
 
@@ -114,6 +118,7 @@ def add_update(graph: Graph, b: Builder, spec: TrainSpec, step: StepSpec, names:
         return set(select_params((rule.kwargs["params"],), everything, rule.loc, what)) & set(names)
 
     decayed = chosen(spec.weight_decay, "weight decay") if spec.weight_decay is not None else set()
+    constraints = _constraints(spec.constraints, step, None, names)
     dtype = graph.type_of(param_values[names[0]]).dtype if loss is None else graph.type_of(loss).dtype
     penalty, penalised = None, []
     with b.at(scope="train/regularize"):
@@ -155,6 +160,9 @@ def add_update(graph: Graph, b: Builder, spec: TrainSpec, step: StepSpec, names:
             new_p, new_slots = optim.update(b, opt.name, opt.kwargs, p, g, slot_values, lr, t)
             if n in decayed:
                 new_p = b.sub(new_p, b.mul(b.mul(lr, spec.weight_decay.kwargs["strength"]), p))
+        for c in constraints.get(n, ()):
+            with b.at(scope=f"train/constrain/{n}", loc=c.loc):
+                new_p = apply_constraint(b, c, new_p, n)
         new[n] = new_p
         for s, v in new_slots.items():
             new[slot[s]] = v
@@ -168,7 +176,26 @@ def add_update(graph: Graph, b: Builder, spec: TrainSpec, step: StepSpec, names:
     graph.set_outputs(outputs)
     # rules also build cotangents for inputs nobody asked about (d loss / d x): drop them
     graph.prune({v.node for v in outputs.values()} | {n for n, _ in graph.state.values()})
-    return StepGraph(graph, step.name, names, state_init, step.every, model_state)
+    return StepGraph(graph, step.name, names, state_init, step.every, model_state, step.repeat, step.sees)
+
+
+def _constraints(block: list, step: StepSpec, everything: list[str] | None, names: list[str]) -> dict:
+    """Parameter name → the constraints applied to it after each update of this group, in
+    order: the block's (``block``), then the group's own.  A group constraint's pattern must
+    match a parameter the group trains; a block constraint's must match some parameter of
+    the model, checked when ``everything`` (the model's parameter names) is given."""
+    out: dict[str, list] = {}
+    for c in block:
+        pattern = (c.kwargs["params"],)
+        if everything is not None:
+            select_params(pattern, everything, c.loc, f"constraint `{c.name}`")
+        for n in names:
+            if fnmatch.fnmatchcase(n, pattern[0]):
+                out.setdefault(n, []).append(c)
+    for c in step.constraints:
+        for n in select_params((c.kwargs["params"],), names, c.loc, f"constraint `{c.name}` of step `{step.name}`"):
+            out.setdefault(n, []).append(c)
+    return out
 
 
 def _clip(b: Builder, clip, grads: dict, names: list[str]) -> dict:

@@ -1,0 +1,127 @@
+"""Data-parallel scaling: measured on this machine, projected to larger clusters.
+
+    python benchmarks/scaling.py                      # mlp, cnn, transformer (and resnet when present)
+    python benchmarks/scaling.py --only mlp --steps 40 --bandwidth 10
+
+For each spec it measures, in one process (NumPy backend, one BLAS thread):
+
+- ``t_grad(b)``: one worker's gradient graph on a shard of ``b`` rows (the spec's
+  batch), ``t_update``: the optimizer update the driver runs once per step;
+- the step time of ``DistributedTrainer`` with 1 and 2 Ray workers on this
+  machine (global batch = the spec's batch), and from the 1-worker step the
+  per-step overhead of going through Ray (task dispatch, object store);
+
+and projects, for N = 8, 64, 512 workers at a fixed per-worker batch (weak
+scaling), the step time and efficiency ``T(1) / T(N)`` of dlc's design — the
+driver sends the parameters and receives N gradients, so its link carries
+``2 · N · 4P`` bytes a step — beside a ring all-reduce (``2 · (N-1)/N · 4P``
+per worker), at ``--bandwidth`` Gbit/s.  The projection ignores stragglers and
+assumes compute does not overlap communication: it is an upper bound on what
+the design can give, and says where it stops scaling.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _median_time(fn, reps: int) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure(path: str, steps: int) -> dict:
+    import dlc
+    from dlc.compiler.graph import RNG_INPUT
+    from dlc.exports import grad_graph, update_graph
+    from dlc.runtime.distributed import DistributedTrainer
+    from dlc.runtime.runner import make_runner
+    from dlc.runtime.trainer import make_trainer
+
+    m = dlc.load(path, mode="train")
+    spec = m.train_spec()
+    local = make_trainer(m)
+    batch = next(b for b, _ in local.train_batches(0))
+    grad = make_runner(grad_graph(m)[0], "numpy")
+    values = {**local.params, **local.state}
+    feeds = {**batch, RNG_INPUT: np.int64(0)}
+    t_grad = _median_time(lambda: grad(feeds, values, values), steps)
+    out = grad(feeds, values, values)
+    upd = make_runner(update_graph(m).graph, "numpy")
+    grads = {k: v for k, v in out.items() if k.startswith("grad/")}
+    t_update = _median_time(lambda: upd(grads, values, values), steps)
+    params = sum(v.size for v in local.params.values())
+    row = {"spec": Path(path).stem, "params": params, "batch": spec.batch, "t_grad": t_grad, "t_update": t_update}
+    for n in (1, 2):
+        d = DistributedTrainer(m, workers=n, timeout=600)
+        try:
+            refs = [b for b, _ in zip((b for b, _ in d.train_batches(0)), range(steps + 1))]
+            d(refs[0])
+            ts = []
+            for b in refs[1:]:
+                t0 = time.perf_counter()
+                d(b)
+                ts.append(time.perf_counter() - t0)
+            row[f"step{n}"] = statistics.median(ts)
+        finally:
+            d.close()
+    row["overhead"] = max(row["step1"] - t_grad - t_update, 0.0)
+    return row
+
+
+def project(row: dict, n: int, bandwidth_gbit: float) -> tuple[float, float, float, float]:
+    """(dlc step s, dlc efficiency, ring step s, ring efficiency) at ``n`` workers, weak scaling."""
+    bw = bandwidth_gbit * 1e9 / 8  # bytes per second
+    grad_bytes = 4 * row["params"]
+    compute = row["t_grad"] + row["t_update"]
+    base = compute + row["overhead"]
+    star = base + 2 * n * grad_bytes / bw  # the driver's link: parameters out, N gradients in
+    ring = base + 2 * (n - 1) / n * grad_bytes / bw
+    return star, base / star, ring, base / ring
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="", help="comma-separated spec names")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--bandwidth", type=float, default=10.0, help="network Gbit/s for the projection")
+    args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    names = [s for s in (args.only.split(",") if args.only else ["mlp", "cnn", "resnet", "transformer"])
+             if (ROOT / "specs" / f"{s}.dl").exists()]
+    rows = []
+    with threadpool_limits(1, user_api="blas"):
+        for name in names:
+            rows.append(measure(str(ROOT / "specs" / f"{name}.dl"), args.steps))
+    print("| spec | parameters | gradient bytes / worker / step | batch | t_grad ms | t_update ms | "
+          "1 worker ms | 2 workers ms | Ray overhead ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['spec']} | {r['params']:,} | {4 * r['params']:,} | {r['batch']} | {r['t_grad'] * 1e3:.2f} | "
+              f"{r['t_update'] * 1e3:.2f} | {r['step1'] * 1e3:.2f} | {r['step2'] * 1e3:.2f} | "
+              f"{r['overhead'] * 1e3:.2f} |")
+    print(f"\nprojected, weak scaling (per-worker batch = the spec's), {args.bandwidth:g} Gbit/s:\n")
+    print("| spec | N | dlc step ms | dlc efficiency | ring all-reduce step ms | ring efficiency |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        for n in (8, 64, 512):
+            star, e_star, ring, e_ring = project(r, n, args.bandwidth)
+            print(f"| {r['spec']} | {n} | {star * 1e3:.1f} | {e_star:.0%} | {ring * 1e3:.1f} | {e_ring:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
