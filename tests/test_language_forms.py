@@ -191,3 +191,9 @@ def test_repeat_copies_after_the_first_keep_the_type():
         dlc.compile(STAGE.replace("stride = first(2, 1)", "stride = 2"))
     with pytest.raises(DlcError, match="two values"):
         dlc.compile(STAGE.replace("first(2, 1)", "first(2)"))
+
+
+def test_first_outside_repeat_points_at_repeat():
+    with pytest.raises(DlcError, match="unknown name `first`") as info:
+        dlc.compile("model m {\n input x: f32[B, 2]\n output y = x * first(2.0, 1.0)\n}")
+    assert "repeat" in info.value.hint
