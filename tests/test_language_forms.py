@@ -197,3 +197,25 @@ def test_first_outside_repeat_points_at_repeat():
     with pytest.raises(DlcError, match="unknown name `first`") as info:
         dlc.compile("model m {\n input x: f32[B, 2]\n output y = x * first(2.0, 1.0)\n}")
     assert "repeat" in info.value.hint
+
+
+LAYER_HYPER = """
+layer block(x: f32[B, I], act: layer = tanh) {
+    param W: [I, I]
+    return act(x @ W)
+}
+model m(act: layer = tanh, other = relu) {
+    input x: f32[B, 4]
+    output y = block(x, act) + other(x)
+}
+"""
+
+
+def test_set_passes_a_layer_by_name():
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    m = dlc.compile(LAYER_HYPER, act="relu", other="sigmoid")
+    want = np.maximum(x @ m.params["y.W"], 0) + 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(m.run({"x": x})["y"], want, rtol=1e-5)
+    with pytest.raises(DlcError, match="takes a layer or an op") as info:
+        dlc.compile(LAYER_HYPER, act="rleu")
+    assert "relu" in info.value.hint
