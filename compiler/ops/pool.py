@@ -43,7 +43,7 @@ import math
 import numpy as np
 
 from ..types import ShapeError, TensorType, np_dtype, same_dtype
-from .nn import check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of, transpose_to_size
+from .nn import RANKS, check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of, transpose_to_size
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .shape import i64
 from .windows import axis_names, ceil_extra, fold, ntuple, offset_slices, pad_image, resolve_pads, window_counts, windows
@@ -461,35 +461,47 @@ class GlobalMaxPool(Composite):
 # -- upsampling ---------------------------------------------------------------------------
 @register
 class UpsampleNearest(Op):
-    """``upsample_nearest(x[N, C, H, W], scale)`` → ``[N, C, H*sh, W*sw]``: each pixel
-    repeated into an sh x sw block (integer ``scale``, an int or ``[sh, sw]``); the
-    gradient sums each block."""
+    """``upsample_nearest(x[N, C, *S], scale)`` → ``[N, C, *(S * scale)]`` for 1, 2 or 3
+    spatial axes: each element repeated into a block (integer ``scale``, an int or
+    one per axis); the gradient sums each block."""
 
     name, family = "upsample_nearest", "nn"
-    attrs = {"scale": Attr("ints", doc="int or [sh, sw]")}
+    attrs = {"scale": Attr("ints", doc="int or one per spatial axis")}
     samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2}), Sample((Arg((1, 2, 3, 2)),), {"scale": (2, 3)}),
-               Sample((Arg((1, 1, 2, 2)),), {"scale": 1}, note="identity")]
+               Sample((Arg((1, 1, 2, 2)),), {"scale": 1}, note="identity"),
+               Sample((Arg((2, 2, 3)),), {"scale": 3}, note="1-D"),
+               Sample((Arg((1, 2, 2, 1, 3)),), {"scale": (1, 2, 2)}, note="3-D")]
+
+    def _scale(self, rank: int, scale) -> tuple[int, ...]:
+        if rank - 2 not in RANKS:
+            raise ShapeError(f"`{self.name}` needs x of rank 3, 4 or 5 ([N, C, *spatial]), got rank {rank}")
+        return ntuple(self.name, "scale", scale, rank - 2, 1)
 
     def shape(self, x, scale):
-        check_image(self.name, "x", x, 2)
-        sh, sw = ntuple(self.name, "scale", scale, 2, 1)
-        n, c, h, w = x.shape
-        return x.with_shape((n, c, h * sh, w * sw))
+        s = self._scale(x.rank, scale)
+        check_image(self.name, "x", x, len(s))
+        return x.with_shape((*x.shape[:2], *(n * k for n, k in zip(x.shape[2:], s))))
+
+    @staticmethod
+    def _blocks(shape, s) -> tuple:
+        """[N, C, n0, s0, n1, s1, ...]: every spatial axis followed by its repeat."""
+        return (*shape[:2], *(v for n, k in zip(shape[2:], s) for v in (n, k)))
 
     def kernel(self, x, scale):
-        sh, sw = ntuple(self.name, "scale", scale, 2, 1)
-        n, c, h, w = x.shape
-        return np.broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw)).reshape(n, c, h * sh, w * sw)
+        s = self._scale(x.ndim, scale)
+        spread = x.reshape(*x.shape[:2], *(v for n in x.shape[2:] for v in (n, 1)))
+        return np.broadcast_to(spread, self._blocks(x.shape, s)).reshape(
+            *x.shape[:2], *(n * k for n, k in zip(x.shape[2:], s)))
 
     def grad(self, b, inputs, outputs, cts, scale):
-        sh, sw = ntuple(self.name, "scale", scale, 2, 1)
-        n, c, h, w = b.type(inputs[0]).shape
-        return [b.sum(b.reshape(cts[0], shape=(n, c, h, sh, w, sw)), axes=(3, 5))]
+        shape = b.type(inputs[0]).shape
+        s = self._scale(len(shape), scale)
+        return [b.sum(b.reshape(cts[0], shape=self._blocks(shape, s)), axes=tuple(range(3, 3 + 2 * len(s), 2)))]
 
     def onnx(self, e, ins, outs, scale):
-        sh, sw = ntuple(self.name, "scale", scale, 2, 1)
-        # asymmetric + floor: output pixel y reads input floor(y / sh), an exact repeat for integer scales
-        e.node("Resize", [ins[0], "", e.const(np.array([1, 1, sh, sw], dtype=np.float32))], outs, mode="nearest",
+        s = self._scale(e.in_types[0].rank, scale)
+        # asymmetric + floor: output element y reads input floor(y / s), an exact repeat for integer scales
+        e.node("Resize", [ins[0], "", e.const(np.array([1, 1, *s], dtype=np.float32))], outs, mode="nearest",
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
@@ -517,7 +529,7 @@ class Upsample(Composite):
     """``upsample(x[N, C, H, W], scale=None, size=None, mode="nearest")``: resize the
     two spatial axes by an integer ``scale`` (an int or ``[sh, sw]``) or to
     ``size = [H', W']``.  ``"nearest"`` with a scale is ``upsample_nearest`` (any
-    image size); with a size it picks row ⌊i H / H'⌋.  ``"bilinear"`` interpolates as
+    image size, and 1 or 3 spatial axes too); with a size it picks row ⌊i H / H'⌋.  ``"bilinear"`` interpolates as
     PyTorch's ``align_corners = false``: a product with constant ``[H', H]`` and
     ``[W, W']`` matrices (so H and W must be fixed), whose gradient is the
     transposed products."""
@@ -532,12 +544,13 @@ class Upsample(Composite):
 
     def expand(self, b, x, scale, size, mode):
         t = b.type(x)
-        if t.rank != 4:
-            raise ShapeError(f"`upsample` needs x of rank 4 ([N, C, H, W]), got {t}")
         if (scale is None) == (size is None):
             raise ShapeError("`upsample` takes exactly one of `scale` and `size`")
-        if mode == "nearest" and scale is not None:
+        if mode == "nearest" and scale is not None:  # any spatial rank
             return b.upsample_nearest(x, scale=scale)
+        if t.rank != 4:
+            raise ShapeError(f"`upsample` with a size or mode = \"bilinear\" needs x of rank 4 ([N, C, H, W]), "
+                             f"got {t}")
         h, w = t.shape[2:]
         if not isinstance(h, int) or not isinstance(w, int):
             raise ShapeError(f"`upsample` with mode = \"{mode}\"{' to a size' if size else ''} needs a fixed "
