@@ -143,17 +143,17 @@ def _tiles(x: np.ndarray, win: Window):
 
 
 def window_argmax(x: np.ndarray, win: Window) -> np.ndarray:
-    """int64 ``[N, C, *out]``: each window's first maximum, as an offset in the window (row-major).
+    """``[N, C, *out]`` integers: each window's first maximum, as an offset in the window (row-major).
     Tiling windows: one strided comparison per kernel offset (no copy of the windows);
     otherwise one ``argmax`` over the window axis of the im2col view."""
     if win.tiles():
         view, slices = _tiles(x, win)
         best = view[slices[0]].copy()
-        arg = np.zeros(best.shape, np.int64)
+        arg = np.zeros(best.shape, np.int8 if len(slices) < 128 else np.int64)
         for k, idx in enumerate(slices[1:], start=1):
             better = view[idx] > best  # strict: an equal value later in the window does not win
-            np.copyto(best, view[idx], where=better)
-            arg[better] = k
+            np.maximum(best, view[idx], out=best)
+            np.putmask(arg, better, k)
         return arg
     view = windows(pad_image(x, win.eff, -np.inf), win.kernel, win.stride, win.dilation, win.out)
     return view.reshape(*x.shape[:2], -1, *win.out).argmax(axis=2)
