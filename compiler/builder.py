@@ -16,6 +16,7 @@ import numpy as np
 
 from dlc.grammar.errors import DlcError
 
+from . import budget
 from .graph import RNG_INPUT, Graph, Value
 from .ops.registry import get_op
 from .types import FLOATS, AttrError, ShapeError, TensorType, dtype_name, np_dtype
@@ -75,6 +76,8 @@ class Builder:
 
     # -- node creation ---------------------------------------------------
     def node(self, op: str, inputs, attrs: dict, types) -> int:
+        if len(self.graph) % 4096 == 4095:  # every few thousand nodes: cheap, and early enough
+            budget.check_nodes(len(self.graph), self.loc)
         return self.graph.add_node(op, inputs, attrs, types, loc=self.loc, scope=self.scope,
                                    role=self.role, grad_of=self.grad_of)
 
@@ -116,6 +119,7 @@ class Builder:
             return opdef.expand(self, *values, **attrs)
         types = [self.type(v) for v in values]
         try:
+            attrs = opdef.resolve_attrs(types, attrs)
             out = opdef.shape(*types, **attrs)
         except AttrError as e:  # an attribute of the wrong form: the arguments are wrong, not the shapes
             raise self.error("E0102", user_facing(str(e), op, shown)) from None

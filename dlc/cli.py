@@ -152,11 +152,21 @@ class _usage_status:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory budget, e.g. 2G (default: half the physical memory; env DLC_MAX_MEMORY).")
 @click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="Colour error messages (auto: on a terminal, unless NO_COLOR is set).")
 @click.version_option(package_name="dlc")
-def main(debug, color):
+def main(debug, max_memory, color):
     """dlc — compile declarative .dl model specs to graphs, NumPy and ONNX."""
+    if max_memory is not None:
+        from dlc.compiler import budget
+
+        try:
+            budget.set_budget(budget.parse_size(max_memory))
+        except DlcError as e:
+            echo_error(usage(e.message, e.hint))
+            sys.exit(EXIT_USAGE)
 
 
 @main.command()
@@ -243,25 +253,29 @@ def summary(file, fmt, model_name, hyper):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
 @click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in --input files.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
 @_checkpoint_option("Run with")
 @_with_model_options
 @_report
-def run(file, inputs, binds, seed, out, force, backend, checkpoint, model_name, hyper):
+def run(file, inputs, binds, seed, out, force, allow_nonfinite, backend, checkpoint, model_name, hyper):
     """Run FILE forward on given or random inputs."""
-    import numpy as np
-
+    from dlc.runtime.finite import check_finite
     from dlc.runtime.interpreter import random_feeds
+    from dlc.runtime.npy_file import load_npy
 
     m = _load(file, model_name, hyper, checkpoint=checkpoint)
     if checkpoint is None:
         click.echo(UNTRAINED_NOTE, err=True)
+    if out:
+        from dlc.runtime.npz_file import check_out
+
+        check_out(Path(out), force=force)  # before the work, not after it
     feeds = {}
     for name, path in _bindings(inputs, "--input").items():
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DlcError("E0002", f"cannot read `{path}` for input `{name}`: {e}") from None
+        feeds[name] = load_npy(Path(path), f"the file for input `{name}`")
+        if not allow_nonfinite:
+            check_finite(feeds[name], f"input `{name}` (from `{path}`)")
     unknown = set(feeds) - set(m.inputs)
     if unknown:
         raise usage(f"the model has no input `{sorted(unknown)[0]}`", hint=f"its inputs are: {', '.join(m.inputs)}")
@@ -386,10 +400,11 @@ def export_weights(checkpoint, output, last):
               help="With --workers: join the Ray cluster at ADDR (default: start Ray on this machine).")
 @click.option("--device", default="cpu", show_default=True,
               help="Where onnxruntime runs the steps: cpu, or cuda[:N] (onnxruntime-gpu).")
+@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in the data set.")
 @_with_model_options
 @_report
 def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, workers, address, device,
-          model_name, hyper):
+          allow_nonfinite, model_name, hyper):
     """Train FILE as its train block says."""
     from dlc.runtime.train import train as run_training
 
@@ -403,7 +418,7 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file
     debug = click.get_current_context().find_root().params.get("debug", False)
     run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
                  device=device, progress=not no_progress, echo=click.echo, log=log_file, workers=workers,
-                 address=address, debug=debug)
+                 address=address, debug=debug, allow_nonfinite=allow_nonfinite)
     if not checkpoint:
         click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
 

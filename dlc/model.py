@@ -218,6 +218,11 @@ class Model:
                 self._plans[key] = Plan(optimize(self.graph, self.opt_level, "numpy"), wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
+            if ("peak",) not in self._plans:  # the interpreter's schedule stands in for onnxruntime's peak
+                from dlc.runtime.interpreter import Plan
+
+                self._plans[("peak",)] = Plan(self.graph, wanted)
+            self._plans[("peak",)].check_memory(feeds)
             if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
                 from dlc.compiler.onnx_export import export_graph
                 from dlc.runtime.ort import OrtSession
@@ -383,5 +388,3 @@ def check(path: str | Path, **hyper) -> str:
 
 def load_eval_graph(model: Model) -> Graph:
     return compile_model(model.loaded, model.defn, "eval", model.hyper).graph
-
-

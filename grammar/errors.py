@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# characters splitlines() treats as line breaks but the lexer does not
+_INVISIBLE_BREAKS = {ord(c): " " for c in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class Source:
     """The text of one spec file; compared by identity, never by content."""
 
@@ -22,10 +26,16 @@ class Source:
         self._lines: list[str] | None = None
 
     def line(self, number: int) -> str:
-        """The 1-based line ``number`` without its newline ('' when out of range)."""
+        """The 1-based line ``number`` without its newline ('' when out of range).
+
+        Lines are what the lexer counts: text between ``\n`` characters (a ``\r``
+        before one belongs to it).  ``str.splitlines`` would also split at form
+        feeds, vertical tabs, U+2028 and friends and show the wrong line; those
+        are shown as spaces instead, one column each, so the caret stays put."""
         if self._lines is None:
-            self._lines = self.text.splitlines()
-        return self._lines[number - 1] if 0 < number <= len(self._lines) else ""
+            self._lines = [ln[:-1] if ln.endswith("\r") else ln for ln in self.text.split("\n")]
+        text = self._lines[number - 1] if 0 < number <= len(self._lines) else ""
+        return text.translate(_INVISIBLE_BREAKS)
 
     def __repr__(self) -> str:
         return f"Source({self.path!r})"

@@ -21,6 +21,8 @@ from .parser_cache import cache_file
 from .syntax_errors import syntax_error as _syntax_error
 
 MAX_SOURCE_CHARS = 2_000_000
+MAX_NESTING = 256  # open brackets at once: deeper is never written by hand, and costs the parser dearly
+_OPEN, _CLOSE = "([{", ")]}"
 _DTYPES = {"f16", "f32", "f64", "i32", "i64", "bool"}
 
 
@@ -36,6 +38,7 @@ def parse(text: str, path: str = "<string>") -> A.Module:
     source = Source(path, text)
     if len(text) > MAX_SOURCE_CHARS:
         raise DlcError("E0003", f"{path} is {len(text)} characters long (limit {MAX_SOURCE_CHARS})")
+    _check_nesting(text, source)
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as e:
@@ -52,6 +55,32 @@ def parse(text: str, path: str = "<string>") -> A.Module:
         if isinstance(e.orig_exc, RecursionError):
             raise _too_deep(tree, source) from None
         raise
+
+
+def _check_nesting(text: str, source: Source) -> None:
+    """E0003 at the first bracket opened more than MAX_NESTING deep (comments and strings skipped),
+    found in one linear scan before the parser sees the text."""
+    depth, i, n = 0, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if c == '"':
+            j = text.find('"', i + 1)
+            i = n if j < 0 else j + 1
+            continue
+        if c in _OPEN:
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, i) + 1
+                col = i - (text.rfind("\n", 0, i) + 1) + 1
+                raise DlcError("E0003", f"brackets nest more than {MAX_NESTING} deep",
+                               Loc(source, line, col, line, col + 1), hint="split the expression into bindings")
+        elif c in _CLOSE:
+            depth = max(depth - 1, 0)
+        i += 1
 
 
 def _too_deep(tree: lark.Tree, source: Source) -> DlcError:
@@ -71,8 +100,20 @@ def _too_deep(tree: lark.Tree, source: Source) -> DlcError:
 
 
 def read_source(path: str | Path) -> str:
-    """The text of a spec file; unreadable files are E0002."""
+    """The text of a spec file; unreadable files are E0002, oversized ones E0003 (by ``stat``, unread)."""
     p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise DlcError("E0002", f"no such file: {path}") from None
+    except OSError as e:
+        raise DlcError("E0002", f"cannot read {path}: {e.strerror}") from None
+    if p.is_dir():
+        raise DlcError("E0002", f"cannot read {path}: it is a directory")
+    if not p.is_file():
+        raise DlcError("E0002", f"cannot read {path}: it is not a regular file (a FIFO, socket or device)")
+    if size > 4 * MAX_SOURCE_CHARS:  # UTF-8 takes at most 4 bytes a character
+        raise DlcError("E0003", f"{path} is {size:,} bytes long (limit {MAX_SOURCE_CHARS:,} characters)")
     try:
         return p.read_text(encoding="utf-8-sig")  # a byte-order mark some editors write is not a character
     except FileNotFoundError:

@@ -49,6 +49,9 @@ def _n_classes(y: np.ndarray | None) -> int | None:
 
 def _load_npz(path: Path, n_classes: int | None = None) -> Dataset:
     """Every array of the archive under its own name; ``y`` (integer) gives n_classes."""
+    from .npy_file import check_npz
+
+    check_npz(path, "data file")  # headers against the memory budget before any data is read
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -69,6 +72,13 @@ def _load_csv(path: Path, target: str | None = None, n_classes: int | None = Non
     """Header row of names, numeric rows.  ``target`` goes to ``y`` (i64[N] when every
     value is a whole number, else f32[N,1]) and the other columns to x f32[N,C];
     without ``target`` every column goes to ``x``."""
+    from dlc.compiler import budget
+
+    from .files import file_size
+
+    # parsed, a CSV takes about 40 times its text (a Python list of strings per row, then float64)
+    budget.check(f"data file `{path}` ({budget.fmt_bytes(file_size(path, 'data file'))} of CSV)",
+                 40 * file_size(path, "data file"))
     try:
         with open(path, newline="") as f:
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]

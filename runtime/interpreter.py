@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import itertools
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from dlc.compiler import budget
 from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, size_of, solve
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.ops.registry import get_op
@@ -33,6 +35,9 @@ from dlc.grammar.errors import DlcError
 
 _NO_CONTEXT: dict = {}
 MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
+# Debug mode: every value's run-time shape and dtype is compared with its declared type (the test
+# suite turns it on for every run; see tests/conftest.py).
+CHECK_TYPES_ENV = "DLC_CHECK_TYPES"
 
 
 @dataclass
@@ -54,8 +59,15 @@ class Plan:
     gradient checks); otherwise dtypes are those of the graph.
     """
 
-    def __init__(self, graph: Graph, outputs: list[str] | None = None, *, compute_dtype=None):
+    def __init__(self, graph: Graph, outputs: list[str] | None = None, *, compute_dtype=None,
+                 check_types: bool | None = None):
+        """``check_types`` (default: the ``DLC_CHECK_TYPES`` environment variable) compares every
+        value computed with its declared type and raises E0401 at the first that differs (on the
+        generated path too: the check is generated in)."""
         self.graph = graph
+        self.check_types = bool(os.environ.get(CHECK_TYPES_ENV)) if check_types is None else check_types
+        self._declared: dict = {}  # (node, output) -> (declared shape, has symbols, dtype)
+        self._peaks_ok: set = set()  # dim bindings whose planned peak fits the budget
         self.output_names = list(graph.outputs) if outputs is None else list(outputs)
         self.compute_dtype = compute_dtype
         wanted = [graph.outputs[name] for name in self.output_names]
@@ -163,6 +175,7 @@ class Plan:
         params = params or {}
         state = state or {}
         env = self.bind_dims(feeds, dims)
+        self._check_peak(env)
         values = []
         for (kind, key, slot, n), target in zip(self.sources, self._source_dtypes):
             if kind == "const":
@@ -185,6 +198,7 @@ class Plan:
                 self._execute(slots, env, check_finite, profile)
                 return {name: slots[s] for name, s in zip(self.output_names, self.out_slots)}
             resolved = self._resolve_attrs(env) if self._symbolic else None
+            self._run_env = env  # the dims the generated type checks (debug mode) evaluate shapes in
             try:
                 results = self._fast(values, resolved, self._context(env))
             except DlcError:
@@ -243,10 +257,12 @@ class Plan:
                 raise DlcError("E0401", f"`{data.op}` failed at run time: {e}", data.loc) from e
             if not isinstance(result, tuple):
                 result = (result,)
-            for s, value in zip(st.outs, result):
+            for i, (s, value) in enumerate(zip(st.outs, result)):
                 value = np.asarray(value)
                 if self.compute_dtype is not None and value.dtype.kind == "f":
                     value = value.astype(self.compute_dtype, copy=False)
+                if self.check_types:
+                    self._check_declared(st, i, value, env)
                 slots[s] = value
                 if check_finite and value.dtype.kind == "f" and not np.isfinite(value).all():
                     data = self.graph[st.node]
@@ -255,6 +271,71 @@ class Plan:
                                    hint="lower the learning rate, clip gradients, or check log/div inputs")
             for s in st.frees:
                 slots[s] = None
+
+    def check_memory(self, feeds: Mapping[str, Any]) -> None:
+        """E0003 when running on ``feeds`` would need more than the memory budget (nothing is run)."""
+        self._check_peak(self.bind_dims(feeds))
+
+    def _check_peak(self, env: dict) -> None:
+        """Refuse a run whose planned peak memory (from the declared types under ``env``) is over budget."""
+        key = tuple(sorted((k, v) for k, v in env.items() if isinstance(v, int)))
+        if key in self._peaks_ok:
+            return
+        peak, where = self.planned_peak(env)
+        if peak > budget.budget():
+            data = self.graph[where] if where is not None else None
+            shapes = ", ".join(f"{k}={v}" for k, v in key)
+            budget.check(f"running this graph{' with ' + shapes if shapes else ''} (its peak is at `{data.op}`)"
+                         if data else "running this graph", peak, data.loc if data else None,
+                         hint="feed smaller inputs (a smaller batch), or raise the budget with --max-memory")
+        self._peaks_ok.add(key)
+
+    def planned_peak(self, env: dict) -> tuple[int, int | None]:
+        """(bytes, node) of the largest live set of the schedule: feeds, params, state and
+        constants held throughout, every value from its step to its last use."""
+        def nbytes(t) -> int:
+            shape = evaluate_shape(t.shape, env)
+            if any(isinstance(d, Sym) for d in shape):
+                return 0  # data-dependent: the run itself will tell
+            dt = np.dtype(self.compute_dtype) if self.compute_dtype is not None and t.dtype in FLOATS \
+                else np_dtype(t.dtype)
+            return budget.nbytes_of(shape, dt)
+
+        size = {}
+        live = 0
+        for _kind, _key, slot, n in self.sources:
+            size[slot] = nbytes(self.graph[n].types[0])
+            live += size[slot]
+        peak, where = live, None
+        for st in self.steps:
+            for i, s in enumerate(st.outs):
+                size[s] = nbytes(self.graph[st.node].types[i])
+                live += size[s]
+            if live > peak:
+                peak, where = live, st.node
+            for s in st.frees:
+                live -= size.get(s, 0)
+        return peak, where
+
+    def _check_declared(self, st: _Step, i: int, value: np.ndarray, env: dict) -> None:
+        """Debug mode: output ``i`` of ``st`` has exactly the shape and dtype the graph declares."""
+        key = (st.node, i)
+        if key not in self._declared:
+            t = self.graph[st.node].types[i]
+            self._declared[key] = (t.shape, any(isinstance(d, Sym) for d in t.shape),
+                                   np_dtype(t.dtype) if self.compute_dtype is None or t.dtype not in FLOATS
+                                   else np.dtype(self.compute_dtype))
+        shape, symbolic, want_dt = self._declared[key]
+        got, dt = value.shape, value.dtype
+        if not symbolic and got == shape and dt == want_dt:
+            return
+        data = self.graph[st.node]
+        want = evaluate_shape(shape, env)
+        shape_ok = len(got) == len(want) and all(isinstance(w, Sym) or w == g for w, g in zip(want, got))
+        if not shape_ok or dt != want_dt:
+            raise DlcError("E0401", f"internal error: `{data.op}` output {i} is {dtype_name(dt)}{list(got)} "
+                               f"at run time, but its declared type is {t.dtype}{_fmt(want)}", data.loc,
+                               hint="this is a bug in dlc: please report it with the spec")
 
     def _target(self, dtype: str) -> np.dtype:
         if self.compute_dtype is not None and dtype in FLOATS:
@@ -332,7 +413,8 @@ def _generate(plan: Plan):
     Kernels are bound as constants ``K<i>``, static attrs as ``A<i>`` (resolved
     per run from ``resolved[i]`` when they mention symbolic dims); value slot
     ``s`` is the local ``v<s>``.  Returns the function and {source line: step index}."""
-    ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray}
+    ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray,
+                          "CHK": lambda i, k, v: plan._check_declared(plan.steps[i], k, v, plan._run_env)}
     lines = ["def run(src, R, C):"]
     if plan.sources:
         lines.append("    " + ", ".join(f"v{slot}" for _, _, slot, _ in plan.sources) + (", = src" if len(plan.sources) == 1 else " = src"))
@@ -354,12 +436,16 @@ def _generate(plan: Plan):
             lines.append(f"    v{o} = {call}")
             line_of_step[len(lines)] = i
             lines.append(f"    if v{o}.__class__ is not ND: v{o} = AS(v{o})")
+            if plan.check_types:
+                lines.append(f"    CHK({i}, 0, v{o})")
         else:
             lines.append(f"    t = {call}")
             line_of_step[len(lines)] = i
             for k, o in enumerate(st.outs):
                 lines.append(f"    v{o} = t[{k}]")
                 lines.append(f"    if v{o}.__class__ is not ND: v{o} = asarray(v{o})")
+                if plan.check_types:
+                    lines.append(f"    CHK({i}, {k}, v{o})")
         if st.frees:
             lines.append("    del " + ", ".join(f"v{s}" for s in st.frees))
     outs = [f"v{s}" for s in plan.out_slots]
@@ -437,7 +523,7 @@ def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[s
     before anything is allocated."""
     rng = np.random.default_rng(seed)
     bounds = index_bounds(graph)
-    feeds = {}
+    feeds, total = {}, 0
     for n in graph.inputs:
         name = graph[n].attrs["name"]
         t = graph[n].types[0]
@@ -451,6 +537,9 @@ def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[s
         if size_of(shape) > MAX_ELEMENTS:
             raise DlcError("E0003", f"input `{name}` would have {size_of(shape)} elements "
                            f"(limit {MAX_ELEMENTS})", graph[n].loc)
+        total += budget.nbytes_of(shape, t.dtype)
+        budget.check(f"random input `{name}` ({t.dtype}{list(shape)})", total + budget.nbytes_of(shape, "f64"),
+                     graph[n].loc)
         if t.dtype in FLOATS:
             feeds[name] = rng.standard_normal(shape).astype(np_dtype(t.dtype))
         elif t.dtype == "bool":

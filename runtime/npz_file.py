@@ -24,6 +24,11 @@ def written_by_dlc(path: Path) -> bool:
         return False
 
 
+def check_out(target: Path, *, force: bool = False) -> None:
+    """Raise unless ``target`` may receive the outputs (see the module docstring)."""
+    refuse_foreign(Path(target), written_by_dlc, force=force)
+
+
 def write_outputs(target: Path, arrays: dict[str, np.ndarray], *, force: bool = False) -> None:
     target = Path(target)
     refuse_foreign(target, written_by_dlc, force=force)

@@ -11,8 +11,9 @@ import zlib
 
 import numpy as np
 
+from dlc.compiler import budget
 from dlc.compiler.graph import Graph
-from dlc.compiler.ops.init import initialize
+from dlc.compiler.ops.init import initialize, scratch_bytes
 from dlc.grammar.errors import DlcError
 
 
@@ -27,10 +28,18 @@ def init_state(graph: Graph, seed: int) -> dict[str, np.ndarray]:
 
 
 def _initialise(graph: Graph, nodes, seed: int) -> dict[str, np.ndarray]:
-    out = {}
+    """Each array drawn after the memory budget allowed it (in its own dtype, with the
+    initialiser's scratch space, on top of everything drawn before)."""
+    out, total = {}, 0
     for name, n in nodes.items():
         init_name, kwargs = graph[n].attrs["init"]
         t = graph[n].types[0]
+        size = budget.nbytes_of(t.shape, t.dtype)
+        scratch = scratch_bytes(init_name, tuple(t.shape))
+        budget.check(f"parameter `{name}` ({t}: {budget.fmt_bytes(size)}, and {budget.fmt_bytes(scratch)} while "
+                     f"`{init_name}` draws it)", size + scratch, graph[n].loc)
+        total += size
+        budget.check(f"the parameters up to `{name}` together", total, graph[n].loc)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         try:
             out[name] = initialize(init_name, kwargs, tuple(t.shape), t.dtype, rng)

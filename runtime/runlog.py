@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from .files import write_atomic
+from .files import refuse_foreign, write_atomic
 
 CSV_NAME = "metrics.csv"
 JSONL_NAME = "metrics.jsonl"
@@ -67,6 +67,7 @@ class RunLog:
             self.targets += [(Path(folder) / CSV_NAME, "csv"), (Path(folder) / JSONL_NAME, "jsonl")]
         if file is not None:
             file = Path(file)
+            refuse_foreign(file, _is_run_log, force=False, flag="another --log path")  # before the first epoch
             self.targets.append((file, "jsonl" if file.suffix == ".jsonl" else "csv"))
         self.rows: list[dict] = []
         self.columns: list[str] | None = None
@@ -92,6 +93,16 @@ class RunLog:
             text = _jsonl(self.rows) if kind == "jsonl" else _csv(self.rows)
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, text.encode())
+
+
+def _is_run_log(path: Path) -> bool:
+    """A file dlc's run log wrote (its first line is the CSV header or a JSON row, epoch first)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith("epoch,") or first.startswith('{"epoch":') or first == ""
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -51,17 +51,19 @@ def train(model, **options) -> History:
 def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpoint=None, resume: bool = False,
            backend: str = "numpy", device: str = "cpu", progress: bool = True, echo=print,
            fresh: bool = True, log=None, workers: int | None = None, address: str | None = None,
-           debug: bool = False) -> History:
+           debug: bool = False, allow_nonfinite: bool = False) -> History:
     """``fresh``: start from parameters initialised with the training seed (the
     default: same seed, same run); False continues from ``model.params``
     (fine-tuning after ``load_checkpoint``).  ``resume`` continues from the
     newest checkpoint in ``checkpoint`` instead.  Metrics are logged per epoch
     in the checkpoint folder and in ``log`` (runtime/runlog.py).  ``workers``: train
     data-parallel on that many Ray workers (runtime/distributed.py), on the cluster at
-    ``address`` or on this machine; ``debug`` checks every epoch that they all used the
+    ``address`` or on this machine (they check their own shards' data: ``allow_nonfinite`` is
+    for the local trainer); ``debug`` checks every epoch that they all used the
     driver's parameters."""
     if workers is None:
-        trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh)
+        trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
+                               allow_nonfinite=allow_nonfinite)
         return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
     from .distributed import DistributedTrainer
 

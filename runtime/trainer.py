@@ -36,6 +36,7 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .data import batches, check_dataset, check_fits, declared_schema, load_dataset, match_inputs, split
+from .finite import check_dataset_finite
 from .params import init_params, init_state
 from .runner import bind, make_store
 from .threads import training_threads
@@ -102,11 +103,14 @@ def check_data(model, spec) -> None:
             check_fits(schema, model.inputs, spec.inputs or None)
 
 
-def load_splits(model, spec) -> dict[str, dict[str, np.ndarray]]:
+def load_splits(model, spec, allow_nonfinite: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """The train/val/test splits; a NaN or Inf in the data is E0402 naming the array, unless allowed."""
     opts, so = data_options(model, spec)
     data_seed, fractions, same = so["seed"], so["fractions"], so["same"]
     with _at(spec.data.loc):
         ds = load_dataset(spec.data.name, seed=data_seed, **opts)
+        if not allow_nonfinite:
+            check_dataset_finite(ds)
         parts = split(ds, fractions, seed=data_seed, same=same)
         return {k: match_inputs(v, model.inputs, spec.inputs or None) for k, v in parts.items()}
 
@@ -316,7 +320,8 @@ def _declared_types(graphs) -> dict[str, np.dtype]:
 
 
 def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: int | None = None,
-                 fresh: bool = True, threads: int | None = None, steps_per_epoch: int | None = None) -> Trainer:
+                 fresh: bool = True, threads: int | None = None, steps_per_epoch: int | None = None,
+                 allow_nonfinite: bool = False) -> Trainer:
     """A Trainer for ``model``'s train block.  ``fresh``: parameters initialised with the
     training seed (same seed, same run); False continues from ``model.params`` / ``model.state``.
     ``steps_per_epoch`` (for schedules) defaults to the training split's size / batch."""
@@ -326,7 +331,7 @@ def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: in
 
     def loader():
         if not splits:
-            splits.update(load_splits(model, spec))
+            splits.update(load_splits(model, spec, allow_nonfinite))
         return splits
 
     if steps_per_epoch is None:

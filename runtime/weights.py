@@ -22,7 +22,7 @@ from dlc.grammar.errors import DlcError
 
 from .checkpoint import Checkpoint
 from .checkpoint import load as load_checkpoint
-from .files import write_atomic
+from .files import refuse_foreign, write_atomic
 from .train import BEST
 
 SAFETENSORS_FORMAT = "dlc-weights"
@@ -100,8 +100,20 @@ def write_safetensors(target: Path, params: dict, state: dict, meta: dict) -> in
     if target.is_dir():
         raise DlcError("E0110", f"`{target}` is a directory", hint="give a file name: -o weights.safetensors")
     target.parent.mkdir(parents=True, exist_ok=True)
+    refuse_foreign(target, _exported_by_dlc, force=False, code="E0501", flag="another -o path")
     write_atomic(target, data)
     return len(data)
+
+
+def _exported_by_dlc(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file of :func:`write_safetensors` (its header's metadata says so)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(n, 1 << 24)))
+        return (header.get("__metadata__") or {}).get("format") == SAFETENSORS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_safetensors(path: Path, *, expect_spec_hash: str | None = None) -> Checkpoint:

@@ -125,30 +125,30 @@ class Killer:
             monkeypatch.setattr(os, op, self.real[op])
 
 
-def _count_ops(tmp_path, monkeypatch):
-    folder = tmp_path / "count"
-    for step in (1, 2, 3):
-        _save(folder, step)
+def _count_ops(tmp_path, monkeypatch, keep=3):
+    """The mutating file operations of a save that also prunes (``keep`` checkpoints saved before)."""
+    folder = tmp_path / f"count{keep}"
+    for step in range(1, keep + 1):
+        _save(folder, step, keep=keep)
     k = Killer(monkeypatch, None)
-    _save(folder, 4)
+    _save(folder, keep + 1, keep=keep)
     k.revive(monkeypatch)
     assert k.log.count("replace") == 3 and k.log.count("unlink") == 2, k.log  # 3 files; prune drops 2
     return k.n
 
 
 def test_a_kill_at_any_file_operation_of_a_save(tmp_path, monkeypatch):
-    n = _count_ops(tmp_path, monkeypatch)
+    n = _count_ops(tmp_path, monkeypatch, keep=1)
     for at in range(1, n + 1):
         folder = tmp_path / f"k{at}"
-        for step in (1, 2, 3):
-            _save(folder, step)
+        _save(folder, 1, keep=1)
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
         k = Killer(monkeypatch, at)
         with pytest.raises(Killed):
-            _save(folder, 4)
+            _save(folder, 2, keep=1)
         k.revive(monkeypatch)
         got = ck.resume_point(folder, expect_spec_hash="abc")  # tidies what the kill left
-        assert got.checkpoint.meta["step"] in (3, 4), at
+        assert got.checkpoint.meta["step"] in (1, 2), at
         names = {p.name for p in folder.iterdir()}
         assert not [n_ for n_ in names if n_.endswith(".tmp")], (at, names)
         live = {json.loads((folder / m).read_text())["npz"] for m in names if m.startswith("ckpt-") and
@@ -157,10 +157,11 @@ def test_a_kill_at_any_file_operation_of_a_save(tmp_path, monkeypatch):
         for name, data in before.items():  # a file is replaced whole or not at all, never changed in place
             if name in names and name != "latest.json":
                 assert (folder / name).read_bytes() == data, (at, name)
-        _save(folder, 5)
-        assert ck.load(folder).meta["step"] == 5
+        _save(folder, 3, keep=1)
+        assert ck.load(folder).meta["step"] == 3
 
 
+@pytest.mark.slow
 def test_training_resumes_bit_identically_after_a_kill_at_any_file_operation(tmp_path, monkeypatch):
     spec = regression(tmp_path, opt="adam(lr = 0.01)", epochs=5)
     whole = dlc.load(spec, mode="train")
@@ -316,3 +317,29 @@ def test_compile_targets_that_cannot_be_written(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.onnx").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_train_log_refuses_a_foreign_file(tmp_path):
+    log = tmp_path / "notes.csv"
+    log.write_text("my own notes\n")
+    with pytest.raises(DlcError) as e:
+        dlc.load(regression(tmp_path, epochs=1), mode="train").train(log=log, **QUIET)
+    assert e.value.code == "E0002" and "refusing to overwrite" in e.value.message
+    assert log.read_text() == "my own notes\n"
+    ok = tmp_path / "run.csv"
+    dlc.load(regression(tmp_path, epochs=1), mode="train").train(log=ok, **QUIET)
+    dlc.load(regression(tmp_path, epochs=1), mode="train").train(log=ok, **QUIET)  # its own log: rewritten
+    assert ok.read_text().startswith("epoch,")
+
+
+def test_export_weights_refuses_a_foreign_file(tmp_path):
+    pytest.importorskip("safetensors")
+    spec = regression(tmp_path, epochs=1)
+    dlc.load(spec, mode="train").train(checkpoint=tmp_path / "ck", **QUIET)
+    target = tmp_path / "w.safetensors"
+    target.write_bytes(b"not mine to overwrite")
+    r = _cli("export-weights", str(tmp_path / "ck"), "-o", str(target), code=2)
+    assert "refusing to overwrite" in r.output and target.read_bytes() == b"not mine to overwrite"
+    target.unlink()
+    _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))
+    _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))  # its own export: replaced

@@ -75,6 +75,17 @@ def test_wgan_gp_gradcheck_is_second_order():
     assert len(worst) == 11 and max(worst.values()) < 1e-4, worst
 
 
+def test_dlc_gradcheck_passes_on_wgan_gp():
+    from click.testing import CliRunner
+
+    from dlc.cli import main
+
+    res = CliRunner().invoke(main, ["gradcheck", "specs/wgan_gp.dl"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("second order: `d_loss` contains grad(...)")
+    assert "all 11 parameters within 0.0001" in res.output
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wgan_reaches_its_floor_and_keeps_the_critic_in_the_clip_box(backend):

@@ -128,3 +128,19 @@ def test_bad_grad_calls_are_coded_errors(body, code, words):
         dlc.compile(src)
     assert e.value.code == code and words in e.value.message
     assert e.value.loc is not None and e.value.loc.line == 4
+
+
+def test_missing_gradient_rules_are_reported_together_with_their_lines(monkeypatch):
+    """Should an op on the path lack a rule, grad(...) names every such op at once, each at
+    the line that applied it (every registered op has one today: tests/test_ops.py)."""
+    from dlc.compiler.ops.registry import get_op
+    from dlc.grammar.errors import DlcErrors
+
+    for op in ("tanh", "sigmoid"):
+        cls = type(get_op(op))
+        monkeypatch.setattr(cls, "has", classmethod(lambda c, part: part != "grad"))
+    src = "model m() {\n    input x: f32[B, 3]\n    a = tanh(x)\n    b = sigmoid(x)\n    output g = grad(sum(a * b), x)\n}\n"
+    with pytest.raises(DlcErrors) as e:
+        dlc.compile(src)
+    found = sorted((err.loc.line, err.message) for err in e.value.errors)
+    assert found == [(3, "no gradient rule for `tanh`"), (4, "no gradient rule for `sigmoid`")]

@@ -200,24 +200,6 @@ def test_backprop_transposes_fold_into_their_matmuls():
         np.testing.assert_array_equal(got[k], want[k])
 
 
-def test_a_weight_gradient_over_a_batch_becomes_one_gemm():
-    from dlc.compiler.dims import Sym
-    from dlc.compiler.passes.merge_batch_matmul import merge_batch_matmul
-
-    B = Sym.var("B")
-    g, b, (x, dy) = small(TensorType("f32", (B, 5, 3)), TensorType("f32", (B, 5, 4)))
-    g.set_output("dw", b.sum_to(b.matmul(b.transpose(x, perm=(0, 2, 1)), dy), shape=(3, 4)))
-    rng = np.random.default_rng(0)
-    feeds = {"x0": rng.standard_normal((2, 5, 3)).astype(np.float32),
-             "x1": rng.standard_normal((2, 5, 4)).astype(np.float32)}
-    want = run(g, feeds)
-    assert merge_batch_matmul(g) == 1
-    dce(g)
-    g.verify()
-    assert ops(g) == {"input": 2, "reshape": 2, "transpose": 1, "matmul": 1}
-    np.testing.assert_allclose(run(g, feeds)["dw"], want["dw"], rtol=1e-6, atol=1e-6)
-
-
 # -- fusion ------------------------------------------------------------------------------
 def test_bias_relu_becomes_one_kernel_call():
     g, b, (x,) = small(F32)
@@ -302,8 +284,7 @@ def test_an_unsafe_buffer_plan_fails_verification():
 # -- the pipeline ---------------------------------------------------------------------------
 def test_levels_and_backends():
     assert passes_for(0) == ()
-    assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "simplify",
-                                                  "merge_batch_matmul", "dce"]
+    assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "simplify", "dce"]
     assert passes_for(2, "onnx") == passes_for(1)
     assert [p.__name__ for p in passes_for(2)][-3:] == ["fold_transposes", "fuse_elementwise", "dce"]
     with pytest.raises(ValueError):
@@ -388,9 +369,15 @@ def test_optimized_training_steps_agree_on_both_backends(path):
     feeds, state = _feeds(m), {**m.state, **initial_state(step)}
     want = _steps(make_runner(step.graph, "numpy", level=0), feeds, m.params, state)
     got = _steps(make_runner(step.graph, "numpy", level=2), feeds, m.params, state)
+    # bit for bit (the same kernels in the same order on the same values), but for
+    # hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
+    exact = "scan" not in ops(step.graph)
     for w, o in zip(want, got):
-        for k in w:  # exact but for merged GEMMs and hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
-            np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
+        for k in w:
+            if exact:
+                np.testing.assert_array_equal(o[k], w[k], err_msg=f"{path} {k}")
+            else:
+                np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
     ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
     for k in want[0]:
         np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")
@@ -405,7 +392,7 @@ def test_optimized_inference_agrees_on_both_backends(path):
     m.opt_level = 2  # drops the plans built at level 0
     got = m.run(feeds)
     ort = m.run(feeds, backend="onnxruntime")
-    for k in want:
+    for k in want:  # hoisted scans may round differently
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=f"{path} {k}")
         np.testing.assert_allclose(ort[k], want[k], rtol=1e-5, atol=2e-5, err_msg=f"{path} ort {k}")
 

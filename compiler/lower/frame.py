@@ -21,6 +21,7 @@ from ..graph import Graph, Value
 from ..ops.registry import all_ops
 from ..types import DTYPES
 
+_DEEP = 32  # bindings being evaluated inside each other before dependencies are forced iteratively
 # names users write that map onto registry ops with other names
 ALIASES = {"expand": "broadcast_to", "silu": "swish", "concatenate": "concat", "index_select": "gather"}
 # `max(x)` reduces, `max(a, b)` is elementwise: expr.call_value picks by arity
@@ -163,9 +164,13 @@ class Frame:
                 *BUILTINS, *all_ops(), *ALIASES, *ARITY_DISPATCH]
 
     def force(self, name: str, loc: Loc | None) -> None:
-        """Evaluate the pending binding that defines ``name``."""
+        """Evaluate the pending binding that defines ``name`` (its pending dependencies first)."""
         from .expr import evaluate
 
+        if len(self.ctx.visiting) >= _DEEP:  # a long chain: walk it without recursing (node order elsewhere
+            self._force_dependencies(name)   # stays that of plain lazy evaluation)
+            if name not in self.pending:
+                return
         stmt = self.pending[name]
         key = (id(self), stmt.targets)
         if key in self.ctx.visiting:
@@ -196,6 +201,40 @@ class Frame:
                 self.names[t] = v
         for t in stmt.targets:
             self.locs[t] = stmt.loc
+
+    def _force_dependencies(self, name: str) -> None:
+        """Force the pending bindings ``name``'s binding mentions, deepest first, by an explicit
+        depth-first walk: evaluating one then finds its inputs ready and recurses no deeper.
+        A mention that closes a cycle is left to :meth:`force`, which reports it."""
+        from .deps import mentioned_names
+
+        busy = self.__dict__.setdefault("_preforcing", set())
+        if name in busy:  # a cycle through the walk itself: evaluation reports it
+            return
+        busy.add(name)
+        try:
+            self._walk_dependencies(name, mentioned_names)
+        finally:
+            busy.discard(name)
+
+    def _walk_dependencies(self, name: str, mentioned_names) -> None:
+        root = self.pending[name]
+        on_path = {id(root)}
+        stack = [(root, iter(mentioned_names(root.value)))]
+        while stack:
+            stmt, deps = stack[-1]
+            dep = next((d for d in deps if d in self.pending and id(self.pending[d]) not in on_path), None)
+            if dep is not None:
+                child = self.pending[dep]
+                if any(f == id(self) and t == child.targets for f, t in self.ctx.visiting):
+                    continue  # already being evaluated further out: a cycle, reported by force
+                on_path.add(id(child))
+                stack.append((child, iter(mentioned_names(child.value))))
+                continue
+            stack.pop()
+            on_path.discard(id(stmt))
+            if stmt is not root and stmt.targets[0] in self.pending:
+                self.force(stmt.targets[0], stmt.loc)
 
     def force_all(self) -> None:
         """Evaluate every binding not used yet (in source order), so its errors surface."""

@@ -14,6 +14,8 @@ import numpy as np
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
+from .. import budget
+
 from ..builder import Builder
 from ..dims import Sym, shape_str, solve
 from ..graph import RNG_INPUT, Graph, Value
@@ -212,7 +214,11 @@ def repeat(frame: Frame, e: A.Repeat):
     for i in range(count):
         chosen = [v[0 if i == 0 else 1] if pc else v for pc, v in zip(per_copy, evaluated)]
         args, kwargs = chosen[:n_args], dict(zip((k.name for k in e.kwargs), chosen[n_args:]))
+        before = len(frame.builder.graph)
         out = call_layer(frame, layer, [x] + args, kwargs, e.loc, scope=f"{base}.{i}")
+        if i == 0:  # every copy adds as many nodes as the first: refuse an unrolling too big before doing it
+            budget.check_nodes(before + count * (len(frame.builder.graph) - before), e.loc,
+                               what=f"unrolling `repeat {count}` would give the graph")
         if not is_tensor(out) or (i > 0 and frame.builder.type(out) != frame.builder.type(x)):
             got = frame.builder.type(out) if is_tensor(out) else describe(out)
             raise frame.error("E0104", f"a repeated layer must return one tensor of its input's type "

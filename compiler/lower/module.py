@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
-from dlc.grammar.parse import parse, parse_file
+from dlc.grammar.parse import MAX_SOURCE_CHARS, parse, parse_file
 
 from ..builder import Builder
 from ..dims import Sym
@@ -55,7 +55,7 @@ def load_module(path: str | None = None, text: str | None = None) -> Loaded:
     """Parse the spec at ``path`` (or ``text``) and everything it ``use``s."""
     if text is None:
         module = parse_file(path)
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     else:
         module = parse(text, path or "<string>")
     root = Path(path).resolve().parent if path else Path.cwd().resolve()
@@ -108,6 +108,9 @@ def _import(loaded: Loaded, use: A.Use, env: ModuleEnv, root: Path, here: Path |
         return
     loaded.imported.add(target)
     try:
+        if target.stat().st_size > 4 * MAX_SOURCE_CHARS:  # by stat, before reading
+            raise DlcError("E0003", f"`{use.path}` is {target.stat().st_size:,} bytes long (limit "
+                                    f"{MAX_SOURCE_CHARS:,} characters)", use.loc)
         text = target.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DlcError("E0109", f"cannot read `{use.path}`: {e}", use.loc) from None

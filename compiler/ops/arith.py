@@ -13,6 +13,19 @@ _BIN = (Arg((2, 3)), Arg((2, 3)))
 _BCAST = (Arg((4, 1, 3)), Arg((5, 1)))
 
 
+def zero_where_no_cotangent(b, ct, grad, also=None):
+    """``grad`` with 0 wherever the cotangent ``ct`` is 0 (and where ``also`` holds).
+
+    The partial functions' local derivatives are infinite or NaN outside their
+    domain (sqrt and log of negatives, division by 0, exp overflow).  A branch
+    ``where`` did not select gets a zero cotangent there, and 0 * inf is NaN: the
+    "double where" trap.  Masking makes ``where(v > 0, sqrt(v), v)`` have
+    gradient 1 at v <= 0, as the function it computes does."""
+    out = b.where(b.eq(ct, 0.0), 0.0, grad)
+    # a second Where, not an Or: onnxruntime's CUDA provider has no kernel for Or
+    return out if also is None else b.where(also, 0.0, out)
+
+
 class _Binary(Op):
     """Elementwise, broadcasting, same dtype in and out."""
 
@@ -75,7 +88,8 @@ class Div(_Binary):
     def grad(self, b, inputs, outputs, cts):
         x, y = inputs
         dx = b.div(cts[0], y)
-        return [dx, b.neg(b.mul(dx, outputs[0]))]
+        return [zero_where_no_cotangent(b, cts[0], dx),
+                zero_where_no_cotangent(b, cts[0], b.neg(b.mul(dx, outputs[0])))]
 
 
 @register
@@ -90,11 +104,11 @@ class Pow(_Binary):
         x, y = inputs
         dy = cts[0]
         # d/dx = y * x**(y-1); d/dy = log(x) * x**y, with the log guarded so x <= 0 gives 0, not NaN
-        dx = b.mul(dy, b.mul(y, b.pow(x, b.sub(y, 1.0))))
+        dx = zero_where_no_cotangent(b, dy, b.mul(dy, b.mul(y, b.pow(x, b.sub(y, 1.0)))))
         positive = b.gt(x, 0.0)
         safe_x = b.where(positive, x, 1.0)
         dexp = b.mul(dy, b.mul(b.log(safe_x), outputs[0]))
-        return [dx, b.where(positive, dexp, 0.0)]
+        return [dx, zero_where_no_cotangent(b, dy, dexp, also=b.logical_not(positive))]
 
 
 @register
@@ -252,6 +266,11 @@ class _FloatOnlyUnary(_Unary):
 class Neg(_Unary):
     name, onnx_op = "neg", "Neg"
 
+    def shape(self, x):
+        if x.dtype == "bool":
+            raise ShapeError(f"unary minus needs a number, got {x}; write `not x` for booleans")
+        return x
+
     def kernel(self, x):
         return -x
 
@@ -287,7 +306,7 @@ class Exp(_FloatOnlyUnary):
         return np.exp(x)
 
     def grad(self, b, inputs, outputs, cts):
-        return [b.mul(cts[0], outputs[0])]
+        return [zero_where_no_cotangent(b, cts[0], b.mul(cts[0], outputs[0]))]
 
 
 @register
@@ -299,7 +318,7 @@ class Log(_FloatOnlyUnary):
         return np.log(x)
 
     def grad(self, b, inputs, outputs, cts):
-        return [b.div(cts[0], inputs[0])]
+        return [zero_where_no_cotangent(b, cts[0], b.div(cts[0], inputs[0]))]
 
 
 @register
@@ -311,7 +330,10 @@ class Sqrt(_FloatOnlyUnary):
         return np.sqrt(x)
 
     def grad(self, b, inputs, outputs, cts):
-        return [b.div(b.mul(cts[0], 0.5), outputs[0])]
+        # at 0 the derivative is infinite; 0 is the subgradient that keeps a norm or a std of a
+        # constant row (sqrt(mean((x - mean(x))**2))) finite, as their one-sided limits are
+        return [zero_where_no_cotangent(b, cts[0], b.div(b.mul(cts[0], 0.5), outputs[0]),
+                                        also=b.eq(outputs[0], 0.0))]
 
 
 @register

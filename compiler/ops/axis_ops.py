@@ -31,6 +31,10 @@ class Squeeze(Op):
                 raise ShapeError(f"`squeeze` axis {a} has dim {dim_str(shape[a])}, not 1")
         return axes
 
+    def resolve_attrs(self, types, attrs):
+        # None means the axes of *static* size 1: fixed here, a symbolic dim bound to 1 at run time stays
+        return {**attrs, "axes": self._axes(types[0].shape, attrs["axes"])} if attrs["axes"] is None else attrs
+
     def shape(self, x, axes):
         drop = self._axes(x.shape, axes)
         return x.with_shape(tuple(d for i, d in enumerate(x.shape) if i not in drop))

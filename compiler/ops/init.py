@@ -61,24 +61,24 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 # -- the initialisers: (shape, rng, **kwargs) -> float64 array ---------------------------
-def _zeros(shape, rng):
-    return np.zeros(shape)
+def _zeros(shape, rng, size=None):
+    return np.zeros(shape if size is None else size)
 
 
-def _ones(shape, rng):
-    return np.ones(shape)
+def _ones(shape, rng, size=None):
+    return np.ones(shape if size is None else size)
 
 
-def _constant(shape, rng, value):
-    return np.full(shape, value)
+def _constant(shape, rng, value, size=None):
+    return np.full(shape if size is None else size, value)
 
 
-def _normal(shape, rng, std, mean):
-    return rng.normal(mean, std, size=shape)
+def _normal(shape, rng, std, mean, size=None):
+    return rng.normal(mean, std, size=shape if size is None else size)
 
 
-def _truncated_normal(shape, rng, std, mean):
-    z = rng.standard_normal(size=shape)
+def _truncated_normal(shape, rng, std, mean, size=None):
+    z = rng.standard_normal(size=shape if size is None else size)
     bad = np.abs(z) > 2.0
     while bad.any():  # redraw the tails: each pass keeps ~95% of the rest, so this ends fast
         z[bad] = rng.standard_normal(size=int(bad.sum()))
@@ -86,19 +86,19 @@ def _truncated_normal(shape, rng, std, mean):
     return mean + std * z
 
 
-def _uniform(shape, rng, low, high):
-    return rng.uniform(low, high, size=shape)
+def _uniform(shape, rng, low, high, size=None):
+    return rng.uniform(low, high, size=shape if size is None else size)
 
 
-def _glorot_uniform(shape, rng, gain):
+def _glorot_uniform(shape, rng, gain, size=None):
     fan_in, fan_out = fans(shape)
     limit = gain * math.sqrt(6.0 / max(fan_in + fan_out, 1))
-    return rng.uniform(-limit, limit, size=shape)
+    return rng.uniform(-limit, limit, size=shape if size is None else size)
 
 
-def _glorot_normal(shape, rng, gain):
+def _glorot_normal(shape, rng, gain, size=None):
     fan_in, fan_out = fans(shape)
-    return rng.normal(0.0, gain * math.sqrt(2.0 / max(fan_in + fan_out, 1)), size=shape)
+    return rng.normal(0.0, gain * math.sqrt(2.0 / max(fan_in + fan_out, 1)), size=shape if size is None else size)
 
 
 def _fan(shape, mode: str) -> int:
@@ -106,13 +106,13 @@ def _fan(shape, mode: str) -> int:
     return max(fan_in if mode == "fan_in" else fan_out, 1)
 
 
-def _he_uniform(shape, rng, gain, mode):
+def _he_uniform(shape, rng, gain, mode, size=None):
     limit = gain * math.sqrt(3.0 / _fan(shape, mode))
-    return rng.uniform(-limit, limit, size=shape)
+    return rng.uniform(-limit, limit, size=shape if size is None else size)
 
 
-def _he_normal(shape, rng, gain, mode):
-    return rng.normal(0.0, gain / math.sqrt(_fan(shape, mode)), size=shape)
+def _he_normal(shape, rng, gain, mode, size=None):
+    return rng.normal(0.0, gain / math.sqrt(_fan(shape, mode)), size=shape if size is None else size)
 
 
 def _orthogonal(shape, rng, gain):
@@ -130,7 +130,9 @@ def _orthogonal(shape, rng, gain):
     return (gain * q).reshape(shape)
 
 
-# name -> (function, {parameter: default} in positional order, float-only?)
+# name -> (function, {parameter: default} in positional order, float-only?); every function but
+# orthogonal draws independent values, so it can fill a large parameter chunk by chunk
+# (``size=``) with the scale of the whole ``shape``
 _Spec = tuple[Callable, dict, bool]
 _TABLE: dict[str, _Spec] = {
     "zeros": (_zeros, {}, False),
@@ -163,6 +165,13 @@ def init_params(name: str) -> dict:
     return dict(_lookup(name)[1])
 
 
+def scratch_bytes(name: str, shape: tuple[int, ...]) -> int:
+    """Temporary memory ``initialize`` needs beyond the result (float64 draws, QR)."""
+    if _ALIASES.get(name, name) == "orthogonal" and len(shape) >= 2:
+        return 4 * 8 * shape[0] * math.prod(shape[1:])  # the draw, Q, R and the scaled copy, float64
+    return 2 * 8 * min(math.prod(shape), CHUNK)
+
+
 def initialize(name: str, kwargs: dict, shape: tuple[int, ...], dtype: str,
                rng: np.random.Generator) -> np.ndarray:
     """A new array of ``shape`` and dtype ``dtype`` (dlc name: f32, i64, …) filled by the
@@ -174,10 +183,42 @@ def initialize(name: str, kwargs: dict, shape: tuple[int, ...], dtype: str,
     if float_only and dtype not in FLOATS:
         raise ValueError(f"initialiser `{name}` makes random floats; the parameter is {dtype}")
     args = _bind(name, params, kwargs)
+    target = np.dtype(DTYPES[dtype])
+    if fn is not _orthogonal and math.prod(shape) > CHUNK:
+        return _draw_in_chunks(fn, shape, rng, args, target)
     values = fn(shape, rng, **args)
     if dtype not in FLOATS and not np.all(values == np.round(values)):
         raise ValueError(f"initialiser `{name}` with {args} does not give whole numbers for a {dtype} parameter")
-    return np.asarray(values, dtype=DTYPES[dtype]).reshape(shape).copy()
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below, by name
+        out = np.asarray(values, dtype=target).reshape(shape).copy()
+    if not np.isfinite(out).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+        raise ValueError(f"initialiser `{name}` with {args} gives {out[bad]} at index {list(bad)} in {dtype}")
+    return out
+
+
+
+# Large parameters are drawn a chunk at a time straight into an array of their own dtype, so
+# a f32[16384, 16384] never needs its float64 twice over; the generator's stream is the same
+# whether drawn at once or in pieces, so the values are those of a single draw (truncated_normal's
+# redraws excepted: they happen per chunk).
+CHUNK = 1 << 20
+
+
+def _draw_in_chunks(fn, shape, rng, args, target: np.dtype) -> np.ndarray:
+    out = np.empty(math.prod(shape), dtype=target)
+    for start in range(0, out.size, CHUNK):
+        stop = min(start + CHUNK, out.size)
+        values = fn(shape, rng, **args, size=stop - start)
+        if target.kind != "f" and not np.all(values == np.round(values)):
+            raise ValueError(f"initialiser with {args} does not give whole numbers for a {target} parameter")
+        with np.errstate(over="ignore", invalid="ignore"):
+            values = values.astype(target, copy=False)
+        if target.kind == "f" and not np.isfinite(values).all():
+            bad = start + int(np.argmax(~np.isfinite(values)))
+            raise ValueError(f"initialiser gives {values[bad - start]} at index {list(np.unravel_index(bad, shape))}")
+        out[start:stop] = values
+    return out.reshape(shape)
 
 
 def _lookup(name: str) -> _Spec:
@@ -224,4 +265,4 @@ def _bind(name: str, params: dict, kwargs: dict) -> dict:
     return args
 
 
-__all__ = ["fans", "init_names", "init_params", "initialize"]
+__all__ = ["fans", "init_names", "init_params", "initialize", "scratch_bytes"]

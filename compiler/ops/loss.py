@@ -220,7 +220,11 @@ class Nll(Composite):
     samples = [Sample((Arg((4, 3)), Arg((4,), "int", 0, 3)))]
 
     def expand(self, b, logp, labels, reduction):
-        t = b.type(logp)
+        t, lt = b.type(logp), b.type(labels)
+        if t.rank < 1 or t.dtype not in FLOATS or lt.dtype not in INTS or lt.shape != t.shape[:-1] \
+                or not isinstance(t.shape[-1], int):
+            raise b.error("E0104", f"shape mismatch in `nll`: needs float log-probabilities with a fixed class axis "
+                                   f"last and integer labels of their shape without it, got {t} and {lt}")
         mask = b.one_hot(labels, depth=t.shape[-1], dtype=t.dtype)
         return reduce_loss(b, b.neg(b.sum(b.mul(logp, mask), axes=-1)), reduction)
 

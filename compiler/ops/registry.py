@@ -103,6 +103,12 @@ class Op:
     def shape(self, *types, **attrs):
         raise NotImplementedError
 
+    def resolve_attrs(self, types, attrs: dict) -> dict:
+        """Attrs made explicit from the input types at build time, so the kernel and
+        the ONNX lowering never re-derive from run-time shapes what the declared
+        types decided (``squeeze`` of "every size-1 axis" with a symbolic B = 1)."""
+        return attrs
+
     def kernel(self, *arrays, **attrs):
         raise NotImplementedError
 

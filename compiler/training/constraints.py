@@ -121,8 +121,8 @@ def _sig(name: str) -> str:
 def apply_constraint(b: Builder, c: CallSpec, p: Value, param: str) -> Value:
     """The projection of the updated parameter ``p`` (named ``param``) by ``c``."""
     kw = c.kwargs
-    if c.name == "clip":
-        return b.clip(p, lo=kw["lo"], hi=kw["hi"])
+    if c.name == "clip":  # Max and Min, not Clip: onnxruntime's CUDA provider has no float Clip kernel
+        return b.minimum(b.maximum(p, kw["lo"]), kw["hi"])
     if c.name == "non_neg":
         return b.maximum(p, 0.0)
     rank = b.type(p).rank
