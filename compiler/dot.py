@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .graph import SOURCE_OPS, Graph
 
-ROLE_COLORS = {"forward": "white", "loss": "khaki", "backward": "lightpink", "optimizer": "lightblue",
+ROLE_COLORS = {"forward": "white", "backward": "lightpink", "optimizer": "lightblue",
                "state": "palegreen"}
 _SOURCE_SHAPES = {"input": ("ellipse", "lightyellow"), "param": ("ellipse", "lightgrey"),
                   "state": ("ellipse", "palegreen")}

@@ -29,7 +29,7 @@ import networkx as nx
 
 from .types import TensorType
 
-ROLES = ("forward", "loss", "backward", "optimizer", "state")
+ROLES = ("forward", "backward", "optimizer", "state")  # what a node is for (pictures group by it)
 SOURCE_OPS = ("input", "param", "state", "const")  # nodes with no inputs whose value comes from outside
 RNG_INPUT = "__rng"  # name of the i64 scalar random-key input
 
@@ -293,6 +293,8 @@ class Graph:
             want = sorted((i, v.node, v.index) for i, v in enumerate(rec.inputs))
             if edges != want:
                 raise GraphError(f"%{n} ({rec.op}): edges {edges} do not mirror its inputs {want}")
+            if rec.role not in ROLES:
+                raise GraphError(f"%{n} ({rec.op}) has the role {rec.role!r}, not one of {ROLES}")
             if rec.op in SOURCE_OPS:
                 if rec.inputs:
                     raise GraphError(f"source node %{n} ({rec.op}) has inputs")

@@ -128,14 +128,12 @@ def update_graph(model, group: str | None = None, steps_per_epoch: int | None = 
     """The optimizer update of step group ``group`` as a StepGraph (inputs ``grad/<param>``):
     what the update export is made of.  ``steps_per_epoch`` (default: from the data)
     scales the schedule."""
-    from dlc.compiler.training.step import build_update, select_params
-    from dlc.runtime.trainer import steps_per_epoch_for, updates_per_epoch
+    from dlc.runtime.trainer import build_update_graph, steps_per_epoch_for
 
     spec = model.train_spec()
     s = spec.steps[_group_index(spec, group)]
-    names = select_params(s.params, list(model.graph.params), s.loc, f"step `{s.name}`")
     spe = steps_per_epoch_for(model, spec) if steps_per_epoch is None else steps_per_epoch
-    return build_update(model.graph, spec, s, names, updates_per_epoch(s, spe))  # as the fused step counts
+    return build_update_graph(model, spec, s, spe)
 
 
 def _grad(model, *, group, outputs):

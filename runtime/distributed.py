@@ -52,13 +52,12 @@ import numpy as np
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.optional import import_optional
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
-from dlc.compiler.training.step import build_update
 from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
-from .trainer import (RNG_MODULUS, batches_per_epoch, build_grad_graph, load_splits, make_trainer, metric_key, rng_key,
-                      updates_per_epoch)
+from .trainer import (RNG_MODULUS, batches_per_epoch, build_grad_graph, build_update_graph, load_splits, make_trainer,
+                      metric_key, rng_key)
 
 WORKER_KEY_STRIDE = 1_000_003  # worker r's random key: the step's key + r * stride (mod the key range)
 LOOPBACK = "127.0.0.1"  # a Ray started here listens on this machine only
@@ -119,7 +118,7 @@ class GradientWorker:
         self.runners = []
         for step in spec.steps:
             graph, _ = build_grad_graph(source, spec, step)
-            self.runners.append(make_runner(graph, backend, level))
+            self.runners.append(make_runner(graph, backend, level, threads=threads))
         self.train = load_splits(source, spec)["train"]
         self.n_train = len(next(iter(self.train.values())))
         self._order: tuple[int, np.ndarray] | None = None
@@ -190,7 +189,7 @@ class DistributedTrainer:
         self.updates = []
         for g in self.local.groups:
             s = spec.steps[g.index]
-            upd = build_update(model.graph, spec, s, g.step.params, updates_per_epoch(s, steps_per_epoch))
+            upd = build_update_graph(model, spec, s, steps_per_epoch)
             self.updates.append(bind(upd.graph, self.local.store, backend, threads=self.local.threads,
                                      level=self.local.level))
         self.outputs: dict[int, dict] = {}

@@ -37,8 +37,9 @@ def _unknown(backend: str) -> DlcError:
     return DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
 
 
-def make_runner(graph: Graph, backend: str, level: int = DEFAULT_LEVEL) -> Runner:
-    """A runner of ``graph`` on ``backend``, optimized at ``level`` (0: as built)."""
+def make_runner(graph: Graph, backend: str, level: int = DEFAULT_LEVEL, *, threads: int | None = None) -> Runner:
+    """A runner of ``graph`` on ``backend``, optimized at ``level`` (0: as built); ``threads``:
+    onnxruntime's intra-op threads (default :func:`~dlc.runtime.threads.training_threads`)."""
     if backend == "numpy":
         from .interpreter import Plan
 
@@ -50,7 +51,7 @@ def make_runner(graph: Graph, backend: str, level: int = DEFAULT_LEVEL) -> Runne
         from .ort import OrtSession
 
         graph = optimize(graph, level, "onnx")
-        session = OrtSession(export_graph(graph, params=None, name=graph.name, train=True))
+        session = OrtSession(export_graph(graph, params=None, name=graph.name, train=True), threads=threads)
         wanted = list(graph.outputs)
 
         def run(feeds: dict, params: dict, state: dict) -> dict:

@@ -30,7 +30,7 @@ from dlc.compiler.graph import RNG_INPUT, Graph
 from dlc.compiler.lower import compile_model
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
 from dlc.compiler.training.spec import step_outputs
-from dlc.compiler.training.step import StepGraph, build_grad, build_step, initial_state
+from dlc.compiler.training.step import StepGraph, build_grad, build_step, build_update, initial_state, select_params
 from dlc.compiler.types import np_dtype
 from dlc.grammar.errors import DlcError
 
@@ -60,6 +60,13 @@ def build_grad_graph(model, spec, step) -> tuple[Graph, list[str]]:
     anything with ``loaded``, ``defn`` and ``hyper`` (a Model, a worker's ModelSource)."""
     lowered = compile_model(model.loaded, model.defn, "train", model.hyper, extra=step_outputs(spec, step))
     return build_grad(lowered.graph, step)
+
+
+def build_update_graph(model, spec, step, steps_per_epoch: int) -> StepGraph:
+    """Step group ``step``'s optimizer update alone (``build_update``: inputs ``grad/<param>``),
+    its schedule counting the group's updates per epoch as the fused step does."""
+    names = select_params(step.params, list(model.graph.params), step.loc, f"step `{step.name}`")
+    return build_update(model.graph, spec, step, names, updates_per_epoch(step, steps_per_epoch))
 
 
 def updates_per_epoch(step, steps_per_epoch: int) -> int:
