@@ -166,10 +166,10 @@ def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:
         if v >= n_in and v not in outputs and types[v].rank > 0:
             dying.setdefault(j, []).append(v)
     reuse = []
-    for j, (op, _, kw) in enumerate(program):
+    for j, (op, _, _) in enumerate(program):
         for v in dying.get(j, ()):  # operands read for the last time here may take the result
             free.setdefault(types[v], []).append(v)
         v = n_in + j
-        pool = free.get(types[v]) if op in INPLACE and not kw else None
+        pool = free.get(types[v]) if op in INPLACE else None
         reuse.append(pool.pop() if pool else -1)
     return tuple(reuse)
