@@ -41,7 +41,7 @@ def test_select_on_strided_views_and_small_arrays():
     _same_bits(select(small, np.float32([1, 2]), np.float32(0)), np.where(small, np.float32([1, 2]), np.float32(0)))
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.2])
+@pytest.mark.parametrize("alpha", [0.0, 0.2, 1.0])
 def test_relu_grad_into_any_buffer(alpha):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((32, 16)).astype(np.float32)

@@ -72,7 +72,10 @@ class LeakyRelu(_Activation):
     samples = _UNARY + [Sample((Arg((5,)),), {"alpha": 0.2})]
 
     def kernel(self, x, alpha):
-        return np.where(x > 0, x, x * np.asarray(alpha, x.dtype))
+        scaled = x * np.asarray(alpha, x.dtype)
+        if 0.0 < alpha <= 1.0:  # then the larger of x and alpha·x is the one where() picks: no branch
+            return np.maximum(x, scaled, out=scaled if isinstance(scaled, np.ndarray) else None)
+        return np.where(x > 0, x, scaled)
 
     def grad(self, b, inputs, outputs, cts, alpha):
         return [b.relu_grad(cts[0], inputs[0], alpha=alpha)]
@@ -94,7 +97,8 @@ class ReluGrad(_Activation):
     inputs = ("dy", "x")
     attrs = {"alpha": Attr("float", 0.0)}
     samples = [Sample((Arg((3, 4)), Arg((3, 4)))), Sample((Arg(()), Arg(()))),
-               Sample((Arg((2, 5)), Arg((2, 5))), {"alpha": 0.2})]
+               Sample((Arg((2, 5)), Arg((2, 5))), {"alpha": 0.2}),
+               Sample((Arg((2, 5)), Arg((2, 5))), {"alpha": -1.5})]
 
     def shape(self, dy, x, alpha):
         if dy != x:
@@ -113,7 +117,9 @@ class ReluGrad(_Activation):
         dt = np.dtype(np_dtype(t.dtype))
         (positive,) = e.node("Greater", [ins[1], e.const(np.zeros((), dt))], 1)
         (mask,) = e.node("Cast", [positive], 1, to=e.onnx_dtype(t.dtype))
-        if alpha:  # alpha + (1 - alpha) * mask: 1 where x > 0, alpha elsewhere
+        if 0.0 < alpha <= 1.0:  # 1 where x > 0, alpha elsewhere (as the kernel computes it)
+            (mask,) = e.node("Max", [mask, e.const(np.asarray(alpha, dt))], 1)
+        elif alpha:
             (mask,) = e.node("Mul", [mask, e.const(np.asarray(1.0 - alpha, dt))], 1)
             (mask,) = e.node("Add", [mask, e.const(np.asarray(alpha, dt))], 1)
         e.node("Mul", [ins[0], mask], outs)
@@ -127,8 +133,10 @@ def relu_grad(dy, x, alpha=0.0, out=None):
         mask = np.greater(x, 0, out=np.empty(np.shape(dy), dy.dtype))
     else:
         mask = np.greater(x, 0, out=out)  # out may be x: elementwise, each read before its write
-    if alpha:
-        np.multiply(mask, 1.0 - alpha, out=mask)
+    if 0.0 < alpha <= 1.0:
+        np.maximum(mask, alpha, out=mask)  # 1 stays 1, 0 becomes alpha: exactly
+    elif alpha:
+        np.multiply(mask, 1.0 - alpha, out=mask)  # alpha + (1 - alpha) · mask, within rounding
         np.add(mask, alpha, out=mask)
     return np.multiply(dy, mask, out=mask if out is None else out)
 
