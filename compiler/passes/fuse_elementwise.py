@@ -5,7 +5,7 @@ order): a producer joins its consumer's group when it is elementwise and
 every node that reads it is in the group already or comes after the root in
 that order — then no path leaves the group and comes back (a node after the
 root cannot lead to a member), so the group can run as one step.  A member
-read after the group (``bias + relu``'s sum, read again by relu's gradient),
+read after the group (``tanh``'s output, read again by its gradient),
 or that is a named output or a next state (the Adam moments ``m``, ``v``),
 becomes an extra output of the fused node.  So the Adam update of one
 parameter (17 ops: moments, bias corrections, square root, step) is one node
