@@ -134,8 +134,15 @@ class Builder:
         return tuple(Value(n, i) for i in range(len(out)))
 
     def __getattr__(self, op: str):
+        """``b.matmul(x, w)`` is ``b.apply("matmul", x, w)`` for ops that exist.  A name that is
+        no op is an AttributeError — a bug in the compiler (a typo in a gradient rule), not
+        the user's E0101, which :meth:`apply` raises for names written in a spec."""
         if op.startswith("_"):
             raise AttributeError(op)
+        try:
+            get_op(op)
+        except KeyError:
+            raise AttributeError(f"Builder has no op `{op}`") from None
         return lambda *inputs, **attrs: self.apply(op, *inputs, **attrs)
 
     def _tensors(self, op: str, inputs) -> list[Value]:

@@ -4,14 +4,48 @@ A dim is either a Python ``int`` or a :class:`Sym`, a polynomial with rational
 coefficients over dim names (``B``, ``4*H``, ``D/4``, ``B*T``, ``T-1``).
 Arithmetic on dims keeps ints as ints and normalises polynomials, so equal
 dims compare equal.  Division is only by ints, and a constant division must
-be exact.  Sizes are always Python ints, never NumPy scalars (no overflow).
+be exact.  ``floordiv`` is whole-number division: an exact polynomial
+where the divisor divides every coefficient, else a :class:`FloorAtom` (a
+name standing for ``(H + 1)//2``) that unifies, prints and evaluates like any
+other name.  Sizes are always Python ints, never NumPy scalars (no overflow).
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Mapping, Union
 
 Monomial = tuple[tuple[str, int], ...]  # sorted (name, power) pairs; () is the constant
+
+
+class FloorAtom(str):
+    """A dim name that stands for ⌊num / den⌋ (``num`` a polynomial with its
+    constant normalised into [0, den), ``den`` > 1): the text is the
+    canonical form, so equal floors are equal names."""
+
+    def __new__(cls, num: "Sym", den: int):
+        text = str(num)
+        self = super().__new__(cls, f"({text})//{den}" if len(num.terms) > 1 else f"{text}//{den}")
+        self.num, self.den = num, den
+        return self
+
+    def __reduce__(self):
+        return FloorAtom, (self.num, self.den)
+
+
+def floordiv(a: "Dim", den: int) -> "Dim":
+    """⌊a / den⌋ for a dim ``a`` and an int ``den`` >= 1 (ints stay ints)."""
+    if not isinstance(a, Sym):
+        return a // den
+    const = a.terms.get((), Fraction(0))
+    rest = a - const if const else a
+    q = rest / den if den != 1 else rest
+    if not isinstance(q, Sym) or all(c.denominator == 1 for c in q.terms.values()):
+        return q + math.floor(const / den)
+    if const.denominator != 1:
+        raise ValueError(f"{a} is not a whole number")
+    low = int(const) % den  # ⌊(r + c)/s⌋ = ⌊(r + c mod s)/s⌋ + c div s
+    return Sym.var(FloorAtom(rest + low, den)) + (int(const) - low) // den
 
 
 class Sym:
@@ -84,7 +118,12 @@ class Sym:
 
     # -- inspection -----------------------------------------------------
     def names(self) -> set[str]:
-        return {n for m in self.terms for n, _ in m}
+        """The free dim names (those of a floor term's numerator, not the term)."""
+        out: set[str] = set()
+        for m in self.terms:
+            for n, _ in m:
+                out |= n.num.names() if isinstance(n, FloorAtom) else {n}
+        return out
 
     def evaluate(self, env: Mapping[str, int]) -> "Dim":
         """Substitute known names; an int when every name is known."""
@@ -92,7 +131,7 @@ class Sym:
         for m, c in self.terms.items():
             term: Dim = 1
             for n, p in m:
-                v = env.get(n, Sym.var(n))
+                v = floordiv(n.num.evaluate(env), n.den) if isinstance(n, FloorAtom) else env.get(n, Sym.var(n))
                 for _ in range(p):
                     term = term * v
             total = total + _scale(term, c)
@@ -107,7 +146,7 @@ class Sym:
         """The name, when this is exactly one name (``B``), else None."""
         if len(self.terms) == 1:
             (m, c), = self.terms.items()
-            if c == 1 and len(m) == 1 and m[0][1] == 1:
+            if c == 1 and len(m) == 1 and m[0][1] == 1 and not isinstance(m[0][0], FloorAtom):
                 return m[0][0]
         return None
 
@@ -124,7 +163,10 @@ class Sym:
         parts = []
         # constant term last: "B*H + 1", "T - 1"
         for m, c in sorted(self.terms.items(), key=lambda mc: mc[0] == ()):
-            mono = "*".join(n if p == 1 else f"{n}**{p}" for n, p in m)
+            # a floor term among other factors reads as one: 2*((H + 1)//2), not 2*(H + 1)//2
+            bare = len(m) == 1 and m[0][1] == 1 and abs(c) == 1
+            mono = "*".join((f"({n})" if isinstance(n, FloorAtom) and not bare else n) + ("" if p == 1 else f"**{p}")
+                            for n, p in m)
             num, den = c.numerator, c.denominator
             if not mono:
                 body = str(abs(num)) + (f"/{den}" if den != 1 else "")

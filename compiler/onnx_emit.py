@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dlc.grammar.errors import DlcError
 
-from .dims import Sym
+from .dims import FloorAtom, Sym
 from .graph import Graph, Value
 from .types import TensorType, dtype_name
 
@@ -230,6 +230,10 @@ class Emitter:
         if var is not None:
             self._dims[d] = self._dim_of(var)
             return self._dims[d]
+        floor = _bare_floor(d)
+        if floor is not None:  # exactly ⌊num / den⌋
+            self._dims[d] = self._floor_value(floor)
+            return self._dims[d]
         for n, src in self.sources.items():  # an input axis of exactly this size: read it
             shape = self.graph[n].types[0].shape
             if d in shape:
@@ -249,7 +253,7 @@ class Emitter:
                 term = None
                 for n, p in mono:
                     for _ in range(p):
-                        v = self._dim_of(n)
+                        v = self._floor_value(n) if isinstance(n, FloorAtom) else self._dim_of(n)
                         term = v if term is None else op("Mul", term, v)
                 if coeff != 1:
                     term = op("Mul", term, self.const(np.array([coeff], dtype=np.int64)))
@@ -260,6 +264,16 @@ class Emitter:
         self.nodes[-1].output[0] = self.nodes[-1].name = final
         self._dims[d] = final
         return self._dims[d]
+
+    def _floor_value(self, atom: FloorAtom) -> str:
+        """⌊num / den⌋ at run time (ONNX integer Div truncates; num is a size, never negative)."""
+        key = ("floor", str(atom))
+        if key not in self._dims:
+            num = atom.num
+            value = self._sym_value(num) if isinstance(num, Sym) else self.const(np.array([num], dtype=np.int64))
+            self._dims[key] = self.node("Div", [value, self.const(np.array([atom.den], dtype=np.int64))],
+                                        [self._dim_name("dim", (atom,))])[0]
+        return self._dims[key]
 
     def _dim_of(self, var: str) -> str:
         """The run-time value of the dim name ``var`` as a [1] int64 tensor."""
@@ -347,3 +361,12 @@ def _attribute(key: str, value) -> onnx.AttributeProto:
 
 __all__ = ["OPSET", "IR_VERSION", "MIN_ORT", "Emitter", "Names", "check_runtime", "onnx_dtype",
            "value_info"]
+
+
+def _bare_floor(d: Sym) -> FloorAtom | None:
+    """The floor term when ``d`` is exactly one (``(H + 1)//2``), else None."""
+    if len(d.terms) == 1:
+        (mono, c), = d.terms.items()
+        if c == 1 and len(mono) == 1 and mono[0][1] == 1 and isinstance(mono[0][0], FloorAtom):
+            return mono[0][0]
+    return None

@@ -86,6 +86,13 @@ class Attribute:
 
 
 @dataclass(frozen=True)
+class Ellipsis_:
+    """``...`` in a subscript: as many full slices as the other items leave axes."""
+
+    loc: Loc = _loc()
+
+
+@dataclass(frozen=True)
 class Slice:
     start: "Expr | None" = None
     stop: "Expr | None" = None
@@ -95,7 +102,7 @@ class Slice:
 
 @dataclass(frozen=True)
 class Index:
-    """``value[items]``; each item is an Expr (an index) or a Slice."""
+    """``value[items]``; each item is an Expr (an index), a Slice or an Ellipsis_."""
 
     value: "Expr"
     items: tuple["Expr | Slice", ...]
@@ -128,15 +135,18 @@ class Repeat:
 
 @dataclass(frozen=True)
 class Scan:
-    """``scan callee(kwargs) over xs axis k init (c1, ...) [reverse]``."""
+    """``scan callee(kwargs) over xs axis k init (c1, ...) lengths L [reverse]``, or
+    ``steps N`` instead of ``over xs`` (``over`` is then None)."""
 
     callee: Name
     kwargs: tuple[Keyword, ...]
-    over: "Expr"
+    over: "Expr | None"
     axis: "Expr | None" = None
     init: tuple["Expr", ...] = ()
     reverse: bool = False
     loc: Loc = _loc()
+    steps: "Expr | None" = None
+    lengths: "Expr | None" = None
 
 
 Expr = Union[Name, Number, String, Bool, BinOp, UnaryOp, Call, Attribute, Index,

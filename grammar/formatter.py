@@ -37,11 +37,12 @@ _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r\n]+) | (?P<comment>\#[^\n]*) | (?P<str>"(?:[^"\\\n]|\\.)*")
   | (?P<num>[0-9]+\.[0-9]+(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+|[0-9]+)
   | (?P<word>[A-Za-z_][A-Za-z_0-9]*)
-  | (?P<op>\|>|\*\*|==|!=|<=|>=|[-+*/%@<>=])
-  | (?P<punct>[()\[\]{},.:;])
+  | (?P<op>\|>|\*\*|//|==|!=|<=|>=|[-+*/%@<>=])
+  | (?P<punct>\.\.\.|[()\[\]{},.:;])
 """, re.X)
 _WORD_OPS = {"and", "or", "not"}
-_SOFT_KEYWORDS = {"over", "axis", "init", "reverse", "scan", "repeat", "return", "require", "use", "const",
+_SOFT_KEYWORDS = {"over", "steps", "axis", "init", "lengths", "reverse", "scan", "repeat", "return", "require",
+                  "use", "const",
                   "input", "param", "state", "update", "output", "layer", "model", "train", "step"}
 _DECLS = (A.InputDecl, A.ParamDecl, A.StateDecl)
 

@@ -310,6 +310,9 @@ class _ToAst(Transformer):
     def slice2(self, meta, items):
         return A.Slice(items[0], items[1], None, loc=self._loc(meta))
 
+    def ellipsis(self, meta, items):
+        return A.Ellipsis_(loc=self._loc(meta))
+
     def slice3(self, meta, items):
         return A.Slice(items[0], items[1], items[2], loc=self._loc(meta))
 
@@ -367,8 +370,17 @@ class _ToAst(Transformer):
     def scan_axis_neg(self, meta, items):
         return A.Number(-int(items[0]), loc=self._loc(meta))
 
+    def scan_lengths(self, meta, items):
+        return items[0]
+
+    def scan_steps(self, meta, items):
+        return ("steps", items[0])
+
     def scan(self, meta, items):
-        callee, args, over, _axis_kw, axis, _init_kw, init, reverse = items
+        callee, args, over, _axis_kw, axis, _init_kw, init, _lengths_kw, lengths, reverse = items
+        steps = None
+        if isinstance(over, tuple) and len(over) == 2 and over[0] == "steps":
+            over, steps = None, over[1]
         pos, kwargs = args if args is not None else ((), ())
         if pos:
             raise DlcError("E0102", "arguments of a scanned layer must be given by keyword", pos[0].loc,
@@ -380,7 +392,7 @@ class _ToAst(Transformer):
                 raise DlcError("E0102", "`init (...)` takes the initial carries positionally", init_kw[0].loc)
         axis_expr = axis
         return A.Scan(A.Name(str(callee), loc=self._tok_loc(callee)), kwargs, over, axis_expr, init_args,
-                      reverse is not None, loc=self._loc(meta))
+                      reverse is not None, loc=self._loc(meta), steps=steps, lengths=lengths)
 
 
 def _unquote(tok) -> str:

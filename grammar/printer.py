@@ -113,19 +113,33 @@ def expr(e) -> str:
         text = f"scan {e.callee.id}"
         if e.kwargs:
             text += f"({_args((), e.kwargs)})"
-        over = e.over
-        text += f" over {expr(over) if isinstance(over, (A.Name, A.TupleExpr)) else '(' + expr(over) + ')'}"
+        if e.steps is not None:
+            text += f" steps {_over(e.steps)}"
+        else:
+            text += f" over {_over(e.over)}"
         if e.axis is not None:
             text += f" axis {e.axis.value}"
         if e.init:
             text += f" init ({_args(e.init, ())},)"
+        if e.lengths is not None:
+            text += f" lengths {_over(e.lengths)}"
         if e.reverse:
             text += " reverse"
         return f"({text})"
     raise TypeError(type(e))
 
 
+def _over(e) -> str:
+    """A scan's sequence, steps or lengths: postfix forms bare, anything else parenthesised."""
+    bare = (A.Name, A.TupleExpr, A.Call, A.Index, A.Attribute, A.BinOp, A.UnaryOp)  # the last two print in ( )
+    if isinstance(e, A.Number):
+        return expr(e)
+    return expr(e) if isinstance(e, bare) else "(" + expr(e) + ")"
+
+
 def _subscript(i) -> str:
+    if isinstance(i, A.Ellipsis_):
+        return "..."
     if isinstance(i, A.Slice):
         parts = [expr(p) if p is not None else "" for p in (i.start, i.stop)]
         text = ":".join(parts)

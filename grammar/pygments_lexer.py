@@ -10,7 +10,7 @@ from .syntax_errors import KEYWORDS
 
 DTYPES = ("f16", "f32", "f64", "i32", "i64", "bool", "int", "float", "str", "dim")
 CONSTANTS = ("true", "false")
-SOFT_KEYWORDS = ("over", "axis", "init", "reverse", "step")
+SOFT_KEYWORDS = ("over", "steps", "axis", "init", "lengths", "reverse", "step")
 
 
 class DlLexer(RegexLexer):
@@ -38,8 +38,8 @@ class DlLexer(RegexLexer):
             (r"[A-Za-z_]\w*", Name),
             (r"[0-9]+\.[0-9]+([eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+", Number.Float),
             (r"[0-9]+", Number.Integer),
-            (r"\|>|\*\*|==|!=|<=|>=|[-+*/%@<>=]", Operator),
-            (r"[()\[\]{},.:;]", Punctuation),
+            (r"\|>|\*\*|//|==|!=|<=|>=|[-+*/%@<>=]", Operator),
+            (r"\.\.\.|[()\[\]{},.:;]", Punctuation),
             (r".", Text),
         ],
     }

@@ -20,7 +20,7 @@ _WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": 
           "SCAN_AXIS": "`axis`", "SCAN_INIT": "`init`", "SCAN_REVERSE": "`reverse`"}
 _EXPR_START = {"NAME", "INT", "FLOAT", "STRING", "LPAR", "LSQB", "MINUS", "PLUS", "NOT", "TRUE", "FALSE",
                "REPEAT", "SCAN"}
-_OPERATORS = {"ADD_OP", "MUL_OP", "COMP_OP", "STAR", "MINUS", "PLUS", "__ANON_0", "__ANON_1", "DOT", "LPAR",
+_OPERATORS = {"ADD_OP", "MUL_OP", "FLOOR_DIV", "COMP_OP", "STAR", "MINUS", "PLUS", "__ANON_0", "__ANON_1", "DOT", "LPAR",
               "LSQB", "AND", "OR", "SLASH", "PERCENT", "AT"}
 _BRACKETS = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"?|[\[\](){}]')
 

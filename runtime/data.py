@@ -24,6 +24,7 @@ from dlc.compiler.dims import Sym, shape_str, solve
 from dlc.compiler.types import DTYPES, np_dtype
 from dlc.grammar.errors import DlcError, suggest
 
+from . import generated  # noqa: F401  (registers the generated data sets)
 from .datasets import BUILTINS, Dataset, length_of, positive_int
 
 

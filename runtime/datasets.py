@@ -23,6 +23,7 @@ Built-ins (``load_dataset(name, **options)``):
   pairs from a synthetic topic corpus (word w in topic w*topics//vocab), negatives
   from unigram^0.75; options ``n=20000, vocab=50, topics=5, window=2, negatives=5,
   length=8, noise=0.1``.
+- ``shapes``, ``reverse``, ``periodic``, ``cbow``: see ``generated.py``.
 """
 from __future__ import annotations
 
@@ -217,7 +218,7 @@ BUILTINS: dict[str, Callable[..., Dataset]] = {
     "gaussian_mixture": _gaussian_mixture,
     "first_token_repeats": _first_token_repeats,
     "skipgram": _skipgram,
-}
+}  # generated.py adds the seed families' sets
 
 
 # -- declared schemas -----------------------------------------------------

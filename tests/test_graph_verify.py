@@ -50,3 +50,12 @@ def test_verify_catches_a_dangling_output():
     g.set_output("y", Value(x, 3))
     with pytest.raises(GraphError, match="missing value"):
         g.verify()
+
+
+def test_a_typo_in_compiler_code_is_a_bug_not_a_user_error():
+    from dlc.compiler.builder import Builder
+
+    b = Builder(Graph("t"))
+    assert callable(b.matmul)
+    with pytest.raises(AttributeError, match="no op `matmull`"):
+        _ = b.matmull

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.builder import Builder
-from dlc.compiler.dims import Sym
+from dlc.compiler.dims import Sym, floordiv
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.onnx_export import export_graph, verify
 from dlc.compiler.ops.registry import get_op
@@ -82,10 +82,35 @@ def test_symbolic_image_size_with_exact_strides():
                             {"x": rand(1, 3, 5, 2), "w": rand(4, 3, 3, 3, seed=1), "wt": rand(4, 2, 3, 3, seed=2)}])
 
 
-def test_inexact_symbolic_size_asks_for_a_fixed_size():
-    g, b, (x, w) = graph_with(("x", (N, 3, H, 8)), ("w", (4, 3, 3, 3)))
-    with pytest.raises(DlcError, match="give that axis a fixed size"):
-        b.conv2d(x, w, stride=2)
+def test_strided_windows_over_symbolic_sizes_give_floor_dims():
+    """Any image size: ⌊(H + 2p − k)/s⌋ + 1 stays symbolic, unifies across ops, prints,
+    exports as dim_param and resolves at run time (both backends, two sizes)."""
+    g, b, (x, w) = graph_with(("x", (N, 3, H, W)), ("w", (4, 3, 3, 3)))
+    y = b.conv2d(x, w, stride=2, padding=1)                                  # ⌊(H − 1)/2⌋ + 1
+    half = floordiv(H + 1, 2)
+    assert b.type(y).shape == (N, 4, half, floordiv(W + 1, 2))
+    assert str(half) == "(H + 1)//2"
+    z = b.max_pool2d(y, kernel=2, ceil_mode=True)                           # ⌈half / 2⌉
+    assert b.type(z).shape[2] == floordiv(half + 1, 2)
+    g.set_outputs({"y": y, "z": z})
+    model = export_graph(g, params={}, name="t")
+    dims = [d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+    assert dims[2] == "(H + 1)//2"
+    wv = rand(4, 3, 3, 3, seed=1)
+    check_both_backends(g, [{"x": rand(2, 3, h, w_), "w": wv} for h, w_ in ((16, 16), (24, 32), (7, 5))])
+    got = Plan(g).run({"x": rand(1, 3, 7, 5), "w": wv})
+    assert got["y"].shape == (1, 4, 4, 3) and got["z"].shape == (1, 4, 2, 2)
+
+
+def test_gradients_over_floor_dims_on_both_backends():
+    """The backward graph over (H + 1)//2 sizes: conv_grad_input's ConvTranspose pads
+    by what the size lacks at run time; the pooling gradients follow."""
+    g, b, (x, w) = graph_with(("x", (N, 2, H, W)), ("w", (3, 2, 3, 3)))
+    y = b.conv2d(x, w, stride=2)
+    y = b.avg_pool2d(b.max_pool2d(y, kernel=2, ceil_mode=True), kernel=3, stride=2, padding=1)
+    with_grads(g, b, y, [x, w])
+    g.verify()
+    check_both_backends(g, [{"x": rand(2, 2, h, h + 1, seed=h), "w": rand(3, 2, 3, 3, seed=1)} for h in (9, 12)])
 
 
 @pytest.mark.parametrize("args, attrs, message", [
@@ -93,6 +118,9 @@ def test_inexact_symbolic_size_asks_for_a_fixed_size():
     (((2, 4, 5, 5), (3, 2, 3, 3)), {"groups": 2}, "multiple of groups"),
     (((2, 3, 2, 2), (4, 3, 3, 3)), {}, "smaller than the window"),
     (((2, 3, 5, 5), (4, 3, 3, 3)), {"stride": (1, 2, 3)}, "list of 2 integers"),
+    (((2, 3, 5, 5), (4, 3, 3, 3)), {"padding": (1, 0, 1, 0)}, "ambiguous"),
+    (((2, 3, 5, 5), (4, 3, 3, 3)), {"padding": "same", "stride": 2}, "needs stride 1"),
+    (((2, 3, 5, 5), (4, 3, 3, 3)), {"padding": "full"}, "must be"),
     (((2, 3, 5, 5), (4, 3, 3, 3)), {"stride": 0}, ">= 1"),
 ])
 def test_conv2d_shape_errors(args, attrs, message):
@@ -119,7 +147,8 @@ def test_max_pool_gradient_goes_to_the_first_maximum():
                     [3., 3., 3., 3.],
                     [3., 3., 3., 3.]]]], dtype=np.float32)
     dy = np.array([[[[10., 20.], [30., 40.]]]], dtype=np.float32)
-    dx = get_op("max_pool2d_grad").kernel(x, dy, kernel=(2,), stride=None, padding=(0, 0))
+    dx = get_op("max_pool2d_grad").kernel(x, dy, kernel=(2,), stride=None, padding=0, dilation=(1,),
+                                          ceil_mode=False)
     want = np.zeros_like(x)
     want[0, 0, 0, 0], want[0, 0, 0, 3], want[0, 0, 2, 0], want[0, 0, 2, 2] = 10, 20, 30, 40
     np.testing.assert_array_equal(dx, want)
@@ -129,7 +158,7 @@ def test_conv2d_matches_a_direct_sum():
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2))
     s, p, d, groups = (2, 1), (1, 2), (2, 1), 2
-    y = get_op("conv2d").kernel(x, w, stride=s, padding=p, dilation=d, groups=groups)
+    y = get_op("conv2d").kernel(x, w, stride=s, padding=p, dilation=d, groups=groups)  # [h, w] pads both sides
     xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])))
     want = np.zeros_like(y)
     for o in range(6):

@@ -6,21 +6,23 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
+
 from dlc.grammar import ast as A
 from dlc.grammar.errors import DlcError, suggest
 
-from ..dims import Sym
 from ..builder import user_facing
+from ..dims import Sym, floordiv
 from ..graph import Value
 from ..ops.registry import REQUIRED, get_op
-from ..types import ShapeError, TensorType
+from ..types import ShapeError, TensorType, np_dtype
 from .frame import ARITY_DISPATCH, Builtin, DType, Frame, LayerRef, OpRef, describe, is_tensor
 
-_TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow", "%": "mod", "@": "matmul",
+_TENSOR_BINOPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floor_div", "**": "pow", "%": "mod", "@": "matmul",
                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge",
                   "and": "logical_and", "or": "logical_or"}
 _SCALAR_BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "**": operator.pow,
-                  "%": operator.mod, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+                  "%": operator.mod, "//": operator.floordiv, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
                   "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 MAX_DEPTH = 2000  # nested evaluations: deep expressions, and long chains of lazily forced bindings
 
@@ -71,6 +73,9 @@ def _unary(e: A.UnaryOp, frame: Frame):
 def _binop(e: A.BinOp, frame: Frame):
     left, right = evaluate(e.left, frame), evaluate(e.right, frame)
     if is_tensor(left) or is_tensor(right):
+        like = left if is_tensor(left) else right
+        left, right = (literal_tensor(frame, v, like, src.loc) if isinstance(v, (list, tuple)) else v
+                       for v, src in ((left, e.left), (right, e.right)))
         for side, v in (("left", left), ("right", right)):
             if not is_tensor(v) and not (isinstance(v, (int, float)) or isinstance(v, bool)):
                 raise frame.error("E0103", f"`{e.op}` between a tensor and {describe(v)}",
@@ -98,15 +103,51 @@ def _binop(e: A.BinOp, frame: Frame):
             return _divide(left, right)
         if e.op == "@":
             raise TypeError("`@` needs tensors")
-        if e.op == "%" and isinstance(left, Sym):
-            if isinstance(right, int) and all(c.denominator == 1 and c.numerator % right == 0
-                                              for c in left.terms.values()):
-                return 0
-            raise ValueError(f"{left} % {right} depends on a size known only at run time")
+        if e.op in ("//", "%") and isinstance(right, Sym):
+            raise TypeError("the divisor must be a fixed integer")
+        if e.op in ("//", "%") and isinstance(left, Sym):
+            if not isinstance(right, int) or right < 1:
+                raise TypeError("a dim can only be floor-divided by a positive integer")
+            q = floordiv(left, right)
+            return q if e.op == "//" else left - right * q  # a symbolic dim: (H + 1)//2, H - 2*(H//2)
         return _SCALAR_BINOPS[e.op](left, right)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
         raise frame.error("E0110", f"cannot compute `{e.op}` of {describe(left)} and {describe(right)}: {exc}",
                           e.loc) from None
+
+
+def literal_tensor(frame: Frame, value, like, loc) -> Value:
+    """A constant tensor from a (nested, rectangular) list of numbers met by a tensor:
+    ``x + [1.0, 2.0]``.  Weak typing as for scalars: the values take ``like``'s dtype
+    (whole numbers for an integer tensor); bools become a bool tensor."""
+    flat = list(_leaves(value))
+    if not flat or not all(isinstance(v, (int, float, bool)) and not isinstance(v, Sym) for v in flat):
+        raise frame.error("E0103", f"a tensor literal must be a non-empty list of numbers, got {describe(value)}",
+                          loc)
+    try:
+        arr = np.array(value, dtype=object)
+        if arr.dtype == object and any(isinstance(v, (list, tuple)) for v in arr.ravel()):
+            raise ValueError
+    except ValueError:
+        raise frame.error("E0103", "a tensor literal must be rectangular (every row the same length)", loc) from None
+    dtype = frame.builder.type(like).dtype
+    if all(isinstance(v, bool) for v in flat):
+        dtype = "bool"
+    elif dtype[0] in "iu" and not all(isinstance(v, int) or float(v).is_integer() for v in flat):
+        raise frame.error("E0103", f"a tensor literal of non-whole numbers meets an integer tensor ({dtype})", loc,
+                          hint="use cast(x, f32) to convert the tensor")
+    elif dtype == "bool":
+        dtype = "f32" if any(isinstance(v, float) for v in flat) else "i64"
+    with frame.builder.at(loc=loc, context=frame.context or None, scope=frame.scope):
+        return frame.builder.const(arr.astype(float).astype(np_dtype(dtype)), dtype)
+
+
+def _leaves(value):
+    for v in value:
+        if isinstance(v, (list, tuple)):
+            yield from _leaves(v)
+        else:
+            yield v
 
 
 def _divide(a, b):
@@ -158,7 +199,7 @@ def call_value(frame: Frame, fn, args: list, kwargs: dict, e):
     raise frame.error("E0103", f"{describe(fn)} cannot be called", e.func.loc if isinstance(e, A.Call) else e.loc)
 
 
-_NULLARY_OK = {"fill", "zeros", "ones", "uniform", "normal"}
+_NULLARY_OK = {"fill", "zeros", "ones", "uniform", "normal", "arange", "eye"}
 
 
 def _kw_locs(e) -> dict:
@@ -214,6 +255,10 @@ def _apply(frame: Frame, op: str, args: list, kwargs: dict, loc, arg_locs=None, 
                               hint=_signature_hint(op, opdef))
         attrs[free[0]] = value
         attr_names.remove(free[0])
+    like = next((t for t in tensors if is_tensor(t)), None)
+    if like is not None:  # lists of numbers meeting a tensor are constant tensors: where(m, x, [0.0, 1.0])
+        tensors = [literal_tensor(frame, t, like, (arg_locs[i] if arg_locs and i < len(arg_locs) else loc))
+                   if isinstance(t, (list, tuple)) else t for i, t in enumerate(tensors)]
     missing = [n for i, n in enumerate(inputs) if i >= len(tensors) or tensors[i] is None]
     if missing:
         raise frame.error("E0102", f"`{op}` needs the input{'s' if len(missing) > 1 else ''} "
@@ -321,14 +366,15 @@ def _index(e: A.Index, frame: Frame):
     if not is_tensor(value):
         raise frame.error("E0103", f"cannot index {describe(value)}", e.value.loc)
     t: TensorType = frame.builder.type(value)
-    if len(e.items) == 1 and not isinstance(e.items[0], A.Slice):
+    items = _expand_ellipsis(e, t.rank, frame)
+    if len(items) == 1 and not isinstance(items[0], A.Slice):
         idx = evaluate(e.items[0], frame)
         if is_tensor(idx):  # E[ids]: gather rows
             return _apply(frame, "gather", [value, idx], {"axis": 0}, e.loc)
-    if len(e.items) > t.rank:
-        raise frame.error("E0104", f"{len(e.items)} indices for a tensor of rank {t.rank} ({t})", e.loc)
+    if len(items) > t.rank:
+        raise frame.error("E0104", f"{len(items)} indices for a tensor of rank {t.rank} ({t})", e.loc)
     starts, stops, steps, axes, squeeze = [], [], [], [], []
-    for axis, item in enumerate(e.items):
+    for axis, item in enumerate(items):
         if isinstance(item, A.Slice):
             parts = [evaluate(p, frame) if p is not None else None for p in (item.start, item.stop, item.step)]
             for p, src in zip(parts, (item.start, item.stop, item.step)):
@@ -359,6 +405,20 @@ def _index(e: A.Index, frame: Frame):
     return out
 
 
+def _expand_ellipsis(e: A.Index, rank: int, frame: Frame) -> tuple:
+    """The subscripts with a ``...`` replaced by the full slices it stands for."""
+    at = [i for i, item in enumerate(e.items) if isinstance(item, A.Ellipsis_)]
+    if not at:
+        return e.items
+    if len(at) > 1:
+        raise frame.error("E0103", "a subscript takes at most one `...`", e.items[at[1]].loc)
+    rest = len(e.items) - 1
+    if rest > rank:
+        raise frame.error("E0104", f"{rest} indices for a tensor of rank {rank}", e.loc)
+    full = (A.Slice(None, None, None, loc=e.items[at[0]].loc),) * (rank - rest)
+    return e.items[:at[0]] + full + e.items[at[0] + 1:]
+
+
 def _repeat(e: A.Repeat, frame: Frame):
     from .layers import repeat
 
@@ -383,6 +443,11 @@ def _slice(e, frame):
     raise frame.error("E0001", "a slice is only valid inside `[...]`", e.loc)
 
 
+def _ellipsis(e, frame):
+    raise frame.error("E0103", "`...` indexes a tensor only", e.loc)
+
+
 _EVAL = {A.Name: _name, A.Number: _number, A.String: _string, A.Bool: _bool, A.BinOp: _binop,
          A.UnaryOp: _unary, A.Call: _call, A.Attribute: _attribute, A.Index: _index, A.ListExpr: _list,
-         A.TupleExpr: _tuple, A.Repeat: _repeat, A.Scan: _scan, A.Slice: _slice}
+         A.TupleExpr: _tuple, A.Repeat: _repeat, A.Scan: _scan, A.Slice: _slice,
+         A.Ellipsis_: _ellipsis}

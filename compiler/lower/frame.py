@@ -154,6 +154,9 @@ class Frame:
         hint = suggest(name, self.visible())
         if name[:1].isupper() and not hint:
             hint = "capitalised names are symbolic dims; bind them in an input or argument type"
+        if name == "first":  # the per-copy form exists only among a repeat's arguments
+            hint = "`first(a, b)` chooses a value per copy in the arguments of `repeat`: " \
+                   "`repeat n block(x, stride = first(2, 1))`"
         raise self.error("E0101", f"unknown name `{name}`", loc, hint=hint)
 
     def visible(self) -> list[str]:

@@ -21,7 +21,7 @@ from ..dims import Sym
 from ..graph import Graph, Value
 from ..types import TensorType
 from .decls import tensor_shape
-from .frame import Ctx, Frame, LayerRef, ModuleEnv, describe, is_tensor
+from .frame import Ctx, Frame, LayerRef, ModuleEnv, OpRef, describe, is_tensor
 from .layers import check_scalar, run_body
 
 MAX_IMPORT_DEPTH = 32
@@ -210,7 +210,7 @@ def _bind_hyper(frame: Frame, model: A.ModelDef, hyper: dict) -> dict:
     values = {}
     for f in model.formals:
         if f.name in hyper:
-            value = hyper[f.name]
+            value = _hyper_value(frame, model, f, hyper[f.name])
         elif f.default is not None:
             from .expr import evaluate
 
@@ -225,6 +225,27 @@ def _bind_hyper(frame: Frame, model: A.ModelDef, hyper: dict) -> dict:
         frame.define(f.name, value, f.loc)
         values[f.name] = value
     return values
+
+
+def _hyper_value(frame: Frame, model: A.ModelDef, f: A.Formal, value):
+    """A given hyperparameter; a name (``--set act=relu``) for a formal that holds a
+    layer — typed ``layer``, or defaulting to a layer or op — is looked up as one."""
+    takes_layer = isinstance(f.type, A.ScalarTypeExpr) and f.type.name in ("layer", "fn", "op")
+    if not takes_layer and f.type is None and isinstance(f.default, A.Name):
+        from .expr import evaluate
+
+        takes_layer = isinstance(evaluate(f.default, frame), (OpRef, LayerRef))
+    if not (takes_layer and isinstance(value, str)):
+        return value
+    try:
+        found = frame.lookup(value, f.loc)
+    except DlcError:
+        found = None
+    if not isinstance(found, (OpRef, LayerRef)):
+        raise DlcError("E0103", f"hyperparameter `{f.name}` of `{model.name}` takes a layer or an op; "
+                                f"`{value}` is not one", f.loc,
+                       hint=suggest(value, [*frame.module.layers, "relu", "tanh", "sigmoid", "gelu", "identity"]))
+    return found
 
 
 def _declare_inputs(frame: Frame, model: A.ModelDef) -> None:

@@ -159,6 +159,31 @@ class Mod(_Binary):
         e.node("Sub", [ins[0], bf], outs)
 
 
+@register
+class FloorDiv(_Binary):
+    """``a // b`` as Python and NumPy define it: the quotient rounded down (toward
+    −inf), so that ``a == b * (a // b) + a % b``."""
+
+    name = "floor_div"
+    differentiable = False  # piecewise constant
+    samples = [Sample((Arg((2, 3), "int", -20, 20), Arg((2, 3), "int", 1, 7))),
+               Sample((Arg((2, 3), "int", -20, 20), Arg((2, 3), "int", -7, -1)), note="negative divisors"),
+               Sample((Arg((2, 3)), Arg((2, 3), "positive")), note="floats")]
+
+    def kernel(self, a, b):
+        return np.floor_divide(a, b)
+
+    def onnx(self, e, ins, outs):
+        if e.in_types[0].dtype in FLOATS:
+            (q,) = e.node("Div", ins, 1)
+            e.node("Floor", [q], outs)
+            return
+        # integer Div truncates toward zero; a - a % b (Mod follows the divisor's sign) is an exact multiple
+        (m,) = e.node("Mod", ins, 1, fmod=0)
+        (d,) = e.node("Sub", [ins[0], m], 1)
+        e.node("Div", [d, ins[1]], outs)
+
+
 class _Compare(_Binary):
     differentiable = False
 

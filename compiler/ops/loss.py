@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import FLOATS, INTS, ShapeError, TensorType
+from ..types import FLOATS, INTS, ShapeError, TensorType, norm_axis
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .shape import i64
 
@@ -70,20 +70,53 @@ class SoftmaxXent(Op):
 
 @register
 class CrossEntropy(Composite):
-    """``cross_entropy(logits, labels, reduction="mean")``: integer labels use the
-    fused ``softmax_xent``; float labels of the logits' shape are soft targets."""
+    """``cross_entropy(logits, labels, reduction="mean", axis=-1, weights=None)``:
+    integer labels use the fused ``softmax_xent``; float labels of the logits'
+    shape are soft targets.  ``axis`` is the class axis (``1`` for NCHW
+    segmentation logits, labels ``[N, H, W]``); ``weights``, one number per
+    class, scale each example's loss by its class's weight, and the mean then
+    divides by the total weight of the labels (as PyTorch)."""
 
     name, family = "cross_entropy", "loss"
     inputs = ("logits", "labels")
-    attrs = {"reduction": _REDUCTION}
+    attrs = {"reduction": _REDUCTION, "axis": Attr("int", -1, doc="the class axis"),
+             "weights": Attr("any", None, doc="a list of one weight per class")}
     samples = [Sample((Arg((4, 3)), Arg((4,), "int", 0, 3))),
-               Sample((Arg((4, 3)), Arg((4, 3), "unit")), {"reduction": "sum"})]
+               Sample((Arg((4, 3)), Arg((4, 3), "unit")), {"reduction": "sum"}),
+               Sample((Arg((2, 3, 4, 5)), Arg((2, 4, 5), "int", 0, 3)), {"axis": 1}, note="NCHW logits"),
+               Sample((Arg((5, 3)), Arg((5,), "int", 0, 3)), {"weights": (0.2, 1.0, 3.0)}),
+               Sample((Arg((2, 3, 4)), Arg((2, 4), "int", 0, 3)), {"axis": 1, "weights": (1.0, 0.5, 2.0),
+                                                                    "reduction": "none"}),
+               Sample((Arg((2, 3, 4)), Arg((2, 3, 4), "unit")), {"axis": 1, "weights": (1.0, 0.5, 2.0)},
+                      note="soft targets")]
 
-    def expand(self, b, logits, labels, reduction):
-        if b.type(labels).dtype in FLOATS:
-            per = b.neg(b.sum(b.mul(labels, b.log_softmax(logits, axis=-1)), axes=-1))
-        else:
-            per = b.softmax_xent(logits, labels)
+    def expand(self, b, logits, labels, reduction, axis, weights):
+        t = b.type(logits)
+        axis = norm_axis(axis, t.rank)
+        soft = b.type(labels).dtype in FLOATS
+        if axis != t.rank - 1:  # the class axis last, where softmax_xent reads it
+            perm = (*(a for a in range(t.rank) if a != axis), axis)
+            logits = b.transpose(logits, perm=perm)
+            if soft:
+                labels = b.transpose(labels, perm=perm)
+        classes = t.shape[axis]
+        w = None
+        if weights is not None:
+            if not isinstance(weights, (tuple, list)) or len(weights) != classes \
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in weights):
+                raise ShapeError(f"`weights` must be a list of {classes} numbers, one per class, got {weights!r}")
+            w = b.const(np.asarray(weights, dtype=np.float64), t.dtype)
+        if soft:
+            logp = b.log_softmax(logits, axis=-1)
+            per = b.neg(b.sum(b.mul(labels, logp if w is None else b.mul(logp, w)), axes=-1))
+            return reduce_loss(b, per, reduction)
+        per = b.softmax_xent(logits, labels)
+        if w is None:
+            return reduce_loss(b, per, reduction)
+        picked = b.gather(w, labels, axis=0)  # each example's class weight
+        per = b.mul(per, picked)
+        if reduction == "mean":
+            return b.div(b.sum(per), b.sum(picked))
         return reduce_loss(b, per, reduction)
 
 

@@ -1,65 +1,77 @@
-"""The nn (vision) family: convolutions here; their gradient primitives in
-``conv_grad.py``; pooling and upsampling in ``pool.py`` (both imported at the
-bottom, so loading the family module ``nn`` registers them all).
+"""The nn (vision) family: convolutions of every spatial rank here; their
+gradient primitives in ``conv_grad.py``; pooling and upsampling in
+``pool.py`` (both imported at the bottom, so loading the family module ``nn``
+registers them all).
+
+One implementation serves every rank k (``RANKS``): ``conv1d``, ``conv2d``,
+``conv3d``, ``conv_transpose1d`` … are the same class registered per rank,
+their samples the rows of ``CONV_CASES`` of that rank.  Adding a rank is
+adding it to ``RANKS`` and sample rows.
 
 Conventions (PyTorch's and ONNX's):
 
-- images are ``[N, C, H, W]``; a conv kernel is ``w[O, C/groups, kh, kw]``, a
-  transposed-conv kernel ``w[C, O/groups, kh, kw]``;
-- ``stride``, ``padding`` (symmetric: the same on both sides of an axis) and
-  ``dilation`` are an int or a list ``[h, w]``; ``groups`` splits the channels;
+- images are ``[N, C, *spatial]``; a conv kernel is ``w[O, C/groups, *k]``, a
+  transposed-conv kernel ``w[C, O/groups, *k]``;
+- ``stride`` and ``dilation`` are an int or a list of k; ``padding`` is
+  ``"same"`` | ``"valid"`` | an int | a list of k | k pairs
+  ``[[before, after], ...]`` (``windows.resolve_pads``); ``groups`` splits the
+  channels;
 - bias is not part of the op: add ``reshape(b, [1, O, 1, 1])``.
 
-Shapes: the batch ``N`` (and channels) may be symbolic.  A symbolic H or W is
-accepted when the output size is symbolically exact (always for stride 1);
-otherwise the shape rule asks for a fixed size.
+Shapes: batch, channels and spatial dims may be symbolic; a strided window
+over a symbolic axis gives a floor-division dim (``(H + 1)//2``).
 
-Kernels: im2col as a strided view (``windows.windows``) copied once into a
-``[G, Cg*kh*kw, N*Ho*Wo]`` matrix, then one GEMM per group; the transposed
-direction is one GEMM then col2im (``windows.fold``, a loop over the kernel
-offsets only).
+Kernels: im2col as a strided view copied once, in its own order, into an
+``[N, G, Cg*prod(k), prod(out)]`` matrix, then one batched GEMM (forward and
+weight gradient); the input gradient is one batched GEMM then col2im
+(``windows.fold``, a loop over the kernel offsets only).  No Python loop
+runs over output positions.
 
 The gradients form a closed set of three bilinear maps, each differentiable
-by the others (``C`` = conv2d(x, w), ``B`` = conv2d_grad_input(dy, w),
-``GW`` = conv2d_grad_weight(x, dy); ``<C(x, w), dy> = <x, B(dy, w)> =
-<w, GW(x, dy)>``); ``conv_transpose2d`` is ``B`` with its output size given
-by ``output_padding``.
+by the others (``C`` = conv(x, w), ``B`` = conv_grad_input(dy, w), ``GW`` =
+conv_grad_weight(x, dy); ``<C(x, w), dy> = <x, B(dy, w)> = <w, GW(x, dy)>``),
+so second derivatives of convolutions are convolutions; ``conv_transpose`` is
+``B`` with its output size given by ``output_padding``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..dims import Sym, dim_str, shape_str
-from ..types import FLOATS, ShapeError, TensorType, same_dtype
-from .registry import Arg, Attr, Composite, Op, Sample, register
-from .windows import fold, out_dim, pad_image, pair, windows
+from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
+from .registry import Arg, Attr, Op, Sample, register
+from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads
 
-CONV_ATTRS = {"stride": Attr("ints", (1, 1), doc="int or [sh, sw]"),
-              "padding": Attr("ints", (0, 0), doc="int or [ph, pw], added on both sides"),
-              "dilation": Attr("ints", (1, 1), doc="int or [dh, dw]"),
+RANKS = (1, 2, 3)
+
+CONV_ATTRS = {"stride": Attr("ints", (1,), doc="int or one per spatial axis"),
+              "padding": Attr("pads", 0, doc='"same", "valid", int, one per axis, or [[before, after], ...]'),
+              "dilation": Attr("ints", (1,), doc="int or one per spatial axis"),
               "groups": Attr("int", 1)}
 
 
-# -- attribute and shape helpers (shared with conv_grad.py) ----------------------------
-def conv_params(op: str, stride, padding, dilation, groups):
-    """(stride, padding, dilation) as validated (h, w) pairs; checks groups."""
+# -- attribute and shape helpers (shared with conv_grad.py and pool.py) ---------------------
+def conv_params(op: str, k: int, kernel, stride, padding, dilation, groups):
+    """(stride, pads, dilation) validated for rank ``k``: k-tuples and k (before, after) pairs."""
     if groups < 1:
         raise ShapeError(f"`groups` of `{op}` must be >= 1, got {groups}")
-    return pair(op, "stride", stride, 1), pair(op, "padding", padding, 0), pair(op, "dilation", dilation, 1)
+    s, d = ntuple(op, "stride", stride, k, 1), ntuple(op, "dilation", dilation, k, 1)
+    return s, resolve_pads(op, padding, k, kernel, d, s), d
 
 
-def check_image(op: str, name: str, t: TensorType) -> None:
-    if t.rank != 4:
-        raise ShapeError(f"`{op}` needs {name} of rank 4 ([N, C, H, W]), got {t}")
+def check_image(op: str, name: str, t: TensorType, k: int) -> None:
+    if t.rank != k + 2:
+        axes = ", ".join(axis_names(k))
+        raise ShapeError(f"`{op}` needs {name} of rank {k + 2} ([N, C, {axes}]), got {t}")
     if t.dtype not in FLOATS:
         raise ShapeError(f"`{op}` needs float tensors, got {t}")
 
 
-def kernel_size(op: str, w: TensorType) -> tuple[int, int]:
-    kh, kw = w.shape[2:]
-    if not isinstance(kh, int) or not isinstance(kw, int):
+def kernel_size(op: str, w: TensorType) -> tuple[int, ...]:
+    kernel = tuple(w.shape[2:])
+    if not all(isinstance(n, int) for n in kernel):
         raise ShapeError(f"`{op}` needs a kernel of fixed spatial size, got {w}")
-    return kh, kw
+    return kernel
 
 
 def divisible(op: str, what: str, d, groups: int) -> None:
@@ -67,100 +79,142 @@ def divisible(op: str, what: str, d, groups: int) -> None:
         raise ShapeError(f"`{op}`: {what} ({dim_str(d)}) must be a multiple of groups = {groups}")
 
 
-def conv_out(op: str, size, kernel, stride, padding, dilation) -> tuple:
-    """The spatial output size of a convolution over ``size``."""
-    return tuple(out_dim(op, axis, n, k, s, p, d) for axis, n, k, s, p, d
-                 in zip(("H", "W"), size, kernel, stride, padding, dilation))
+def conv_out(op: str, size, kernel, stride, pads, dilation, ceil: bool = False) -> tuple:
+    """The spatial output size of a window op over ``size``."""
+    return tuple(out_dim(op, axis, n, k, s, p, d, ceil) for axis, n, k, s, p, d
+                 in zip(axis_names(len(size)), size, kernel, stride, pads, dilation))
 
 
-def check_fits(op: str, size, kernel, stride, padding, dilation, got) -> None:
+def check_fits(op: str, size, kernel, stride, pads, dilation, got, ceil: bool = False) -> None:
     """The windows of an image of ``size`` must number ``got`` (grad ops' consistency)."""
-    want = conv_out(op, size, kernel, stride, padding, dilation)
+    want = conv_out(op, size, kernel, stride, pads, dilation, ceil)
     if tuple(want) != tuple(got):
         raise ShapeError(f"`{op}`: an image of size {shape_str(size)} has {shape_str(want)} windows "
                          f"with these settings, but the gradient is {shape_str(got)}")
 
 
-def conv_onnx_attrs(kernel, stride, padding, dilation, groups) -> dict:
-    return {"kernel_shape": list(kernel), "strides": list(stride), "pads": [*padding, *padding],
+def onnx_pads(pads) -> list[int]:
+    """ONNX order: every axis's before, then every axis's after."""
+    return [a for a, _ in pads] + [b for _, b in pads]
+
+
+def conv_onnx_attrs(kernel, stride, pads, dilation, groups) -> dict:
+    return {"kernel_shape": list(kernel), "strides": list(stride), "pads": onnx_pads(pads),
             "dilations": list(dilation), "group": groups}
 
 
-def remainder(size, kernel, stride, padding, dilation, out) -> list[int]:
-    """Rows/columns at the far edge no window reaches (ConvTranspose's output_padding)."""
-    rest = []
-    for n, k, s, p, d, o in zip(size, kernel, stride, padding, dilation, out):
-        r = n + 2 * p - d * (k - 1) - 1 - (o - 1) * s
-        if isinstance(r, Sym):
-            raise ShapeError(f"cannot export: the uncovered edge {dim_str(r)} is not a fixed number")
-        rest.append(int(r))
-    return rest
+def transpose_pads(size, kernel, stride, pads, dilation, out) -> tuple[list, list]:
+    """(pads, output_padding) of the ONNX ``ConvTranspose`` that maps ``out``
+    windows back onto an image of ``size``: the full transposed image is cut
+    by the before-padding, and at the far edge either cut (windows reaching
+    into the after-padding) or extended with zeros (rows no window reached)."""
+    begins, ends, extra = [], [], []
+    for n, k, s, (a, _), d, o in zip(size, kernel, stride, pads, dilation, out):
+        rest = n + a - ((o - 1) * s + d * (k - 1) + 1)  # > 0: uncovered rows; < 0: overhang to cut
+        if isinstance(rest, Sym):
+            raise ShapeError(f"the uncovered edge {dim_str(rest)} is not a fixed number")
+        begins.append(a)
+        ends.append(max(0, -rest))
+        extra.append(max(0, rest))
+    return begins + ends, extra
+
+
+def transpose_to_size(e, ins, outs, kernel, stride, pads, dilation, groups, size, out) -> None:
+    """An ONNX ``ConvTranspose`` of ``out`` windows back onto an image of ``size``.
+    Static sizes: its pads and ``output_padding`` cut or extend the far edge
+    (``transpose_pads``).  Symbolic ones (a floor-division dim): the transposed
+    windows cut by the before-padding only, then a ``Pad`` of the far edge to
+    ``size``, by an amount computed when the model runs (negative pads cut
+    what reached into the after-padding)."""
+    attrs = conv_onnx_attrs(kernel, stride, pads, dilation, groups)
+    try:
+        begins_ends, extra = transpose_pads(size, kernel, stride, pads, dilation, out)
+    except ShapeError:  # transposed windows cut only before; the far edge is cut or padded to size
+        k = len(size)
+        (full,) = e.node("ConvTranspose", ins, 1, **{**attrs, "pads": [a for a, _ in pads] + [0] * k})
+        (have,) = e.node("Shape", [full], 1, start=2)
+        (rest,) = e.node("Sub", [e.shape_tensor(tuple(size)), have], 1)
+        zeros = e.const(np.zeros(2 + k + 2, np.int64))  # no padding before any axis, nor after N and C
+        (amounts,) = e.node("Concat", [zeros, rest], 1, axis=0)
+        e.node("Pad", [full, amounts], outs)
+        return
+    e.node("ConvTranspose", ins, outs, output_padding=extra, **{**attrs, "pads": begins_ends})
+
+
+def onnx_error(op: str, exc: Exception):
+    from dlc.grammar.errors import DlcError
+
+    return DlcError("E0501", f"cannot export `{op}`: {exc}", hint="give that axis a fixed size")
 
 
 # -- NumPy kernels ----------------------------------------------------------------------
-def im2col(x, kernel, stride, padding, dilation, groups, out) -> np.ndarray:
-    """The windows of ``x`` as a ``[G, Cg*kh*kw, N*Ho*Wo]`` matrix (one copy)."""
-    n, c = x.shape[:2]
-    win = windows(pad_image(x, padding), kernel, stride, dilation, out)
-    win = win.reshape(n, groups, c // groups, *kernel, *out).transpose(1, 2, 3, 4, 0, 5, 6)
-    return win.reshape(groups, (c // groups) * kernel[0] * kernel[1], n * out[0] * out[1])
+# Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
+# GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
+# the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
+# per-example products over N.
+def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
+    """The convolution as one batched GEMM over the im2col matrix."""
+    n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
+    out = conv_out("conv", x.shape[2:], kernel, stride, pads, dilation)
+    cols = im2col(x, kernel, stride, pads, dilation, groups, out)
+    return np.matmul(w.reshape(groups, o // groups, -1), cols).reshape(n, o, *out)
 
 
-def by_group(t: np.ndarray, groups: int) -> np.ndarray:
-    """``[N, O, Ho, Wo]`` → ``[G, O/G, N*Ho*Wo]`` (a copy)."""
-    n, o, ho, wo = t.shape
-    return t.reshape(n, groups, o // groups, ho * wo).transpose(1, 2, 0, 3).reshape(groups, o // groups, -1)
-
-
-def conv2d_np(x, w, stride, padding, dilation, groups) -> np.ndarray:
-    n = x.shape[0]
-    o, kernel = w.shape[0], w.shape[2:]
-    out = conv_out("conv2d", x.shape[2:], kernel, stride, padding, dilation)
-    y = np.matmul(w.reshape(groups, o // groups, -1), im2col(x, kernel, stride, padding, dilation, groups, out))
-    y = y.reshape(groups, o // groups, n, *out).transpose(2, 0, 1, 3, 4)
-    return np.ascontiguousarray(y).reshape(n, o, *out)
-
-
-def deconv_np(dy, w, size, stride, padding, dilation, groups) -> np.ndarray:
-    """conv2d_grad_input: ``dy[N, O, Ho, Wo]`` spread back through ``w[O, Cg, kh, kw]``."""
-    n, o, ho, wo = dy.shape
+def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
+    """conv_grad_input: ``dy[N, O, *out]`` spread back through ``w[O, Cg, *k]``:
+    one batched GEMM to window columns, then col2im."""
+    n, o, out = dy.shape[0], dy.shape[1], dy.shape[2:]
     cg, kernel = w.shape[1], w.shape[2:]
-    cols = np.matmul(w.reshape(groups, o // groups, -1).transpose(0, 2, 1), by_group(dy, groups))
-    cols = cols.reshape(groups, cg, *kernel, n, ho, wo).transpose(4, 0, 1, 2, 3, 5, 6)
-    cols = cols.reshape(n, groups * cg, *kernel, ho, wo)
-    return fold(lambda i, j: cols[:, :, i, j], size, kernel, stride, padding, dilation, dy.dtype)
+    wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # [G, Cg*prod(k), O/G]
+    cols = np.matmul(wt, dy.reshape(n, groups, o // groups, -1))  # [N, G, Cg*prod(k), prod(out)]
+    return fold(cols.reshape(n, groups * cg, *kernel, *out), size, kernel, stride, pads, dilation, dy.dtype)
 
 
-def wgrad_np(x, dy, kernel, stride, padding, dilation, groups) -> np.ndarray:
-    """conv2d_grad_weight: ``[O, Cg, kh, kw]`` from the image and the output cotangent."""
-    o, c = dy.shape[1], x.shape[1]
-    cols = im2col(x, kernel, stride, padding, dilation, groups, dy.shape[2:])
-    dw = np.matmul(by_group(dy, groups), cols.transpose(0, 2, 1))
+def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
+    """conv_grad_weight: ``[O, Cg, *k]``, one batched GEMM of dy with the im2col matrix."""
+    n, o, c = dy.shape[0], dy.shape[1], x.shape[1]
+    cols = im2col(x, kernel, stride, pads, dilation, groups, dy.shape[2:])
+    dw = np.matmul(dy.reshape(n, groups, o // groups, -1), cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(o, c // groups, *kernel)
 
 
-# -- conv2d -----------------------------------------------------------------------------
-# (x shape, w shape, attrs) sample rows covering stride, padding, dilation and groups; the
-# grad ops' samples derive from them (conv_grad.py).  Some strided rows leave edge rows no
-# window reaches, which exercises ConvTranspose's output_padding and the weight-grad Slice.
-CONV_CASES = [((2, 3, 5, 5), (4, 3, 3, 3), {}),
+def rank_of(xs) -> int:
+    """The spatial rank of a sample row's first input (a shape or an array)."""
+    return len(np.shape(xs) if isinstance(xs, np.ndarray) else xs) - 2
+
+
+# -- conv -------------------------------------------------------------------------------
+# (x shape, w shape, attrs) rows, every rank: stride, padding (symmetric, asymmetric, "same"),
+# dilation and groups; the grad ops' samples derive from them (conv_grad.py).  Some strided
+# rows leave edge rows no window reaches (ConvTranspose's output_padding, the weight-grad Slice).
+CONV_CASES = [((2, 3, 7), (4, 3, 3), {}),
+              ((2, 4, 9), (4, 2, 3), {"stride": 2, "padding": 1, "dilation": 2, "groups": 2}),
+              ((2, 2, 8), (3, 2, 4), {"padding": "same"}),
+              ((2, 3, 5, 5), (4, 3, 3, 3), {}),
               ((2, 3, 5, 5), (4, 3, 3, 3), {"stride": 2, "padding": 1}),
               ((2, 2, 6, 7), (3, 2, 3, 2), {"stride": (1, 2), "padding": (1, 2), "dilation": 2}),
               ((2, 4, 5, 5), (6, 2, 3, 3), {"groups": 2, "padding": 1, "stride": 2}),
               ((1, 3, 6, 6), (3, 1, 2, 2), {"groups": 3, "stride": 2, "dilation": (2, 1)}),
-              ((2, 3, 4, 5), (2, 3, 1, 1), {"stride": 2})]
+              ((2, 3, 4, 5), (2, 3, 1, 1), {"stride": 2}),
+              ((2, 2, 5, 6), (3, 2, 2, 3), {"padding": ((0, 1), (2, 0)), "stride": 2}),
+              ((1, 2, 5, 4), (2, 2, 2, 3), {"padding": "same", "dilation": (2, 1)}),
+              ((2, 2, 4, 5, 4), (3, 2, 3, 3, 2), {"padding": 1}),
+              ((1, 2, 5, 4, 6), (2, 1, 2, 3, 3), {"stride": (2, 1, 2), "padding": ((1, 0), (0, 1), (1, 1)),
+                                                  "groups": 2, "dilation": (1, 1, 2)})]
 
 
-@register
-class Conv2d(Op):
-    """``conv2d(x[N, C, H, W], w[O, C/groups, kh, kw], stride=1, padding=0, dilation=1,
-    groups=1)`` → ``[N, O, H', W']`` with H' = floor((H + 2p - d(kh - 1) - 1) / s) + 1
-    (cross-correlation, as every framework computes it)."""
+class Conv(Op):
+    """``conv{k}d(x[N, C, *S], w[O, C/groups, *k], stride=1, padding=0, dilation=1,
+    groups=1)`` → ``[N, O, *S']`` with S' = ⌊(S + before + after − d(k − 1) − 1) / s⌋ + 1
+    per axis (cross-correlation, as every framework computes it)."""
 
-    name, family = "conv2d", "nn"
+    family = "nn"
+    rank = 2
     inputs = ("x", "w")
     attrs = CONV_ATTRS
-    samples = [Sample((Arg(xs), Arg(ws)), a) for xs, ws, a in CONV_CASES]
+
+    def params(self, w_shape, stride, padding, dilation, groups):
+        return conv_params(self.name, self.rank, tuple(w_shape[2:]), stride, padding, dilation, groups)
 
     def flops(self, in_types, out_types, **attrs):
         """A multiply-add (2 FLOPs) per output element and weight of its window."""
@@ -170,67 +224,79 @@ class Conv2d(Op):
         return 2 * n
 
     def shape(self, x, w, stride, padding, dilation, groups):
-        stride, padding, dilation = conv_params("conv2d", stride, padding, dilation, groups)
-        dtype = same_dtype("conv2d", x, w)
-        check_image("conv2d", "x", x)
-        check_image("conv2d", "w", w)
+        dtype = same_dtype(self.name, x, w)
+        check_image(self.name, "x", x, self.rank)
+        check_image(self.name, "w", w, self.rank)
+        kernel = kernel_size(self.name, w)
+        s, p, d = self.params(w.shape, stride, padding, dilation, groups)
         o, cg = w.shape[:2]
         if x.shape[1] != cg * groups:
-            raise ShapeError(f"`conv2d`: x {shape_str(x.shape)} has {dim_str(x.shape[1])} channels, but the "
+            raise ShapeError(f"`{self.name}`: x {shape_str(x.shape)} has {dim_str(x.shape[1])} channels, but the "
                              f"kernel {shape_str(w.shape)} with groups = {groups} expects {dim_str(cg * groups)}")
-        divisible("conv2d", "the output channels", o, groups)
-        out = conv_out("conv2d", x.shape[2:], kernel_size("conv2d", w), stride, padding, dilation)
-        return TensorType(dtype, (x.shape[0], o, *out))
+        divisible(self.name, "the output channels", o, groups)
+        return TensorType(dtype, (x.shape[0], o, *conv_out(self.name, x.shape[2:], kernel, s, p, d)))
 
     def kernel(self, x, w, stride, padding, dilation, groups):
-        return conv2d_np(x, w, *conv_params("conv2d", stride, padding, dilation, groups), groups)
+        return conv_np(x, w, *self.params(w.shape, stride, padding, dilation, groups), groups)
 
     def grad(self, b, inputs, outputs, cts, stride, padding, dilation, groups):
         x, w = inputs
-        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        return [b.conv2d_grad_input(cts[0], w, size=b.type(x).shape[2:], **kw),
-                b.conv2d_grad_weight(x, cts[0], kernel=b.type(w).shape[2:], **kw)]
+        s, p, d = self.params(b.type(w).shape, stride, padding, dilation, groups)
+        kw = dict(stride=s, padding=p, dilation=d, groups=groups)
+        k = self.rank
+        return [b.apply(f"conv{k}d_grad_input", cts[0], w, size=b.type(x).shape[2:], **kw),
+                b.apply(f"conv{k}d_grad_weight", x, cts[0], kernel=b.type(w).shape[2:], **kw)]
 
     def onnx(self, e, ins, outs, stride, padding, dilation, groups):
-        s, p, d = conv_params("conv2d", stride, padding, dilation, groups)
-        e.node("Conv", ins, outs, **conv_onnx_attrs(e.in_types[1].shape[2:], s, p, d, groups))
+        w = e.in_types[1].shape
+        e.node("Conv", ins, outs, **conv_onnx_attrs(w[2:], *self.params(w, stride, padding, dilation, groups),
+                                                    groups))
 
 
-# -- conv_transpose2d --------------------------------------------------------------------
-def transpose_out(op: str, size, kernel, stride, padding, output_padding, dilation) -> tuple:
-    """(H - 1)s - 2p + d(k - 1) + output_padding + 1 per axis."""
+# -- conv_transpose ------------------------------------------------------------------------
+def transpose_out(op: str, size, kernel, stride, pads, output_padding, dilation) -> tuple:
+    """(S − 1)s − before − after + d(k − 1) + output_padding + 1 per axis."""
     out = []
-    for axis, n, k, s, p, q, d in zip("HW", size, kernel, stride, padding, output_padding, dilation):
-        if q >= s:
+    for axis, n, k, s, (a, b), q, d in zip(axis_names(len(size)), size, kernel, stride, pads, output_padding,
+                                           dilation):
+        if q >= s and q >= d:
             raise ShapeError(f"`{op}` needs output_padding < stride, got {q} >= {s} on {axis}")
-        m = (n - 1) * s - 2 * p + d * (k - 1) + q + 1
+        m = (n - 1) * s - a - b + d * (k - 1) + q + 1
         if isinstance(m, int) and m < 1:
-            raise ShapeError(f"`{op}`: padding {p} leaves no output on {axis} (size {m})")
+            raise ShapeError(f"`{op}`: padding {[a, b]} leaves no output on {axis} (size {m})")
         out.append(m)
     return tuple(out)
 
 
-@register
-class ConvTranspose2d(Op):
-    """``conv_transpose2d(x[N, C, H, W], w[C, O/groups, kh, kw], stride=1, padding=0,
-    output_padding=0, dilation=1, groups=1)`` → ``[N, O, H', W']`` with
-    H' = (H - 1)s - 2p + d(kh - 1) + output_padding + 1: the input-gradient of the
-    conv2d with the same settings (so it undoes a strided conv's downsampling)."""
+TRANSPOSE_CASES = [((2, 4, 3), (4, 2, 3), {"stride": 2, "padding": 1, "output_padding": 1}),
+                   ((2, 4, 3, 3), (4, 2, 3, 3), {"stride": 2, "padding": 1, "output_padding": 1}),
+                   ((2, 4, 3, 4), (4, 3, 2, 3), {"groups": 2, "dilation": 2, "stride": (1, 2)}),
+                   ((1, 2, 4, 4), (2, 3, 3, 3), {}),
+                   ((2, 3, 2, 3), (3, 2, 2, 2), {"stride": 2}),
+                   ((1, 2, 3, 4), (2, 2, 3, 3), {"stride": 2, "padding": ((1, 0), (0, 1))}),
+                   ((1, 2, 2, 3, 2), (2, 2, 2, 3, 2), {"stride": 2, "padding": (0, 1, 0)})]
 
-    name, family = "conv_transpose2d", "nn"
+
+class ConvTranspose(Op):
+    """``conv_transpose{k}d(x[N, C, *S], w[C, O/groups, *k], stride=1, padding=0,
+    output_padding=0, dilation=1, groups=1)`` → ``[N, O, *S']`` with
+    S' = (S − 1)s − before − after + d(k − 1) + output_padding + 1: the
+    input-gradient of the conv with the same settings (so it undoes a
+    strided conv's downsampling)."""
+
+    family = "nn"
+    rank = 2
     inputs = ("x", "w")
-    attrs = {"stride": CONV_ATTRS["stride"], "padding": CONV_ATTRS["padding"],
-             "output_padding": Attr("ints", (0, 0), doc="extra rows/columns at the far edge, < stride"),
+    attrs = {"stride": CONV_ATTRS["stride"],
+             "padding": Attr("pads", 0, doc="int, one per axis, or [[before, after], ...]"),
+             "output_padding": Attr("ints", (0,), doc="extra rows at the far edge of each axis, < stride"),
              "dilation": CONV_ATTRS["dilation"], "groups": CONV_ATTRS["groups"]}
-    samples = [Sample((Arg((2, 4, 3, 3)), Arg((4, 2, 3, 3))), {"stride": 2, "padding": 1, "output_padding": 1}),
-               Sample((Arg((2, 4, 3, 4)), Arg((4, 3, 2, 3))), {"groups": 2, "dilation": 2, "stride": (1, 2)}),
-               Sample((Arg((1, 2, 4, 4)), Arg((2, 3, 3, 3))), {}),
-               Sample((Arg((2, 3, 2, 3)), Arg((3, 2, 2, 2))), {"stride": 2}, note="2x upsampling")]
 
-    @staticmethod
-    def _params(stride, padding, output_padding, dilation, groups):
-        s, p, d = conv_params("conv_transpose2d", stride, padding, dilation, groups)
-        return s, p, pair("conv_transpose2d", "output_padding", output_padding, 0), d
+    def params(self, w_shape, stride, padding, output_padding, dilation, groups):
+        if isinstance(padding, str):
+            raise AttrError(f"`{self.name}` takes padding as numbers, got {padding!r}")
+        s, p, d = conv_params(self.name, self.rank, tuple(w_shape[2:]), stride, padding, dilation, groups)
+        return s, p, ntuple(self.name, "output_padding", output_padding, self.rank, 0), d
 
     def flops(self, in_types, out_types, **attrs):
         """A multiply-add (2 FLOPs) per input element and weight it spreads over."""
@@ -240,53 +306,47 @@ class ConvTranspose2d(Op):
         return 2 * n
 
     def shape(self, x, w, stride, padding, output_padding, dilation, groups):
-        s, p, q, d = self._params(stride, padding, output_padding, dilation, groups)
-        dtype = same_dtype("conv_transpose2d", x, w)
-        check_image("conv_transpose2d", "x", x)
-        check_image("conv_transpose2d", "w", w)
+        dtype = same_dtype(self.name, x, w)
+        check_image(self.name, "x", x, self.rank)
+        check_image(self.name, "w", w, self.rank)
+        kernel = kernel_size(self.name, w)
+        s, p, q, d = self.params(w.shape, stride, padding, output_padding, dilation, groups)
         if x.shape[1] != w.shape[0]:
-            raise ShapeError(f"`conv_transpose2d`: x {shape_str(x.shape)} has {dim_str(x.shape[1])} channels, "
+            raise ShapeError(f"`{self.name}`: x {shape_str(x.shape)} has {dim_str(x.shape[1])} channels, "
                              f"but the kernel {shape_str(w.shape)} takes {dim_str(w.shape[0])}")
-        divisible("conv_transpose2d", "the input channels", x.shape[1], groups)
-        out = transpose_out("conv_transpose2d", x.shape[2:], kernel_size("conv_transpose2d", w), s, p, q, d)
+        divisible(self.name, "the input channels", x.shape[1], groups)
+        out = transpose_out(self.name, x.shape[2:], kernel, s, p, q, d)
         return TensorType(dtype, (x.shape[0], w.shape[1] * groups, *out))
 
     def kernel(self, x, w, stride, padding, output_padding, dilation, groups):
-        s, p, q, d = self._params(stride, padding, output_padding, dilation, groups)
-        size = transpose_out("conv_transpose2d", x.shape[2:], w.shape[2:], s, p, q, d)
+        s, p, q, d = self.params(w.shape, stride, padding, output_padding, dilation, groups)
+        size = transpose_out(self.name, x.shape[2:], w.shape[2:], s, p, q, d)
         return deconv_np(x, w, size, s, p, d, groups)
 
     def grad(self, b, inputs, outputs, cts, stride, padding, output_padding, dilation, groups):
         x, w = inputs
-        kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-        return [b.conv2d(cts[0], w, **kw), b.conv2d_grad_weight(cts[0], x, kernel=b.type(w).shape[2:], **kw)]
+        s, p, _, d = self.params(b.type(w).shape, stride, padding, output_padding, dilation, groups)
+        kw = dict(stride=s, padding=p, dilation=d, groups=groups)
+        k = self.rank
+        return [b.apply(f"conv{k}d", cts[0], w, **kw),
+                b.apply(f"conv{k}d_grad_weight", cts[0], x, kernel=b.type(w).shape[2:], **kw)]
 
     def onnx(self, e, ins, outs, stride, padding, output_padding, dilation, groups):
-        s, p, q, d = self._params(stride, padding, output_padding, dilation, groups)
-        e.node("ConvTranspose", ins, outs, output_padding=list(q),
-               **conv_onnx_attrs(e.in_types[1].shape[2:], s, p, d, groups))
+        w = e.in_types[1].shape
+        s, p, q, d = self.params(w, stride, padding, output_padding, dilation, groups)
+        e.node("ConvTranspose", ins, outs, output_padding=list(q), **conv_onnx_attrs(w[2:], s, p, d, groups))
 
 
-# -- conv1d -------------------------------------------------------------------------------
-@register
-class Conv1d(Composite):
-    """``conv1d(x[N, C, L], w[O, C/groups, k], stride=1, padding=0, dilation=1, groups=1)``
-    → ``[N, O, L']``: a conv2d over a height-1 image."""
+def per_rank(base: type, name: str, cases, sample) -> None:
+    """Register ``base`` once per rank in RANKS as ``name.format(k=...)``, with
+    the sample rows of that rank."""
+    for k in RANKS:
+        rows = [sample(*c) for c in cases if rank_of(c[0]) == k]
+        register(type(base.__name__ + f"{k}d", (base,), {"name": name.format(k=k), "rank": k, "samples": rows,
+                                                          "__doc__": base.__doc__.replace("{k}", str(k))}))
 
-    name, family = "conv1d", "nn"
-    inputs = ("x", "w")
-    attrs = {"stride": Attr("int", 1), "padding": Attr("int", 0), "dilation": Attr("int", 1),
-             "groups": Attr("int", 1)}
-    samples = [Sample((Arg((2, 3, 7)), Arg((4, 3, 3)))),
-               Sample((Arg((2, 4, 9)), Arg((4, 2, 3))), {"stride": 2, "padding": 1, "dilation": 2, "groups": 2})]
 
-    def expand(self, b, x, w, stride, padding, dilation, groups):
-        for name, v in (("x", x), ("w", w)):
-            if b.type(v).rank != 3:
-                raise b.error("E0104", f"shape mismatch in `conv1d`: {name} must have rank 3, got {b.type(v)}")
-        y = b.conv2d(b.unsqueeze(x, axes=(2,)), b.unsqueeze(w, axes=(2,)), stride=(1, stride),
-                     padding=(0, padding), dilation=(1, dilation), groups=groups)
-        return b.squeeze(y, axes=(2,))
-
+per_rank(Conv, "conv{k}d", CONV_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
+per_rank(ConvTranspose, "conv_transpose{k}d", TRANSPOSE_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
 
 from . import conv_grad, pool  # noqa: E402,F401  (the gradient primitives; pooling and upsampling)

@@ -1,177 +1,276 @@
-"""Pooling and upsampling (registered by ``nn.py``'s import): max_pool2d,
-avg_pool2d, global_avg_pool, upsample_nearest, upsample, and the gradient
-primitives max_pool2d_grad, max_pool2d_pick, avg_pool2d_grad.
+"""Pooling of every spatial rank and upsampling (registered by ``nn.py``'s
+import): ``max_pool{k}d``, ``avg_pool{k}d``, ``global_avg_pool``,
+``global_max_pool``, ``upsample_nearest``, ``upsample``, and the gradient
+primitives ``max_pool{k}d_grad``, ``max_pool{k}d_pick``, ``avg_pool{k}d_grad``,
+one class each registered for every k in ``nn.RANKS``.
 
 Windows: ``kernel``, ``stride`` (default: the kernel, non-overlapping) and
-symmetric ``padding`` are an int or ``[h, w]``; padding is at most half the
-kernel (PyTorch's rule: every window keeps a real element); the output size
-is floor((H + 2p - k) / s) + 1 (ONNX ``ceil_mode = 0``).
+``dilation`` (max pooling) are an int or one per axis; ``padding`` takes
+every form the convs take (``"same"``, ``"valid"``, int, per axis, pairs) and
+is at most half the (dilated) kernel on each side (PyTorch's rule: every
+window keeps a real element).  The output size is ⌊(S + before + after −
+d(k − 1) − 1) / s⌋ + 1, or with ``ceil_mode = true`` the ceiling, where a
+last window that would start in the after-padding is dropped (PyTorch's
+rule); ceil mode is padding added after the axis (``windows.ceil_extra``),
+which never wins a maximum and never counts in an average.
 
 Max pooling routes the gradient to the first maximum of each window in
-row-major order, which is the element ONNX ``MaxPool``'s ``Indices`` output
-names (onnxruntime keeps the first of equal values).  Two primitives carry
-it, each the other's gradient with respect to its second input (both are
-piecewise constant in ``x``, so that gradient is zero):
+row-major order, the element ONNX ``MaxPool``'s ``Indices`` output names.
+The gradient is a scatter of ``dy`` onto each window's argmax, found once.
+When the windows tile the image (stride = kernel, no padding: LeNet's 2x2
+pools) the image is viewed as ``[N, C, o0, k0, o1, k1, ...]`` without a
+copy: the argmax is one strided comparison per kernel offset and the scatter
+writes ``dy`` into each offset's slice of the output; otherwise the argmax is
+one ``np.argmax`` over the window axis of the im2col view and the scatter a
+``bincount``.  Two primitives carry it, each the other's gradient with respect to
+its second input (both are piecewise constant in ``x``):
 
-- ``max_pool2d_grad(x, dy)``: scatter-add ``dy`` onto the argmax positions
+- ``max_pool{k}d_grad(x, dy)``: scatter-add ``dy`` onto the argmax positions
   (ONNX: ``MaxPool`` indices + ``ScatterElements`` with ``reduction="add"``);
-- ``max_pool2d_pick(x, t)``: ``t`` read at ``x``'s argmax positions
+- ``max_pool{k}d_pick(x, t)``: ``t`` read at ``x``'s argmax positions
   (ONNX: ``MaxPool`` indices + ``Gather``).
 
-Average pooling is linear: ``avg_pool2d_grad`` (ONNX: a depthwise
-``ConvTranspose`` with a constant kernel of ones) and ``avg_pool2d`` are
+Average pooling is linear: ``avg_pool{k}d_grad`` (ONNX: a depthwise
+``ConvTranspose`` with a constant kernel of ones) and ``avg_pool{k}d`` are
 each other's gradients.  ``count_include_pad = false`` divides by the number
 of real elements in each window instead of the kernel size.
 """
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 
-from dlc.grammar.errors import DlcError
-
 from ..types import ShapeError, TensorType, np_dtype, same_dtype
-from .nn import check_image, conv_onnx_attrs, conv_out, remainder
+from .nn import RANKS, check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of, transpose_to_size
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .shape import i64
-from .windows import fold, offset_slices, pad_image, pair, window_counts
+from .windows import axis_names, ceil_extra, fold, ntuple, offset_slices, pad_image, resolve_pads, window_counts, windows
 
-ONE = (1, 1)
-POOL_ATTRS = {"kernel": Attr("ints", doc="int or [kh, kw]"),
-              "stride": Attr("ints", None, doc="int or [sh, sw]; default: the kernel"),
-              "padding": Attr("ints", (0, 0), doc="int or [ph, pw], at most half the kernel")}
-
-
-def pool_params(op: str, kernel, stride, padding):
-    """(kernel, stride, padding) as validated (h, w) pairs."""
-    k = pair(op, "kernel", kernel, 1)
-    s = k if stride is None else pair(op, "stride", stride, 1)
-    p = pair(op, "padding", padding, 0)
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ShapeError(f"`{op}`: padding {list(p)} is more than half the kernel {list(k)}")
-    return k, s, p
+WINDOW_ATTRS = {"kernel": Attr("ints", doc="int or one per spatial axis"),
+                "stride": Attr("ints", None, doc="int or one per axis; default: the kernel"),
+                "padding": Attr("pads", 0, doc='"same", "valid", int, one per axis, or [[before, after], ...]')}
+MAX_ATTRS = {**WINDOW_ATTRS, "dilation": Attr("ints", (1,), doc="int or one per axis"),
+             "ceil_mode": Attr("bool", False, doc="round the window count up")}
+AVG_ATTRS = {**WINDOW_ATTRS, "ceil_mode": MAX_ATTRS["ceil_mode"],
+             "count_include_pad": Attr("bool", True, doc="divide by the kernel size (true) "
+                                                         "or by the real elements (false)")}
 
 
-def pool_kw(op: str, kernel, stride, padding) -> dict:
-    """The window attrs resolved (stride filled in), for the ops a gradient rule adds."""
-    k, s, p = pool_params(op, kernel, stride, padding)
-    return {"kernel": k, "stride": s, "padding": p}
+class Window:
+    """A pooling op's resolved geometry over an image of spatial ``size``:
+    ``kernel``, ``stride``, ``pads``, ``dilation`` (k-tuples / pairs), ``out``
+    (the window count per axis) and, for int sizes, ``eff`` (the pads with
+    what ``ceil_mode`` adds after each axis)."""
+
+    def __init__(self, op: str, k: int, size, kernel, stride=None, padding=0, dilation=1, ceil_mode=False):
+        self.kernel = ntuple(op, "kernel", kernel, k, 1)
+        self.stride = self.kernel if stride is None else ntuple(op, "stride", stride, k, 1)
+        self.dilation = ntuple(op, "dilation", dilation, k, 1)
+        self.pads = resolve_pads(op, padding, k, self.kernel, self.dilation, self.stride)
+        for axis, kk, d, (a, b) in zip(axis_names(k), self.kernel, self.dilation, self.pads):
+            if max(a, b) > (d * (kk - 1) + 1) // 2:
+                raise ShapeError(f"`{op}`: padding {[a, b]} on {axis} is more than half the kernel {kk}")
+        self.size = tuple(size)
+        self.ceil = ceil_mode
+        self.out = conv_out(op, self.size, self.kernel, self.stride, self.pads, self.dilation, ceil_mode)
+        self.static = all(isinstance(n, int) for n in (*self.size, *self.out))
+        self.eff = tuple((a, b + ceil_extra(n, kk, s, (a, b), d, o)) if self.static else (a, b)
+                         for n, kk, s, (a, b), d, o in zip(self.size, self.kernel, self.stride, self.pads,
+                                                           self.dilation, self.out))
+
+    def tiles(self) -> bool:
+        """Do the windows tile the image exactly (no overlap, gap or padding)?"""
+        return (self.stride == self.kernel and set(self.dilation) == {1} and not any(map(any, self.eff))
+                and all(o * kk == n for o, kk, n in zip(self.out, self.kernel, self.size)))
+
+    def onnx_attrs(self, op: str) -> dict:
+        """kernel_shape, strides, pads (and ceil_mode for a symbolic size) of MaxPool/AveragePool."""
+        attrs = {"kernel_shape": list(self.kernel), "strides": list(self.stride)}
+        if self.static or not self.ceil:
+            return {**attrs, "pads": onnx_pads(self.eff)}
+        return {**attrs, "pads": onnx_pads(self.pads), "ceil_mode": 1}  # symbolic: no last-window correction
+
+    def divisor(self, count_include_pad: bool, dtype):
+        """What each window's sum is divided by: a scalar, or per-window counts ``[*out]``
+        (of the taps inside the padded image, or inside the image)."""
+        lo = [0] * len(self.size) if count_include_pad else [a for a, _ in self.pads]
+        hi = [n + a + (b if count_include_pad else 0) for n, (a, b) in zip(self.size, self.pads)]
+        if count_include_pad and not any(b - p for (_, b), (_, p) in zip(self.eff, self.pads)):
+            return np.asarray(math.prod(self.kernel), dtype=dtype)
+        if not self.static:
+            raise ShapeError("the divisor of each window depends on the image size; give the axes a fixed size")
+        counts = window_counts(self.kernel, self.stride, self.dilation, self.out, lo, hi, dtype)
+        return counts.reshape(()) if counts.size == 1 else counts
 
 
-def pool_shape(op: str, x: TensorType, kernel, stride, padding) -> TensorType:
-    check_image(op, "x", x)
-    k, s, p = pool_params(op, kernel, stride, padding)
-    return x.with_shape((*x.shape[:2], *conv_out(op, x.shape[2:], k, s, p, ONE)))
-
-
-def pool_out(x: np.ndarray, k, s, p) -> tuple[int, int]:
-    return tuple(conv_out("pool", x.shape[2:], k, s, p, ONE))
-
-
-def pool_onnx_attrs(k, s, p) -> dict:
-    return {"kernel_shape": list(k), "strides": list(s), "pads": [*p, *p]}
-
-
-def _export_error(op: str, why: str) -> DlcError:
-    return DlcError("E0501", f"cannot export `{op}`: {why}", hint="give that axis a fixed size")
-
-
-# -- max pooling --------------------------------------------------------------------------
-def argmax_flat(x: np.ndarray, k, s, p) -> np.ndarray:
-    """int64 ``[N, C, Ho, Wo]``: the flat index into ``x`` of each window's first
-    maximum (row-major in the window), as ONNX MaxPool's Indices output."""
-    n, c, h, w = x.shape
-    ho, wo = pool_out(x, k, s, p)
-    xp = pad_image(x, p, -np.inf)
-    best = arg = None
-    for (i, j), idx in offset_slices(k, s, ONE, (ho, wo)):
-        v = xp[idx]
-        if best is None:
-            best, arg = v.copy(), np.zeros(v.shape, dtype=np.int64)
-            continue
-        better = v > best  # strict: an equal value later in the window does not win
-        np.copyto(best, v, where=better)
-        arg[better] = i * k[1] + j
-    rows = np.arange(ho).reshape(ho, 1) * s[0] + arg // k[1] - p[0]
-    cols = np.arange(wo) * s[1] + arg % k[1] - p[1]
-    return (np.arange(n * c).reshape(n, c, 1, 1) * h + rows) * w + cols
+def pool_shape(op: str, k: int, x: TensorType, **window) -> TensorType:
+    check_image(op, "x", x, k)
+    return x.with_shape((*x.shape[:2], *Window(op, k, x.shape[2:], **window).out))
 
 
 def _pooled(xs, a) -> tuple:
     """The pooled shape of a sample row (x shape, attrs)."""
-    k, st, p = pool_params("sample", a["kernel"], a.get("stride"), a.get("padding", 0))
-    return (*xs[:2], *conv_out("sample", xs[2:], k, st, p, ONE))
+    return (*xs[:2], *Window("sample", rank_of(xs), xs[2:], **a).out)
 
 
-# (x shape, attrs) rows: default stride, strided + padded, rectangular, overlapping windows
-MAX_CASES = [((2, 3, 5, 5), {"kernel": 2}),
+def _without(a: dict, *keys) -> dict:
+    return {k: v for k, v in a.items() if k not in keys}
+
+
+def _given(window: dict) -> dict:
+    """The window attrs to pass on to the ops a gradient rule adds (None: the default)."""
+    return {k: v for k, v in window.items() if v is not None}
+
+
+# -- max pooling --------------------------------------------------------------------------
+def max_np(x: np.ndarray, win: Window) -> np.ndarray:
+    xp = pad_image(x, win.eff, -np.inf)
+    y = None
+    for _, idx in offset_slices(win.kernel, win.stride, win.dilation, win.out):
+        y = xp[idx].copy() if y is None else np.maximum(y, xp[idx], out=y)
+    return y
+
+
+def _tiles(x: np.ndarray, win: Window):
+    """When the windows tile ``x``: ``x`` viewed as ``[N, C, o0, k0, o1, k1, ...]`` (no
+    copy) and, per kernel offset in row-major order, the index of its ``[N, C, *out]``
+    slice in that view."""
+    view = x.reshape(*x.shape[:2], *(v for o, kk in zip(win.out, win.kernel) for v in (o, kk)))
+    offsets = itertools.product(*(range(kk) for kk in win.kernel))
+    return view, [(slice(None), slice(None), *(v for i in offset for v in (slice(None), i))) for offset in offsets]
+
+
+def window_argmax(x: np.ndarray, win: Window) -> np.ndarray:
+    """``[N, C, *out]`` integers: each window's first maximum, as an offset in the window (row-major).
+    Tiling windows: one strided comparison per kernel offset (no copy of the windows);
+    otherwise one ``argmax`` over the window axis of the im2col view."""
+    if win.tiles():
+        view, slices = _tiles(x, win)
+        best = view[slices[0]].copy()
+        arg = np.zeros(best.shape, np.int8 if len(slices) < 128 else np.int64)
+        for k, idx in enumerate(slices[1:], start=1):
+            better = view[idx] > best  # strict: an equal value later in the window does not win
+            np.maximum(best, view[idx], out=best)
+            np.putmask(arg, better, k)
+        return arg
+    view = windows(pad_image(x, win.eff, -np.inf), win.kernel, win.stride, win.dilation, win.out)
+    return view.reshape(*x.shape[:2], -1, *win.out).argmax(axis=2)
+
+
+def flat_argmax(x: np.ndarray, win: Window) -> np.ndarray:
+    """int64 ``[N, C, *out]``: the flat index into ``x`` of each window's first maximum
+    (as ONNX MaxPool's Indices output)."""
+    offsets = np.unravel_index(window_argmax(x, win), win.kernel)
+    k = len(win.kernel)
+    flat = np.arange(x.shape[0] * x.shape[1]).reshape(*x.shape[:2], *(1,) * k)
+    for axis, (i, s, d, (a, _), o, n) in enumerate(zip(offsets, win.stride, win.dilation, win.pads, win.out,
+                                                       x.shape[2:])):
+        start = (np.arange(o) * s - a).reshape((o,) + (1,) * (k - 1 - axis))
+        flat = flat * n + start + i * d
+    return flat
+
+
+def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
+    """``dy`` scattered onto each window's argmax: written slice by slice when the
+    windows tile ``x`` (every element is in one window), else one ``bincount``."""
+    if win.tiles():
+        arg = window_argmax(x, win)
+        out = np.zeros_like(x)
+        view, slices = _tiles(out, win)
+        for k, idx in enumerate(slices):
+            np.multiply(dy, arg == k, out=view[idx])
+        return out
+    flat = np.bincount(flat_argmax(x, win).ravel(), weights=dy.ravel(), minlength=x.size)
+    return flat.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+def max_pick_np(x: np.ndarray, t: np.ndarray, win: Window) -> np.ndarray:
+    if win.tiles():
+        arg = window_argmax(x, win)
+        view, slices = _tiles(t, win)
+        out = np.empty(arg.shape, dtype=t.dtype)
+        for k, idx in enumerate(slices):
+            np.copyto(out, view[idx], where=arg == k)
+        return out
+    return t.reshape(-1)[flat_argmax(x, win)]
+
+
+# (x shape, attrs) rows, every rank: default stride, strided + padded, rectangular,
+# overlapping, dilated, asymmetric and "same" padding, ceil mode
+MAX_CASES = [((2, 3, 8), {"kernel": 2}),
+             ((2, 2, 9), {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+             ((2, 3, 5, 5), {"kernel": 2}),
+             ((2, 3, 4, 6), {"kernel": 2}),
              ((2, 3, 5, 5), {"kernel": 3, "stride": 2, "padding": 1}),
              ((1, 2, 6, 5), {"kernel": (2, 3), "stride": (1, 2), "padding": 1}),
-             ((2, 2, 4, 4), {"kernel": 3, "stride": 1})]
+             ((2, 2, 4, 4), {"kernel": 3, "stride": 1}),
+             ((1, 2, 7, 6), {"kernel": 2, "dilation": 2, "stride": 1}),
+             ((1, 2, 5, 6), {"kernel": 3, "stride": 1, "padding": "same"}),
+             ((1, 2, 5, 5), {"kernel": 2, "ceil_mode": True}),
+             ((1, 2, 6, 7), {"kernel": 3, "stride": 2, "padding": ((1, 0), (0, 1)), "ceil_mode": True}),
+             ((1, 2, 4, 4, 4), {"kernel": 2}),
+             ((1, 2, 5, 4, 3), {"kernel": (3, 2, 2), "stride": (2, 1, 1), "padding": (1, 0, 1)})]
 # ties: every window of the 2x2 pooling holds equal maxima; the first (row-major) must win
 TIES = np.array([[[[1., 1., 0., 2.], [1., 0., 2., 2.], [3., 3., 3., 3.], [3., 3., 3., 3.]]]])
+TIE_ROWS = [(TIES, (1, 1, 2, 2), {"kernel": 2}), (TIES, (1, 1, 3, 3), {"kernel": 2, "stride": 1})]
 
 
-@register
-class MaxPool2d(Op):
-    """``max_pool2d(x[N, C, H, W], kernel, stride=kernel, padding=0)``: the maximum of
-    each window (padding never wins); the gradient goes to the first maximum."""
+class MaxPool(Op):
+    """``max_pool{k}d(x[N, C, *S], kernel, stride=kernel, padding=0, dilation=1,
+    ceil_mode=false)``: the maximum of each window (padding never wins); the
+    gradient goes to the first maximum."""
 
-    name, family = "max_pool2d", "nn"
-    attrs = POOL_ATTRS
-    samples = [Sample((Arg(xs),), a) for xs, a in MAX_CASES]
+    family = "nn"
+    rank = 2
+    attrs = MAX_ATTRS
 
-    def shape(self, x, kernel, stride, padding):
-        return pool_shape(self.name, x, kernel, stride, padding)
+    def shape(self, x, **window):
+        return pool_shape(self.name, self.rank, x, **window)
 
-    def kernel(self, x, kernel, stride, padding):
-        k, s, p = pool_params(self.name, kernel, stride, padding)
-        xp = pad_image(x, p, -np.inf)
-        y = None
-        for _, idx in offset_slices(k, s, ONE, pool_out(x, k, s, p)):
-            y = xp[idx].copy() if y is None else np.maximum(y, xp[idx], out=y)
-        return y
+    def kernel(self, x, **window):
+        return max_np(x, Window(self.name, self.rank, x.shape[2:], **window))
 
-    def grad(self, b, inputs, outputs, cts, kernel, stride, padding):
-        return [b.max_pool2d_grad(inputs[0], cts[0], **pool_kw(self.name, kernel, stride, padding))]
+    def grad(self, b, inputs, outputs, cts, **window):
+        return [b.apply(f"max_pool{self.rank}d_grad", inputs[0], cts[0], **_given(window))]
 
-    def onnx(self, e, ins, outs, kernel, stride, padding):
-        e.node("MaxPool", ins, outs, **pool_onnx_attrs(*pool_params(self.name, kernel, stride, padding)))
+    def onnx(self, e, ins, outs, **window):
+        win = Window(self.name, self.rank, e.in_types[0].shape[2:], **window)
+        e.node("MaxPool", ins, outs, dilations=list(win.dilation), **win.onnx_attrs(self.name))
 
 
-def _indices(e, x, k, s, p) -> str:
-    return e.node("MaxPool", [x], 2, **pool_onnx_attrs(k, s, p))[1]
+def _indices(e, op: str, k: int, x: str, window: dict) -> str:
+    win = Window(op, k, e.in_types[0].shape[2:], **window)
+    return e.node("MaxPool", [x], 2, dilations=list(win.dilation), **win.onnx_attrs(op))[1]
 
 
-@register
-class MaxPool2dGrad(Op):
-    """``max_pool2d_grad(x, dy, kernel, stride, padding)``: ``dy`` (shaped like the
-    pooled output) added onto the first maximum of each window of ``x``."""
+class MaxPoolGrad(Op):
+    """``max_pool{k}d_grad(x, dy, kernel, stride, padding, dilation, ceil_mode)``: ``dy``
+    (shaped like the pooled output) added onto the first maximum of each window of ``x``."""
 
-    name, family = "max_pool2d_grad", "nn"
+    family = "nn"
+    rank = 2
     inputs = ("x", "dy")
-    attrs = POOL_ATTRS
-    samples = [Sample((Arg(xs), Arg(_pooled(xs, a))), a) for xs, a in MAX_CASES] + [
-        Sample((TIES, Arg((1, 1, 2, 2))), {"kernel": 2}, grad=False, note="ties: the first maximum wins")]
+    attrs = MAX_ATTRS
 
-    def shape(self, x, dy, kernel, stride, padding):
-        out = pool_shape(self.name, x, kernel, stride, padding)
+    def shape(self, x, dy, **window):
+        out = pool_shape(self.name, self.rank, x, **window)
         same_dtype(self.name, x, dy)
         if dy.shape != out.shape:
             raise ShapeError(f"`{self.name}`: dy must be shaped like the pooled output {out}, got {dy}")
         return x
 
-    def kernel(self, x, dy, kernel, stride, padding):
-        idx = argmax_flat(x, *pool_params(self.name, kernel, stride, padding))
-        flat = np.bincount(idx.ravel(), weights=dy.ravel(), minlength=x.size)
-        return flat.reshape(x.shape).astype(x.dtype, copy=False)
+    def kernel(self, x, dy, **window):
+        return max_grad_np(x, dy, Window(self.name, self.rank, x.shape[2:], **window))
 
-    def grad(self, b, inputs, outputs, cts, kernel, stride, padding):
+    def grad(self, b, inputs, outputs, cts, **window):
         # linear in dy (its adjoint reads the cotangent at the argmax); piecewise constant in x
-        return [None, b.max_pool2d_pick(inputs[0], cts[0], **pool_kw(self.name, kernel, stride, padding))]
+        return [None, b.apply(f"max_pool{self.rank}d_pick", inputs[0], cts[0], **_given(window))]
 
-    def onnx(self, e, ins, outs, kernel, stride, padding):
+    def onnx(self, e, ins, outs, **window):
         x, dy = ins
-        ind = _indices(e, x, *pool_params(self.name, kernel, stride, padding))
+        ind = _indices(e, self.name, self.rank, x, window)
         flat = i64(e, (-1,))
         shape = e.node("Shape", [x], 1)[0]
         zeros = e.node("ConstantOfShape", [shape], 1, value=np.zeros(1, np_dtype(e.in_types[0].dtype)))[0]
@@ -180,126 +279,162 @@ class MaxPool2dGrad(Op):
         e.node("Reshape", [dx, shape], outs)
 
 
-@register
-class MaxPool2dPick(Op):
-    """``max_pool2d_pick(x, t, kernel, stride, padding)``: ``t`` (shaped like ``x``)
-    read at the first maximum of each window of ``x``; ``max_pool2d(x) = pick(x, x)``."""
+class MaxPoolPick(Op):
+    """``max_pool{k}d_pick(x, t, kernel, stride, padding, dilation, ceil_mode)``: ``t``
+    (shaped like ``x``) read at the first maximum of each window of ``x``;
+    ``max_pool{k}d(x) = pick(x, x)``."""
 
-    name, family = "max_pool2d_pick", "nn"
+    family = "nn"
+    rank = 2
     inputs = ("x", "t")
-    attrs = POOL_ATTRS
-    samples = [Sample((Arg(xs), Arg(xs)), a) for xs, a in MAX_CASES] + [
-        Sample((TIES, Arg((1, 1, 4, 4))), {"kernel": 2}, grad=False, note="ties: the first maximum wins")]
+    attrs = MAX_ATTRS
 
-    def shape(self, x, t, kernel, stride, padding):
+    def shape(self, x, t, **window):
         same_dtype(self.name, x, t)
         if t.shape != x.shape:
             raise ShapeError(f"`{self.name}`: t must be shaped like x {x}, got {t}")
-        return pool_shape(self.name, x, kernel, stride, padding)
+        return pool_shape(self.name, self.rank, x, **window)
 
-    def kernel(self, x, t, kernel, stride, padding):
-        return t.reshape(-1)[argmax_flat(x, *pool_params(self.name, kernel, stride, padding))]
+    def kernel(self, x, t, **window):
+        return max_pick_np(x, t, Window(self.name, self.rank, x.shape[2:], **window))
 
-    def grad(self, b, inputs, outputs, cts, kernel, stride, padding):
-        return [None, b.max_pool2d_grad(inputs[0], cts[0], **pool_kw(self.name, kernel, stride, padding))]
+    def grad(self, b, inputs, outputs, cts, **window):
+        return [None, b.apply(f"max_pool{self.rank}d_grad", inputs[0], cts[0], **_given(window))]
 
-    def onnx(self, e, ins, outs, kernel, stride, padding):
+    def onnx(self, e, ins, outs, **window):
         x, t = ins
-        ind = _indices(e, x, *pool_params(self.name, kernel, stride, padding))
+        ind = _indices(e, self.name, self.rank, x, window)
         e.node("Gather", [e.node("Reshape", [t, i64(e, (-1,))], 1)[0], ind], outs, axis=0)
 
 
+per_rank(MaxPool, "max_pool{k}d", MAX_CASES, lambda xs, a: Sample((Arg(xs),), a))
+per_rank(MaxPoolGrad, "max_pool{k}d_grad", MAX_CASES + TIE_ROWS,
+         lambda xs, a, *tie: Sample((Arg(xs), Arg(_pooled(xs, a))), a) if not tie else
+         Sample((xs, Arg(a)), tie[0], grad=False, note="ties: the first maximum wins"))
+per_rank(MaxPoolPick, "max_pool{k}d_pick", MAX_CASES + TIE_ROWS,
+         lambda xs, a, *tie: Sample((Arg(xs), Arg(xs)), a) if not tie else
+         Sample((xs, Arg(xs.shape)), tie[0], grad=False, note="ties: the first maximum wins"))
+
+
 # -- average pooling ----------------------------------------------------------------------
-AVG_ATTRS = {**POOL_ATTRS, "count_include_pad": Attr("bool", True, doc="divide by the kernel size (true) "
-                                                                       "or by the real elements (false)")}
-AVG_CASES = [((2, 3, 5, 5), {"kernel": 2}),
+AVG_CASES = [((2, 3, 7), {"kernel": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
+             ((2, 3, 5, 5), {"kernel": 2}),
              ((2, 3, 5, 5), {"kernel": 3, "stride": 2, "padding": 1}),
              ((2, 3, 5, 5), {"kernel": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
-             ((1, 2, 6, 5), {"kernel": (2, 3), "stride": (1, 2), "padding": 1, "count_include_pad": False})]
+             ((1, 2, 6, 5), {"kernel": (2, 3), "stride": (1, 2), "padding": 1, "count_include_pad": False}),
+             ((1, 2, 5, 5), {"kernel": 2, "ceil_mode": True}),
+             ((1, 2, 6, 7), {"kernel": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+             ((1, 2, 5, 6), {"kernel": 3, "stride": 1, "padding": "same", "count_include_pad": False}),
+             ((1, 2, 4, 6, 4), {"kernel": 2})]
 
 
-def _divisor(size, k, s, p, count_include_pad: bool, dtype):
-    """What each window's sum is divided by: the kernel size, or [Ho, Wo] real-element counts."""
-    if count_include_pad:
-        return np.asarray(k[0] * k[1], dtype=dtype)
-    return window_counts(size, k, s, p, dtype)
+def avg_np(x: np.ndarray, win: Window, count_include_pad: bool) -> np.ndarray:
+    if win.tiles():
+        view, _ = _tiles(x, win)
+        return view.mean(axis=tuple(range(3, 3 + 2 * len(win.kernel), 2)))
+    xp = pad_image(x, win.eff)
+    y = None
+    for _, idx in offset_slices(win.kernel, win.stride, win.dilation, win.out):
+        y = xp[idx].copy() if y is None else np.add(y, xp[idx], out=y)
+    return y / win.divisor(count_include_pad, x.dtype)
 
 
-@register
-class AvgPool2d(Op):
-    """``avg_pool2d(x[N, C, H, W], kernel, stride=kernel, padding=0, count_include_pad=true)``:
-    the mean of each window (zero padding counts unless ``count_include_pad = false``)."""
+class AvgPool(Op):
+    """``avg_pool{k}d(x[N, C, *S], kernel, stride=kernel, padding=0, ceil_mode=false,
+    count_include_pad=true)``: the mean of each window (zero padding counts unless
+    ``count_include_pad = false``; what ceil mode adds never counts)."""
 
-    name, family = "avg_pool2d", "nn"
+    family = "nn"
+    rank = 2
     attrs = AVG_ATTRS
-    samples = [Sample((Arg(xs),), a) for xs, a in AVG_CASES]
 
-    def shape(self, x, kernel, stride, padding, count_include_pad):
-        return pool_shape(self.name, x, kernel, stride, padding)
+    def shape(self, x, count_include_pad, **window):
+        return pool_shape(self.name, self.rank, x, **window)
 
-    def kernel(self, x, kernel, stride, padding, count_include_pad):
-        k, s, p = pool_params(self.name, kernel, stride, padding)
-        xp = pad_image(x, p)
-        y = None
-        for _, idx in offset_slices(k, s, ONE, pool_out(x, k, s, p)):
-            y = xp[idx].copy() if y is None else np.add(y, xp[idx], out=y)
-        return y / _divisor(x.shape[2:], k, s, p, count_include_pad, x.dtype)
+    def kernel(self, x, count_include_pad, **window):
+        return avg_np(x, Window(self.name, self.rank, x.shape[2:], **window), count_include_pad)
 
-    def grad(self, b, inputs, outputs, cts, kernel, stride, padding, count_include_pad):
-        return [b.avg_pool2d_grad(cts[0], size=b.type(inputs[0]).shape[2:], count_include_pad=count_include_pad,
-                                  **pool_kw(self.name, kernel, stride, padding))]
+    def grad(self, b, inputs, outputs, cts, count_include_pad, **window):
+        return [b.apply(f"avg_pool{self.rank}d_grad", cts[0], size=b.type(inputs[0]).shape[2:],
+                        count_include_pad=count_include_pad, **_given(window))]
 
-    def onnx(self, e, ins, outs, kernel, stride, padding, count_include_pad):
-        e.node("AveragePool", ins, outs, count_include_pad=int(count_include_pad),
-               **pool_onnx_attrs(*pool_params(self.name, kernel, stride, padding)))
+    def onnx(self, e, ins, outs, count_include_pad, **window):
+        t = e.in_types[0]
+        win = Window(self.name, self.rank, t.shape[2:], **window)
+        # no ceil-mode overhang, or a symbolic size (the shape rule ruled out PyTorch's last-window
+        # correction there): AveragePool's own rule, which divides the overhanging window as PyTorch does
+        if win.eff == win.pads or not win.static:
+            e.node("AveragePool", ins, outs, count_include_pad=int(count_include_pad), **win.onnx_attrs(self.name))
+            return
+        try:  # the sum of each window (padding is zeros), divided as the kernel divides
+            divisor = win.divisor(count_include_pad, np_dtype(t.dtype))
+        except ShapeError as exc:
+            raise onnx_error(self.name, exc) from None
+        total = e.node("AveragePool", ins, 1, count_include_pad=1, **win.onnx_attrs(self.name))[0]
+        scale = e.const(np.asarray(math.prod(win.kernel), np_dtype(t.dtype)) / divisor)
+        e.node("Mul", [total, scale], outs)
 
 
-@register
-class AvgPool2dGrad(Op):
-    """``avg_pool2d_grad(dy, size, kernel, stride, padding, count_include_pad)``: the
-    gradient of ``avg_pool2d`` over an image of spatial ``size`` — each window's
+class AvgPoolGrad(Op):
+    """``avg_pool{k}d_grad(dy, size, kernel, stride, padding, ceil_mode, count_include_pad)``:
+    the gradient of ``avg_pool{k}d`` over an image of spatial ``size`` — each window's
     cotangent, divided as the forward divided, spread evenly over the window."""
 
-    name, family = "avg_pool2d_grad", "nn"
+    family = "nn"
+    rank = 2
     inputs = ("dy",)
-    attrs = {"size": Attr("shape", doc="[H, W] of the pooled image"), **AVG_ATTRS}
-    samples = [Sample((Arg(_pooled(xs, a)),), {"size": xs[2:], **a}) for xs, a in AVG_CASES]
+    attrs = {"size": Attr("shape", doc="the spatial size of the pooled image"), **AVG_ATTRS}
 
-    def shape(self, dy, size, kernel, stride, padding, count_include_pad):
-        check_image(self.name, "dy", dy)
-        if len(size) != 2:
-            raise ShapeError(f"`{self.name}` needs size = [H, W], got {list(size)}")
+    def shape(self, dy, size, count_include_pad, **window):
+        check_image(self.name, "dy", dy, self.rank)
+        if len(size) != self.rank:
+            raise ShapeError(f"`{self.name}` needs a size of {self.rank} dims, got {list(size)}")
         x = dy.with_shape((*dy.shape[:2], *size))
-        out = pool_shape(self.name, x, kernel, stride, padding)
+        out = pool_shape(self.name, self.rank, x, **window)
         if out.shape != dy.shape:
             raise ShapeError(f"`{self.name}`: pooling an image of size {list(size)} gives {out}, but dy is {dy}")
         return x
 
-    def kernel(self, dy, size, kernel, stride, padding, count_include_pad):
-        k, s, p = pool_params(self.name, kernel, stride, padding)
-        g = dy / _divisor(tuple(size), k, s, p, count_include_pad, dy.dtype)
-        return fold(g, tuple(size), k, s, p, ONE, dy.dtype)
+    def kernel(self, dy, size, count_include_pad, **window):
+        win = Window(self.name, self.rank, tuple(size), **window)
+        g = dy / win.divisor(count_include_pad, dy.dtype)
+        if win.tiles():
+            spread = g.reshape(*g.shape[:2], *(v for o in win.out for v in (o, 1)))
+            tiled = (*g.shape[:2], *(v for o, kk in zip(win.out, win.kernel) for v in (o, kk)))
+            return np.broadcast_to(spread, tiled).reshape(*dy.shape[:2], *size)
+        return fold(g, tuple(size), win.kernel, win.stride, win.eff, win.dilation, dy.dtype)
 
-    def grad(self, b, inputs, outputs, cts, size, kernel, stride, padding, count_include_pad):
-        return [b.avg_pool2d(cts[0], count_include_pad=count_include_pad,
-                             **pool_kw(self.name, kernel, stride, padding))]
+    def grad(self, b, inputs, outputs, cts, size, count_include_pad, **window):
+        return [b.apply(f"avg_pool{self.rank}d", cts[0], count_include_pad=count_include_pad, **_given(window))]
 
-    def onnx(self, e, ins, outs, size, kernel, stride, padding, count_include_pad):
-        k, s, p = pool_params(self.name, kernel, stride, padding)
+    def onnx(self, e, ins, outs, size, count_include_pad, **window):
         t = e.in_types[0]
+        win = Window(self.name, self.rank, tuple(size), **window)
         dtype = np_dtype(t.dtype)
         c = t.shape[1]
         if not isinstance(c, int):
-            raise _export_error(self.name, f"the channel dim {c} must be fixed (it is the ConvTranspose group)")
-        if not count_include_pad and not all(isinstance(d, int) for d in size):
-            raise _export_error(self.name, "count_include_pad = false needs a fixed H and W")
-        g = e.node("Div", [ins[0], e.const(_divisor(tuple(size), k, s, p, count_include_pad, dtype))], 1)[0]
+            raise onnx_error(self.name, f"the channel dim {c} must be fixed (it is the ConvTranspose group)")
         try:
-            rest = remainder(size, k, s, p, ONE, t.shape[2:])
+            g = e.node("Div", [ins[0], e.const(win.divisor(count_include_pad, dtype))], 1)[0]
         except ShapeError as exc:
-            raise _export_error(self.name, str(exc)) from None
-        e.node("ConvTranspose", [g, e.const(np.ones((c, 1, *k), dtype))], outs, output_padding=rest,
-               **conv_onnx_attrs(k, s, p, ONE, c))
+            raise onnx_error(self.name, exc) from None
+        if win.ceil and not win.static:
+            raise onnx_error(self.name, "ceil_mode over a symbolic size needs a fixed size for the gradient")
+        transpose_to_size(e, [g, e.const(np.ones((c, 1, *win.kernel), dtype))], outs, win.kernel, win.stride,
+                          win.eff, win.dilation, c, size, t.shape[2:])
+
+
+per_rank(AvgPool, "avg_pool{k}d", AVG_CASES, lambda xs, a: Sample((Arg(xs),), a))
+per_rank(AvgPoolGrad, "avg_pool{k}d_grad", AVG_CASES,
+         lambda xs, a: Sample((Arg(_pooled(xs, _without(a, "count_include_pad"))),), {"size": xs[2:], **a}))
+
+
+# -- global pooling -----------------------------------------------------------------------
+def _spatial(b, op: str, x) -> tuple[int, ...]:
+    rank = b.type(x).rank
+    if rank < 3:
+        raise b.error("E0104", f"shape mismatch in `{op}`: needs [N, C, spatial...], got {b.type(x)}")
+    return tuple(range(2, rank))
 
 
 @register
@@ -310,54 +445,124 @@ class GlobalAvgPool(Composite):
     samples = [Sample((Arg((2, 3, 4, 5)),)), Sample((Arg((2, 3, 4)),), note="1-D spatial")]
 
     def expand(self, b, x):
-        rank = b.type(x).rank
-        if rank < 3:
-            raise b.error("E0104", f"shape mismatch in `global_avg_pool`: needs [N, C, spatial...], got {b.type(x)}")
-        return b.mean(x, axes=tuple(range(2, rank)), keepdims=True)
+        return b.mean(x, axes=_spatial(b, self.name, x), keepdims=True)
 
+
+@register
+class GlobalMaxPool(Composite):
+    """``global_max_pool(x[N, C, ...])`` → ``[N, C, 1, ...]``: the maximum over every spatial axis."""
+
+    name, family = "global_max_pool", "nn"
+    samples = [Sample((Arg((2, 3, 4, 5)),)), Sample((Arg((2, 3, 4, 2, 3)),), note="3-D spatial")]
+
+    def expand(self, b, x):
+        return b.reduce_max(x, axes=_spatial(b, self.name, x), keepdims=True)
 
 # -- upsampling ---------------------------------------------------------------------------
 @register
 class UpsampleNearest(Op):
-    """``upsample_nearest(x[N, C, H, W], scale)`` → ``[N, C, H*sh, W*sw]``: each pixel
-    repeated into an sh x sw block (integer ``scale``, an int or ``[sh, sw]``); the
-    gradient sums each block."""
+    """``upsample_nearest(x[N, C, *S], scale)`` → ``[N, C, *(S * scale)]`` for 1, 2 or 3
+    spatial axes: each element repeated into a block (integer ``scale``, an int or
+    one per axis); the gradient sums each block."""
 
     name, family = "upsample_nearest", "nn"
-    attrs = {"scale": Attr("ints", doc="int or [sh, sw]")}
+    attrs = {"scale": Attr("ints", doc="int or one per spatial axis")}
     samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2}), Sample((Arg((1, 2, 3, 2)),), {"scale": (2, 3)}),
-               Sample((Arg((1, 1, 2, 2)),), {"scale": 1}, note="identity")]
+               Sample((Arg((1, 1, 2, 2)),), {"scale": 1}, note="identity"),
+               Sample((Arg((2, 2, 3)),), {"scale": 3}, note="1-D"),
+               Sample((Arg((1, 2, 2, 1, 3)),), {"scale": (1, 2, 2)}, note="3-D")]
+
+    def _scale(self, rank: int, scale) -> tuple[int, ...]:
+        if rank - 2 not in RANKS:
+            raise ShapeError(f"`{self.name}` needs x of rank 3, 4 or 5 ([N, C, *spatial]), got rank {rank}")
+        return ntuple(self.name, "scale", scale, rank - 2, 1)
 
     def shape(self, x, scale):
-        check_image(self.name, "x", x)
-        sh, sw = pair(self.name, "scale", scale, 1)
-        n, c, h, w = x.shape
-        return x.with_shape((n, c, h * sh, w * sw))
+        s = self._scale(x.rank, scale)
+        check_image(self.name, "x", x, len(s))
+        return x.with_shape((*x.shape[:2], *(n * k for n, k in zip(x.shape[2:], s))))
+
+    @staticmethod
+    def _blocks(shape, s) -> tuple:
+        """[N, C, n0, s0, n1, s1, ...]: every spatial axis followed by its repeat."""
+        return (*shape[:2], *(v for n, k in zip(shape[2:], s) for v in (n, k)))
 
     def kernel(self, x, scale):
-        sh, sw = pair(self.name, "scale", scale, 1)
-        n, c, h, w = x.shape
-        return np.broadcast_to(x[:, :, :, None, :, None], (n, c, h, sh, w, sw)).reshape(n, c, h * sh, w * sw)
+        s = self._scale(x.ndim, scale)
+        spread = x.reshape(*x.shape[:2], *(v for n in x.shape[2:] for v in (n, 1)))
+        return np.broadcast_to(spread, self._blocks(x.shape, s)).reshape(
+            *x.shape[:2], *(n * k for n, k in zip(x.shape[2:], s)))
 
     def grad(self, b, inputs, outputs, cts, scale):
-        sh, sw = pair(self.name, "scale", scale, 1)
-        n, c, h, w = b.type(inputs[0]).shape
-        return [b.sum(b.reshape(cts[0], shape=(n, c, h, sh, w, sw)), axes=(3, 5))]
+        shape = b.type(inputs[0]).shape
+        s = self._scale(len(shape), scale)
+        return [b.sum(b.reshape(cts[0], shape=self._blocks(shape, s)), axes=tuple(range(3, 3 + 2 * len(s), 2)))]
 
     def onnx(self, e, ins, outs, scale):
-        sh, sw = pair(self.name, "scale", scale, 1)
-        # asymmetric + floor: output pixel y reads input floor(y / sh), an exact repeat for integer scales
-        e.node("Resize", [ins[0], "", e.const(np.array([1, 1, sh, sw], dtype=np.float32))], outs, mode="nearest",
+        s = self._scale(e.in_types[0].rank, scale)
+        # asymmetric + floor: output element y reads input floor(y / s), an exact repeat for integer scales
+        e.node("Resize", [ins[0], "", e.const(np.array([1, 1, *s], dtype=np.float32))], outs, mode="nearest",
                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def linear_weights(n: int, m: int) -> np.ndarray:
+    """``[m, n]``: the bilinear resampling of an axis of ``n`` to ``m`` samples, as
+    PyTorch's ``align_corners=False`` (ONNX Resize ``pytorch_half_pixel``): output
+    i reads input position (i + 0.5) n / m − 0.5, clamped at the edges."""
+    pos = np.maximum((np.arange(m) + 0.5) * n / m - 0.5, 0.0) if m > 1 else np.zeros(1)
+    lo = np.minimum(np.floor(pos).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = pos - lo
+    w = np.zeros((m, n))
+    np.add.at(w, (np.arange(m), lo), 1.0 - frac)
+    np.add.at(w, (np.arange(m), hi), frac)
+    return w
+
+
+def nearest_index(n: int, m: int) -> np.ndarray:
+    """``[m]``: the input element output i of a nearest resampling reads, ⌊i n / m⌋."""
+    return (np.arange(m) * n) // m
 
 
 @register
 class Upsample(Composite):
-    """``upsample(x, scale, mode="nearest")``: ``upsample_nearest`` (the only mode so far)."""
+    """``upsample(x[N, C, H, W], scale=None, size=None, mode="nearest")``: resize the
+    two spatial axes by an integer ``scale`` (an int or ``[sh, sw]``) or to
+    ``size = [H', W']``.  ``"nearest"`` with a scale is ``upsample_nearest`` (any
+    image size, and 1 or 3 spatial axes too); with a size it picks row ⌊i H / H'⌋.  ``"bilinear"`` interpolates as
+    PyTorch's ``align_corners = false``: a product with constant ``[H', H]`` and
+    ``[W, W']`` matrices (so H and W must be fixed), whose gradient is the
+    transposed products."""
 
     name, family = "upsample", "nn"
-    attrs = {"scale": Attr("ints"), "mode": Attr("str", "nearest", choices=("nearest",))}
-    samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2})]
+    attrs = {"scale": Attr("ints", None, doc="int or [sh, sw]"), "size": Attr("shape", None, doc="[H', W']"),
+             "mode": Attr("str", "nearest", choices=("nearest", "bilinear"))}
+    samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2}),
+               Sample((Arg((1, 2, 3, 4)),), {"size": (5, 7)}, note="nearest to a size"),
+               Sample((Arg((2, 2, 3, 4)),), {"scale": 2, "mode": "bilinear"}),
+               Sample((Arg((1, 2, 4, 5)),), {"size": (6, 3), "mode": "bilinear"}, note="up and down")]
 
-    def expand(self, b, x, scale, mode):
-        return b.upsample_nearest(x, scale=scale)
+    def expand(self, b, x, scale, size, mode):
+        t = b.type(x)
+        if (scale is None) == (size is None):
+            raise ShapeError("`upsample` takes exactly one of `scale` and `size`")
+        if mode == "nearest" and scale is not None:  # any spatial rank
+            return b.upsample_nearest(x, scale=scale)
+        if t.rank != 4:
+            raise ShapeError(f"`upsample` with a size or mode = \"bilinear\" needs x of rank 4 ([N, C, H, W]), "
+                             f"got {t}")
+        h, w = t.shape[2:]
+        if not isinstance(h, int) or not isinstance(w, int):
+            raise ShapeError(f"`upsample` with mode = \"{mode}\"{' to a size' if size else ''} needs a fixed "
+                             f"H and W, got {t}; use a scale with mode = \"nearest\" for any size")
+        if size is None:
+            sh, sw = ntuple(self.name, "scale", scale, 2, 1)
+            size = (h * sh, w * sw)
+        if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
+            raise ShapeError(f"`size` of `upsample` must be 2 positive integers, got {list(size)}")
+        ho, wo = size
+        if mode == "nearest":
+            rows = b.gather(x, b.const(nearest_index(h, ho)), axis=2)
+            return b.gather(rows, b.const(nearest_index(w, wo)), axis=3)
+        rows = b.matmul(b.const(linear_weights(h, ho), t.dtype), x)          # [N, C, H', W]
+        return b.matmul(rows, b.const(linear_weights(w, wo).T, t.dtype))     # [N, C, H', W']

@@ -39,7 +39,7 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Attr:
     """An attribute: ``kind`` is one of int float bool str dtype shape ints
-    any; ``default`` REQUIRED when it must be given; ``choices`` restricts
+    pads any; ``default`` REQUIRED when it must be given; ``choices`` restricts
     values."""
 
     kind: str
@@ -197,6 +197,10 @@ def _coerce(op: str, key: str, spec: Attr, value):
         ok = isinstance(value, bool)
     elif kind in ("str", "dtype"):
         ok = isinstance(value, str)
+    elif kind == "pads":  # an int, a name ("same"), or a list of ints or of [before, after] pairs
+        if isinstance(value, (tuple, list)):
+            value = tuple(tuple(v) if isinstance(v, (tuple, list)) else v for v in value)
+        ok = isinstance(value, (int, str, tuple)) and not isinstance(value, bool)
     elif kind in ("shape", "ints"):
         if isinstance(value, (int,)) and not isinstance(value, bool):
             value = (value,)
@@ -210,7 +214,8 @@ def _coerce(op: str, key: str, spec: Attr, value):
 
 
 _KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "dtype": "a dtype name", "shape": "a list of dims", "ints": "a list of integers"}
+               "dtype": "a dtype name", "shape": "a list of dims", "ints": "a list of integers",
+               "pads": "a padding (\"same\", \"valid\", an integer or a list)"}
 
 REGISTRY: dict[str, type[Op]] = {}
 _INSTANCES: dict[str, Op] = {}

@@ -364,4 +364,4 @@ class Stack(Op):
         e.node("Concat", [e.node("Unsqueeze", [x, axes], 1)[0] for x in ins], outs, axis=ax)
 
 
-from . import axis_ops, constructors, indexing  # noqa: E402,F401  (register the rest of the family)
+from . import axis_ops, constructors, indexing, positional  # noqa: E402,F401  (register the rest of the family)

@@ -1,116 +1,169 @@
-"""Sliding-window helpers shared by the nn family (conv, conv grads, pooling).
+"""Sliding windows over k spatial axes: the one core of convolution and pooling.
 
-No ops are registered here.  Two halves:
+No ops are registered here.  Every conv, transposed conv and pooling op of
+every rank (``conv1d`` … ``max_pool3d``, their gradient primitives) is built on
+these helpers, which never assume a rank:
 
-- attribute and shape arithmetic: ``pair`` (an int or a 1-/2-list as (h, w)),
-  ``out_dim`` (the size of a window axis, exact for symbolic dims where
-  possible);
-- NumPy kernels: ``windows`` (a strided, read-only view of every window:
-  im2col without a copy), ``fold`` (its transpose, col2im: sums window values
-  back into the image), ``window_counts`` (real, unpadded elements per
-  window).
+- attribute arithmetic: ``ntuple`` (an int or a list as a k-tuple),
+  ``resolve_pads`` (``"valid"``, ``"same"``, an int, a per-axis list or
+  ``[[before, after], ...]`` as k (before, after) pairs), ``out_dim`` (the
+  number of windows along an axis, floor or ceil, symbolic where exact) and
+  ``ceil_extra`` (what ``ceil_mode`` adds after an axis);
+- NumPy kernels: ``windows`` (a strided read-only view of every window —
+  im2col without a copy), ``im2col`` (that view as one GEMM operand),
+  ``fold`` (col2im: window values summed back into the image),
+  ``window_counts`` (the elements of each window inside given bounds).
 
-Layout: images are ``[N, C, H, W]``; a window view is
-``[N, C, kh, kw, Ho, Wo]`` so a loop over the kernel offsets (``kh * kw``
-iterations, never per pixel) sees whole ``[N, C, Ho, Wo]`` slices.
+Layout: images are ``[N, C, *spatial]``; a window view is
+``[N, C, *kernel, *out]``, so a loop over kernel offsets (prod(kernel)
+iterations, never per output position) sees whole ``[N, C, *out]`` slices.
 """
 from __future__ import annotations
 
-from fractions import Fraction
+import itertools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..dims import Sym, dim_str
+from ..dims import Sym, dim_str, floordiv
 from ..types import AttrError, ShapeError
+
+AXES = ("L",), ("H", "W"), ("D", "H", "W")  # axis names for messages, by rank
+
+
+def axis_names(k: int) -> tuple[str, ...]:
+    return AXES[k - 1] if k <= len(AXES) else tuple(f"S{i}" for i in range(k))
 
 
 def _listed(value) -> str:
     """An attribute value as the user wrote it (`[0, 1, 0, 1]`, not a Python tuple)."""
-    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, (tuple, list)) else repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_listed(v) for v in value) + "]"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
-def pair(op: str, key: str, value, low: int) -> tuple[int, int]:
-    """``value`` (an int, or a list of 1 or 2 ints) as (h, w), each >= ``low``."""
-    seq = (value,) if isinstance(value, (int, np.integer)) else value
-    if (not isinstance(seq, (tuple, list)) or len(seq) not in (1, 2)
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in seq)):
-        raise AttrError(f"`{key}` of `{op}` must be an integer or a list of 2 integers, got {_listed(value)}")
-    h, w = (int(seq[0]), int(seq[-1]))
-    if h < low or w < low:
-        raise AttrError(f"`{key}` of `{op}` must be >= {low}, got {list(seq)}")
-    return h, w
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def out_dim(op: str, axis: str, n, k: int, s: int, p: int, d: int):
-    """floor((n + 2p - d(k - 1) - 1) / s) + 1: the number of windows along an axis.
-
-    A symbolic ``n`` works when the floor is exact symbolically: every
-    non-constant coefficient of the numerator divisible by ``s`` (always so
-    for stride 1), which makes floor((a*H + c)/s) = (a/s)*H + floor(c/s)."""
-    span = n + 2 * p - d * (k - 1) - 1
-    if not isinstance(span, Sym):
-        if span < 0:
-            raise ShapeError(f"`{op}`: the {axis} axis ({dim_str(n)}, padded by {p} on each side) is smaller "
-                             f"than the window ({k} taps, dilation {d})")
-        return span // s + 1
-    const = span.terms.get((), Fraction(0))
-    rest = span - int(const) if const.denominator == 1 else None
-    q = rest / s if rest is not None else None
-    if not isinstance(q, Sym) or any(c.denominator != 1 for c in q.terms.values()):
-        raise ShapeError(f"`{op}` cannot size the symbolic {axis} axis {dim_str(n)} with stride {s}: "
-                         f"({dim_str(span)}) / {s} is not a whole number for every {dim_str(n)}; "
-                         "give that axis a fixed size")
-    return q + (int(const) // s + 1)
+def ntuple(op: str, key: str, value, k: int, low: int) -> tuple[int, ...]:
+    """``value`` (an int, or a list of 1 or k ints) as a k-tuple, each >= ``low``."""
+    seq = (value,) if _is_int(value) else value
+    if not isinstance(seq, (tuple, list)) or len(seq) not in (1, k) or not all(map(_is_int, seq)):
+        raise AttrError(f"`{key}` of `{op}` must be an integer or a list of {k} integers, got {_listed(value)}")
+    out = tuple(int(v) for v in seq) * (k if len(seq) == 1 else 1)
+    if min(out) < low:
+        raise AttrError(f"`{key}` of `{op}` must be >= {low}, got {_listed(seq)}")
+    return out
 
 
-def pad_image(x: np.ndarray, padding: tuple[int, int], value=0.0) -> np.ndarray:
-    """``x`` with ``padding`` rows/columns of ``value`` on both sides of H and W."""
-    ph, pw = padding
-    if not ph and not pw:
+def resolve_pads(op: str, padding, k: int, kernel, dilation, stride) -> tuple[tuple[int, int], ...]:
+    """k (before, after) pairs from ``padding``: ``"valid"`` (none), ``"same"``
+    (the output keeps the input's size; stride 1 only, the odd element after,
+    as ONNX ``SAME_UPPER``), an int, a list of k ints (both sides), or a list
+    of k ``[before, after]`` pairs (asymmetric)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * k
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise AttrError(f"`{op}`: padding = \"same\" needs stride 1, got stride {list(stride)}; "
+                                 "give the padding as numbers for a strided window")
+            total = [d * (n - 1) for n, d in zip(kernel, dilation)]
+            return tuple((t // 2, t - t // 2) for t in total)
+        raise AttrError(f"`padding` of `{op}` must be \"same\", \"valid\", an integer or a list, got {padding!r}")
+    if (isinstance(padding, (tuple, list)) and len(padding) == k
+            and all(isinstance(p, (tuple, list)) for p in padding)):
+        if not all(len(p) == 2 and all(map(_is_int, p)) and min(p) >= 0 for p in padding):
+            raise AttrError(f"`padding` of `{op}` as pairs must be {k} lists [before, after] of integers >= 0, "
+                            f"got {_listed(padding)}")
+        return tuple((int(a), int(b)) for a, b in padding)
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 * k and k > 1 and all(map(_is_int, padding)):
+        raise AttrError(f"`padding` of `{op}`: a flat list of {2 * k} numbers ({_listed(padding)}) is ambiguous; "
+                        f"write asymmetric padding as {k} pairs [[before, after], ...]")
+    return tuple((p, p) for p in ntuple(op, "padding", padding, k, 0))
+
+
+def out_dim(op: str, axis: str, n, k: int, s: int, pads: tuple[int, int], d: int, ceil: bool = False):
+    """The number of windows along an axis of size ``n``:
+    ⌊(n + before + after − d(k − 1) − 1) / s⌋ + 1 (⌈ ⌉ with ``ceil``, where,
+    as PyTorch, a last window starting in the after-padding is dropped).
+    A symbolic ``n`` gives a symbolic dim (a floor-division term when the
+    stride does not divide it)."""
+    span = n + pads[0] + pads[1] - d * (k - 1) - 1
+    if not isinstance(span, Sym) and span < 0:
+        raise ShapeError(f"`{op}`: the {axis} axis ({dim_str(n)}, padded by {list(pads)}) is smaller "
+                         f"than the window ({k} taps, dilation {d})")
+    if not ceil:
+        return floordiv(span, s) + 1
+    out = floordiv(span + s - 1, s) + 1
+    if isinstance(out, Sym):
+        if pads[1] - d * (k - 1) + s - 2 >= 0:  # the PyTorch correction may apply: it needs the size
+            raise ShapeError(f"`{op}`: ceil_mode over the symbolic {axis} axis {dim_str(n)} with stride {s} "
+                             "needs a fixed size (a last window could start in the padding)")
+        return out
+    return out - 1 if (out - 1) * s >= n + pads[0] else out
+
+
+def ceil_extra(n: int, k: int, s: int, pads: tuple[int, int], d: int, out: int) -> int:
+    """The padding ``ceil_mode`` adds after an axis so that ``out`` windows fit."""
+    return max(0, (out - 1) * s + d * (k - 1) + 1 - (n + pads[0] + pads[1]))
+
+
+def pad_image(x: np.ndarray, pads, value=0.0) -> np.ndarray:
+    """``x`` with ``pads`` ((before, after) per spatial axis) of ``value``."""
+    if not any(a or b for a, b in pads):
         return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+    return np.pad(x, ((0, 0), (0, 0), *pads), constant_values=value)
 
 
 def windows(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
-    """The read-only view ``[N, C, kh, kw, Ho, Wo]`` of the windows of the
-    (already padded) image ``xp``: element [n, c, i, j, y, x] is
-    ``xp[n, c, y*sh + i*dh, x*sw + j*dw]``."""
-    n, c = xp.shape[:2]
-    s_n, s_c, s_h, s_w = xp.strides
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out
-    return as_strided(xp, (n, c, kh, kw, ho, wo), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw),
-                      writeable=False)
+    """The read-only view ``[N, C, *kernel, *out]`` of the windows of the (already
+    padded) image ``xp``: element [n, c, *i, *y] is ``xp[n, c, *(y*s + i*d)]``."""
+    lead, spatial = xp.strides[:2], xp.strides[2:]
+    strides = (*lead, *(st * d for st, d in zip(spatial, dilation)), *(st * s for st, s in zip(spatial, stride)))
+    return as_strided(xp, (*xp.shape[:2], *kernel, *out), strides, writeable=False)
+
+
+def im2col(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> np.ndarray:
+    """The windows of ``x`` as ``[N, G, Cg*prod(kernel), prod(out)]``: the strided view
+    copied once in its own order (no transposes), a batched GEMM operand."""
+    n, c = x.shape[:2]
+    win = np.ascontiguousarray(windows(pad_image(x, pads), kernel, stride, dilation, out))
+    return win.reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(out))
 
 
 def offset_slices(kernel, stride, dilation, out):
-    """((i, j), index) for every kernel offset: ``xp[index]`` is the [N, C, Ho, Wo]
-    slice of the padded image that offset (i, j) of every window reads."""
-    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel, stride, dilation, out
-    for i in range(kh):
-        for j in range(kw):
-            yield (i, j), (slice(None), slice(None), slice(i * dh, i * dh + (ho - 1) * sh + 1, sh),
-                           slice(j * dw, j * dw + (wo - 1) * sw + 1, sw))
+    """(offset, index) for every kernel offset: ``xp[index]`` is the [N, C, *out]
+    slice of the padded image that this offset of every window reads."""
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        yield offset, (slice(None), slice(None),
+                       *(slice(i * d, i * d + (o - 1) * s + 1, s)
+                         for i, s, d, o in zip(offset, stride, dilation, out)))
 
 
-def fold(cols, size, kernel, stride, padding, dilation, dtype) -> np.ndarray:
-    """col2im, the transpose of ``windows``: sum ``cols(i, j)`` (a [N, C, Ho, Wo]
-    array per kernel offset, or one array used for every offset) into an image
-    of spatial ``size`` at the positions those windows read; padding is cut off."""
-    first = cols(0, 0) if callable(cols) else cols
-    n, c, ho, wo = first.shape
-    (h, w), (ph, pw) = size, padding
-    out = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dtype)
-    for (i, j), idx in offset_slices(kernel, stride, dilation, (ho, wo)):
-        out[idx] += cols(i, j) if callable(cols) else cols
-    return out[:, :, ph:ph + h, pw:pw + w]
+def fold(cols, size, kernel, stride, pads, dilation, dtype) -> np.ndarray:
+    """col2im, the transpose of ``windows``: sum ``cols[:, :, *offset]`` (an array
+    ``[N, C, *kernel, *out]``, or one ``[N, C, *out]`` array for every offset)
+    into an image of spatial ``size`` where the windows read; padding is cut off."""
+    k = len(size)
+    per_offset = cols.ndim == 2 + 2 * k
+    n, c, out = cols.shape[0], cols.shape[1], cols.shape[cols.ndim - k:]
+    image = np.zeros((n, c, *(m + a + b for m, (a, b) in zip(size, pads))), dtype=dtype)
+    for offset, idx in offset_slices(kernel, stride, dilation, out):
+        image[idx] += cols[(slice(None), slice(None), *offset)] if per_offset else cols
+    return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
-def window_counts(size, kernel, stride, padding, dtype) -> np.ndarray:
-    """[Ho, Wo]: how many real (unpadded) elements each pooling window covers."""
-    (h, w), (kh, kw), (sh, sw), (ph, pw) = size, kernel, stride, padding
-    rows = np.array([min(y * sh - ph + kh, h) - max(y * sh - ph, 0)
-                     for y in range((h + 2 * ph - kh) // sh + 1)])
-    cols = np.array([min(x * sw - pw + kw, w) - max(x * sw - pw, 0)
-                     for x in range((w + 2 * pw - kw) // sw + 1)])
-    return np.multiply.outer(rows, cols).astype(dtype)
+def window_counts(kernel, stride, dilation, out, lo, hi, dtype) -> np.ndarray:
+    """``[*out]``: how many taps of each window fall in [lo, hi) per axis, with
+    positions counted in the padded image."""
+    per_axis = []
+    for k, s, d, o, a, b in zip(kernel, stride, dilation, out, lo, hi):
+        taps = np.arange(o)[:, None] * s + np.arange(k)[None, :] * d
+        per_axis.append(((taps >= a) & (taps < b)).sum(axis=1))
+    counts = per_axis[0]
+    for c in per_axis[1:]:
+        counts = np.multiply.outer(counts, c)
+    return counts.astype(dtype)
