@@ -57,6 +57,19 @@ def test_std_of_a_constant_row_has_a_finite_gradient():
         np.testing.assert_array_equal(got, np.zeros(4))
 
 
+def test_relu_gradient_is_a_multiply_by_its_mask():
+    """docs/guarantees.md: a finite cotangent gives exactly 0 at v <= 0 (sqrt(relu) included, as
+    sqrt's gradient at 0 is 0); an infinite one (relu(v) ** 0.5 at 0) stays non-finite there."""
+    for got in _grad_both_backends("relu(v) * 3.0", V):
+        np.testing.assert_array_equal(got, [0.0, 0.0, 0.0, 3.0, 3.0])
+    for got in _grad_both_backends("leaky_relu(v, alpha = 0.25) * 2.0", V):
+        np.testing.assert_array_equal(got, [0.5, 0.5, 0.5, 2.0, 2.0])
+    for got in _grad_both_backends("sqrt(relu(v))", V):
+        np.testing.assert_allclose(got, [0.0, 0.0, 0.0, 1.0, 0.25])
+    for got in _grad_both_backends("relu(v) ** 0.5", V):
+        assert np.isnan(got[:3]).all() and np.isfinite(got[3:]).all(), got
+
+
 def test_squeeze_of_a_symbolic_dim_bound_to_one_follows_the_declared_type():
     m = dlc.compile("model m() { input x: f32[B, 3]\n output y = squeeze(x) }")
     for backend in ("numpy", "onnxruntime"):

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..types import FLOATS, ShapeError
+from ..types import FLOATS, ShapeError, np_dtype
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .shape import norm_axes
 
@@ -58,7 +58,9 @@ class Relu(_Activation):
         return np.maximum(x, 0)
 
     def grad(self, b, inputs, outputs, cts):
-        return [b.where(b.gt(inputs[0], 0.0), cts[0], 0.0)]
+        # the output gives the same mask as the input (y > 0 exactly where x > 0, NaN in both
+        # cases not) and is kept for the next layer anyway, so the pre-activation can die early
+        return [b.relu_grad(cts[0], outputs[0])]
 
 
 @register
@@ -70,10 +72,73 @@ class LeakyRelu(_Activation):
     samples = _UNARY + [Sample((Arg((5,)),), {"alpha": 0.2})]
 
     def kernel(self, x, alpha):
-        return np.where(x > 0, x, x * np.asarray(alpha, x.dtype))
+        scaled = x * np.asarray(alpha, x.dtype)
+        if 0.0 < alpha <= 1.0:  # then the larger of x and alpha·x is the one where() picks: no branch
+            return np.maximum(x, scaled, out=scaled if isinstance(scaled, np.ndarray) else None)
+        return np.where(x > 0, x, scaled)
 
     def grad(self, b, inputs, outputs, cts, alpha):
-        return [b.where(b.gt(inputs[0], 0.0), cts[0], b.mul(cts[0], alpha))]
+        return [b.relu_grad(cts[0], inputs[0], alpha=alpha)]
+
+
+@register
+class ReluGrad(_Activation):
+    """``relu_grad(dy, x, alpha=0.0)`` = dy * (1 if x > 0 else alpha): the gradient of
+    ``relu`` (alpha 0; ``x`` may be relu's input or its output, the mask is the same) and of
+    ``leaky_relu``.
+
+    A multiply by the mask, not a select: ``np.where`` is about 10x slower than a multiply
+    and onnxruntime's ``Where`` about 7x slower than ``Mul`` by a cast mask, a fifth of an
+    MLP's training step.  So a finite ``dy`` gives exactly 0 (times alpha) at x <= 0, a zero
+    ``dy`` stays zero, and a NaN or infinite ``dy`` stays non-finite there (docs/guarantees.md:
+    such a cotangent means a derivative downstream was infinite already)."""
+
+    name = "relu_grad"
+    inputs = ("dy", "x")
+    attrs = {"alpha": Attr("float", 0.0)}
+    samples = [Sample((Arg((3, 4)), Arg((3, 4)))), Sample((Arg(()), Arg(()))),
+               Sample((Arg((2, 5)), Arg((2, 5))), {"alpha": 0.2}),
+               Sample((Arg((2, 5)), Arg((2, 5))), {"alpha": -1.5})]
+
+    def shape(self, dy, x, alpha):
+        if dy != x:
+            raise ShapeError(f"`relu_grad` needs a cotangent of its input's type, got {dy} and {x}")
+        return super().shape(dy)
+
+    def kernel(self, dy, x, alpha):
+        return relu_grad(dy, x, alpha)
+
+    def grad(self, b, inputs, outputs, cts, alpha):
+        # linear in dy with the same mask; piecewise constant in x (zero almost everywhere)
+        return [b.relu_grad(cts[0], inputs[1], alpha=alpha), None]
+
+    def onnx(self, e, ins, outs, alpha):
+        t = e.in_types[0]
+        dt = np.dtype(np_dtype(t.dtype))
+        (positive,) = e.node("Greater", [ins[1], e.const(np.zeros((), dt))], 1)
+        (mask,) = e.node("Cast", [positive], 1, to=e.onnx_dtype(t.dtype))
+        if 0.0 < alpha <= 1.0:  # 1 where x > 0, alpha elsewhere (as the kernel computes it)
+            (mask,) = e.node("Max", [mask, e.const(np.asarray(alpha, dt))], 1)
+        elif alpha:
+            (mask,) = e.node("Mul", [mask, e.const(np.asarray(1.0 - alpha, dt))], 1)
+            (mask,) = e.node("Add", [mask, e.const(np.asarray(alpha, dt))], 1)
+        e.node("Mul", [ins[0], mask], outs)
+
+
+def relu_grad(dy, x, alpha=0.0, out=None):
+    """dy * (x > 0 ? 1 : alpha), into ``out`` when given (which may be ``dy`` or ``x``)."""
+    if out is None or out is dy:
+        # the mask as floats in a fresh buffer, then multiplied in place: one allocation, and
+        # float * float runs faster than float * bool
+        mask = np.greater(x, 0, out=np.empty(np.shape(dy), dy.dtype))
+    else:
+        mask = np.greater(x, 0, out=out)  # out may be x: elementwise, each read before its write
+    if 0.0 < alpha <= 1.0:
+        np.maximum(mask, alpha, out=mask)  # 1 stays 1, 0 becomes alpha: exactly
+    elif alpha:
+        np.multiply(mask, 1.0 - alpha, out=mask)  # alpha + (1 - alpha) · mask, within rounding
+        np.add(mask, alpha, out=mask)
+    return np.multiply(dy, mask, out=mask if out is None else out)
 
 
 @register

@@ -23,9 +23,12 @@ re-derive the chain's VJP that backprop already built from the primitives.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..types import ShapeError
+from .activation import relu_grad
 from .registry import Arg, Attr, Op, Sample, get_op, register
 
 
@@ -47,15 +50,15 @@ def _sigmoid(x, out=None):
     return np.add(y, half, out=y)
 
 
-# op → how the chain evaluates it: ``fn(*args, out=None)``, writing into ``out`` when given
-# (ufuncs themselves where the op's kernel is one ufunc call)
+# op → how the chain evaluates it: ``fn(*args, out=None, **attrs)``, writing into ``out`` when
+# given (ufuncs themselves where the op's kernel is one ufunc call)
 INPLACE = {
     "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": _div, "pow": np.power,
     "maximum": np.maximum, "minimum": np.minimum, "eq": np.equal, "ne": np.not_equal, "lt": np.less,
     "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "logical_and": np.logical_and,
     "logical_or": np.logical_or, "logical_not": np.logical_not, "neg": np.negative, "abs": np.absolute,
     "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "cos": np.cos, "sin": np.sin, "tanh": np.tanh,
-    "relu": _relu, "sigmoid": _sigmoid,
+    "relu": _relu, "sigmoid": _sigmoid, "relu_grad": relu_grad,
 }
 # ops evaluated by their own kernel (no out=); their results are fresh arrays the chain owns
 FRESH = ("where",)
@@ -82,6 +85,15 @@ class Fused(Op):
                {"program": (("mul", (0, 3), ()), ("add", (4, 1), ()), ("sqrt", (2,), ()),
                             ("div", (5, 6), ()), ("sub", (0, 7), ())),
                 "outputs": (8, 5), "reuse": (-1, 4, -1, 6, 7)}),
+        # relu's gradient with an attr, writing into its cotangent's buffer and into its mask's
+        Sample((Arg((3, 4)), Arg((3, 4))),
+               {"program": (("add", (0, 1), ()), ("relu", (2,), ()), ("mul", (3, 1), ()),
+                            ("relu_grad", (4, 3), (("alpha", 0.1),))),
+                "outputs": (5,), "reuse": (-1, 2, -1, 4)}),
+        Sample((Arg((3, 4)), Arg((3, 4))),
+               {"program": (("add", (0, 1), ()), ("relu", (2,), ()), ("mul", (3, 1), ()),
+                            ("relu_grad", (4, 3), (("alpha", 0.0),))),
+                "outputs": (5,), "reuse": (-1, 2, -1, 3)}),
         # an LSTM-style gate: sigmoid * tanh, where and a comparison
         Sample((Arg((3, 4)), Arg((3, 4))),
                {"program": (("sigmoid", (0,), ()), ("tanh", (1,), ()), ("mul", (2, 3), ()),
@@ -169,8 +181,8 @@ def _compiled(program, outputs, reuse, n_in: int):
         return hit[2]
     env, lines = {}, [f"def fused({', '.join(f'v{i}' for i in range(n_in))}):"]
     for j, (op, args, kw) in enumerate(program):
-        if op in INPLACE and not kw:
-            env[f"f{j}"] = INPLACE[op]
+        if op in INPLACE:
+            env[f"f{j}"] = functools.partial(INPLACE[op], **dict(kw)) if kw else INPLACE[op]
         else:
             env[f"f{j}"] = (lambda k, a: lambda *xs, out=None: k(*xs, **a))(get_op(op).kernel, dict(kw))
         out = f", out=v{reuse[j]}" if reuse and reuse[j] >= 0 else ""

@@ -5,7 +5,7 @@ order): a producer joins its consumer's group when it is elementwise and
 every node that reads it is in the group already or comes after the root in
 that order — then no path leaves the group and comes back (a node after the
 root cannot lead to a member), so the group can run as one step.  A member
-read after the group (``bias + relu``'s sum, read again by relu's gradient),
+read after the group (``tanh``'s output, read again by its gradient),
 or that is a named output or a next state (the Adam moments ``m``, ``v``),
 becomes an extra output of the fused node.  So the Adam update of one
 parameter (17 ops: moments, bias corrections, square root, step) is one node
@@ -166,10 +166,10 @@ def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:
         if v >= n_in and v not in outputs and types[v].rank > 0:
             dying.setdefault(j, []).append(v)
     reuse = []
-    for j, (op, _, kw) in enumerate(program):
+    for j, (op, _, _) in enumerate(program):
         for v in dying.get(j, ()):  # operands read for the last time here may take the result
             free.setdefault(types[v], []).append(v)
         v = n_in + j
-        pool = free.get(types[v]) if op in INPLACE and not kw else None
+        pool = free.get(types[v]) if op in INPLACE else None
         reuse.append(pool.pop() if pool else -1)
     return tuple(reuse)
