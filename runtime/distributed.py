@@ -109,12 +109,12 @@ class GradientWorker:
     wraps it in a Ray actor."""
 
     def __init__(self, source: ModelSource, spec, *, rank: int, world: int, seed: int, backend: str = "numpy",
-                 level: int = DEFAULT_LEVEL, threads: int | None = None):
+                 level: int = DEFAULT_LEVEL, threads: int | None = None, debug: bool = False):
         if threads is not None:  # a worker process is one of many on a node: BLAS gets `threads` of its cores
             from threadpoolctl import threadpool_limits
 
             self._limits = threadpool_limits(threads)
-        self.rank, self.world, self.spec, self.seed = rank, world, spec, seed
+        self.rank, self.world, self.spec, self.seed, self.debug = rank, world, spec, seed, debug
         self.runners = []
         for step in spec.steps:
             graph, _ = build_grad_graph(source, spec, step)
@@ -136,7 +136,8 @@ class GradientWorker:
     def grad(self, group: int, batch: BatchRef, key: int, values: Mapping[str, np.ndarray]) -> dict:
         """Loss, metrics, gradients and next model state of this worker's shard of ``batch``
         (``n`` = 0 and nothing else for an empty shard)."""
-        self.last_digest = params_digest(values)
+        if self.debug:  # hashing every parameter costs a pass over them: only when asked to check
+            self.last_digest = params_digest(values)
         idx = self.rows(batch)
         if len(idx) == 0:
             return {"n": 0}
@@ -146,7 +147,7 @@ class GradientWorker:
         return {"n": len(idx), **{k: np.asarray(v) for k, v in out.items()}}
 
     def digest(self) -> str:
-        """The hash of the parameters this worker computed its last gradients with."""
+        """The hash of the parameters this worker computed its last gradients with (debug mode)."""
         return self.last_digest
 
     def pid(self) -> int:
@@ -183,8 +184,9 @@ class DistributedTrainer:
                                hint="check --address, or leave it out to start Ray on this machine") from None
         source = ModelSource(model.loaded, model.defn, dict(model.hyper), dict(model.inputs))
         actor = _remote_worker(ray, max_restarts)
-        self.workers = [actor.remote(source, spec, rank=r, world=workers, seed=self.local.seed, backend=backend, level=self.local.level,
-                                     threads=threads_per_worker) for r in range(workers)]
+        self.workers = [actor.remote(source, spec, rank=r, world=workers, seed=self.local.seed, backend=backend,
+                                     level=self.local.level, threads=threads_per_worker, debug=debug)
+                        for r in range(workers)]
         steps_per_epoch = batches_per_epoch(self.n_train, spec.batch)
         self.updates = []
         for g in self.local.groups:
