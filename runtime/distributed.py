@@ -1,6 +1,6 @@
 """Synchronous data-parallel training on Ray.
 
-A :class:`DistributedTrainer` has the interface of :class:`~dlc.runtime.trainer.Trainer`
+A :class:`DistributedTrainer` is a :class:`~dlc.runtime.trainer.Trainer`
 (one call = one global batch), so the epoch loop, metrics, early stopping,
 checkpoints and ``--resume`` are the single-process ones unchanged.  What
 differs is where a step's work happens:
@@ -52,12 +52,13 @@ import numpy as np
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.optional import import_optional
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
+from dlc.compiler.training.step import StepGraph
 from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
-from .trainer import (RNG_MODULUS, batches_per_epoch, build_grad_graph, build_update_graph, load_splits, make_trainer,
-                      metric_key, rng_key)
+from .trainer import (RNG_MODULUS, Trainer, batches_per_epoch, build_grad_graph, build_update_graph, load_splits,
+                      trainer_args)
 
 WORKER_KEY_STRIDE = 1_000_003  # worker r's random key: the step's key + r * stride (mod the key range)
 LOOPBACK = "127.0.0.1"  # a Ray started here listens on this machine only
@@ -159,10 +160,11 @@ def _remote_worker(ray, max_restarts: int):
                                                           max_task_retries=max_restarts)
 
 
-class DistributedTrainer:
+class DistributedTrainer(Trainer):
     """Data-parallel steps of one training run over ``workers`` Ray actors (see the module
-    docstring).  Parameters, optimizer state, evaluation and checkpoints live on the
-    driver, in a single-process :class:`Trainer` whose store the update graphs write."""
+    docstring).  A :class:`Trainer` whose group runners are the optimizer updates alone:
+    parameters, optimizer state, evaluation and checkpoints stay on the driver, and
+    :meth:`_update` gathers each update's gradients from the workers."""
 
     def __init__(self, model, *, workers: int, address: str | None = None, backend: str = "numpy",
                  device: str = "cpu", seed: int | None = None, fresh: bool = True, timeout: float = 600.0,
@@ -170,9 +172,8 @@ class DistributedTrainer:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise DlcError("E0110", f"--workers must be a positive integer, got {workers!r}")
         self.ray = ray = import_optional("ray", "training on several workers (--workers)")
-        self.local = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh)
-        self.world, self.timeout, self.debug = workers, float(timeout), debug
-        spec = self.local.spec
+        self.timeout, self.debug, self._model = float(timeout), debug, model
+        args = trainer_args(model, seed=seed, fresh=fresh)
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             try:
@@ -184,88 +185,56 @@ class DistributedTrainer:
                                hint="check --address, or leave it out to start Ray on this machine") from None
         source = ModelSource(model.loaded, model.defn, dict(model.hyper), dict(model.inputs))
         actor = _remote_worker(ray, max_restarts)
-        self.workers = [actor.remote(source, spec, rank=r, world=workers, seed=self.local.seed, backend=backend,
-                                     level=self.local.level, threads=threads_per_worker, debug=debug)
+        self.workers = [actor.remote(source, args["spec"], rank=r, world=workers, seed=args["seed"], backend=backend,
+                                     level=args["level"], threads=threads_per_worker, debug=debug)
                         for r in range(workers)]
-        steps_per_epoch = batches_per_epoch(self.n_train, spec.batch)
-        self.updates = []
-        for g in self.local.groups:
-            s = spec.steps[g.index]
-            upd = build_update_graph(model, spec, s, steps_per_epoch)
-            self.updates.append(bind(upd.graph, self.local.store, backend, threads=self.local.threads,
-                                     level=self.local.level))
-        self.outputs: dict[int, dict] = {}
+        super().__init__(**args, backend=backend, device=device)
         self._get(self.workers[0].pid.remote())  # fail now, not at the first step, if workers cannot start
 
-    # -- the Trainer interface the epoch loop uses ---------------------------------------
-    def __getattr__(self, name):  # spec, seed, groups, store, params, state, evaluate, save, ...
-        if name == "local":
-            raise AttributeError(name)
-        return getattr(self.local, name)
-
-    @property
-    def global_step(self) -> int:
-        return self.local.global_step
-
-    @global_step.setter
-    def global_step(self, value: int) -> None:
-        self.local.global_step = value
+    def _bind(self, step: StepGraph):
+        """The group's optimizer update alone, bound to the driver's store."""
+        s = next(x for x in self.spec.steps if x.name == step.group)
+        update = build_update_graph(self._model, self.spec, s, batches_per_epoch(self.n_train, self.spec.batch))
+        return bind(update.graph, self.store, self.backend, threads=self.threads, level=self.level)
 
     @property
     def n_train(self) -> int:
-        return len(next(iter(self.local.splits["train"].values())))
+        return len(next(iter(self.splits["train"].values())))
 
     def train_batches(self, epoch: int) -> Iterator[tuple[BatchRef, int]]:
         """(batch, examples) pairs of one epoch: positions only, the workers hold the rows."""
-        size = self.local.spec.batch
+        size = self.spec.batch
         for i, start in enumerate(range(0, self.n_train, size)):
             yield BatchRef(epoch, i), min(size, self.n_train - start)
 
     def __call__(self, batch: BatchRef) -> dict[str, float]:
-        """One global batch: every step group due at this global step runs, in order,
-        ``repeat`` times, with the Trainer's random keys and ``sees`` rule."""
-        store = self.local.store
-        metrics: dict[str, float] = {}
-        self.outputs = {}
-        committed = False
-        step = self.global_step
-        groups = self.local.groups
-        names = [*self.local.param_names, *self.local.model_state]
-        at_start = self.local.params if any(g.step.sees == "start" for g in groups[1:]) else None
-        for g in groups:
-            if step % g.every:
-                continue
-            for r in range(g.step.repeat):
-                key = int(rng_key(self.local.seed, step, g.index + len(groups) * r))
-                sent = store.get(names)
-                if g.step.sees == "start" and at_start is not None:  # the others' parameters as the batch found them
-                    sent.update({k: at_start[k] for k in self.local.param_names if k not in g.step.params})
-                if self.debug:
-                    self._sent = sent
-                values = self.ray.put(sent)
-                parts = [p for p in self._get([w.grad.remote(g.index, batch, key, values) for w in self.workers])
-                         if p["n"]]
-                avg = _weighted_mean(parts)
-                out = self.updates[g.index]({k: v for k, v in avg.items() if k.startswith("grad/")})
-                self.updates[g.index].commit([*g.step.params, *g.step.state_init])
-                if not committed and g.step.model_state:
-                    store.set({k: avg[f"new/{k}"] for k in g.step.model_state})
-                    committed = True
-            metrics[g.loss_key] = float(avg["train/loss"])
-            self.outputs[g.index] = {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
-                                     **{k: v for k, v in avg.items() if k.startswith("metric/")}}
-            if g.index == 0:
-                metrics["lr"] = float(out["train/lr"])
-                for k, v in avg.items():
-                    name = metric_key(k, g.step.group)
-                    if name is not None and k.startswith("metric/"):
-                        metrics[name] = float(v)
-        self.global_step = step + 1
-        if self.debug and (batch.index + 1) * self.local.spec.batch >= self.n_train:  # once per epoch
+        metrics = super().__call__(batch)
+        if self.debug and (batch.index + 1) * self.spec.batch >= self.n_train:  # once per epoch
             self.check_consistent(self._sent)
         return metrics
 
     step = __call__
+
+    def _update(self, g, batch: BatchRef, key, start: Mapping[str, np.ndarray] | None, commit: list[str]) -> dict:
+        """One update of group ``g``: the workers' shard gradients of ``batch``, averaged by
+        shard size, through the group's optimizer update; the spec's state (when ``commit``
+        names it) is the workers' averaged next state."""
+        sent = self.store.get([*self.param_names, *self.model_state])
+        if start is not None:  # the other groups' parameters as the batch found them
+            sent.update({k: start[k] for k in self.param_names if k not in g.step.params})
+        if self.debug:
+            self._sent = sent
+        values = self.ray.put(sent)
+        parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
+                 if p["n"]]
+        avg = _weighted_mean(parts)
+        out = g.run({k: v for k, v in avg.items() if k.startswith("grad/")})
+        g.run.commit([*g.step.params, *g.step.state_init])
+        state = [k for k in g.step.model_state if k in commit]
+        if state:
+            self.store.set({k: avg[f"new/{k}"] for k in state})
+        return {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
+                **{k: v for k, v in avg.items() if k.startswith("metric/")}}
 
     def check_consistent(self, values: Mapping[str, np.ndarray]) -> None:
         """Raise E0404 unless every worker's last parameters hash like ``values`` (debug mode

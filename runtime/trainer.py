@@ -204,8 +204,7 @@ class Trainer:
             values.update({k: v for k, v in initial_state(s).items() if k not in values})
         self.store.set(self._as_declared(values))
         self.state_names = [k for k in values if k not in params]
-        self.groups = [_Group(i, s, bind(s.graph, self.store, backend, threads=self.threads, level=level))
-                       for i, s in enumerate(steps)]
+        self.groups = [_Group(i, s, self._bind(s)) for i, s in enumerate(steps)]
         self._graph = evaluator
         self._evaluator = None
         self.outputs: dict[int, dict] = {}  # the last step: group index -> its host outputs (train/loss, metric/*)
@@ -236,7 +235,11 @@ class Trainer:
         return out
 
     # -- stepping ------------------------------------------------------------------------
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def _bind(self, step: StepGraph):
+        """The runner of one step group's update, reading and committing the store."""
+        return bind(step.graph, self.store, self.backend, threads=self.threads, level=self.level)
+
+    def __call__(self, batch) -> dict[str, float]:
         """One batch: every step group due at this global step runs, in order, ``repeat``
         times (fresh random keys; repeat 0 has the key of a group without repeat).  A group
         with ``sees = start`` reads the other groups' parameters as the batch found them."""
@@ -248,23 +251,12 @@ class Trainer:
         for g in self.groups:
             if step % g.every:
                 continue
+            start = at_start if g.step.sees == "start" else None
             for r in range(g.step.repeat):
-                feeds = dict(batch)
-                feeds[RNG_INPUT] = rng_key(self.seed, step, g.index + len(self.groups) * r)
-                moved = None
-                if g.step.sees == "start" and at_start is not None:
-                    others = [k for k in self.param_names if k not in g.step.params]
-                    moved = self.store.get(others)
-                    self.store.set({k: at_start[k] for k in others})
-                out = g.run(feeds)
-                loss = float(out["train/loss"])
-                if not math.isfinite(loss):
-                    self._locate_nonfinite(g, feeds, loss)
-                g.run.commit(g.commit_later if committed else g.commit_first)
-                if moved is not None:
-                    self.store.set(moved)
+                key = rng_key(self.seed, step, g.index + len(self.groups) * r)
+                out = self._update(g, batch, key, start, g.commit_later if committed else g.commit_first)
                 committed = committed or bool(g.step.model_state)
-            metrics[g.loss_key] = loss
+            metrics[g.loss_key] = float(out["train/loss"])
             self.outputs[g.index] = out
             if g.index == 0:
                 metrics["lr"] = float(out["train/lr"])
@@ -274,6 +266,26 @@ class Trainer:
                         metrics[name] = float(v)
         self.global_step = step + 1
         return metrics
+
+    def _update(self, g: _Group, batch, key, start: Mapping[str, np.ndarray] | None, commit: list[str]) -> dict:
+        """Run group ``g`` once on ``batch`` with random key ``key`` and commit ``commit``; with
+        ``start``, the other groups' parameters are those values meanwhile.  Returns the
+        group's host outputs (``train/loss``, ``train/lr``, ``metric/*``)."""
+        feeds = dict(batch)
+        feeds[RNG_INPUT] = key
+        moved = None
+        if start is not None:
+            others = [k for k in self.param_names if k not in g.step.params]
+            moved = self.store.get(others)
+            self.store.set({k: start[k] for k in others})
+        out = g.run(feeds)
+        loss = float(out["train/loss"])
+        if not math.isfinite(loss):
+            self._locate_nonfinite(g, feeds, loss)
+        g.run.commit(commit)
+        if moved is not None:
+            self.store.set(moved)
+        return out
 
     step = __call__
 
@@ -344,12 +356,10 @@ def _declared_types(graphs) -> dict[str, np.dtype]:
     return out
 
 
-def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: int | None = None,
-                 fresh: bool = True, threads: int | None = None, steps_per_epoch: int | None = None,
-                 allow_nonfinite: bool = False) -> Trainer:
-    """A Trainer for ``model``'s train block.  ``fresh``: parameters initialised with the
-    training seed (same seed, same run); False continues from ``model.params`` / ``model.state``.
-    ``steps_per_epoch`` (for schedules) defaults to the training split's size / batch."""
+def trainer_args(model, *, seed: int | None = None, fresh: bool = True, steps_per_epoch: int | None = None,
+                 allow_nonfinite: bool = False) -> dict:
+    """The :class:`Trainer` constructor's arguments for ``model``'s train block (the step
+    graphs, initial values, data loader, evaluation graph); see :func:`make_trainer`."""
     spec = model.train_spec()
     seed = spec.seed if seed is None else seed
     splits: dict = {}
@@ -365,6 +375,17 @@ def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: in
     steps = build_steps(model, spec, steps_per_epoch)
     params = init_params(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.params.items()}
     state = init_state(model.graph, seed) if fresh else {k: np.array(v) for k, v in model.state.items()}
-    return Trainer(steps, params, state, model_state=list(state), backend=backend, device=device, seed=seed,
-                   evaluator=eval_graph(model, spec), threads=threads, loader=loader, spec=spec,
-                   spec_hash=model.spec_hash, name=model.name, level=getattr(model, "opt_level", DEFAULT_LEVEL))
+    return {"steps": steps, "params": params, "state": state, "model_state": list(state), "seed": seed,
+            "evaluator": eval_graph(model, spec), "loader": loader, "spec": spec, "spec_hash": model.spec_hash,
+            "name": model.name, "level": getattr(model, "opt_level", DEFAULT_LEVEL)}
+
+
+def make_trainer(model, *, backend: str = "numpy", device: str = "cpu", seed: int | None = None,
+                 fresh: bool = True, threads: int | None = None, steps_per_epoch: int | None = None,
+                 allow_nonfinite: bool = False) -> Trainer:
+    """A Trainer for ``model``'s train block.  ``fresh``: parameters initialised with the
+    training seed (same seed, same run); False continues from ``model.params`` / ``model.state``.
+    ``steps_per_epoch`` (for schedules) defaults to the training split's size / batch."""
+    args = trainer_args(model, seed=seed, fresh=fresh, steps_per_epoch=steps_per_epoch,
+                        allow_nonfinite=allow_nonfinite)
+    return Trainer(**args, backend=backend, device=device, threads=threads)
