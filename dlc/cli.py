@@ -1,5 +1,9 @@
 """The `dlc` command line: check, graph, summary, run, compile, train, export-weights, gradcheck, fmt.
 
+This module holds the main group, error reporting, the shared options and the
+inspection commands; ``cli_export`` (compile, export-weights) and ``cli_train``
+(train, gradcheck) add theirs to ``main``.
+
 Errors in a spec print as ``file:line:col`` + source line + caret, exit status 2;
 a misused command line (unknown option, malformed ``--bind``, a dim the model
 does not have) exits with status 64 (``EX_USAGE``).  A Python traceback appears
@@ -317,133 +321,6 @@ def _describe(arr) -> str:
     return f"min {arr.min()}  max {arr.max()}"
 
 
-@main.command(name="compile")
-@click.argument("file", type=click.Path())
-@click.option("--onnx", "to_onnx", is_flag=True, help="Write an ONNX model (the default and only format).")
-@click.option("--train", "train_step", is_flag=True, help="Export the self-contained training step.")
-@click.option("--grad", "grad_step", is_flag=True, help="Export loss, metrics and one gradient per parameter.")
-@click.option("--optimizer-step", "update_step", is_flag=True,
-              help="Export the optimizer update alone (gradients in, new parameters and slots out).")
-@click.option("--group", default=None, help="With --train/--grad/--optimizer-step: which step group "
-                                            "(default: the first).")
-@click.option("--outputs", default=None, metavar="A,B", help="Inference outputs to export (default: every "
-                                                             "output but the train block's losses and metrics).")
-@_checkpoint_option("Export")
-@click.option("-o", "output", type=click.Path(), default=None, help="Output path (default: next to FILE).")
-@click.option("--force", is_flag=True, help="Overwrite an existing file that dlc did not write.")
-@_with_model_options
-@_report
-def compile_cmd(file, to_onnx, train_step, grad_step, update_step, group, outputs, checkpoint, output, force,
-                model_name, hyper):
-    """Compile FILE to ONNX: the inference model, or the training step (--train), the gradients (--grad) or
-    the optimizer update (--optimizer-step)."""
-    from dlc.runtime.onnx_file import write_onnx
-
-    chosen = [k for k, on in (("train", train_step), ("grad", grad_step), ("update", update_step)) if on]
-    if len(chosen) > 1:
-        raise usage("--train, --grad and --optimizer-step each write one file: choose one")
-    kind = chosen[0] if chosen else "inference"
-    if group and kind == "inference":
-        raise usage("--group picks the step group of a training export: use it with --train, "
-                                "--grad or --optimizer-step")
-    if outputs and kind != "inference":
-        raise usage("--outputs chooses the inference model's outputs; training exports have fixed ones")
-    wanted = [o.strip() for o in outputs.split(",") if o.strip()] if outputs else None
-    if outputs is not None and not wanted:
-        raise usage("--outputs is empty", hint="name outputs: --outputs probs,logits")
-    m = _load(file, model_name, hyper, mode="eval" if kind == "inference" else "train", checkpoint=checkpoint)
-    suffix = (f".{group}" if group else "") + {"inference": ".onnx", "train": ".train.onnx", "grad": ".grad.onnx",
-                                               "update": ".update.onnx"}[kind]
-    target = Path(output) if output else Path(file).with_suffix(suffix)
-    proto = m.to_onnx(kind, group=group, outputs=wanted)
-    write_onnx(proto, target, force=force)
-    defaulted = {t.name for t in proto.graph.initializer}
-    fed = [i.name for i in proto.graph.input if i.name not in defaulted]
-    click.echo(f"wrote {target} ({target.stat().st_size:,} bytes, {len(proto.graph.node)} nodes; "
-               f"fed with {', '.join(fed) or 'nothing'})")
-    if checkpoint is None:
-        click.echo(UNTRAINED_NOTE, err=True)
-
-
-@main.command(name="export-weights")
-@click.argument("checkpoint", type=click.Path())
-@click.option("-o", "output", type=click.Path(), required=True, help="The .safetensors file to write.")
-@click.option("--last", is_flag=True, help="The last epoch's weights, not the best epoch's.")
-@_report
-def export_weights(checkpoint, output, last):
-    """Write the trained parameters and state of CHECKPOINT (a folder or manifest) under their dlc
-    names as a .safetensors file (needs `pip install 'dlc[safetensors]'`)."""
-    from dlc.runtime.weights import checkpoint_weights, write_safetensors
-
-    if Path(output).suffix != ".safetensors":
-        raise usage(f"`{output}` does not end in .safetensors", hint="-o weights.safetensors")
-    params, state, meta = checkpoint_weights(Path(checkpoint), best=not last)
-    size = write_safetensors(Path(output), params, state, meta)
-    click.echo(f"wrote {output} ({size:,} bytes: {len(params)} parameters, {len(state)} state tensors, "
-               f"epoch {meta['epoch']})")
-
-
-@main.command()
-@click.argument("file", type=click.Path())
-@click.option("--epochs", type=int, default=None, help="Override the train block's epochs.")
-@click.option("--seed", type=int, default=None, help="Override the train block's seed.")
-@click.option("--checkpoint", type=click.Path(), default=None, help="Directory for per-epoch checkpoints.")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint directory.")
-@click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
-@click.option("--no-progress", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
-@click.option("--log", "log_file", type=click.Path(), default=None,
-              help="Also write the per-epoch metrics to FILE (.jsonl: JSON lines, else CSV); a checkpoint "
-                   "folder always gets metrics.csv and metrics.jsonl.")
-@click.option("--workers", type=int, default=None, metavar="N",
-              help="Data-parallel training on N Ray workers (pip install 'dlc[ray]').")
-@click.option("--address", default=None, metavar="ADDR",
-              help="With --workers: join the Ray cluster at ADDR (default: start Ray on this machine).")
-@click.option("--device", default="cpu", show_default=True,
-              help="Where onnxruntime runs the steps: cpu, or cuda[:N] (onnxruntime-gpu).")
-@click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in the data set.")
-@_with_model_options
-@_report
-def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file, workers, address, device,
-          allow_nonfinite, model_name, hyper):
-    """Train FILE as its train block says."""
-    from dlc.runtime.train import train as run_training
-
-    if resume and not checkpoint:
-        raise usage("--resume needs --checkpoint DIR")
-    if address and workers is None:
-        raise usage("--address needs --workers N")
-    if workers is not None and workers < 1:
-        raise usage(f"--workers must be at least 1, got {workers}")
-    m = _load(file, model_name, hyper, mode="train")
-    debug = click.get_current_context().find_root().params.get("debug", False)
-    run_training(m, epochs=epochs, seed=seed, checkpoint=checkpoint, resume=resume, backend=backend,
-                 device=device, progress=not no_progress, echo=click.echo, log=log_file, workers=workers,
-                 address=address, debug=debug, allow_nonfinite=allow_nonfinite)
-    if not checkpoint:
-        click.echo("(parameters not saved: pass --checkpoint DIR to keep them and to resume)")
-
-
-@main.command()
-@click.argument("file", type=click.Path())
-@click.option("--tol", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--loss", "loss_name", default=None, help="The scalar output to differentiate (default: the train "
-                                                         "block's first loss, or `loss`).")
-@_with_model_options
-@_report
-def gradcheck(file, tol, seed, loss_name, model_name, hyper):
-    """Check symbolic gradients of every parameter against float64 central differences."""
-    from dlc.runtime.gradcheck import gradcheck as run_check
-
-    m = _load(file, model_name, hyper, mode="train")
-    worst = run_check(m, loss=loss_name, seed=seed, echo=click.echo)
-    bad = {k: v for k, v in worst.items() if v > tol}
-    if bad:
-        click.echo(f"{len(bad)} parameter(s) over tolerance {tol:g}", err=True)
-        sys.exit(1)
-    click.echo(f"all {len(worst)} parameters within {tol:g}")
-
-
 @main.command(name="fmt")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--check", "check_only", is_flag=True, help="Change nothing; exit 1 when a file is not formatted.")
@@ -475,5 +352,11 @@ def fmt_cmd(files, check_only):
         sys.exit(1)
 
 
-if __name__ == "__main__":
-    main()
+
+# the command groups of their own modules register themselves on `main`
+from dlc import cli_export, cli_train  # noqa: E402,F401
+
+if __name__ == "__main__":  # `python -m dlc.cli`: the importable module's group, which holds every command
+    from dlc.cli import main as _main
+
+    _main()

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_TOP = r"dlc(?:\s|$|\.(?:cli|model|exports|__main__)\b)"  # the package itself or its API/CLI modules
+_TOP = r"dlc(?:\s|$|\.(?:cli\w*|model|exports|__main__)\b)"  # the package itself or its API/CLI modules
 
 
 def _offenders(folder: str, forbidden: str, root: Path = ROOT) -> list[str]:

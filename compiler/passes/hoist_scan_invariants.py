@@ -33,7 +33,9 @@ from __future__ import annotations
 
 from ..builder import Builder
 from ..graph import Graph, Value
-from ..types import FLOATS, norm_axis
+from ..types import norm_axis
+from .hoist_scan_accumulators import hoist_accumulators
+from .scan_rewrite import Scan, binary_nodes, drop_unread, rebuild
 
 
 def hoist_scan_invariants(graph: Graph) -> int:
@@ -46,68 +48,15 @@ def hoist_scan_invariants(graph: Graph) -> int:
         n = _hoist_projections(graph, n)
         n = _hoist_maps(graph, n)
         n = _hoist_invariant_nodes(graph, n)
-        n = _hoist_accumulators(graph, n)
+        n = hoist_accumulators(graph, n)
         changed += n != first
     return changed
-
-
-# -- shared -----------------------------------------------------------------------------
-class _Scan:
-    """A scan node taken apart: body, counts, the outer values of each input group."""
-
-    def __init__(self, graph: Graph, n: int):
-        rec = graph[n]
-        self.n, self.rec = n, rec
-        a = rec.attrs
-        self.body: Graph = a["body"]
-        self.k, self.m, self.axis, self.reverse, self.res = (a["n_carry"], a["n_seq"], a["axis"], a["reverse"],
-                                                           a["residuals"])
-        ins = rec.inputs
-        self.carries, self.seqs, self.captured = list(ins[:self.k]), list(ins[self.k:self.k + self.m]), \
-            list(ins[self.k + self.m:])
-        self.ax = norm_axis(self.axis, graph.type_of(self.seqs[0]).rank)
-        self.n_y = len(self.body.outputs) - self.k
-        self.split = self.n_y - self.res
-
-    def out_index(self, j: int) -> int:
-        """The node output holding per-step output ``j`` (body order) stacked."""
-        return j if j < self.split else j + self.k
-
-
-def _rebuild(graph: Graph, s: _Scan, body: Graph, carries, seqs, captured, n_new_tail: int,
-             moved: dict[int, int]) -> int:
-    """Replace scan ``s`` by a node over ``body`` and the given inputs, whose
-    last ``n_new_tail`` per-step outputs are appended after its final carries;
-    ``moved`` sends old output indices to new ones (the caller redirects the
-    others, then removes the old node)."""
-    b = Builder(graph)
-    rec = s.rec
-    with b.at(scope=rec.scope, loc=rec.loc, role=rec.role, grad_of=rec.grad_of):
-        out = b.apply("scan", *carries, *seqs, *captured, body=body, n_carry=len(carries), n_seq=len(seqs),
-                      axis=s.ax, reverse=s.reverse, residuals=s.res + n_new_tail)
-    new = out[0].node
-    for old, idx in moved.items():
-        graph.replace_uses(Value(s.n, old), Value(new, idx))
-    return new
-
-
-def _drop_unread(body: Graph, inputs: list[int], keep: set[int]) -> list[bool]:
-    """Remove body input nodes nothing reads (except those in ``keep``); returns which stay."""
-    stay = []
-    outs = {v.node for v in body.outputs.values()}
-    for n in inputs:
-        used = n in keep or bool(body.consumers(n)) or n in outs
-        if not used:
-            body.remove_nodes([n])
-        stay.append(used)
-    return stay
-
 
 # -- per-step outputs nobody reads ---------------------------------------------------------------
 def _drop_unread_outputs(graph: Graph, n: int) -> int:
     """Stop stacking per-step outputs the graph never reads (BPTT's cotangent of a
     sequence that is an input, a cell output only its last carry is used of)."""
-    s = _Scan(graph, n)
+    s = Scan(graph, n)
     read = {v for u in graph.consumers(n) for v in graph[u].inputs if v.node == n}
     read |= {v for v in graph.outputs.values() if v.node == n}
     read |= {v for _, v in graph.state.values() if v is not None and v.node == n}
@@ -123,7 +72,7 @@ def _drop_unread_outputs(graph: Graph, n: int) -> int:
     moved = {s.out_index(j): (i if i < split else i + s.k) for i, j in enumerate(live)}
     moved.update({s.split + c: split + c for c in range(s.k)})
     s.res = sum(1 for j in live if j >= s.split)  # residuals kept
-    new = _rebuild(graph, s, new_body, s.carries, s.seqs, s.captured, 0, moved)
+    new = rebuild(graph, s, new_body, s.carries, s.seqs, s.captured, 0, moved)
     graph.remove_nodes([n])
     return new
 
@@ -132,7 +81,7 @@ def _drop_unread_outputs(graph: Graph, n: int) -> int:
 def _hoist_invariant_nodes(graph: Graph, n: int) -> int:
     """Compute outside the loop what reads only captured values (``transpose(Wh)``
     in BPTT's body); the scan captures the result instead."""
-    s = _Scan(graph, n)
+    s = Scan(graph, n)
     body = s.body
     cap_nodes = list(body.inputs[s.k + s.m:])
     outer = dict(zip(cap_nodes, s.captured))
@@ -166,11 +115,11 @@ def _hoist_invariant_nodes(graph: Graph, n: int) -> int:
         new_body.replace_uses(v, Value(p))
         new_caps.append((p, vmap[v]))
     new_body.prune({v.node for v in new_body.outputs.values()})
-    stay = _drop_unread(new_body, cap_nodes, set())
+    stay = drop_unread(new_body, cap_nodes, set())
     new_body.set_inputs(list(body.inputs[:s.k + s.m]) + [c for c, ok in zip(cap_nodes, stay) if ok]
                         + [p for p, _ in new_caps])
     captured = [v for v, ok in zip(s.captured, stay) if ok] + [v for _, v in new_caps]
-    new = _rebuild(graph, s, new_body, s.carries, s.seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
+    new = rebuild(graph, s, new_body, s.carries, s.seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
     graph.remove_nodes([n])
     return new
 
@@ -183,16 +132,12 @@ def _is_random(op: str) -> bool:
 
 # -- input projections ---------------------------------------------------------------------
 def _hoist_projections(graph: Graph, n: int) -> int:
-    s = _Scan(graph, n)
+    s = Scan(graph, n)
     body = s.body
     slice_of = {node: i for i, node in enumerate(body.inputs[s.k:s.k + s.m])}
     cap_of = {node: i for i, node in enumerate(body.inputs[s.k + s.m:])}
     found = []
-    for node in body.nodes():
-        rec = body[node]
-        if rec.op != "matmul":
-            continue
-        a, w = rec.inputs
+    for node, _, a, w in binary_nodes(body, "matmul"):
         if a.node in slice_of and w.node in cap_of and body.type_of(w).rank == 2 \
                 and s.ax < body.type_of(a).rank:  # the steps are rows, not the contracted axis
             found.append((node, slice_of[a.node], cap_of[w.node]))
@@ -211,14 +156,14 @@ def _hoist_projections(graph: Graph, n: int) -> int:
     new_body.remove_nodes([node for node, _, _ in found])
     proj_inputs = [v for v in new_body.nodes() if new_body.op(v) == "input" and v not in body.inputs]
     seq_nodes, cap_nodes = list(body.inputs[s.k:s.k + s.m]), list(body.inputs[s.k + s.m:])
-    seq_stay = _drop_unread(new_body, seq_nodes, set())
-    cap_stay = _drop_unread(new_body, cap_nodes, set())
+    seq_stay = drop_unread(new_body, seq_nodes, set())
+    cap_stay = drop_unread(new_body, cap_nodes, set())
     new_body.set_inputs(list(body.inputs[:s.k]) + [v for v, ok in zip(seq_nodes, seq_stay) if ok]
                         + proj_inputs + [v for v, ok in zip(cap_nodes, cap_stay) if ok])
     seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok] + projected
     captured = [v for v, ok in zip(s.captured, cap_stay) if ok]
     moved = {i: i for i in range(len(s.rec.types))}  # the outputs do not change
-    new = _rebuild(graph, s, new_body, s.carries, seqs, captured, 0, moved)
+    new = rebuild(graph, s, new_body, s.carries, seqs, captured, 0, moved)
     graph.remove_nodes([n])
     return new
 
@@ -235,7 +180,7 @@ def _hoist_maps(graph: Graph, n: int) -> int:
     with ``q`` step-dependent is first reassociated to ``(p_t + b) + q`` (the
     LSTM's ``x @ Wx + h @ Wh + b``).  One sweep over the body."""
     n = _reassociate_biases(graph, n)
-    s = _Scan(graph, n)
+    s = Scan(graph, n)
     body = s.body
     slices = dict(zip(body.inputs[s.k:s.k + s.m], s.seqs))
     caps = dict(zip(body.inputs[s.k + s.m:], s.captured))
@@ -287,18 +232,18 @@ def _hoist_maps(graph: Graph, n: int) -> int:
         inputs.append(p)
     new_body.prune({v.node for v in new_body.outputs.values()})
     seq_nodes, cap_nodes = list(body.inputs[s.k:s.k + s.m]), list(body.inputs[s.k + s.m:])
-    seq_stay = _drop_unread(new_body, seq_nodes, set())
-    cap_stay = _drop_unread(new_body, cap_nodes, set())
+    seq_stay = drop_unread(new_body, seq_nodes, set())
+    cap_stay = drop_unread(new_body, cap_nodes, set())
     new_body.set_inputs(list(body.inputs[:s.k]) + [v for v, ok in zip(seq_nodes, seq_stay) if ok]
                         + inputs + [v for v, ok in zip(cap_nodes, cap_stay) if ok])
     seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok] + [outer[v] for v in frontier]
     captured = [v for v, ok in zip(s.captured, cap_stay) if ok]
-    new = _rebuild(graph, s, new_body, s.carries, seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
+    new = rebuild(graph, s, new_body, s.carries, seqs, captured, 0, {i: i for i in range(len(s.rec.types))})
     graph.remove_nodes([n])
     return new
 
 
-def _map_operand(body: Graph, s: _Scan, v: Value, out, mapped: set, caps: dict) -> bool:
+def _map_operand(body: Graph, s: Scan, v: Value, out, mapped: set, caps: dict) -> bool:
     """Whether operand ``v`` of an elementwise node with result type ``out`` can
     be read from outside: a slice of the same shape, a captured value that
     broadcasts over trailing axes only, or a scalar constant."""
@@ -313,16 +258,12 @@ def _map_operand(body: Graph, s: _Scan, v: Value, out, mapped: set, caps: dict) 
 def _reassociate_biases(graph: Graph, n: int) -> int:
     """``(p_t + q_t) + b`` → ``(p_t + b) + q_t`` in the body, with ``p_t`` a
     sequence slice, ``b`` captured and the inner sum read nowhere else."""
-    s = _Scan(graph, n)
+    s = Scan(graph, n)
     body = s.body
     slices = set(body.inputs[s.k:s.k + s.m])
     caps = set(body.inputs[s.k + s.m:])
     plans = []
-    for node in body.nodes():
-        rec = body[node]
-        if rec.op != "add":
-            continue
-        inner, bias = rec.inputs
+    for node, rec, inner, bias in binary_nodes(body, "add"):
         if inner.node in caps:
             inner, bias = bias, inner
         if bias.node not in caps or body.op(inner.node) != "add" or body.consumers(inner.node) != [node]:
@@ -341,112 +282,6 @@ def _reassociate_biases(graph: Graph, n: int) -> int:
         new_body.set_input(inner, 1, bias)  # inner = p + b
         new_body.set_input(node, 0, Value(inner))
         new_body.set_input(node, 1, q)  # node = (p + b) + q
-    new = _rebuild(graph, s, new_body, s.carries, s.seqs, s.captured, 0, {i: i for i in range(len(s.rec.types))})
+    new = rebuild(graph, s, new_body, s.carries, s.seqs, s.captured, 0, {i: i for i in range(len(s.rec.types))})
     graph.remove_nodes([n])
     return new
-
-
-# -- accumulated gradients -------------------------------------------------------------------
-def _hoist_accumulators(graph: Graph, n: int) -> int:
-    s = _Scan(graph, n)
-    body = s.body
-    outs = list(body.outputs.items())
-    plans = {}  # carry index → (kind, per-step body Values to stack, add node)
-    for c in range(s.k):
-        plan = _accumulator(body, s, c, outs[c][1])
-        if plan is not None:
-            plans[c] = plan
-    if not plans:
-        return n
-    new_body = body.copy()
-    seq_inputs = {node: i for i, node in enumerate(body.inputs[s.k:s.k + s.m])}
-    per_step = {v: j for j, (_, v) in reversed(list(enumerate(outs[s.k:])))}  # already stacked
-    emitted: dict[Value, int] = {}  # per-step body Value → index among the new tail outputs
-    for c, (_, values, _) in plans.items():
-        for v in values:
-            if v.node not in seq_inputs and v not in per_step and v not in emitted:
-                emitted[v] = len(emitted)
-    keep_outs = [(name, v) for i, (name, v) in enumerate(outs) if i >= s.k or i not in plans]
-    tail = {f"acc{i}": (Builder(new_body).identity(v) if v in {o for _, o in outs} else v)
-            for v, i in emitted.items()}
-    new_body.set_outputs(dict(keep_outs) | tail)
-    carry_nodes = list(body.inputs[:s.k])
-    new_body.remove_nodes([add for _, _, add in plans.values()] + [carry_nodes[c] for c in plans])
-    new_body.set_inputs([v for c, v in enumerate(carry_nodes) if c not in plans] + list(body.inputs[s.k:]))
-    new_body.prune({v.node for v in new_body.outputs.values()})  # the per-step increments are dead now
-    kept = [c for c in range(s.k) if c not in plans]
-    moved = {j: j for j in range(s.split)}
-    moved.update({s.split + c: s.split + new_c for new_c, c in enumerate(kept)})
-    k2 = len(kept)
-    moved.update({s.out_index(j): s.split + k2 + (j - s.split) for j in range(s.split, s.n_y)})
-    new = _rebuild(graph, s, new_body, [s.carries[c] for c in kept], s.seqs, s.captured, len(emitted), moved)
-    # the sums over the steps, once, after the loop
-    first_tail = s.split + k2 + s.res
-    b = Builder(graph)
-    rec = graph[new]
-
-    def stacked(v: Value) -> Value:
-        if v.node in seq_inputs:
-            return s.seqs[seq_inputs[v.node]]
-        if v in per_step:
-            return Value(new, moved[s.out_index(per_step[v])])
-        return Value(new, first_tail + emitted[v])
-
-    with b.at(scope=rec.scope, loc=rec.loc, role=rec.role, grad_of=rec.grad_of):
-        for c, (kind, values, _) in plans.items():
-            t = graph.type_of(s.carries[c])
-            if kind == "gemm":
-                u, w = (stacked(v) for v in values)
-                flat_u = b.reshape(u, shape=(-1, graph.type_of(u).shape[-1]))
-                flat_w = b.reshape(w, shape=(-1, graph.type_of(w).shape[-1]))
-                total = b.matmul(b.transpose(flat_u, perm=(1, 0)), flat_w)
-            elif kind == "sum_to":
-                total = b.sum_to(stacked(values[0]), shape=t.shape)
-            else:
-                total = b.sum(stacked(values[0]), axes=(s.ax,))
-            init = s.carries[c]
-            if not _is_zero(graph, init):
-                total = b.add(init, total)
-            graph.replace_uses(Value(s.n, s.split + c), total)
-    graph.remove_nodes([n])
-    return new
-
-
-def _accumulator(body: Graph, s: _Scan, c: int, out: Value):
-    """If carry ``c`` is ``acc + g_t`` with a hoistable ``g_t``: (kind, values, add node)."""
-    cin = body.inputs[c]
-    t = body[cin].types[0]
-    if t.dtype not in FLOATS or body[out.node].op != "add" or out.index != 0:
-        return None
-    add = out.node
-    if body.consumers(cin) != [add] or body.consumers(add) or \
-            sum(v == out for v in body.outputs.values()) != 1:
-        return None
-    a, g = body[add].inputs
-    if g == Value(cin):
-        a, g = g, a
-    if a != Value(cin) or g.node == cin or body.type_of(g) != t:
-        return None
-    if body.consumers(g.node) != [add]:
-        return None  # the increment is read elsewhere too: keep the loop as it is
-    rec = body[g.node]
-    if rec.op == "matmul" and t.rank == 2:
-        ut, w = rec.inputs
-        if body[ut.node].op == "transpose" and tuple(body[ut.node].attrs["perm"] or (1, 0)) == (1, 0):
-            u = body[ut.node].inputs[0]
-            if body.type_of(u).rank == 2 and body.type_of(w).rank == 2 and s.ax <= 1 \
-                    and body.consumers(ut.node) == [g.node]:
-                return "gemm", [u, w], add
-    if rec.op == "sum_to":
-        w = rec.inputs[0]
-        rank = body.type_of(w).rank + 1
-        if s.ax < rank - t.rank and s.ax <= body.type_of(w).rank:  # the steps fall among the summed axes
-            return "sum_to", [w], add
-    if s.ax <= t.rank:
-        return "sum", [g], add
-    return None
-
-
-def _is_zero(graph: Graph, v: Value) -> bool:
-    rec = graph[v.node]
-    return rec.op == "fill" and rec.attrs["value"] == 0.0

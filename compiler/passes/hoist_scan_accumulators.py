@@ -1,0 +1,115 @@
+"""Weight gradients after the loop (step 5 of ``hoist_scan_invariants``): a carry
+that only accumulates, ``acc' = acc + g_t``, leaves the scan; the scan stacks
+the per-step operands and one GEMM, ``sum_to`` or sum after it adds them up."""
+from __future__ import annotations
+
+from ..builder import Builder
+from ..graph import Graph, Value
+from ..types import FLOATS
+from .scan_rewrite import Scan, rebuild
+
+
+# -- accumulated gradients -------------------------------------------------------------------
+def hoist_accumulators(graph: Graph, n: int) -> int:
+    s = Scan(graph, n)
+    body = s.body
+    outs = list(body.outputs.items())
+    plans = {}  # carry index → (kind, per-step body Values to stack, add node)
+    for c in range(s.k):
+        plan = _accumulator(body, s, c, outs[c][1])
+        if plan is not None:
+            plans[c] = plan
+    if not plans:
+        return n
+    new_body = body.copy()
+    seq_inputs = {node: i for i, node in enumerate(body.inputs[s.k:s.k + s.m])}
+    per_step = {v: j for j, (_, v) in reversed(list(enumerate(outs[s.k:])))}  # already stacked
+    emitted: dict[Value, int] = {}  # per-step body Value → index among the new tail outputs
+    for c, (_, values, _) in plans.items():
+        for v in values:
+            if v.node not in seq_inputs and v not in per_step and v not in emitted:
+                emitted[v] = len(emitted)
+    keep_outs = [(name, v) for i, (name, v) in enumerate(outs) if i >= s.k or i not in plans]
+    tail = {f"acc{i}": (Builder(new_body).identity(v) if v in {o for _, o in outs} else v)
+            for v, i in emitted.items()}
+    new_body.set_outputs(dict(keep_outs) | tail)
+    carry_nodes = list(body.inputs[:s.k])
+    new_body.remove_nodes([add for _, _, add in plans.values()] + [carry_nodes[c] for c in plans])
+    new_body.set_inputs([v for c, v in enumerate(carry_nodes) if c not in plans] + list(body.inputs[s.k:]))
+    new_body.prune({v.node for v in new_body.outputs.values()})  # the per-step increments are dead now
+    kept = [c for c in range(s.k) if c not in plans]
+    moved = {j: j for j in range(s.split)}
+    moved.update({s.split + c: s.split + new_c for new_c, c in enumerate(kept)})
+    k2 = len(kept)
+    moved.update({s.out_index(j): s.split + k2 + (j - s.split) for j in range(s.split, s.n_y)})
+    new = rebuild(graph, s, new_body, [s.carries[c] for c in kept], s.seqs, s.captured, len(emitted), moved)
+    # the sums over the steps, once, after the loop
+    first_tail = s.split + k2 + s.res
+    b = Builder(graph)
+    rec = graph[new]
+
+    def stacked(v: Value) -> Value:
+        if v.node in seq_inputs:
+            return s.seqs[seq_inputs[v.node]]
+        if v in per_step:
+            return Value(new, moved[s.out_index(per_step[v])])
+        return Value(new, first_tail + emitted[v])
+
+    with b.at(scope=rec.scope, loc=rec.loc, role=rec.role, grad_of=rec.grad_of):
+        for c, (kind, values, _) in plans.items():
+            t = graph.type_of(s.carries[c])
+            if kind == "gemm":
+                u, w = (stacked(v) for v in values)
+                flat_u = b.reshape(u, shape=(-1, graph.type_of(u).shape[-1]))
+                flat_w = b.reshape(w, shape=(-1, graph.type_of(w).shape[-1]))
+                total = b.matmul(b.transpose(flat_u, perm=(1, 0)), flat_w)
+            elif kind == "sum_to":
+                total = b.sum_to(stacked(values[0]), shape=t.shape)
+            else:
+                total = b.sum(stacked(values[0]), axes=(s.ax,))
+            init = s.carries[c]
+            if not _is_zero(graph, init):
+                total = b.add(init, total)
+            graph.replace_uses(Value(s.n, s.split + c), total)
+    graph.remove_nodes([n])
+    return new
+
+
+def _accumulator(body: Graph, s: Scan, c: int, out: Value):
+    """If carry ``c`` is ``acc + g_t`` with a hoistable ``g_t``: (kind, values, add node)."""
+    cin = body.inputs[c]
+    t = body[cin].types[0]
+    if t.dtype not in FLOATS or body[out.node].op != "add" or out.index != 0:
+        return None
+    add = out.node
+    if body.consumers(cin) != [add] or body.consumers(add) or \
+            sum(v == out for v in body.outputs.values()) != 1:
+        return None
+    a, g = body[add].inputs
+    if g == Value(cin):
+        a, g = g, a
+    if a != Value(cin) or g.node == cin or body.type_of(g) != t:
+        return None
+    if body.consumers(g.node) != [add]:
+        return None  # the increment is read elsewhere too: keep the loop as it is
+    rec = body[g.node]
+    if rec.op == "matmul" and t.rank == 2:
+        ut, w = rec.inputs
+        if body[ut.node].op == "transpose" and tuple(body[ut.node].attrs["perm"] or (1, 0)) == (1, 0):
+            u = body[ut.node].inputs[0]
+            if body.type_of(u).rank == 2 and body.type_of(w).rank == 2 and s.ax <= 1 \
+                    and body.consumers(ut.node) == [g.node]:
+                return "gemm", [u, w], add
+    if rec.op == "sum_to":
+        w = rec.inputs[0]
+        rank = body.type_of(w).rank + 1
+        if s.ax < rank - t.rank and s.ax <= body.type_of(w).rank:  # the steps fall among the summed axes
+            return "sum_to", [w], add
+    if s.ax <= t.rank:
+        return "sum", [g], add
+    return None
+
+
+def _is_zero(graph: Graph, v: Value) -> bool:
+    rec = graph[v.node]
+    return rec.op == "fill" and rec.attrs["value"] == 0.0
