@@ -41,6 +41,7 @@ from dlc.compiler.onnx_export import export_graph  # noqa: E402
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize  # noqa: E402
 from dlc.runtime.ort import OrtSession  # noqa: E402
 from dlc.runtime.trainer import build_steps  # noqa: E402
+from timing import run_times  # noqa: E402
 from workloads import WORKLOADS, Workload  # noqa: E402
 
 STEPS_PER_EPOCH = 100  # for schedules; the workloads have none
@@ -166,12 +167,7 @@ class Setup:
             graph = optimize(step.graph, DEFAULT_LEVEL, "onnx")
             export_graph(graph, params=None, name=m.name, train=True).SerializeToString()
 
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            once()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        return statistics.median(run_times(once, reps, warm=False))
 
     def peak_step_mb(self) -> float:
         tracemalloc.start()

@@ -11,7 +11,6 @@ quartile of 300 steps each.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -19,16 +18,11 @@ import dlc
 from dlc.compiler.training.step import initial_state
 from dlc.runtime.data import batches
 from dlc.runtime.runner import make_runner
+from timing import run_times
 
 
 def quartile_us(fn, n: int = 300) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
+    times = sorted(run_times(fn, n))
     return times[len(times) // 4] * 1e6
 
 

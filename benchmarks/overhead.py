@@ -12,7 +12,6 @@ the generated hot path) is shown for comparison.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from dlc.compiler.builder import Builder
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.types import TensorType
 from dlc.runtime.interpreter import Plan
+from timing import run_times
 
 N = 2000  # kernel calls per chain
 
@@ -43,13 +43,7 @@ def chain(op: str, length: int = N, **attrs) -> Graph:
 def best(fn, reps=40) -> float:
     """The fastest of ``reps`` runs (the least disturbed by other processes), interleaving-free."""
     with np.errstate(all="ignore"):  # the sums overflow to inf: harmless here
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return min(times)
+        return min(run_times(fn, reps))
 
 
 def measure(op: str, **attrs) -> tuple[float, float, int]:

@@ -1,6 +1,9 @@
 """Running the command line in-process for tests (click's CliRunner)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from dlc.cli import main
@@ -23,3 +26,11 @@ def cli(*args, code: int = 0):
     if code == 0:
         assert result.exception is None, result.exception
     return result
+
+
+def assert_matches_golden(text: str, golden: Path) -> None:
+    """``text`` must equal the file ``golden``; with DLC_UPDATE_GOLDEN=1 it is first rewritten."""
+    if os.environ.get("DLC_UPDATE_GOLDEN") == "1":
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no {golden.name}; run with DLC_UPDATE_GOLDEN=1 to create it"
+    assert text == golden.read_text(encoding="utf-8")

@@ -89,3 +89,15 @@ def gradient_cases(all_cases) -> list:
 
 def seed_of(case_id: str) -> int:
     return zlib.crc32(case_id.encode())
+
+
+def weighted_sum(b, values, rng):
+    """sum_k sum(v_k * w_k) over the float values, fixed random weights w_k; None if none is float."""
+    total = None
+    for v in values:
+        t = b.type(v)
+        if t.dtype not in ("f32", "f64"):
+            continue
+        term = b.sum(b.mul(v, b.const(rng.standard_normal(tuple(t.shape)), t.dtype)))
+        total = term if total is None else b.add(total, term)
+    return total

@@ -16,19 +16,17 @@ Every error code of grammar/errors.py has at least one golden program.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from cli_harness import runner
+from cli_harness import assert_matches_golden, runner
 from dlc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = ROOT / "tests" / "bad"
 PROGRAMS = sorted(p for p in BAD.rglob("*.dl") if not p.name.startswith("_"))
-UPDATE = os.environ.get("DLC_UPDATE_GOLDEN") == "1"
 
 
 def check(monkeypatch, *paths: str):
@@ -68,11 +66,7 @@ def test_golden_error_message(program, monkeypatch, tmp_path):
     assert "Traceback" not in result.output and "Traceback" not in result.stderr
     if command == ["check"]:
         assert result.stdout == ""
-    expected = program.with_suffix(".expected")
-    if UPDATE:
-        expected.write_text(result.stderr, encoding="utf-8")
-    assert expected.exists(), f"no {expected.name}; run with DLC_UPDATE_GOLDEN=1 to create it"
-    assert result.stderr == expected.read_text(encoding="utf-8")
+    assert_matches_golden(result.stderr, program.with_suffix(".expected"))
 
 
 def test_messages_have_relative_paths_and_a_caret():

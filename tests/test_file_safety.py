@@ -234,12 +234,18 @@ def test_a_manifest_pointed_at_an_older_npz_is_caught(tmp_path):
 
 
 # -- resuming -----------------------------------------------------------------------
-def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
+def _trained_and_checkpointed(tmp_path):
+    """A 4-epoch spec, a model trained on it whole, and a folder of checkpoints of its first 3 epochs."""
     spec = regression(tmp_path, epochs=4)
     whole = dlc.load(spec, mode="train")
     whole.train(**QUIET)
     folder = tmp_path / "ck"
     dlc.load(spec, mode="train").train(checkpoint=folder, epochs=3, **QUIET)
+    return spec, whole, folder
+
+
+def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
+    spec, whole, folder = _trained_and_checkpointed(tmp_path)
     newest = ck.latest(folder)
     npz = folder / json.loads(newest.read_text())["npz"]
     npz.write_bytes(npz.read_bytes()[:50])
@@ -254,11 +260,7 @@ def test_resume_falls_back_to_the_newest_valid_checkpoint(tmp_path):
 
 def test_resume_from_a_manifest_path_continues_there(tmp_path):
     """The E0403 hint's own advice: `--checkpoint D/ckpt-N.json --resume` continues from that epoch."""
-    spec = regression(tmp_path, epochs=4)
-    whole = dlc.load(spec, mode="train")
-    whole.train(**QUIET)
-    folder = tmp_path / "ck"
-    dlc.load(spec, mode="train").train(checkpoint=folder, epochs=3, **QUIET)
+    spec, whole, folder = _trained_and_checkpointed(tmp_path)
     second = sorted(folder.glob("ckpt-*.json"))[1]
     said = []
     m = dlc.load(spec, mode="train")

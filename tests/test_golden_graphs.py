@@ -7,17 +7,16 @@ to review; when it is intended, rewrite the files:
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from cli_harness import assert_matches_golden
 from dlc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
-UPDATE = os.environ.get("DLC_UPDATE_GOLDEN") == "1"
 
 
 @pytest.mark.parametrize("spec", ["mlp", "lstm"])
@@ -25,8 +24,4 @@ def test_graph_dump_matches_golden(spec, monkeypatch):
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(main, ["graph", f"specs/{spec}.dl"])
     assert result.exit_code == 0, result.output
-    golden = GOLDEN / f"{spec}.txt"
-    if UPDATE:
-        golden.write_text(result.output, encoding="utf-8")
-    assert golden.exists(), f"no {golden.name}; run with DLC_UPDATE_GOLDEN=1 to create it"
-    assert result.output == golden.read_text(encoding="utf-8")
+    assert_matches_golden(result.output, GOLDEN / f"{spec}.txt")

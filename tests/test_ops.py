@@ -14,7 +14,7 @@ from dlc.compiler.ops.registry import missing_parts
 from dlc.compiler.passes.backprop import backprop
 from dlc.runtime.interpreter import Plan
 
-from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of
+from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of, weighted_sum
 
 ALL = cases()
 IDS = [c[0] for c in ALL]
@@ -54,14 +54,7 @@ def test_gradient_matches_finite_differences(case):
         pytest.skip("no float inputs")
     rng = np.random.default_rng(seed_of(case_id) + 1)
     # loss = sum_k sum(y_k * w_k) with fixed random weights: exercises every output's cotangent
-    loss = None
-    for v in outs:
-        t = g.type_of(v)
-        if t.dtype not in ("f32", "f64"):
-            continue
-        w = b.const(rng.standard_normal(tuple(t.shape)), t.dtype)
-        term = b.sum(b.mul(v, w))
-        loss = term if loss is None else b.add(loss, term)
+    loss = weighted_sum(b, outs, rng)
     if loss is None:
         pytest.skip("no float outputs")
     names = sorted(params)

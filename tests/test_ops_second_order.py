@@ -15,20 +15,9 @@ import pytest
 from dlc.compiler.passes.backprop import backprop
 from dlc.runtime.interpreter import Plan
 
-from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of
+from op_harness import cases, gradient_cases, materialise, one_op_graph, seed_of, weighted_sum
 
 CASES = gradient_cases(cases())
-
-
-def _weighted_sum(b, values, rng):
-    total = None
-    for v in values:
-        t = b.type(v)
-        if t.dtype not in ("f32", "f64"):
-            continue
-        term = b.sum(b.mul(v, b.const(rng.standard_normal(tuple(t.shape)), t.dtype)))
-        total = term if total is None else b.add(total, term)
-    return total
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -39,12 +28,12 @@ def test_second_derivative_matches_finite_differences(case):
     if not params:
         pytest.skip("no float inputs")
     rng = np.random.default_rng(seed_of(case_id) + 2)
-    loss = _weighted_sum(b, outs, rng)
+    loss = weighted_sum(b, outs, rng)
     if loss is None:
         pytest.skip("no float outputs")
     names = sorted(params)
     first = backprop(g, loss, names, builder=b)
-    loss2 = _weighted_sum(b, [first[n] for n in names], rng)
+    loss2 = weighted_sum(b, [first[n] for n in names], rng)
     second = backprop(g, loss2, names, builder=b)
     g.set_outputs({"loss2": loss2, **{f"d{n}": second[n] for n in names}})
     g.verify()

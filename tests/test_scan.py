@@ -57,6 +57,21 @@ def _data(Tn=5, Bn=2, I=3, H=4, seed=0):
             {"Wx": rng.standard_normal((I, H)) * 0.5, "Wh": rng.standard_normal((H, H)) * 0.5})
 
 
+def numeric_param_grads(plan, output, feeds, params, names, eps=1e-6):
+    """Central finite differences of `plan`'s scalar `output` in each parameter of `names`."""
+    grads = {}
+    for name in names:
+        num = np.zeros_like(params[name])
+        for idx in np.ndindex(*params[name].shape):
+            hi, lo = params[name].copy(), params[name].copy()
+            hi[idx] += eps
+            lo[idx] -= eps
+            num[idx] = (plan.run(feeds, {**params, name: hi})[output]
+                        - plan.run(feeds, {**params, name: lo})[output]) / (2 * eps)
+        grads[name] = num
+    return grads
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_matches_a_python_loop(reverse):
     g, _, _ = rnn_graph(reverse=reverse)
@@ -84,14 +99,7 @@ def test_bptt_matches_finite_differences(reverse, hoist):
     out = Plan(g).run(feeds, params)
     loss_plan = Plan(g, ["loss"])
     eps = 1e-6
-    for name in ("Wx", "Wh"):
-        num = np.zeros_like(params[name])
-        for idx in np.ndindex(*params[name].shape):
-            hi, lo = params[name].copy(), params[name].copy()
-            hi[idx] += eps
-            lo[idx] -= eps
-            num[idx] = (loss_plan.run(feeds, {**params, name: hi})["loss"]
-                        - loss_plan.run(feeds, {**params, name: lo})["loss"]) / (2 * eps)
+    for name, num in numeric_param_grads(loss_plan, "loss", feeds, params, ("Wx", "Wh"), eps).items():
         np.testing.assert_allclose(out["d" + name], num, rtol=1e-5, atol=1e-7)
     num = np.zeros_like(feeds["xs"])
     for idx in np.ndindex(*feeds["xs"].shape):

@@ -161,7 +161,7 @@ def test_second_order_through_bptt_matches_finite_differences(hoist):
     from dlc.compiler.passes.backprop import backprop
     from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
     from dlc.runtime.interpreter import Plan
-    from test_scan import _data, rnn_graph
+    from test_scan import _data, numeric_param_grads, rnn_graph
 
     g, b, loss = rnn_graph()
     grads = backprop(g, loss, ["Wx", "Wh"], builder=b)
@@ -175,13 +175,5 @@ def test_second_order_through_bptt_matches_finite_differences(hoist):
     feeds, params = _data()
     out = Plan(g).run(feeds, params)
     plan = Plan(g, ["penalty"])
-    eps = 1e-6
-    for name in ("Wx", "Wh"):
-        num = np.zeros_like(params[name])
-        for idx in np.ndindex(*params[name].shape):
-            hi, lo = params[name].copy(), params[name].copy()
-            hi[idx] += eps
-            lo[idx] -= eps
-            num[idx] = (plan.run(feeds, {**params, name: hi})["penalty"]
-                        - plan.run(feeds, {**params, name: lo})["penalty"]) / (2 * eps)
+    for name, num in numeric_param_grads(plan, "penalty", feeds, params, ("Wx", "Wh")).items():
         np.testing.assert_allclose(out["d" + name], num, rtol=1e-6, atol=1e-8)

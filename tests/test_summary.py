@@ -5,18 +5,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import dlc
+from cli_harness import assert_matches_golden
 from dlc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "summary"
-UPDATE = os.environ.get("DLC_UPDATE_GOLDEN") == "1"
 SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.dl"))
 
 
@@ -25,10 +24,7 @@ def test_summary_matches_golden(spec, monkeypatch):
     monkeypatch.chdir(ROOT)
     result = CliRunner().invoke(main, ["summary", f"specs/{spec}.dl"])
     assert result.exit_code == 0, result.output
-    golden = GOLDEN / f"{spec}.txt"
-    if UPDATE:
-        golden.write_text(result.output, encoding="utf-8")
-    assert result.output == golden.read_text(encoding="utf-8")
+    assert_matches_golden(result.output, GOLDEN / f"{spec}.txt")
 
 
 def _rows(spec: str):
