@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from dlc.compiler.ops.activation import relu_grad
-from dlc.compiler.ops.arith import SELECT_MIN_SIZE, select
+from dlc.compiler.ops.compare import SELECT_MIN_SIZE, select
 
 
 def _same_bits(got, want):

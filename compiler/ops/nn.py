@@ -1,7 +1,7 @@
 """The nn (vision) family: convolutions of every spatial rank here; their
-gradient primitives in ``conv_grad.py``; pooling and upsampling in
-``pool.py`` (both imported at the bottom, so loading the family module ``nn``
-registers them all).
+gradient primitives in ``conv_grad.py``; pooling in ``pool.py``, its
+gradient primitives in ``pool_grad.py``, upsampling in ``upsample.py`` (all
+imported at the bottom, so loading the family module ``nn`` registers them all).
 
 One implementation serves every rank k (``RANKS``): ``conv1d``, ``conv2d``,
 ``conv3d``, ``conv_transpose1d`` … are the same class registered per rank,
@@ -50,7 +50,7 @@ CONV_ATTRS = {"stride": Attr("ints", (1,), doc="int or one per spatial axis"),
               "groups": Attr("int", 1)}
 
 
-# -- attribute and shape helpers (shared with conv_grad.py and pool.py) ---------------------
+# -- attribute and shape helpers (shared with conv_grad.py and the pool modules) ----------
 def conv_params(op: str, k: int, kernel, stride, padding, dilation, groups):
     """(stride, pads, dilation) validated for rank ``k``: k-tuples and k (before, after) pairs."""
     if groups < 1:
@@ -349,4 +349,4 @@ def per_rank(base: type, name: str, cases, sample) -> None:
 per_rank(Conv, "conv{k}d", CONV_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
 per_rank(ConvTranspose, "conv_transpose{k}d", TRANSPOSE_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
 
-from . import conv_grad, pool  # noqa: E402,F401  (the gradient primitives; pooling and upsampling)
+from . import conv_grad, pool, pool_grad, upsample  # noqa: E402,F401  (the gradient primitives; pooling, its gradients, upsampling)

@@ -1,7 +1,7 @@
-"""Pooling of every spatial rank and upsampling (registered by ``nn.py``'s
-import): ``max_pool{k}d``, ``avg_pool{k}d``, ``global_avg_pool``,
-``global_max_pool``, ``upsample_nearest``, ``upsample``, and the gradient
-primitives ``max_pool{k}d_grad``, ``max_pool{k}d_pick``, ``avg_pool{k}d_grad``,
+"""Pooling of every spatial rank (registered by ``nn.py``'s import):
+``max_pool{k}d``, ``avg_pool{k}d``, ``global_avg_pool``, ``global_max_pool``;
+the gradient primitives ``max_pool{k}d_grad``, ``max_pool{k}d_pick``,
+``avg_pool{k}d_grad`` are in ``pool_grad.py`` (upsampling: ``upsample.py``),
 one class each registered for every k in ``nn.RANKS``.
 
 Windows: ``kernel``, ``stride`` (default: the kernel, non-overlapping) and
@@ -42,11 +42,10 @@ import math
 
 import numpy as np
 
-from ..types import ShapeError, TensorType, np_dtype, same_dtype
-from .nn import RANKS, check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of, transpose_to_size
+from ..types import ShapeError, TensorType, np_dtype
+from .nn import check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of
 from .registry import Arg, Attr, Composite, Op, Sample, register
-from .shape import i64
-from .windows import axis_names, ceil_extra, fold, ntuple, offset_slices, pad_image, resolve_pads, window_counts, windows
+from .windows import axis_names, ceil_extra, ntuple, offset_slices, pad_image, resolve_pads, window_counts, windows
 
 WINDOW_ATTRS = {"kernel": Attr("ints", doc="int or one per spatial axis"),
                 "stride": Attr("ints", None, doc="int or one per axis; default: the kernel"),
@@ -172,31 +171,6 @@ def flat_argmax(x: np.ndarray, win: Window) -> np.ndarray:
     return flat
 
 
-def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
-    """``dy`` scattered onto each window's argmax: written slice by slice when the
-    windows tile ``x`` (every element is in one window), else one ``bincount``."""
-    if win.tiles():
-        arg = window_argmax(x, win)
-        out = np.zeros_like(x)
-        view, slices = _tiles(out, win)
-        for k, idx in enumerate(slices):
-            np.multiply(dy, arg == k, out=view[idx])
-        return out
-    flat = np.bincount(flat_argmax(x, win).ravel(), weights=dy.ravel(), minlength=x.size)
-    return flat.reshape(x.shape).astype(x.dtype, copy=False)
-
-
-def max_pick_np(x: np.ndarray, t: np.ndarray, win: Window) -> np.ndarray:
-    if win.tiles():
-        arg = window_argmax(x, win)
-        view, slices = _tiles(t, win)
-        out = np.empty(arg.shape, dtype=t.dtype)
-        for k, idx in enumerate(slices):
-            np.copyto(out, view[idx], where=arg == k)
-        return out
-    return t.reshape(-1)[flat_argmax(x, win)]
-
-
 # (x shape, attrs) rows, every rank: default stride, strided + padded, rectangular,
 # overlapping, dilated, asymmetric and "same" padding, ceil mode
 MAX_CASES = [((2, 3, 8), {"kernel": 2}),
@@ -240,80 +214,8 @@ class MaxPool(Op):
         e.node("MaxPool", ins, outs, dilations=list(win.dilation), **win.onnx_attrs(self.name))
 
 
-def _indices(e, op: str, k: int, x: str, window: dict) -> str:
-    win = Window(op, k, e.in_types[0].shape[2:], **window)
-    return e.node("MaxPool", [x], 2, dilations=list(win.dilation), **win.onnx_attrs(op))[1]
-
-
-class MaxPoolGrad(Op):
-    """``max_pool{k}d_grad(x, dy, kernel, stride, padding, dilation, ceil_mode)``: ``dy``
-    (shaped like the pooled output) added onto the first maximum of each window of ``x``."""
-
-    family = "nn"
-    rank = 2
-    inputs = ("x", "dy")
-    attrs = MAX_ATTRS
-
-    def shape(self, x, dy, **window):
-        out = pool_shape(self.name, self.rank, x, **window)
-        same_dtype(self.name, x, dy)
-        if dy.shape != out.shape:
-            raise ShapeError(f"`{self.name}`: dy must be shaped like the pooled output {out}, got {dy}")
-        return x
-
-    def kernel(self, x, dy, **window):
-        return max_grad_np(x, dy, Window(self.name, self.rank, x.shape[2:], **window))
-
-    def grad(self, b, inputs, outputs, cts, **window):
-        # linear in dy (its adjoint reads the cotangent at the argmax); piecewise constant in x
-        return [None, b.apply(f"max_pool{self.rank}d_pick", inputs[0], cts[0], **_given(window))]
-
-    def onnx(self, e, ins, outs, **window):
-        x, dy = ins
-        ind = _indices(e, self.name, self.rank, x, window)
-        flat = i64(e, (-1,))
-        shape = e.node("Shape", [x], 1)[0]
-        zeros = e.node("ConstantOfShape", [shape], 1, value=np.zeros(1, np_dtype(e.in_types[0].dtype)))[0]
-        dx = e.node("ScatterElements", [e.node("Reshape", [zeros, flat], 1)[0], e.node("Reshape", [ind, flat], 1)[0],
-                                        e.node("Reshape", [dy, flat], 1)[0]], 1, axis=0, reduction="add")[0]
-        e.node("Reshape", [dx, shape], outs)
-
-
-class MaxPoolPick(Op):
-    """``max_pool{k}d_pick(x, t, kernel, stride, padding, dilation, ceil_mode)``: ``t``
-    (shaped like ``x``) read at the first maximum of each window of ``x``;
-    ``max_pool{k}d(x) = pick(x, x)``."""
-
-    family = "nn"
-    rank = 2
-    inputs = ("x", "t")
-    attrs = MAX_ATTRS
-
-    def shape(self, x, t, **window):
-        same_dtype(self.name, x, t)
-        if t.shape != x.shape:
-            raise ShapeError(f"`{self.name}`: t must be shaped like x {x}, got {t}")
-        return pool_shape(self.name, self.rank, x, **window)
-
-    def kernel(self, x, t, **window):
-        return max_pick_np(x, t, Window(self.name, self.rank, x.shape[2:], **window))
-
-    def grad(self, b, inputs, outputs, cts, **window):
-        return [None, b.apply(f"max_pool{self.rank}d_grad", inputs[0], cts[0], **_given(window))]
-
-    def onnx(self, e, ins, outs, **window):
-        x, t = ins
-        ind = _indices(e, self.name, self.rank, x, window)
-        e.node("Gather", [e.node("Reshape", [t, i64(e, (-1,))], 1)[0], ind], outs, axis=0)
-
-
 per_rank(MaxPool, "max_pool{k}d", MAX_CASES, lambda xs, a: Sample((Arg(xs),), a))
-per_rank(MaxPoolGrad, "max_pool{k}d_grad", MAX_CASES + TIE_ROWS,
-         lambda xs, a, *tie: Sample((Arg(xs), Arg(_pooled(xs, a))), a) if not tie else
-         Sample((xs, Arg(a)), tie[0], grad=False, note="ties: the first maximum wins"))
-per_rank(MaxPoolPick, "max_pool{k}d_pick", MAX_CASES + TIE_ROWS,
-         lambda xs, a, *tie: Sample((Arg(xs), Arg(xs)), a) if not tie else
-         Sample((xs, Arg(xs.shape)), tie[0], grad=False, note="ties: the first maximum wins"))
+
 
 
 # -- average pooling ----------------------------------------------------------------------
@@ -375,58 +277,7 @@ class AvgPool(Op):
         e.node("Mul", [total, scale], outs)
 
 
-class AvgPoolGrad(Op):
-    """``avg_pool{k}d_grad(dy, size, kernel, stride, padding, ceil_mode, count_include_pad)``:
-    the gradient of ``avg_pool{k}d`` over an image of spatial ``size`` — each window's
-    cotangent, divided as the forward divided, spread evenly over the window."""
-
-    family = "nn"
-    rank = 2
-    inputs = ("dy",)
-    attrs = {"size": Attr("shape", doc="the spatial size of the pooled image"), **AVG_ATTRS}
-
-    def shape(self, dy, size, count_include_pad, **window):
-        check_image(self.name, "dy", dy, self.rank)
-        if len(size) != self.rank:
-            raise ShapeError(f"`{self.name}` needs a size of {self.rank} dims, got {list(size)}")
-        x = dy.with_shape((*dy.shape[:2], *size))
-        out = pool_shape(self.name, self.rank, x, **window)
-        if out.shape != dy.shape:
-            raise ShapeError(f"`{self.name}`: pooling an image of size {list(size)} gives {out}, but dy is {dy}")
-        return x
-
-    def kernel(self, dy, size, count_include_pad, **window):
-        win = Window(self.name, self.rank, tuple(size), **window)
-        g = dy / win.divisor(count_include_pad, dy.dtype)
-        if win.tiles():
-            spread = g.reshape(*g.shape[:2], *(v for o in win.out for v in (o, 1)))
-            tiled = (*g.shape[:2], *(v for o, kk in zip(win.out, win.kernel) for v in (o, kk)))
-            return np.broadcast_to(spread, tiled).reshape(*dy.shape[:2], *size)
-        return fold(g, tuple(size), win.kernel, win.stride, win.eff, win.dilation, dy.dtype)
-
-    def grad(self, b, inputs, outputs, cts, size, count_include_pad, **window):
-        return [b.apply(f"avg_pool{self.rank}d", cts[0], count_include_pad=count_include_pad, **_given(window))]
-
-    def onnx(self, e, ins, outs, size, count_include_pad, **window):
-        t = e.in_types[0]
-        win = Window(self.name, self.rank, tuple(size), **window)
-        dtype = np_dtype(t.dtype)
-        c = t.shape[1]
-        if not isinstance(c, int):
-            raise onnx_error(self.name, f"the channel dim {c} must be fixed (it is the ConvTranspose group)")
-        try:
-            g = e.node("Div", [ins[0], e.const(win.divisor(count_include_pad, dtype))], 1)[0]
-        except ShapeError as exc:
-            raise onnx_error(self.name, exc) from None
-        if win.ceil and not win.static:
-            raise onnx_error(self.name, "ceil_mode over a symbolic size needs a fixed size for the gradient")
-        transpose_to_size(e, [g, e.const(np.ones((c, 1, *win.kernel), dtype))], outs, win.kernel, win.stride,
-                          win.eff, win.dilation, c, size, t.shape[2:])
-
-
 per_rank(AvgPool, "avg_pool{k}d", AVG_CASES, lambda xs, a: Sample((Arg(xs),), a))
-per_rank(AvgPoolGrad, "avg_pool{k}d_grad", AVG_CASES,
-         lambda xs, a: Sample((Arg(_pooled(xs, _without(a, "count_include_pad"))),), {"size": xs[2:], **a}))
 
 
 # -- global pooling -----------------------------------------------------------------------
@@ -457,112 +308,3 @@ class GlobalMaxPool(Composite):
 
     def expand(self, b, x):
         return b.reduce_max(x, axes=_spatial(b, self.name, x), keepdims=True)
-
-# -- upsampling ---------------------------------------------------------------------------
-@register
-class UpsampleNearest(Op):
-    """``upsample_nearest(x[N, C, *S], scale)`` → ``[N, C, *(S * scale)]`` for 1, 2 or 3
-    spatial axes: each element repeated into a block (integer ``scale``, an int or
-    one per axis); the gradient sums each block."""
-
-    name, family = "upsample_nearest", "nn"
-    attrs = {"scale": Attr("ints", doc="int or one per spatial axis")}
-    samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2}), Sample((Arg((1, 2, 3, 2)),), {"scale": (2, 3)}),
-               Sample((Arg((1, 1, 2, 2)),), {"scale": 1}, note="identity"),
-               Sample((Arg((2, 2, 3)),), {"scale": 3}, note="1-D"),
-               Sample((Arg((1, 2, 2, 1, 3)),), {"scale": (1, 2, 2)}, note="3-D")]
-
-    def _scale(self, rank: int, scale) -> tuple[int, ...]:
-        if rank - 2 not in RANKS:
-            raise ShapeError(f"`{self.name}` needs x of rank 3, 4 or 5 ([N, C, *spatial]), got rank {rank}")
-        return ntuple(self.name, "scale", scale, rank - 2, 1)
-
-    def shape(self, x, scale):
-        s = self._scale(x.rank, scale)
-        check_image(self.name, "x", x, len(s))
-        return x.with_shape((*x.shape[:2], *(n * k for n, k in zip(x.shape[2:], s))))
-
-    @staticmethod
-    def _blocks(shape, s) -> tuple:
-        """[N, C, n0, s0, n1, s1, ...]: every spatial axis followed by its repeat."""
-        return (*shape[:2], *(v for n, k in zip(shape[2:], s) for v in (n, k)))
-
-    def kernel(self, x, scale):
-        s = self._scale(x.ndim, scale)
-        spread = x.reshape(*x.shape[:2], *(v for n in x.shape[2:] for v in (n, 1)))
-        return np.broadcast_to(spread, self._blocks(x.shape, s)).reshape(
-            *x.shape[:2], *(n * k for n, k in zip(x.shape[2:], s)))
-
-    def grad(self, b, inputs, outputs, cts, scale):
-        shape = b.type(inputs[0]).shape
-        s = self._scale(len(shape), scale)
-        return [b.sum(b.reshape(cts[0], shape=self._blocks(shape, s)), axes=tuple(range(3, 3 + 2 * len(s), 2)))]
-
-    def onnx(self, e, ins, outs, scale):
-        s = self._scale(e.in_types[0].rank, scale)
-        # asymmetric + floor: output element y reads input floor(y / s), an exact repeat for integer scales
-        e.node("Resize", [ins[0], "", e.const(np.array([1, 1, *s], dtype=np.float32))], outs, mode="nearest",
-               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-
-
-def linear_weights(n: int, m: int) -> np.ndarray:
-    """``[m, n]``: the bilinear resampling of an axis of ``n`` to ``m`` samples, as
-    PyTorch's ``align_corners=False`` (ONNX Resize ``pytorch_half_pixel``): output
-    i reads input position (i + 0.5) n / m − 0.5, clamped at the edges."""
-    pos = np.maximum((np.arange(m) + 0.5) * n / m - 0.5, 0.0) if m > 1 else np.zeros(1)
-    lo = np.minimum(np.floor(pos).astype(np.int64), n - 1)
-    hi = np.minimum(lo + 1, n - 1)
-    frac = pos - lo
-    w = np.zeros((m, n))
-    np.add.at(w, (np.arange(m), lo), 1.0 - frac)
-    np.add.at(w, (np.arange(m), hi), frac)
-    return w
-
-
-def nearest_index(n: int, m: int) -> np.ndarray:
-    """``[m]``: the input element output i of a nearest resampling reads, ⌊i n / m⌋."""
-    return (np.arange(m) * n) // m
-
-
-@register
-class Upsample(Composite):
-    """``upsample(x[N, C, H, W], scale=None, size=None, mode="nearest")``: resize the
-    two spatial axes by an integer ``scale`` (an int or ``[sh, sw]``) or to
-    ``size = [H', W']``.  ``"nearest"`` with a scale is ``upsample_nearest`` (any
-    image size, and 1 or 3 spatial axes too); with a size it picks row ⌊i H / H'⌋.  ``"bilinear"`` interpolates as
-    PyTorch's ``align_corners = false``: a product with constant ``[H', H]`` and
-    ``[W, W']`` matrices (so H and W must be fixed), whose gradient is the
-    transposed products."""
-
-    name, family = "upsample", "nn"
-    attrs = {"scale": Attr("ints", None, doc="int or [sh, sw]"), "size": Attr("shape", None, doc="[H', W']"),
-             "mode": Attr("str", "nearest", choices=("nearest", "bilinear"))}
-    samples = [Sample((Arg((2, 3, 2, 3)),), {"scale": 2}),
-               Sample((Arg((1, 2, 3, 4)),), {"size": (5, 7)}, note="nearest to a size"),
-               Sample((Arg((2, 2, 3, 4)),), {"scale": 2, "mode": "bilinear"}),
-               Sample((Arg((1, 2, 4, 5)),), {"size": (6, 3), "mode": "bilinear"}, note="up and down")]
-
-    def expand(self, b, x, scale, size, mode):
-        t = b.type(x)
-        if (scale is None) == (size is None):
-            raise ShapeError("`upsample` takes exactly one of `scale` and `size`")
-        if mode == "nearest" and scale is not None:  # any spatial rank
-            return b.upsample_nearest(x, scale=scale)
-        if t.rank != 4:
-            raise ShapeError(f"`upsample` with a size or mode = \"bilinear\" needs x of rank 4 ([N, C, H, W]), "
-                             f"got {t}")
-        h, w = t.shape[2:]
-        if not isinstance(h, int) or not isinstance(w, int):
-            raise ShapeError(f"`upsample` with mode = \"{mode}\"{' to a size' if size else ''} needs a fixed "
-                             f"H and W, got {t}; use a scale with mode = \"nearest\" for any size")
-        if size is None:
-            sh, sw = ntuple(self.name, "scale", scale, 2, 1)
-            size = (h * sh, w * sw)
-        if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
-            raise ShapeError(f"`size` of `upsample` must be 2 positive integers, got {list(size)}")
-        ho, wo = size
-        if mode == "nearest":
-            rows = b.gather(x, b.const(nearest_index(h, ho)), axis=2)
-            return b.gather(rows, b.const(nearest_index(w, wo)), axis=3)
-        rows = b.matmul(b.const(linear_weights(h, ho), t.dtype), x)          # [N, C, H', W]
-        return b.matmul(rows, b.const(linear_weights(w, wo).T, t.dtype))     # [N, C, H', W']

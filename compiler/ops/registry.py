@@ -240,7 +240,7 @@ def all_ops() -> dict[str, type[Op]]:
     return dict(sorted(REGISTRY.items()))
 
 
-_FAMILIES = ("arith", "activation", "reduction", "shape", "loss", "random", "nn", "norm",
+_FAMILIES = ("arith", "compare", "activation", "reduction", "shape", "loss", "random", "nn", "norm",
              "control", "optim", "fused", "autodiff")
 _loaded = False
 
