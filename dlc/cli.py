@@ -265,7 +265,7 @@ def summary(file, fmt, model_name, hyper):
 def run(file, inputs, binds, seed, out, force, allow_nonfinite, backend, checkpoint, model_name, hyper):
     """Run FILE forward on given or random inputs."""
     from dlc.runtime.finite import check_finite
-    from dlc.runtime.interpreter import random_feeds
+    from dlc.runtime.feeds import random_feeds
     from dlc.runtime.npy_file import load_npy
 
     m = _load(file, model_name, hyper, checkpoint=checkpoint)

@@ -20,7 +20,8 @@ from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.passes.backprop import gradient_graph
 from dlc.grammar.errors import DlcError
 
-from .interpreter import Plan, random_feeds
+from .feeds import random_feeds
+from .interpreter import Plan
 
 
 def gradcheck(model, *, loss: str | None = None, seed: int = 0, samples: int = 12, eps: float = 1e-6,

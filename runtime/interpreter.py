@@ -7,7 +7,7 @@ are bound per run from the shapes of the feeds; attrs that mention them are
 resolved then, once per distinct binding of the dims (cached).
 
 The schedule runs in one of two ways.  The hot path is straight-line Python
-generated once per plan (:func:`_generate`): one line per kernel call with
+generated once per plan (:func:`~dlc.runtime.plan_codegen.generate`): one line per kernel call with
 the kernel and its static attrs bound as constants, values in local
 variables, ``del`` at each value's last use, and no per-call dict building,
 attr lookups or isinstance chains; a failing kernel is located from the
@@ -17,24 +17,23 @@ checks, float64 gradient checks, per-op profiles.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-import itertools
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from dlc.compiler import budget
-from dlc.compiler.dims import Sym, concrete_shape, evaluate_shape, mentions_sym, size_of, solve
+from dlc.compiler.dims import Sym, evaluate_shape, mentions_sym, solve
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
+from .plan_codegen import generate
+
 _NO_CONTEXT: dict = {}
-MAX_ELEMENTS = 2**31  # per tensor; checked before allocating feeds of symbolic shape
 # Debug mode: every value's run-time shape and dtype is compared with its declared type (the test
 # suite turns it on for every run; see tests/conftest.py).
 CHECK_TYPES_ENV = "DLC_CHECK_TYPES"
@@ -115,7 +114,7 @@ class Plan:
         self._source_dtypes = [self._target(graph[n].types[0].dtype) for _, _, _, n in self.sources]
         self._symbolic = [i for i, st in enumerate(steps) if st.symbolic]
         self._resolved: dict = {}  # dims binding -> {step index: resolved attrs}
-        self._fast, self._line_of_step = _generate(self)
+        self._fast, self._line_of_step = generate(self)
 
     # -- running ------------------------------------------------------------
     def bind_dims(self, feeds: Mapping[str, np.ndarray], known: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -376,88 +375,6 @@ class RunContext:
         return plan.run(feeds, dims=self.dims)
 
 
-class KernelCalls:
-    calls = 0  # kernel calls
-    runs = 0  # plan runs: the outer run plus one per scan step
-
-
-@contextmanager
-def counting_kernel_calls() -> Iterator[KernelCalls]:
-    """Count the kernel calls of every plan run inside the block, nested scan
-    bodies included (``with counting_kernel_calls() as n: ...; n.calls``).
-    A test and benchmark hook: it wraps :meth:`Plan.run` for the block only,
-    so the hot path pays nothing outside it."""
-    counter = KernelCalls()
-    original = Plan.run
-
-    def counted(self, *args, **kwargs):
-        counter.calls += len(self.steps)
-        counter.runs += 1
-        return original(self, *args, **kwargs)
-
-    Plan.run = counted
-    try:
-        yield counter
-    finally:
-        Plan.run = original
-def _as_array(value):
-    """A kernel's single result as an ndarray (NumPy reductions return scalars)."""
-    if isinstance(value, tuple):
-        (value,) = value
-    return np.asarray(value)
-
-
-def _generate(plan: Plan):
-    """The plan's schedule as one generated function ``run(sources, resolved, context) -> outputs``.
-
-    Kernels are bound as constants ``K<i>``, static attrs as ``A<i>`` (resolved
-    per run from ``resolved[i]`` when they mention symbolic dims); value slot
-    ``s`` is the local ``v<s>``.  Returns the function and {source line: step index}."""
-    ns: dict[str, Any] = {"ND": np.ndarray, "AS": _as_array, "asarray": np.asarray,
-                          "CHK": lambda i, k, v: plan._check_declared(plan.steps[i], k, v, plan._run_env)}
-    lines = ["def run(src, R, C):"]
-    if plan.sources:
-        lines.append("    " + ", ".join(f"v{slot}" for _, _, slot, _ in plan.sources) + (", = src" if len(plan.sources) == 1 else " = src"))
-    line_of_step: dict[int, int] = {}
-    for i, st in enumerate(plan.steps):
-        ns[f"K{i}"] = st.kernel
-        args = [f"v{s}" for s in st.ins]
-        if st.symbolic:
-            lines.append(f"    A{i} = R[{i}]")
-            args.append(f"**A{i}")
-        elif st.attrs:
-            ns[f"A{i}"] = st.attrs
-            args.append(f"**A{i}")
-        if st.context:
-            args.append("**C")
-        call = f"K{i}({', '.join(args)})"
-        if len(st.outs) == 1:
-            (o,) = st.outs
-            lines.append(f"    v{o} = {call}")
-            line_of_step[len(lines)] = i
-            lines.append(f"    if v{o}.__class__ is not ND: v{o} = AS(v{o})")
-            if plan.check_types:
-                lines.append(f"    CHK({i}, 0, v{o})")
-        else:
-            lines.append(f"    t = {call}")
-            line_of_step[len(lines)] = i
-            for k, o in enumerate(st.outs):
-                lines.append(f"    v{o} = t[{k}]")
-                lines.append(f"    if v{o}.__class__ is not ND: v{o} = asarray(v{o})")
-                if plan.check_types:
-                    lines.append(f"    CHK({i}, {k}, v{o})")
-        if st.frees:
-            lines.append("    del " + ", ".join(f"v{s}" for s in st.frees))
-    outs = [f"v{s}" for s in plan.out_slots]
-    lines.append(f"    return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
-    code = compile("\n".join(lines) + "\n", f"<dlc plan {next(_PLAN_IDS)}>", "exec")
-    exec(code, ns)
-    return ns["run"], line_of_step
-
-
-_PLAN_IDS = itertools.count()
-
-
 def _resolve(value, env):
     if isinstance(value, Sym):
         out = value.evaluate(env)
@@ -475,65 +392,3 @@ def _resolve(value, env):
 
 def _fmt(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def index_bounds(graph: Graph) -> dict[str, int]:
-    """For integer inputs used as indices, the exclusive upper bound their values
-    may take (each op says, ``Op.index_bound``: the rows of a ``gather`` table, a
-    ``one_hot`` depth, the classes of ``softmax_xent`` labels; the smallest when
-    used several ways), followed through ops that only move values
-    (``Op.moves_values``: reshape, slice, cast, ...)."""
-    bounds: dict[str, int] = {}
-    for n in graph.inputs:
-        name = graph[n].attrs["name"]
-        seen, todo = {n}, [n]
-        while todo:
-            src = todo.pop()
-            for user in graph.consumers(src):
-                data = graph[user]
-                op = get_op(data.op)
-                if op.moves_values:
-                    if user not in seen:
-                        seen.add(user)
-                        todo.append(user)
-                    continue
-                types = [graph.type_of(v) for v in data.inputs]
-                for slot in [i for i, v in enumerate(data.inputs) if v.node == src]:
-                    bound = op.index_bound(types, slot, **data.attrs)
-                    if isinstance(bound, int) and bound > 0:
-                        bounds[name] = min(bound, bounds.get(name, bound))
-    return bounds
-
-
-def random_feeds(graph: Graph, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the declared types: floats ~ N(0, 1); integers that index
-    something (see :func:`index_bounds`) anywhere in their valid range, others in [0, 2).
-
-    Symbolic dims come from ``dims``; sizes are checked with Python ints
-    before anything is allocated."""
-    rng = np.random.default_rng(seed)
-    bounds = index_bounds(graph)
-    feeds, total = {}, 0
-    for n in graph.inputs:
-        name = graph[n].attrs["name"]
-        t = graph[n].types[0]
-        if name.startswith("__"):
-            continue
-        try:
-            shape = concrete_shape(t.shape, dims)
-        except KeyError as e:
-            raise DlcError("E0105", f"input `{name}` has the symbolic dim {e.args[0]} with no value",
-                           graph[n].loc, hint=f"bind it, e.g. --bind {e.args[0]}=4") from None
-        if size_of(shape) > MAX_ELEMENTS:
-            raise DlcError("E0003", f"input `{name}` would have {size_of(shape)} elements "
-                           f"(limit {MAX_ELEMENTS})", graph[n].loc)
-        total += budget.nbytes_of(shape, t.dtype)
-        budget.check(f"random input `{name}` ({t.dtype}{list(shape)})", total + budget.nbytes_of(shape, "f64"),
-                     graph[n].loc)
-        if t.dtype in FLOATS:
-            feeds[name] = rng.standard_normal(shape).astype(np_dtype(t.dtype))
-        elif t.dtype == "bool":
-            feeds[name] = rng.random(shape) < 0.5
-        else:
-            feeds[name] = rng.integers(0, bounds.get(name, 2), size=shape).astype(np_dtype(t.dtype))
-    return feeds

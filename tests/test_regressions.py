@@ -137,7 +137,7 @@ def test_training_can_continue_from_loaded_parameters(tmp_path):
 
 
 def test_random_ids_span_the_tables_they_index():
-    from dlc.runtime.interpreter import index_bounds, random_feeds
+    from dlc.runtime.feeds import index_bounds, random_feeds
 
     m = dlc.load("specs/word2vec.dl")
     assert index_bounds(m.graph) == {"center": 50, "context": 50, "negatives": 50}

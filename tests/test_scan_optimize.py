@@ -15,7 +15,7 @@ import pytest
 import dlc
 from dlc.compiler.passes.pipeline import optimize
 from dlc.compiler.training.step import initial_state
-from dlc.runtime.interpreter import counting_kernel_calls
+from dlc.runtime.kernel_counts import counting_kernel_calls
 from dlc.runtime.runner import make_runner
 from dlc.runtime.trainer import build_steps
 from step_parity import check_training_step
