@@ -14,11 +14,7 @@ Layout of a checkpoint folder::
                          ``manifest_sha256``, the hash of all of that
     latest.json          {"format": "dlc-checkpoint-latest", "manifest": ...}
 
-Ownership: the first save into a folder creates the marker.  A folder without
-the marker that already holds a file with a name dlc writes (:data:`OWN_NAMES`)
-is refused, so a user's ``latest.json`` is never overwritten and a user's
-``ckpt-00000001.npz`` never pruned; other files in the folder are never
-touched.  Inside a marked folder, files with dlc's names are dlc's.
+Ownership of the folder (the marker, refusing foreign files, cleanup): ckpt_folder.py.
 
 Every file goes to a temp file in the same folder, is fsync'd, then
 ``os.replace``d into place: the npz first, its manifest next, ``latest.json``
@@ -33,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,21 +38,15 @@ from dlc.compiler.types import DTYPES
 from dlc.grammar.errors import DlcError
 
 from . import ckpt_schema as schema
-from .files import check_target, create_exclusive, fsync_dir, remove, write_atomic
+from .ckpt_folder import MANIFEST, claim, manifests, prune, read_json, tidy
+from .files import check_target, write_atomic
 
 FORMAT = schema.FORMAT
 LATEST_FORMAT = "dlc-checkpoint-latest"
 LATEST = "latest.json"
-MARKER = ".dlc-checkpoints"
 RECORD = "dlc/record"
-_MANIFEST = re.compile(r"^ckpt-(\d{8,})\.json$")
 _NPZ = schema.NPZ_NAME
 _TMP = ".ckpt-tmp-"
-_TEMP = re.compile(r"^\.ckpt-tmp-[0-9a-f]+\.tmp$")
-# Every name dlc writes into a checkpoint folder (run logs included): a foreign file with one of them
-# makes a folder without the marker unusable.
-OWN_NAMES = re.compile(r"^(ckpt-\d{8,}(\.\d+)?\.(npz|json)|latest\.json|metrics\.(csv|jsonl)|"
-                       r"\.ckpt-tmp-[0-9a-f]+\.tmp)$")
 
 
 @dataclass
@@ -112,76 +101,6 @@ def _npz_bytes(params: dict[str, np.ndarray], state: dict[str, np.ndarray], reco
     return buf.getvalue(), listing
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None
-
-
-def _manifests(folder: Path) -> list[tuple[int, Path, dict]]:
-    """(seq, path, manifest) of every dlc manifest in ``folder``, oldest save first."""
-    found = []
-    for p in folder.iterdir():
-        if _MANIFEST.match(p.name) and not p.is_symlink():
-            m = _read_json(p)
-            if isinstance(m, dict) and m.get("format") == FORMAT and schema._is_int(m.get("seq")):
-                found.append((m["seq"], p, m))
-    return sorted(found, key=lambda t: (t[0], t[1].name))
-
-
-# -- the folder ---------------------------------------------------------------
-def owns(folder: Path) -> bool:
-    """Whether ``folder`` carries dlc's checkpoint marker (a regular file, not a link)."""
-    marker = Path(folder) / MARKER
-    return marker.is_file() and not marker.is_symlink()
-
-
-def claim(folder: Path) -> Path:
-    """Make ``folder`` (created if needed) a dlc checkpoint folder, or refuse with E0403.
-
-    Refused: a path that is a file; a folder without the marker holding files
-    with names dlc writes (they are the user's: dlc would overwrite or prune
-    them).  Anything else in the folder is left alone.  Run logs (``metrics.csv``)
-    written into a claimed folder are dlc's too."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise _err(f"`{folder}` is a file, not a checkpoint folder",
-                   hint="--checkpoint takes a folder; to resume from one checkpoint, pass its manifest with "
-                        "--resume")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _err(f"cannot create checkpoint folder `{folder}`: {e.strerror or e}") from None
-    if owns(folder):
-        return folder
-    marker = folder / MARKER
-    if marker.is_symlink() or marker.exists():
-        raise _err(f"`{marker}` is not dlc's checkpoint marker (a link or not a regular file)",
-                   hint="choose another checkpoint folder")
-    foreign = sorted(p.name for p in folder.iterdir() if OWN_NAMES.match(p.name))
-    if foreign:
-        raise _err(f"refusing to write checkpoints into `{folder}`: it holds files dlc did not write "
-                   f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''})",
-                   hint="choose a new or empty folder for --checkpoint; dlc overwrites and prunes the files it "
-                        "writes there")
-    create_exclusive(marker, b'{"format": "dlc-checkpoint-folder", "version": 1}\n')
-    fsync_dir(folder)
-    return folder
-
-
-def tidy(folder: Path) -> None:
-    """In a folder dlc owns: remove the temp files and manifest-less npz files a kill left."""
-    folder = Path(folder)
-    if not owns(folder):
-        return
-    live = {m.get("npz") for _, _, m in _manifests(folder)}
-    for p in folder.iterdir():
-        if _TEMP.match(p.name) or (_NPZ.match(p.name) and p.name not in live):
-            if p.is_file() and not p.is_symlink():
-                remove(p)
-
-
 # -- saving -------------------------------------------------------------------
 def save(dir: Path, *, params: dict[str, np.ndarray], state: dict[str, np.ndarray], meta: dict,
          keep: int = 3) -> Path:
@@ -204,7 +123,7 @@ def save(dir: Path, *, params: dict[str, np.ndarray], state: dict[str, np.ndarra
         meta = json.loads(json.dumps(meta, default=_json_default))  # plain JSON from here on
     except (TypeError, ValueError) as e:
         raise _err(f"checkpoint meta is not JSON-serialisable: {e}") from None
-    existing = _manifests(folder)
+    existing = manifests(folder)
     seq = existing[-1][0] + 1 if existing else 0
     data, listing = _npz_bytes(params, state, _record(seq, meta))
     # A fresh npz name when this step's file exists: a manifest may still point at it.
@@ -224,16 +143,8 @@ def save(dir: Path, *, params: dict[str, np.ndarray], state: dict[str, np.ndarra
     write_atomic(manifest_path, json.dumps(manifest, indent=1).encode(), prefix=_TMP)
     write_atomic(folder / LATEST, json.dumps({"format": LATEST_FORMAT, "manifest": manifest_path.name,
                                                "step": int(step)}).encode(), prefix=_TMP)
-    _prune(folder, keep)
+    prune(folder, keep)
     return manifest_path
-
-
-def _prune(folder: Path, keep: int) -> None:
-    """Drop all but the ``keep`` newest manifests, then npz files no manifest names."""
-    manifests = _manifests(folder)
-    for _, path, _m in manifests[:-keep]:
-        remove(path)  # manifest first: an orphan npz is harmless, a dangling manifest is not
-    tidy(folder)
 
 
 # -- loading --------------------------------------------------------------
@@ -244,7 +155,7 @@ def latest(dir: Path) -> Path | None:
         return None
     pointer = folder / LATEST
     if pointer.exists():
-        info = _read_json(pointer)
+        info = read_json(pointer)
         if not isinstance(info, dict) or info.get("format") != LATEST_FORMAT \
                 or not isinstance(info.get("manifest"), str):
             raise _err(f"`{pointer}` is not a dlc checkpoint pointer",
@@ -254,7 +165,7 @@ def latest(dir: Path) -> Path | None:
             raise _err(f"`{pointer}` names `{target.name}`, which does not exist",
                        hint="the folder was edited by hand; point --resume at a ckpt-*.json manifest")
         return target
-    found = _manifests(folder)
+    found = manifests(folder)
     return found[-1][1] if found else None
 
 
@@ -268,7 +179,7 @@ def _find_manifest(path: Path) -> Path:
         return found
     if path.suffix == ".npz":
         # An npz is only trusted through its manifest: a kill may have left it without one.
-        for _, mpath, m in _manifests(path.parent):
+        for _, mpath, m in manifests(path.parent):
             if m.get("npz") == path.name:
                 return mpath
         raise _err(f"`{path}` has no manifest: it is not a complete dlc checkpoint",
@@ -277,7 +188,7 @@ def _find_manifest(path: Path) -> Path:
 
 
 def _read_manifest(path: Path) -> dict:
-    m = _read_json(path)
+    m = read_json(path)
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise _err(f"`{path}` is not a dlc checkpoint manifest",
                    hint="checkpoints are the ckpt-*.json files dlc writes next to ckpt-*.npz")
@@ -398,7 +309,7 @@ def resume_point(path: Path, *, expect_spec_hash: str | None = None,
             candidates.append(pointed)
     except DlcError as e:
         problems.append(e.message)
-    newest_first = sorted((p for p in path.iterdir() if _MANIFEST.match(p.name)), key=_save_order, reverse=True)
+    newest_first = sorted((p for p in path.iterdir() if MANIFEST.match(p.name)), key=_save_order, reverse=True)
     candidates += [p for p in newest_first if p not in candidates]
     if not candidates and not problems:
         return Resume(path, None, [f"no checkpoint in `{path}` yet: training from the start"])
@@ -423,7 +334,7 @@ def resume_point(path: Path, *, expect_spec_hash: str | None = None,
 
 
 def _save_order(p: Path):
-    m = _read_json(p)
+    m = read_json(p)
     seq = m.get("seq") if isinstance(m, dict) and schema._is_int(m.get("seq")) else -1
     return (seq, p.name)
 

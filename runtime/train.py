@@ -20,6 +20,7 @@ from pathlib import Path
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
+from .ckpt_folder import claim
 from .runlog import EpochMeter, RunLog
 from .threads import training_threads
 from .trainer import Trainer, batches_per_epoch, make_trainer
@@ -94,7 +95,7 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
         if point.checkpoint is not None:
             start_epoch, resumed = _resume(trainer, point.checkpoint, history, stopper), True
     if ckpt_dir is not None:
-        ckpt.claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
+        claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
     runlog = RunLog(ckpt_dir, log, resume_epoch=start_epoch if resumed else None)
     meter = EpochMeter([s.group for s in trainer.steps])
     weights = sum(p.size for p in trainer.params.values())

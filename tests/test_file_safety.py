@@ -16,6 +16,7 @@ import dlc
 from dlc.cli import main
 from dlc.grammar.errors import DlcError
 from dlc.runtime import checkpoint as ck
+from dlc.runtime import ckpt_folder
 from dlc.runtime import files
 
 from test_training import QUIET, regression
@@ -48,7 +49,7 @@ def test_foreign_files_that_do_not_collide_survive_pruning(tmp_path):
         _save(tmp_path, step, keep=2)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "ckpt-old.npz").exists()
-    assert ck.owns(tmp_path)
+    assert ckpt_folder.owns(tmp_path)
 
 
 def test_checkpoint_path_is_a_file(tmp_path):
