@@ -1,4 +1,4 @@
-"""The IR: a networkx MultiDiGraph of op applications.
+"""The IR: a directed multigraph of op applications (networkx's MultiDiGraph model).
 
 A node is one op application, a :class:`Node` record: ``op`` (registry key),
 ``attrs`` (dict, treated as frozen), ``types`` (one TensorType per output),
@@ -16,16 +16,22 @@ cannot put the graph into an inconsistent state by accident, and
 :meth:`Graph.verify` checks what the methods maintain.
 
 Inputs, parameters, state and constants are nodes too (ops ``input``,
-``param``, ``state``, ``const``).  This is the only module that imports
-networkx.
+``param``, ``state``, ``const``).
+
+The edges are stored here, as each node's ordered ``inputs`` and a reverse
+index of its users, rather than in a ``networkx.MultiDiGraph``: the compiler
+needs only adjacency, a deterministic topological order and reachability, and
+importing networkx costs a fresh process ~80 ms (a third of ``dlc check``).
+:attr:`Graph.nx` builds the MultiDiGraph on demand — for analysis, drawing and
+:meth:`Graph.verify`, which checks the graph's own order and acyclicity
+against networkx's.  This is the only module that imports networkx.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
-
-import networkx as nx
 
 from .types import TensorType
 
@@ -72,8 +78,8 @@ class GraphError(AssertionError):
 class Graph:
     def __init__(self, name: str = ""):
         self.name = name
-        self.nx = nx.MultiDiGraph()
         self._nodes: dict[int, Node] = {}
+        self._users: dict[int, dict[int, int]] = {}  # node → {consumer: number of its arguments that read it}
         self._inputs: list[int] = []
         self._outputs: dict[str, Value] = {}
         self._params: dict[str, int] = {}
@@ -112,20 +118,33 @@ class Graph:
         self._next_id += 1
         inputs = tuple(inputs)
         self._nodes[n] = Node(n, op, attrs, tuple(types), inputs, loc, scope, role, grad_of)
-        self.nx.add_node(n)
-        for i, v in enumerate(inputs):
-            self.nx.add_edge(v.node, n, src_out=v.index, dst_in=i)
+        self._users[n] = {}
+        for v in inputs:
+            self._add_use(v.node, n)
         return n
+
+    def _add_use(self, producer: int, consumer: int) -> None:
+        users = self._users.get(producer)
+        if users is None:  # a dangling argument: verify() reports it
+            return
+        users[consumer] = users.get(consumer, 0) + 1
+
+    def _drop_use(self, producer: int, consumer: int) -> None:
+        users = self._users.get(producer)
+        if users is None:
+            return
+        left = users.get(consumer, 0) - 1
+        if left > 0:
+            users[consumer] = left
+        else:
+            users.pop(consumer, None)
 
     def set_input(self, node: int, index: int, value: Value) -> None:
         """Rewire argument ``index`` of ``node`` to ``value``."""
         rec = self._nodes[node]
-        old = rec.inputs[index]
-        for key, d in list(self.nx.get_edge_data(old.node, node, default={}).items()):
-            if d["dst_in"] == index:
-                self.nx.remove_edge(old.node, node, key)
+        self._drop_use(rec.inputs[index].node, node)
         rec.inputs = rec.inputs[:index] + (value,) + rec.inputs[index + 1:]
-        self.nx.add_edge(value.node, node, src_out=value.index, dst_in=index)
+        self._add_use(value.node, node)
 
     def extend_outputs(self, node: int, attrs: dict, types) -> None:
         """Give ``node`` new ``attrs`` and more outputs: ``types`` starts with
@@ -151,9 +170,13 @@ class Graph:
     def remove_nodes(self, nodes: Iterable[int]) -> None:
         """Remove nodes and everything that refers to them in the containers."""
         gone = set(nodes)
-        self.nx.remove_nodes_from(gone)
         for n in gone:
-            self._nodes.pop(n, None)
+            rec = self._nodes.pop(n, None)
+            if rec is None:
+                continue
+            for v in rec.inputs:
+                self._drop_use(v.node, n)
+            self._users.pop(n, None)
         self._inputs = [n for n in self._inputs if n not in gone]
         self._params = {k: n for k, n in self._params.items() if n not in gone}
         self._state = {k: s for k, s in self._state.items() if s[0] not in gone}
@@ -214,11 +237,28 @@ class Graph:
         return [Value(n, i) for i in range(len(self._nodes[n].types))]
 
     def consumers(self, n: int) -> list[int]:
-        return sorted(set(self.nx.successors(n)))
+        """The nodes that read an output of ``n``, ascending."""
+        return sorted(self._users[n])
 
     def topo_order(self) -> list[int]:
-        """Deterministic topological order: insertion order breaks ties."""
-        return list(nx.lexicographical_topological_sort(self.nx, key=lambda n: n))
+        """Deterministic topological order: among ready nodes the smallest id
+        (insertion order) goes first — networkx's lexicographical topological
+        sort, which :meth:`verify` checks it against.  Raises GraphError on a cycle."""
+        waiting = {n: len({v.node for v in rec.inputs if v.node in self._nodes})
+                   for n, rec in self._nodes.items()}
+        ready = [n for n, k in waiting.items() if k == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            n = heapq.heappop(ready)
+            order.append(n)
+            for m in self._users[n]:
+                waiting[m] -= 1
+                if waiting[m] == 0:
+                    heapq.heappush(ready, m)
+        if len(order) != len(self._nodes):
+            raise GraphError(f"graph {self.name!r} has a cycle")
+        return order
 
     def input_names(self) -> list[str]:
         return [self._nodes[n].attrs["name"] for n in self._inputs]
@@ -231,18 +271,18 @@ class Graph:
 
     def ancestors(self, nodes: Iterable[int]) -> set[int]:
         """``nodes`` and everything they depend on (one walk for all of them: linear in the graph)."""
-        return self._reach(nodes, self.nx.pred)
+        return self._reach(nodes, lambda n: [v.node for v in self._nodes[n].inputs])
 
     def descendants(self, nodes: Iterable[int]) -> set[int]:
         """``nodes`` and everything that depends on them (one walk for all of them)."""
-        return self._reach(nodes, self.nx.succ)
+        return self._reach(nodes, lambda n: self._users[n])
 
     @staticmethod
-    def _reach(nodes: Iterable[int], adjacency) -> set[int]:
+    def _reach(nodes: Iterable[int], neighbours) -> set[int]:
         out = set(nodes)
         todo = list(out)
         while todo:
-            for m in adjacency[todo.pop()]:
+            for m in neighbours(todo.pop()):
                 if m not in out:
                     out.add(m)
                     todo.append(m)
@@ -255,8 +295,8 @@ class Graph:
 
     def copy(self) -> "Graph":
         g = Graph(self.name)
-        g.nx = self.nx.copy()
         g._nodes = {n: replace(rec) for n, rec in self._nodes.items()}
+        g._users = {n: dict(users) for n, users in self._users.items()}
         g._inputs = list(self._inputs)
         g._outputs = dict(self._outputs)
         g._params = dict(self._params)
@@ -266,12 +306,49 @@ class Graph:
         g.salt_counter = self.salt_counter
         return g
 
+    @property
+    def nx(self):
+        """A ``networkx.MultiDiGraph`` of this graph, built now: one node per
+        op application (its :class:`Node` record under ``"node"``), one edge per
+        argument with ``src_out`` and ``dst_in``.  A snapshot — edits to it do
+        not reach the graph."""
+        import networkx as nx  # only when asked: it costs a fresh process ~80 ms
+
+        g = nx.MultiDiGraph()
+        for n, rec in self._nodes.items():
+            g.add_node(n, node=rec)
+        for n, rec in self._nodes.items():
+            for i, v in enumerate(rec.inputs):
+                g.add_edge(v.node, n, src_out=v.index, dst_in=i)
+        return g
+
     # -- invariants --------------------------------------------------------
+    def _verify_edges(self) -> None:
+        """The reverse index mirrors the arguments, and the graph's order is
+        networkx's lexicographical topological sort (so the graph is acyclic)."""
+        import networkx as nx
+
+        want: dict[int, dict[int, int]] = {n: {} for n in self._nodes}
+        for n, rec in self._nodes.items():
+            for v in rec.inputs:
+                want[v.node][n] = want[v.node].get(n, 0) + 1
+        if want != self._users:
+            bad = sorted(n for n in set(want) | set(self._users) if want.get(n) != self._users.get(n))
+            raise GraphError(f"the users of %{bad[0]} are {self._users.get(bad[0])}, "
+                             f"but its consumers' arguments say {want.get(bad[0])}")
+        reference = self.nx
+        if not nx.is_directed_acyclic_graph(reference):
+            raise GraphError(f"graph {self.name!r} has a cycle")
+        if self.topo_order() != list(nx.lexicographical_topological_sort(reference, key=lambda n: n)):
+            raise GraphError(f"graph {self.name!r}: topo_order() disagrees with networkx's")
+
     def verify(self) -> None:
         """Check the invariants every pass must keep; raises :class:`GraphError`.
 
-        - edges mirror each node's ``inputs`` exactly, and every input exists;
-        - the graph is acyclic;
+        - every argument refers to an existing output, and the reverse index of
+          users mirrors the arguments exactly;
+        - the graph is acyclic, and :meth:`topo_order` is networkx's
+          lexicographical topological sort of :attr:`nx`;
         - every node's ``types`` has one entry per output its op declares, and
           re-running the op's shape rule on the input types gives them;
         - inputs are ``input`` nodes, params ``param`` nodes, state ``state``
@@ -289,10 +366,6 @@ class Graph:
                 if v.index >= len(self._nodes[v.node].types):
                     raise GraphError(f"%{n} ({rec.op}) argument {i} reads output {v.index} of "
                                      f"%{v.node}, which has {len(self._nodes[v.node].types)}")
-            edges = sorted((d["dst_in"], u, d["src_out"]) for u, _, d in self.nx.in_edges(n, data=True))
-            want = sorted((i, v.node, v.index) for i, v in enumerate(rec.inputs))
-            if edges != want:
-                raise GraphError(f"%{n} ({rec.op}): edges {edges} do not mirror its inputs {want}")
             if rec.role not in ROLES:
                 raise GraphError(f"%{n} ({rec.op}) has the role {rec.role!r}, not one of {ROLES}")
             if rec.op in SOURCE_OPS:
@@ -311,10 +384,7 @@ class Graph:
             if tuple(got) != tuple(rec.types):
                 raise GraphError(f"%{n} ({rec.op}) is typed {list(map(str, rec.types))} but its shape "
                                  f"rule gives {list(map(str, got))}")
-        if set(self.nx.nodes) != set(self._nodes):
-            raise GraphError("the networkx graph and the node records disagree")
-        if not nx.is_directed_acyclic_graph(self.nx):
-            raise GraphError(f"graph {self.name!r} has a cycle")
+        self._verify_edges()
         for kind, nodes in (("input", self._inputs), ("param", self._params.values()),
                             ("state", [s[0] for s in self._state.values()])):
             for n in nodes:
