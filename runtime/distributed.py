@@ -52,11 +52,13 @@ import numpy as np
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.optional import import_optional
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
+from dlc.compiler.training.stages import StagePlan, SyncError, stage_plan
 from dlc.compiler.training.step import StepGraph
 from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
+from .staged import StagedGrad, run_stages
 from .trainer import (RNG_MODULUS, Trainer, batches_per_epoch, build_grad_graph, build_update_graph, load_splits,
                       trainer_args)
 
@@ -119,7 +121,9 @@ class GradientWorker:
         self.runners = []
         for step in spec.steps:
             graph, _ = build_grad_graph(source, spec, step)
-            self.runners.append(make_runner(graph, backend, level, threads=threads))
+            plan = synchronised_plan(graph, step.name) if world > 1 else None
+            self.runners.append(make_runner(graph, backend, level, threads=threads) if plan is None
+                                else StagedGrad(plan, backend, level, threads=threads))
         self.train = load_splits(source, spec)["train"]
         self.n_train = len(next(iter(self.train.values())))
         self._order: tuple[int, np.ndarray] | None = None
@@ -147,12 +151,42 @@ class GradientWorker:
         out = self.runners[group](feeds, values, values)
         return {"n": len(idx), **{k: np.asarray(v) for k, v in out.items()}}
 
+    def stage_info(self) -> list[tuple[int, dict[str, str]] | None]:
+        """Per step group: None (one stage: the shards' gradients are averaged), or (the number
+        of stages, how each final output combines) for a synchronised one."""
+        return [r.info() if isinstance(r, StagedGrad) else None for r in self.runners]
+
+    def stage(self, group: int, k: int, batch: BatchRef, key: int, values: Mapping[str, np.ndarray],
+              sums: Mapping[str, np.ndarray]) -> dict:
+        """Stage ``k`` of a synchronised group's step on this worker's shard (runtime/staged.py):
+        ``n`` and the stage's partial sums, or on the last stage the final outputs (``n`` = 0 and
+        nothing else for an empty shard).  ``sums``: every earlier stage's workers' sums."""
+        if k == 0 and self.debug:
+            self.last_digest = params_digest(values)
+        idx = self.rows(batch)
+        if len(idx) == 0:
+            return {"n": 0}
+        feeds = {name: a[idx] for name, a in self.train.items()}
+        feeds[RNG_INPUT] = worker_key(key, self.rank)
+        out = self.runners[group].run(k, (group, batch, key), feeds, values, sums)
+        return {"n": len(idx), **{name: np.asarray(v) for name, v in out.items()}}
+
     def digest(self) -> str:
         """The hash of the parameters this worker computed its last gradients with (debug mode)."""
         return self.last_digest
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def synchronised_plan(graph, group: str) -> StagePlan | None:
+    """The stages of a group's gradient graph for several workers (None: one stage), or a
+    coded error for a batch reduction that cannot be synchronised."""
+    try:
+        return stage_plan(graph)
+    except SyncError as e:
+        raise DlcError("E0201", f"step `{group}` cannot be split across workers: {e}",
+                       hint="train this model in one process (leave out --workers)") from None
 
 
 def _remote_worker(ray, max_restarts: int):
@@ -189,7 +223,8 @@ class DistributedTrainer(Trainer):
                                      level=args["level"], threads=threads_per_worker, debug=debug)
                         for r in range(workers)]
         super().__init__(**args, backend=backend, device=device)
-        self._get(self.workers[0].pid.remote())  # fail now, not at the first step, if workers cannot start
+        # fail now, not at the first step, if workers cannot start; and learn which groups run in stages
+        self._stages = self._get(self.workers[0].stage_info.remote())
 
     def _bind(self, step: StepGraph):
         """The group's optimizer update alone, bound to the driver's store."""
@@ -225,9 +260,13 @@ class DistributedTrainer(Trainer):
         if self.debug:
             self._sent = sent
         values = self.ray.put(sent)
-        parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
-                 if p["n"]]
-        avg = _weighted_mean(parts)
+        staged = self._stages[g.index]
+        if staged is None:
+            parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
+                     if p["n"]]
+            avg = _weighted_mean(parts)
+        else:
+            avg = self._staged_grads(g.index, staged, batch, int(key), values)
         out = g.run({k: v for k, v in avg.items() if k.startswith("grad/")})
         g.run.commit([*g.step.params, *g.step.state_init])
         state = [k for k in g.step.model_state if k in commit]
@@ -235,6 +274,22 @@ class DistributedTrainer(Trainer):
             self.store.set({k: avg[f"new/{k}"] for k in state})
         return {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
                 **{k: v for k, v in avg.items() if k.startswith("metric/")}}
+
+    def _staged_grads(self, group: int, staged: tuple[int, dict], batch: BatchRef, key: int, values) -> dict:
+        """A synchronised group's outputs: its stages on every worker with a non-empty shard,
+        the partial sums added up on the driver between stages (runtime/staged.py)."""
+        active = self.workers
+
+        def call(k: int, sums: dict) -> list[dict]:
+            nonlocal active
+            parts = self._get([w.stage.remote(group, k, batch, key, values, sums) for w in active])
+            if k == 0:  # every worker hashes its parameters in stage 0; the empty shards stop there
+                active = [w for w, p in zip(active, parts) if p["n"]]
+                parts = [p for p in parts if p["n"]]
+            return [{name: v for name, v in p.items() if name != "n"} for p in parts]
+
+        n_stages, kinds = staged
+        return run_stages(call, n_stages, kinds)
 
     def check_consistent(self, values: Mapping[str, np.ndarray]) -> None:
         """Raise E0404 unless every worker's last parameters hash like ``values`` (debug mode
