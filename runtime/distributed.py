@@ -151,11 +151,6 @@ class GradientWorker:
         out = self.runners[group](feeds, values, values)
         return {"n": len(idx), **{k: np.asarray(v) for k, v in out.items()}}
 
-    def stage_info(self) -> list[tuple[int, dict[str, str]] | None]:
-        """Per step group: None (one stage: the shards' gradients are averaged), or (the number
-        of stages, how each final output combines) for a synchronised one."""
-        return [r.info() if isinstance(r, StagedGrad) else None for r in self.runners]
-
     def stage(self, group: int, k: int, batch: BatchRef, key: int, values: Mapping[str, np.ndarray],
               sums: Mapping[str, np.ndarray]) -> dict:
         """Stage ``k`` of a synchronised group's step on this worker's shard (runtime/staged.py):
@@ -189,6 +184,13 @@ def synchronised_plan(graph, group: str) -> StagePlan | None:
                        hint="train this model in one process (leave out --workers)") from None
 
 
+def _stage_info(model, spec, step) -> tuple[int, dict[str, str]] | None:
+    """What the driver needs of a group's plan: None for one stage, else (the number of
+    stages, how each final output combines)."""
+    plan = synchronised_plan(build_grad_graph(model, spec, step)[0], step.name)
+    return None if plan is None else (len(plan.graphs), dict(plan.outputs))
+
+
 def _remote_worker(ray, max_restarts: int):
     return ray.remote(num_cpus=0)(GradientWorker).options(max_restarts=max_restarts,
                                                           max_task_retries=max_restarts)
@@ -208,6 +210,8 @@ class DistributedTrainer(Trainer):
         self.ray = ray = import_optional("ray", "training on several workers (--workers)")
         self.timeout, self.debug, self._model = float(timeout), debug, model
         args = trainer_args(model, seed=seed, fresh=fresh)
+        # which groups run in stages (the workers make the same plans): an unsplittable one fails before Ray starts
+        self._stages = [None if workers == 1 else _stage_info(model, args["spec"], s) for s in args["spec"].steps]
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             try:
@@ -223,8 +227,7 @@ class DistributedTrainer(Trainer):
                                      level=args["level"], threads=threads_per_worker, debug=debug)
                         for r in range(workers)]
         super().__init__(**args, backend=backend, device=device)
-        # fail now, not at the first step, if workers cannot start; and learn which groups run in stages
-        self._stages = self._get(self.workers[0].stage_info.remote())
+        self._get(self.workers[0].pid.remote())  # fail now, not at the first step, if workers cannot start
 
     def _bind(self, step: StepGraph):
         """The group's optimizer update alone, bound to the driver's store."""

@@ -35,10 +35,6 @@ class StagedGrad:
         self._done = 0
         self._env: dict[str, np.ndarray] = {}
 
-    def info(self) -> tuple[int, dict[str, str]]:
-        """(number of stages, how each final output combines) for the driver."""
-        return len(self.plan.graphs), dict(self.plan.outputs)
-
     def run(self, k: int, step: object, feeds: Mapping[str, np.ndarray], values: Mapping[str, np.ndarray],
             sums: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Stage ``k`` of ``step`` (any hashable that names the step and its inputs): its
