@@ -127,6 +127,7 @@ class GradientWorker:
         self.train = load_splits(source, spec)["train"]
         self.n_train = len(next(iter(self.train.values())))
         self._order: tuple[int, np.ndarray] | None = None
+        self._inputs: tuple | None = None  # (step, feeds, values) of the synchronised step in flight
         self.last_digest = ""
 
     def rows(self, batch: BatchRef) -> np.ndarray:
@@ -151,19 +152,27 @@ class GradientWorker:
         out = self.runners[group](feeds, values, values)
         return {"n": len(idx), **{k: np.asarray(v) for k, v in out.items()}}
 
-    def stage(self, group: int, k: int, batch: BatchRef, key: int, values: Mapping[str, np.ndarray],
-              sums: Mapping[str, np.ndarray]) -> dict:
+    def stage(self, group: int, k: int, batch: BatchRef, key: int, values, sums: Mapping[str, np.ndarray]) -> dict:
         """Stage ``k`` of a synchronised group's step on this worker's shard (runtime/staged.py):
         ``n`` and the stage's partial sums, or on the last stage the final outputs (``n`` = 0 and
-        nothing else for an empty shard).  ``sums``: every earlier stage's workers' sums."""
-        if k == 0 and self.debug:
-            self.last_digest = params_digest(values)
+        nothing else for an empty shard).  ``sums``: every earlier stage's workers' sums.
+        ``values``: the parameters and state — a mapping, or (after stage 0, which always gets
+        the mapping) a callable returning it, called only by a worker that does not hold this
+        step's values already (a restarted one), so later stages do not deserialise them again."""
+        step = (group, batch, key)
+        if isinstance(values, Mapping):
+            if k == 0 and self.debug:
+                self.last_digest = params_digest(values)
+            self._inputs = None
         idx = self.rows(batch)
         if len(idx) == 0:
             return {"n": 0}
-        feeds = {name: a[idx] for name, a in self.train.items()}
-        feeds[RNG_INPUT] = worker_key(key, self.rank)
-        out = self.runners[group].run(k, (group, batch, key), feeds, values, sums)
+        if self._inputs is None or self._inputs[0] != step:
+            feeds = {name: a[idx] for name, a in self.train.items()}
+            feeds[RNG_INPUT] = worker_key(key, self.rank)
+            self._inputs = (step, feeds, values if isinstance(values, Mapping) else values())
+        _, feeds, held = self._inputs
+        out = self.runners[group].run(k, step, feeds, held, sums)
         return {"n": len(idx), **{name: np.asarray(v) for name, v in out.items()}}
 
     def digest(self) -> str:
@@ -189,6 +198,19 @@ def _stage_info(model, spec, step) -> tuple[int, dict[str, str]] | None:
     stages, how each final output combines)."""
     plan = synchronised_plan(build_grad_graph(model, spec, step)[0], step.name)
     return None if plan is None else (len(plan.graphs), dict(plan.outputs))
+
+
+class _Fetch:
+    """An object-store reference that is resolved only when called (Ray resolves references
+    passed as arguments on every call; one held in an attribute it leaves alone)."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def __call__(self):
+        import ray
+
+        return ray.get(self.ref)
 
 
 def _remote_worker(ray, max_restarts: int):
@@ -283,9 +305,12 @@ class DistributedTrainer(Trainer):
         the partial sums added up on the driver between stages (runtime/staged.py)."""
         active = self.workers
 
+        later = _Fetch(values)  # stages after the first: the workers hold the values already
+
         def call(k: int, sums: dict) -> list[dict]:
             nonlocal active
-            parts = self._get([w.stage.remote(group, k, batch, key, values, sums) for w in active])
+            parts = self._get([w.stage.remote(group, k, batch, key, values if k == 0 else later, sums)
+                               for w in active])
             if k == 0:  # every worker hashes its parameters in stage 0; the empty shards stop there
                 active = [w for w, p in zip(active, parts) if p["n"]]
                 parts = [p for p in parts if p["n"]]
