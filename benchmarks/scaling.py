@@ -15,7 +15,9 @@ For each spec it measures, in one process (NumPy backend, one BLAS thread):
   the bytes of partial sums each worker sends per step (and receives back
   summed), and ``t_staged``: both shards' stages run in this process, one after
   the other, the sums added up in between (no Ray) — the cost of splitting
-  the graph, apart from Ray's per-stage round trips;
+  the graph, apart from Ray's per-stage round trips; and from the 2-worker
+  step, what each round added (``stage_rt``), which the projection adds per
+  round at every N;
 
 and projects, for N = 8, 64, 512 workers at a fixed per-worker batch (weak
 scaling), the step time and efficiency ``T(1) / T(N)`` of dlc's design — the
@@ -83,6 +85,8 @@ def measure(path: str, steps: int) -> dict:
         finally:
             d.close()
     row["overhead"] = max(row["step1"] - t_grad - t_update, 0.0)
+    # what each synchronisation round added to the 2-worker step (dispatch, gather, the sums)
+    row["stage_rt"] = max(row["step2"] - row["step1"], 0.0) / (row["stages"] - 1) if row["stages"] > 1 else 0.0
     return row
 
 
@@ -122,8 +126,9 @@ def project(row: dict, n: int, bandwidth_gbit: float) -> tuple[float, float, flo
     compute = row["t_grad"] + row["t_update"]
     base = compute + row["overhead"]
     sync = row["sync_bytes"]  # partial sums between stages: N in, their sums N out, through the driver
-    star = base + 2 * n * (grad_bytes + sync) / bw  # the driver's link: parameters out, N gradients in
-    ring = base + 2 * (n - 1) / n * (grad_bytes + sync) / bw
+    rounds = (row["stages"] - 1) * row["stage_rt"]  # as measured with 2 workers: a lower bound at N
+    star = base + rounds + 2 * n * (grad_bytes + sync) / bw  # the driver's link: parameters out, N gradients in
+    ring = base + rounds + 2 * (n - 1) / n * (grad_bytes + sync) / bw
     return star, base / star, ring, base / ring
 
 
@@ -150,12 +155,13 @@ def main(argv=None) -> None:
               f"{r['overhead'] * 1e3:.2f} |")
     print("\nsynchronised batch statistics (N > 1):\n")
     print("| spec | stages | partial-sum bytes / worker / step | t_grad ms (whole batch) | "
-          "t_staged ms (2 shards, no Ray) | 2 workers ms |")
-    print("|---|---|---|---|---|---|")
+          "t_staged ms (2 shards, no Ray) | 1 worker ms | 2 workers ms | ms per round |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         staged = "—" if r["t_staged"] is None else f"{r['t_staged'] * 1e3:.2f}"
+        per_round = "—" if r["stages"] == 1 else f"{r['stage_rt'] * 1e3:.2f}"
         print(f"| {r['spec']} | {r['stages']} | {r['sync_bytes']:,} | {r['t_grad'] * 1e3:.2f} | {staged} | "
-              f"{r['step2'] * 1e3:.2f} |")
+              f"{r['step1'] * 1e3:.2f} | {r['step2'] * 1e3:.2f} | {per_round} |")
     print(f"\nprojected, weak scaling (per-worker batch = the spec's), {args.bandwidth:g} Gbit/s:\n")
     print("| spec | N | dlc step ms | dlc efficiency | ring all-reduce step ms | ring efficiency |")
     print("|---|---|---|---|---|---|")

@@ -22,9 +22,14 @@ differs is where a step's work happens:
   (``build_update``: regularisation, clipping, the schedule, the optimizer)
   once.  ``grad`` + ``update`` is node for node the fused step, so one worker
   takes bit for bit the single-process step, and N workers take it up to float
-  rounding — except where a model looks across the batch inside the forward
-  pass: batch normalisation normalises each shard with its own statistics
-  (as PyTorch's DistributedDataParallel does without SyncBatchNorm).
+  rounding.
+- Where a model looks across the batch inside the step (batch normalisation's
+  statistics, a masked mean), the gradient graph runs in stages
+  (compiler/training/stages.py, runtime/staged.py): after each, the driver
+  adds up the workers' partial sums and sends them on with the next stage's
+  call, so every shard normalises with the global batch's statistics; the
+  final gradients are then partial sums, and the driver adds them up instead
+  of averaging.
 - Random ops: worker 0 uses the single-process key of (seed, step, group),
   worker ``r`` a key derived from it and ``r``; a run is reproducible for a
   given ``N``.

@@ -160,6 +160,11 @@ def test_a_batch_reduction_that_is_not_a_sum_cannot_be_synchronised(tmp_path):
     with pytest.raises(DlcError) as e:
         GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
     assert e.value.code == "E0201" and "reduce_max" in e.value.message
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():  # the trainer says so before it starts Ray
+        with pytest.raises(DlcError) as e:
+            DistributedTrainer(m, workers=2)
+        assert e.value.code == "E0201" and not ray.is_initialized()
 
 
 MAX_THEN_BATCH_NORM = """
