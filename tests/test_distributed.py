@@ -80,8 +80,9 @@ def test_a_graph_without_cross_batch_dependencies_runs_in_one_stage(path):
 def test_batch_norm_splits_the_gradient_graph_at_its_batch_sums():
     plan = stage_plan(_grad_graph("specs/cnn.dl")[2])
     # forward: mean and variance of each of the two batch norms, then the loss; backward: the
-    # two sums of each batch norm's gradient, one after the other; then the rest
-    assert len(plan.graphs) == 10
+    # two sums of each batch norm's gradient, together; then the rest
+    assert len(plan.graphs) == 8
+    assert [len(r) for r in plan.reduced[-3:]] == [2, 2, 0]
     first = plan.graphs[0]
     summed = [first[first.outputs[name].node].op for name in plan.reduced[0]]
     assert sorted(summed) == ["count", "count", "sum"]  # conv1's channel sums and its element counts
