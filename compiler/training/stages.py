@@ -290,8 +290,7 @@ def stage_plan(graph: Graph) -> StagePlan | None:
         nodes = {n for n, s in stage.items() if s == k}
         graphs.append(_extract(graph, nodes, reads[k], outputs, f"{graph.name}.stage{k}"))
         reduced.append(tuple(o for o in outputs if o.startswith("sum/")))
-    kinds = {name: SUMMED if cls[v] == PARTIAL and v not in reduce_at else SAME for name, v in finals.items()}
-    kinds.update({name: SUMMED for name, v in finals.items() if v in reduce_at})  # summed like any partial
+    kinds = {name: SUMMED if cls[v] == PARTIAL else SAME for name, v in finals.items()}
     return StagePlan(tuple(graphs), tuple(reduced), kinds)
 
 
