@@ -250,9 +250,18 @@ def test_n_workers_take_the_single_process_step(ray_local, path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime"])
 def test_synchronised_batch_norm_on_onnxruntime_workers(ray_local, backend):
-    """The stage graphs exported to onnxruntime: two workers take the single-process step."""
+    """The stage graphs exported to onnxruntime: two workers take the single-process step, with
+    the parameters the driver sent (the debug-mode hash, taken in the first stage)."""
     m, want = _single_process("specs/cnn.dl", k=2)
-    got = _distributed(m, 2, k=2, backend=backend)
+    d = DistributedTrainer(m, workers=2, timeout=300, backend=backend, debug=True)
+    try:
+        batches = d.train_batches(0)
+        for _ in range(2):
+            d(next(batches)[0])
+        d.check_consistent(d._sent)
+        got = {**d.params, **d.state}
+    finally:
+        d.close()
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
