@@ -10,6 +10,14 @@ For each spec it measures, in one process (NumPy backend, one BLAS thread):
 - the step time of ``DistributedTrainer`` with 1 and 2 Ray workers on this
   machine (global batch = the spec's batch), and from the 1-worker step the
   per-step overhead of going through Ray (task dispatch, object store);
+- for a spec with batch normalisation, whose steps with N > 1 run in
+  synchronisation stages (compiler/training/stages.py): the number of stages,
+  the bytes of partial sums each worker sends per step (and receives back
+  summed), and ``t_staged``: both shards' stages run in this process, one after
+  the other, the sums added up in between (no Ray) — the cost of splitting
+  the graph, apart from Ray's per-stage round trips; and from the 2-worker
+  step, what each round added (``stage_rt``), which the projection adds per
+  round at every N;
 
 and projects, for N = 8, 64, 512 workers at a fixed per-worker batch (weak
 scaling), the step time and efficiency ``T(1) / T(N)`` of dlc's design — the
@@ -61,7 +69,8 @@ def measure(path: str, steps: int) -> dict:
     grads = {k: v for k, v in out.items() if k.startswith("grad/")}
     t_update = _median_time(lambda: upd(grads, values, values), steps)
     params = sum(v.size for v in local.params.values())
-    row = {"spec": Path(path).stem, "params": params, "batch": spec.batch, "t_grad": t_grad, "t_update": t_update}
+    row = {"spec": Path(path).stem, "params": params, "batch": spec.batch, "t_grad": t_grad, "t_update": t_update,
+           **measure_stages(m, spec, values, steps)}
     for n in (1, 2):
         d = DistributedTrainer(m, workers=n, timeout=600)
         try:
@@ -76,7 +85,38 @@ def measure(path: str, steps: int) -> dict:
         finally:
             d.close()
     row["overhead"] = max(row["step1"] - t_grad - t_update, 0.0)
+    # what each synchronisation round added to the 2-worker step (dispatch, gather, the sums)
+    row["stage_rt"] = max(row["step2"] - row["step1"], 0.0) / (row["stages"] - 1) if row["stages"] > 1 else 0.0
     return row
+
+
+def measure_stages(m, spec, values: dict, steps: int) -> dict:
+    """Stages, partial-sum bytes per worker and step, and ``t_staged`` (two shards' stages in
+    this process) of the first step group's synchronised plan; stages = 1 when there is none."""
+    from dlc.compiler.dims import concrete_shape
+    from dlc.compiler.training.stages import stage_plan
+    from dlc.compiler.types import np_dtype
+    from dlc.runtime.distributed import BatchRef, GradientWorker, ModelSource
+    from dlc.runtime.staged import run_stages
+    from dlc.runtime.trainer import build_grad_graph
+
+    plan = stage_plan(build_grad_graph(m, spec, spec.steps[0])[0])
+    if plan is None:
+        return {"stages": 1, "sync_bytes": 0, "t_staged": None}
+    size = 0
+    for g, names in zip(plan.graphs, plan.reduced):
+        for name in names:
+            t = g.type_of(g.outputs[name])
+            size += int(np.prod(concrete_shape(t.shape, {}))) * np_dtype(t.dtype).itemsize
+    source = ModelSource(m.loaded, m.defn, dict(m.hyper), dict(m.inputs))
+    workers = [GradientWorker(source, spec, rank=r, world=2, seed=spec.seed) for r in range(2)]
+    batch = BatchRef(0, 0)
+
+    def call(k, sums):
+        return [{n: v for n, v in w.stage(0, k, batch, 0, values, sums).items() if n != "n"} for w in workers]
+
+    t_staged = _median_time(lambda: run_stages(call, len(plan.graphs), plan.outputs), steps)
+    return {"stages": len(plan.graphs), "sync_bytes": size, "t_staged": t_staged}
 
 
 def project(row: dict, n: int, bandwidth_gbit: float) -> tuple[float, float, float, float]:
@@ -85,8 +125,10 @@ def project(row: dict, n: int, bandwidth_gbit: float) -> tuple[float, float, flo
     grad_bytes = 4 * row["params"]
     compute = row["t_grad"] + row["t_update"]
     base = compute + row["overhead"]
-    star = base + 2 * n * grad_bytes / bw  # the driver's link: parameters out, N gradients in
-    ring = base + 2 * (n - 1) / n * grad_bytes / bw
+    sync = row["sync_bytes"]  # partial sums between stages: N in, their sums N out, through the driver
+    rounds = (row["stages"] - 1) * row["stage_rt"]  # as measured with 2 workers: a lower bound at N
+    star = base + rounds + 2 * n * (grad_bytes + sync) / bw  # the driver's link: parameters out, N gradients in
+    ring = base + rounds + 2 * (n - 1) / n * (grad_bytes + sync) / bw
     return star, base / star, ring, base / ring
 
 
@@ -111,6 +153,15 @@ def main(argv=None) -> None:
         print(f"| {r['spec']} | {r['params']:,} | {4 * r['params']:,} | {r['batch']} | {r['t_grad'] * 1e3:.2f} | "
               f"{r['t_update'] * 1e3:.2f} | {r['step1'] * 1e3:.2f} | {r['step2'] * 1e3:.2f} | "
               f"{r['overhead'] * 1e3:.2f} |")
+    print("\nsynchronised batch statistics (N > 1):\n")
+    print("| spec | stages | partial-sum bytes / worker / step | t_grad ms (whole batch) | "
+          "t_staged ms (2 shards, no Ray) | 1 worker ms | 2 workers ms | ms per round |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        staged = "—" if r["t_staged"] is None else f"{r['t_staged'] * 1e3:.2f}"
+        per_round = "—" if r["stages"] == 1 else f"{r['stage_rt'] * 1e3:.2f}"
+        print(f"| {r['spec']} | {r['stages']} | {r['sync_bytes']:,} | {r['t_grad'] * 1e3:.2f} | {staged} | "
+              f"{r['step1'] * 1e3:.2f} | {r['step2'] * 1e3:.2f} | {per_round} |")
     print(f"\nprojected, weak scaling (per-worker batch = the spec's), {args.bandwidth:g} Gbit/s:\n")
     print("| spec | N | dlc step ms | dlc efficiency | ring all-reduce step ms | ring efficiency |")
     print("|---|---|---|---|---|---|")

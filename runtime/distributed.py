@@ -22,9 +22,14 @@ differs is where a step's work happens:
   (``build_update``: regularisation, clipping, the schedule, the optimizer)
   once.  ``grad`` + ``update`` is node for node the fused step, so one worker
   takes bit for bit the single-process step, and N workers take it up to float
-  rounding — except where a model looks across the batch inside the forward
-  pass: batch normalisation normalises each shard with its own statistics
-  (as PyTorch's DistributedDataParallel does without SyncBatchNorm).
+  rounding.
+- Where a model looks across the batch inside the step (batch normalisation's
+  statistics, a masked mean), the gradient graph runs in stages
+  (compiler/training/stages.py, runtime/staged.py): after each, the driver
+  adds up the workers' partial sums and sends them on with the next stage's
+  call, so every shard normalises with the global batch's statistics; the
+  final gradients are then partial sums, and the driver adds them up instead
+  of averaging.
 - Random ops: worker 0 uses the single-process key of (seed, step, group),
   worker ``r`` a key derived from it and ``r``; a run is reproducible for a
   given ``N``.
@@ -52,11 +57,13 @@ import numpy as np
 from dlc.compiler.graph import RNG_INPUT
 from dlc.compiler.optional import import_optional
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL
+from dlc.compiler.training.stages import StagePlan, SyncError, stage_plan
 from dlc.compiler.training.step import StepGraph
 from dlc.grammar.errors import DlcError
 
 from .data import batch_indices
 from .runner import bind, make_runner
+from .staged import StagedGrad, run_stages
 from .trainer import (RNG_MODULUS, Trainer, batches_per_epoch, build_grad_graph, build_update_graph, load_splits,
                       trainer_args)
 
@@ -119,10 +126,13 @@ class GradientWorker:
         self.runners = []
         for step in spec.steps:
             graph, _ = build_grad_graph(source, spec, step)
-            self.runners.append(make_runner(graph, backend, level, threads=threads))
+            plan = synchronised_plan(graph, step.name) if world > 1 else None
+            self.runners.append(make_runner(graph, backend, level, threads=threads) if plan is None
+                                else StagedGrad(plan, backend, level, threads=threads))
         self.train = load_splits(source, spec)["train"]
         self.n_train = len(next(iter(self.train.values())))
         self._order: tuple[int, np.ndarray] | None = None
+        self._inputs: tuple | None = None  # (step, feeds, values) of the synchronised step in flight
         self.last_digest = ""
 
     def rows(self, batch: BatchRef) -> np.ndarray:
@@ -147,12 +157,65 @@ class GradientWorker:
         out = self.runners[group](feeds, values, values)
         return {"n": len(idx), **{k: np.asarray(v) for k, v in out.items()}}
 
+    def stage(self, group: int, k: int, batch: BatchRef, key: int, values, sums: Mapping[str, np.ndarray]) -> dict:
+        """Stage ``k`` of a synchronised group's step on this worker's shard (runtime/staged.py):
+        ``n`` and the stage's partial sums, or on the last stage the final outputs (``n`` = 0 and
+        nothing else for an empty shard).  ``sums``: every earlier stage's workers' sums.
+        ``values``: the parameters and state — a mapping, or (after stage 0, which always gets
+        the mapping) a callable returning it, called only by a worker that does not hold this
+        step's values already (a restarted one), so later stages do not deserialise them again."""
+        step = (group, batch, key)
+        if isinstance(values, Mapping):
+            if k == 0 and self.debug:
+                self.last_digest = params_digest(values)
+            self._inputs = None
+        idx = self.rows(batch)
+        if len(idx) == 0:
+            return {"n": 0}
+        if self._inputs is None or self._inputs[0] != step:
+            feeds = {name: a[idx] for name, a in self.train.items()}
+            feeds[RNG_INPUT] = worker_key(key, self.rank)
+            self._inputs = (step, feeds, values if isinstance(values, Mapping) else values())
+        _, feeds, held = self._inputs
+        out = self.runners[group].run(k, step, feeds, held, sums)
+        return {"n": len(idx), **{name: np.asarray(v) for name, v in out.items()}}
+
     def digest(self) -> str:
         """The hash of the parameters this worker computed its last gradients with (debug mode)."""
         return self.last_digest
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def synchronised_plan(graph, group: str) -> StagePlan | None:
+    """The stages of a group's gradient graph for several workers (None: one stage), or a
+    coded error for a batch reduction that cannot be synchronised."""
+    try:
+        return stage_plan(graph)
+    except SyncError as e:
+        raise DlcError("E0201", f"step `{group}` cannot be split across workers: {e}",
+                       hint="train this model in one process (leave out --workers)") from None
+
+
+def _stage_info(model, spec, step) -> tuple[int, dict[str, str]] | None:
+    """What the driver needs of a group's plan: None for one stage, else (the number of
+    stages, how each final output combines)."""
+    plan = synchronised_plan(build_grad_graph(model, spec, step)[0], step.name)
+    return None if plan is None else (len(plan.graphs), dict(plan.outputs))
+
+
+class _Fetch:
+    """An object-store reference that is resolved only when called (Ray resolves references
+    passed as arguments on every call; one held in an attribute it leaves alone)."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def __call__(self):
+        import ray
+
+        return ray.get(self.ref)
 
 
 def _remote_worker(ray, max_restarts: int):
@@ -174,6 +237,8 @@ class DistributedTrainer(Trainer):
         self.ray = ray = import_optional("ray", "training on several workers (--workers)")
         self.timeout, self.debug, self._model = float(timeout), debug, model
         args = trainer_args(model, seed=seed, fresh=fresh)
+        # which groups run in stages (the workers make the same plans): an unsplittable one fails before Ray starts
+        self._stages = [None if workers == 1 else _stage_info(model, args["spec"], s) for s in args["spec"].steps]
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             try:
@@ -225,9 +290,13 @@ class DistributedTrainer(Trainer):
         if self.debug:
             self._sent = sent
         values = self.ray.put(sent)
-        parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
-                 if p["n"]]
-        avg = _weighted_mean(parts)
+        staged = self._stages[g.index]
+        if staged is None:
+            parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
+                     if p["n"]]
+            avg = _weighted_mean(parts)
+        else:
+            avg = self._staged_grads(g.index, staged, batch, int(key), values)
         out = g.run({k: v for k, v in avg.items() if k.startswith("grad/")})
         g.run.commit([*g.step.params, *g.step.state_init])
         state = [k for k in g.step.model_state if k in commit]
@@ -235,6 +304,25 @@ class DistributedTrainer(Trainer):
             self.store.set({k: avg[f"new/{k}"] for k in state})
         return {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
                 **{k: v for k, v in avg.items() if k.startswith("metric/")}}
+
+    def _staged_grads(self, group: int, staged: tuple[int, dict], batch: BatchRef, key: int, values) -> dict:
+        """A synchronised group's outputs: its stages on every worker with a non-empty shard,
+        the partial sums added up on the driver between stages (runtime/staged.py)."""
+        active = self.workers
+
+        later = _Fetch(values)  # stages after the first: the workers hold the values already
+
+        def call(k: int, sums: dict) -> list[dict]:
+            nonlocal active
+            parts = self._get([w.stage.remote(group, k, batch, key, values if k == 0 else later, sums)
+                               for w in active])
+            if k == 0:  # every worker hashes its parameters in stage 0; the empty shards stop there
+                active = [w for w, p in zip(active, parts) if p["n"]]
+                parts = [p for p in parts if p["n"]]
+            return [{name: v for name, v in p.items() if name != "n"} for p in parts]
+
+        n_stages, kinds = staged
+        return run_stages(call, n_stages, kinds)
 
     def check_consistent(self, values: Mapping[str, np.ndarray]) -> None:
         """Raise E0404 unless every worker's last parameters hash like ``values`` (debug mode

@@ -13,8 +13,11 @@ import pytest
 
 import dlc
 from dlc.grammar.errors import DlcError
+from dlc.compiler.training.stages import SUMMED, stage_plan
 from dlc.runtime.distributed import BatchRef, DistributedTrainer, GradientWorker, ModelSource, shard
-from dlc.runtime.trainer import make_trainer, rng_key
+from dlc.runtime.runner import make_runner
+from dlc.runtime.staged import run_stages
+from dlc.runtime.trainer import build_grad_graph, make_trainer, rng_key
 
 K_STEPS = 4
 
@@ -30,7 +33,7 @@ def _single_process(path, k=K_STEPS):
         if i == k:
             break
         t(b)
-    return m, t.params
+    return m, {**t.params, **t.state}  # the state: batch norm's running statistics
 
 
 def test_shards_cover_a_batch_in_order_with_sizes_within_one():
@@ -58,6 +61,138 @@ def test_shard_gradients_weighted_by_size_are_the_global_batch_gradient():
     for name, g in want.items():
         got = sum(p["n"] * p[f"grad/{name}"].astype(np.float64) for p in parts) / 64
         np.testing.assert_allclose(got, g, rtol=1e-5, atol=1e-7)
+
+
+# -- synchronised batch statistics (compiler/training/stages.py, runtime/staged.py) --------
+def _grad_graph(path):
+    m = dlc.load(path, mode="train")
+    spec = m.train_spec()
+    return m, spec, build_grad_graph(m, spec, spec.steps[0])[0]
+
+
+@pytest.mark.parametrize("path", ["specs/mlp.dl", "specs/lstm.dl", "specs/transformer.dl"])
+def test_a_graph_without_cross_batch_dependencies_runs_in_one_stage(path):
+    """Per-example-mean losses reduce over the batch only for the loss and its 1 / count:
+    the size-weighted mean of the shards is exact, nothing is split."""
+    assert stage_plan(_grad_graph(path)[2]) is None
+
+
+def test_batch_norm_splits_the_gradient_graph_at_its_batch_sums():
+    plan = stage_plan(_grad_graph("specs/cnn.dl")[2])
+    # forward: mean and variance of each of the two batch norms, then the loss; backward: the
+    # two sums of each batch norm's gradient, together; then the rest
+    assert len(plan.graphs) == 8
+    assert [len(r) for r in plan.reduced[-3:]] == [2, 2, 0]
+    first = plan.graphs[0]
+    summed = [first[first.outputs[name].node].op for name in plan.reduced[0]]
+    assert sorted(summed) == ["count", "count", "sum"]  # conv1's channel sums and its element counts
+    assert plan.reduced[-1] == ()
+    assert {k for k, kind in plan.outputs.items() if kind == SUMMED} == {k for k in plan.outputs
+                                                                          if k.startswith("grad/")}
+    for g in plan.graphs:
+        g.verify()
+        assert {"x", "y"} <= set(g.input_names())  # the dims stay bound by the data inputs
+
+
+def _staged_workers(m, spec, world, backend="numpy"):
+    return [GradientWorker(_source(m), spec, rank=r, world=world, seed=spec.seed, backend=backend)
+            for r in range(world)]
+
+
+def _run_staged(workers, batch, key, values):
+    def call(k, sums):
+        return [{n: v for n, v in w.stage(0, k, batch, key, values, sums).items() if n != "n"} for w in workers]
+
+    plan = workers[0].runners[0].plan
+    return run_stages(call, len(plan.graphs), plan.outputs)
+
+
+@pytest.mark.parametrize("path,world,backend", [("specs/cnn.dl", 2, "numpy"), ("specs/cnn.dl", 3, "numpy"),
+                                               ("specs/cnn.dl", 2, "onnxruntime"), ("specs/tiny_bert.dl", 2, "numpy")])
+def test_synchronised_shards_give_the_global_batch_gradients_and_running_statistics(path, world, backend):
+    """cnn.dl's stages on 2 or 3 shards of a 64-row batch, the partial sums added up between
+    stages: gradients, loss, accuracy and the batch norms' next running statistics are the
+    whole batch's (one process, same rows).  tiny_bert.dl's loss is a masked mean (its 1 / mask
+    count is not a shard's 1 / size): two stages, exact too."""
+    m, spec, graph = _grad_graph(path)
+    values = {**m.params, **m.state}
+    workers = _staged_workers(m, spec, world, backend)
+    batch, key = BatchRef(epoch=0, index=1), int(rng_key(spec.seed, 0, 0))
+    got = _run_staged(workers, batch, key, values)
+    rows = np.concatenate([w.rows(batch) for w in workers])
+    whole = {k: v[rows] for k, v in workers[0].train.items()}
+    want = make_runner(graph, backend)(whole, values, values)
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_worker_that_lost_a_steps_kept_values_recomputes_them_from_the_sums():
+    """A restarted worker asked for stage k (Ray's retry) replays stages 0..k-1 from the sums
+    it is sent: the same outputs, bit for bit."""
+    m, spec, _ = _grad_graph("specs/cnn.dl")
+    values = {**m.params, **m.state}
+    workers = _staged_workers(m, spec, 2)
+    batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
+    seen, outs = [], []
+
+    def call(k, sums):
+        seen.append(dict(sums))
+        outs.append([w.stage(0, k, batch, key, values, sums) for w in workers])
+        return [{n: v for n, v in p.items() if n != "n"} for p in outs[-1]]
+
+    plan = workers[0].runners[0].plan
+    run_stages(call, len(plan.graphs), plan.outputs)
+    last = len(plan.graphs) - 1
+    want = outs[last][1]  # worker 1's last stage, its kept values at hand
+    fresh = _staged_workers(m, spec, 2)[1]
+    got = fresh.stage(0, last, batch, key, values, seen[-1])
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_a_batch_reduction_that_is_not_a_sum_cannot_be_synchronised(tmp_path):
+    """Batch norm after a max over the batch: the max of the shards is not a sum of theirs,
+    so several workers are a coded error (E0201), not a silently different step."""
+    spec_file = tmp_path / "maxbn.dl"
+    spec_file.write_text(MAX_THEN_BATCH_NORM)
+    m = dlc.load(spec_file, mode="train")
+    spec = m.train_spec()
+    GradientWorker(_source(m), spec, rank=0, world=1, seed=spec.seed)  # one worker: no split, fine
+    with pytest.raises(DlcError) as e:
+        GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
+    assert e.value.code == "E0201" and "reduce_max" in e.value.message
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():  # the trainer says so before it starts Ray
+        with pytest.raises(DlcError) as e:
+            DistributedTrainer(m, workers=2)
+        assert e.value.code == "E0201" and not ray.is_initialized()
+
+
+MAX_THEN_BATCH_NORM = """
+model maxbn() {
+    input x: f32[B, 64]
+    input y: i64[B]
+    param gamma: [64] = ones()
+    param beta:  [64] = zeros()
+    state mean:  [64] = zeros()
+    state var:   [64] = ones()
+    param W:     [64, 10] = glorot_uniform()
+    h, next_mean, next_var = batch_norm(x - reduce_max(x, axes = 0), gamma, beta, mean, var)
+    update mean = next_mean
+    update var  = next_var
+    output loss = cross_entropy(h @ W, y)
+}
+
+train maxbn {
+    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
 
 
 def test_workers_without_ray_is_a_coded_error_naming_the_extra(tmp_path):
@@ -92,14 +227,15 @@ def _distributed(m, n, k=K_STEPS, **kw):
             if i == k:
                 break
             d(b)
-        return d.params
+        return {**d.params, **d.state}
     finally:
         d.close()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["specs/mlp.dl", "specs/lstm.dl"])
+@pytest.mark.parametrize("path", ["specs/mlp.dl", "specs/lstm.dl", "specs/cnn.dl"])
 def test_n_workers_take_the_single_process_step(ray_local, path):
+    """Parameters (and cnn's batch-norm running statistics, synchronised) after 4 steps."""
     m, want = _single_process(path)
     for n in (1, 2, 3):
         got = _distributed(m, n, debug=True)
@@ -112,12 +248,52 @@ def test_n_workers_take_the_single_process_step(ray_local, path):
 
 
 @pytest.mark.slow
-def test_one_worker_takes_the_single_process_step_with_batch_norm(ray_local):
-    """cnn.dl normalises per shard with N > 1 (no synchronised batch norm); one worker is exact."""
-    m, want = _single_process("specs/cnn.dl")
-    got = _distributed(m, 1)
+@pytest.mark.parametrize("backend", ["onnxruntime"])
+def test_synchronised_batch_norm_on_onnxruntime_workers(ray_local, backend):
+    """The stage graphs exported to onnxruntime: two workers take the single-process step, with
+    the parameters the driver sent (the debug-mode hash, taken in the first stage)."""
+    m, want = _single_process("specs/cnn.dl", k=2)
+    d = DistributedTrainer(m, workers=2, timeout=300, backend=backend, debug=True)
+    try:
+        batches = d.train_batches(0)
+        for _ in range(2):
+            d(next(batches)[0])
+        d.check_consistent(d._sent)
+        got = {**d.params, **d.state}
+    finally:
+        d.close()
     for name in want:
-        np.testing.assert_array_equal(got[name], want[name])
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_between_two_stages_is_restarted_and_replays_them(ray_local, monkeypatch):
+    """SIGKILL worker 1 after stage 4 of the second step: Ray restarts it and retries its
+    stage-5 call, which replays stages 0..4 from the sums; the run ends as one process's."""
+    m, want = _single_process("specs/cnn.dl", k=3)
+    d = DistributedTrainer(m, workers=2, max_restarts=1, timeout=300)
+    victim, calls = d.worker_pids()[1], []
+
+    def run_stages_killing(call, n_stages, kinds):
+        def killing(k, sums):
+            calls.append(k)
+            if len(calls) == n_stages + 5:  # the second step's stage 5
+                os.kill(victim, signal.SIGKILL)
+            return call(k, sums)
+        return run_stages(killing, n_stages, kinds)
+
+    monkeypatch.setattr("dlc.runtime.distributed.run_stages", run_stages_killing)
+    try:
+        for i, (b, _) in enumerate(d.train_batches(0)):
+            if i == 3:
+                break
+            d(b)
+        assert victim not in d.worker_pids()  # it was restarted
+        got = {**d.params, **d.state}
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    finally:
+        d.close()
 
 
 @pytest.mark.slow
@@ -131,8 +307,9 @@ def test_a_killed_worker_is_restarted_and_its_step_retried(ray_local):
             if i == 2:
                 os.kill(d.worker_pids()[1], signal.SIGKILL)
             d(b)
+        got = {**d.params, **d.state}
         for name in want:
-            np.testing.assert_allclose(d.params[name], want[name], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
     finally:
         d.close()
 

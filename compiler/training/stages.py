@@ -1,0 +1,338 @@
+"""Partition a gradient graph at its cross-batch reductions, for data-parallel workers.
+
+A data-parallel worker runs the gradient graph on its shard of the batch.  That
+is the global batch's step as long as no value reduced over the batch feeds
+further per-example computation: the shards' losses and gradients are then
+just averaged.  Batch normalisation breaks this: its mean and variance (and
+the sums in its gradient) are reductions over the batch that every example's
+output depends on, so each shard must see the *global* sums.
+
+:func:`stage_plan` finds those dependencies and cuts the graph there.  Every
+value gets a distribution class, in one walk in topological order:
+
+- ``sharded``: per-example, its type mentions the batch dim (the leading dim of
+  the data inputs) — each worker holds its rows;
+- ``partial``: a sum over the batch of sharded values (``sum``/``sum_to``/a
+  contraction over the batch, and ``count`` of batch axes), or a linear function
+  of such sums — each worker holds its shard's term and the global value is the
+  sum over the workers;
+- ``replicated``: everything else (parameters, state, constants and what is
+  computed from them and from reduced values) — the same on every worker.
+
+A partial value that something non-linear consumes (``sum / count``, a
+broadcast back over the batch, …) is a *reduction point*: its consumers read
+the workers' summed value instead.  Nodes fall into stages by the reduction
+points on their paths (stage = the most reduction points crossed); each stage
+is an ordinary graph whose outputs are its reduction points (``sum/…``, to be
+summed across the workers), the values later stages read (``keep/…``, kept on
+the worker) and the final outputs it computes; later stages take them as
+inputs of the same names.  A stage graph also keeps every input of the
+original graph, so the symbolic dims stay bound the same way.
+
+Two rules keep the rounds few.  Before the walk, :func:`distribute_sums` moves
+each batch ``sum_to`` of the gradient below ``neg``/``add``/``sub`` and out of
+a ``mul`` by a factor constant along the summed axes, so a sum does not wait
+for a factor that needs an earlier round; and in the walk a partial value
+times a factor ready only in a later stage is summed across the workers first
+(the sum travels while the factor is computed).  Batch norm's gradient then
+takes one round per layer, not two.
+
+Counts over the batch are partial too, so every mean over the batch divides
+by the global count, the loss is the global mean and the final gradients are
+partial — the sum of the workers' outputs.  A graph whose only reductions
+feeding per-example values are counts (every per-example-mean loss: the
+backward pass scales by 1 / count) needs no stages: the workers' gradients,
+averaged weighted by shard size, are already the global ones, and
+:func:`stage_plan` returns None.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..builder import Builder
+from ..dims import Sym
+from ..graph import RNG_INPUT, SOURCE_OPS, Graph, Value
+from ..ops.reduction import reduced_axes
+
+REPLICATED, SHARDED, PARTIAL, OPAQUE = "replicated", "sharded", "partial", "opaque"
+SUMMED, SAME = "sum", "same"  # how the workers' final outputs combine: summed, or identical on every worker
+
+# Ops that, given per-example inputs and an output without the batch dim, sum over the batch
+# (a contraction is a sum of per-example products).
+BATCH_SUMS = frozenset({"sum", "sum_to", "matmul", "count", "conv2d_grad_weight", "gather_grad"})
+# Ops linear in a partial argument when their other arguments are replicated: unary ones, and
+# mul / div (numerator) by a replicated factor.  add / sub are linear when every argument is partial.
+_LINEAR_UNARY = frozenset({"reshape", "unsqueeze", "squeeze", "transpose", "neg", "sum", "sum_to", "flatten"})
+
+
+class SyncError(ValueError):
+    """A reduction over the batch that cannot be split into per-worker sums (e.g. a max)."""
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """The stages of a gradient graph: run ``graphs`` in order on every worker; after
+    stage ``k`` sum the workers' ``sum/…`` outputs (``reduced[k]``) and feed those sums
+    to the later stages' inputs of the same names.  ``outputs`` says how each final
+    output combines across the workers (:data:`SUMMED` or :data:`SAME`)."""
+
+    graphs: tuple[Graph, ...]
+    reduced: tuple[tuple[str, ...], ...]
+    outputs: dict[str, str]
+
+
+def batch_dims(graph: Graph) -> frozenset[str]:
+    """The names in the leading dim of the data inputs (every input but the random key)."""
+    names: set[str] = set()
+    for n in graph.inputs:
+        rec = graph[n]
+        if rec.attrs["name"] != RNG_INPUT and rec.types[0].rank:
+            names |= _names(rec.types[0].shape[0])
+    return frozenset(names)
+
+
+def _names(d) -> set[str]:
+    return {name for mono in d.terms for name, _ in mono} if isinstance(d, Sym) else set()
+
+
+def _mentions(t, batch: frozenset[str]) -> bool:
+    return any(_names(d) & batch for d in t.shape)
+
+
+def classify(graph: Graph, batch: frozenset[str]) -> tuple[dict[Value, str], set[Value]]:
+    """(class of every value, the reduction points): iterated until no consumer needs a
+    partial value it cannot take.  A round adds the reduction points it found and drops
+    those that are no longer partial (a value that looked partial only because an earlier
+    point was not reduced yet); few rounds."""
+    reduce_at: set[Value] = set()
+    order = graph.topo_order()
+    for _ in range(len(order) + 1):
+        cls, new = _walk(graph, order, batch, reduce_at)
+        stale = {v for v in reduce_at if cls[v] != PARTIAL}
+        if not new and not stale:
+            return cls, reduce_at
+        reduce_at = (reduce_at - stale) | new
+    raise SyncError("the batch reductions of this graph do not settle into stages")  # not seen: a guard
+
+
+def _walk(graph, order, batch, reduce_at):
+    cls: dict[Value, str] = {}
+    new: set[Value] = set()
+    depth: dict[int, int] = {}  # the stage a node would run in with these reduction points
+
+    def ready(v: Value) -> int:
+        return depth[v.node] + (v in reduce_at) if v.node in depth else 0
+
+    for n in order:
+        rec = graph[n]
+        outs = graph.out_values(n)
+        if rec.op in SOURCE_OPS:
+            sharded = rec.op == "input" and rec.attrs["name"] != RNG_INPUT and _mentions(rec.types[0], batch)
+            cls[outs[0]] = SHARDED if sharded else REPLICATED
+            continue
+        depth[n] = max((ready(v) for v in rec.inputs), default=0)
+        ins = [REPLICATED if v in reduce_at else cls[v] for v in rec.inputs]
+        if OPAQUE in ins:  # stays opaque until it meets the batch again (then it is per-example)
+            cls.update({v: SHARDED if _mentions(t, batch) else OPAQUE for v, t in zip(outs, rec.types)})
+            continue
+        if PARTIAL in ins:
+            # a partial times a factor that is ready only later is summed first: the sum then
+            # crosses the workers while the factor is still being computed, one round earlier
+            late = any(c == REPLICATED and ready(v) > min(ready(u) for u, d in zip(rec.inputs, ins) if d == PARTIAL)
+                       for v, c in zip(rec.inputs, ins))
+            if _linear(rec.op, ins) and not late and not any(_mentions(t, batch) for t in rec.types):
+                cls.update({v: PARTIAL for v in outs})
+            else:
+                new |= {v for v, c in zip(rec.inputs, ins) if c == PARTIAL}
+                cls.update({v: REPLICATED for v in outs})  # provisional: the next round reduces first
+            continue
+        sharded_in = SHARDED in ins
+        for v, t in zip(outs, rec.types):
+            if _mentions(t, batch):
+                cls[v] = SHARDED  # per-example (also a broadcast of replicated values to the local batch)
+            elif not sharded_in:
+                cls[v] = REPLICATED
+            elif rec.op == "count":
+                x = graph.type_of(rec.inputs[0])
+                axes = reduced_axes("count", rec.attrs.get("axes"), x.rank)
+                cls[v] = PARTIAL if any(_names(x.shape[a]) & batch for a in axes) else REPLICATED
+            elif rec.op in BATCH_SUMS:
+                cls[v] = PARTIAL
+            else:  # a max over the batch, a scan's accumulators, ...: not known to be a sum
+                cls[v] = OPAQUE
+    return cls, new
+
+
+def distribute_sums(graph: Graph, batch: frozenset[str]) -> Graph:
+    """A copy of ``graph`` where each ``sum_to`` over the batch is pushed through ``neg``,
+    ``add``/``sub`` of same-shaped terms and ``mul`` by a factor constant along the summed
+    axes: ``sum(a + r·b) = sum(a) + r·sum(b)``.  The old nodes stay for their other uses.
+
+    Autodiff's batch-norm gradient sums ``dy·scale + r·(x - mean)`` where ``r`` needs an
+    earlier batch sum; split, ``sum(x - mean)`` crosses the workers during the forward pass
+    and both sums of each batch norm's gradient share one round instead of two."""
+    g = graph.copy()
+    b = Builder(g, role="backward", scope="sync")
+    todo = [n for n in g.topo_order() if g.op(n) == "sum_to" and _mentions(g.type_of(g.in_values(n)[0]), batch)
+            and not _mentions(g[n].types[0], batch)]
+    for n in todo:
+        pushed = _push(g, b, g.in_values(n)[0], tuple(g[n].attrs["shape"]), batch)
+        if pushed is not None:
+            g.replace_uses(Value(n), pushed)
+    g.prune({v.node for v in g.outputs.values()} | {n for n, _ in g.state.values()})
+    return g
+
+
+def _push(g: Graph, b, x: Value, target: tuple, batch) -> Value | None:
+    """``sum_to(x, target)`` rebuilt with the sum moved below ``x``'s op, or None if it does not move."""
+    rec, t = g[x.node], g.type_of(x)
+    args = rec.inputs
+    if rec.op == "neg":
+        return b.neg(_sum_to(g, b, args[0], target, batch))
+    if rec.op in ("add", "sub") and all(g.type_of(a) == t for a in args):
+        left, right = (_sum_to(g, b, a, target, batch) for a in args)
+        return b.add(left, right) if rec.op == "add" else b.sub(left, right)
+    if rec.op == "mul":
+        for full, factor in (args, args[::-1]):
+            q = _constant_along_sum(g, b, factor, t.shape, target, batch)
+            if q is not None and g.type_of(full) == t:
+                return b.mul(_sum_to(g, b, full, target, batch), q)
+    return None
+
+
+def _sum_to(g, b, x: Value, target: tuple, batch) -> Value:
+    return _push(g, b, x, target, batch) or b.sum_to(x, shape=target)
+
+
+def _constant_along_sum(g: Graph, b, q: Value, shape: tuple, target: tuple, batch) -> Value | None:
+    """``q`` (seen through a ``broadcast_to``) shaped to multiply ``sum_to(·, target)`` of a
+    ``shape`` tensor, when it is constant along every summed axis; else None."""
+    if g.op(q.node) == "broadcast_to":
+        q = g.in_values(q.node)[0]
+    qs = g.type_of(q).shape
+    if _mentions(g.type_of(q), batch) or len(qs) > len(shape):
+        return None
+    lead = len(shape) - len(target)
+    aligned = (1,) * (len(shape) - len(qs)) + tuple(qs)
+    for i, d in enumerate(aligned):
+        summed = i < lead or (target[i - lead] == 1 and shape[i] != 1)
+        if d != 1 and (summed or d != shape[i]):
+            return None
+    kept = aligned[lead:]  # the summed leading axes are 1: drop them
+    return q if tuple(qs) == kept else b.reshape(q, shape=kept)
+
+
+def _linear(op: str, ins: list[str]) -> bool:
+    if op in _LINEAR_UNARY:
+        return len(ins) == 1
+    if op in ("add", "sub"):
+        return all(c == PARTIAL for c in ins)
+    if op in ("mul", "matmul"):
+        return sorted(ins) == [PARTIAL, REPLICATED]
+    if op == "div":
+        return ins == [PARTIAL, REPLICATED]
+    return False
+
+
+def cross_batch(graph: Graph, cls: dict[Value, str], reduce_at: set[Value]) -> bool:
+    """Whether a reduction point other than a count feeds a per-example value."""
+    points = {v.node for v in reduce_at if graph.op(v.node) != "count"}
+    if not points:
+        return False
+    below = graph.descendants(points) - points
+    return any(c == SHARDED for v, c in cls.items() if v.node in below)
+
+
+def stage_plan(graph: Graph) -> StagePlan | None:
+    """The stages of gradient graph ``graph`` for data-parallel workers (module docstring),
+    or None when there is no cross-batch dependency to synchronise (the shards' size-weighted
+    mean is the step).  Raises :class:`SyncError` when one needs synchronising but the graph
+    also reduces over the batch with an op not known to be a sum (an *opaque* reduction:
+    a scan's accumulated gradients, a max over the batch), whose shards cannot be combined.
+    Opaque reductions alone keep today's semantics: each shard's, averaged."""
+    batch = batch_dims(graph)
+    if not batch:
+        return None
+    cls, reduce_at = classify(graph, batch)
+    if not cross_batch(graph, cls, reduce_at):
+        return None
+    graph = distribute_sums(graph, batch)
+    cls, reduce_at = classify(graph, batch)
+    opaque = sorted({graph[v.node].op for v, c in cls.items() if c == OPAQUE
+                     and not any(cls.get(u) == OPAQUE for u in graph.in_values(v.node))})
+    if opaque:
+        raise SyncError(f"{', '.join(f'`{o}`' for o in opaque)} reduce{'s' if len(opaque) == 1 else ''} over "
+                        "the batch in a way that cannot be split into per-worker sums")
+    order = graph.topo_order()
+    stage: dict[int, int] = {}
+    for n in order:
+        if graph.op(n) not in SOURCE_OPS:
+            stage[n] = max((stage[v.node] + (v in reduce_at) for v in graph.in_values(n) if v.node in stage),
+                           default=0)
+    last = max(stage.values(), default=0)
+    finals = graph.outputs
+    produced_in = {name: stage.get(v.node, last) for name, v in finals.items()}
+    for name, v in finals.items():
+        if cls[v] == SHARDED:
+            raise SyncError(f"output `{name}` is per-example; a data-parallel step returns batch values only")
+    # what each stage reads from earlier ones, by name
+    reads: list[dict[Value, str]] = [{} for _ in range(last + 1)]
+    for n, k in stage.items():
+        for v in graph.in_values(n):
+            if v.node in stage and stage[v.node] < k:
+                reads[k][v] = _name(v, v in reduce_at)
+    graphs, reduced = [], []
+    for k in range(last + 1):
+        outputs = {_name(v, True): v for v in sorted(reduce_at, key=_key) if stage[v.node] == k}
+        later = {v for j in range(k + 1, last + 1) for v in reads[j] if v not in reduce_at and stage[v.node] == k}
+        outputs.update({_name(v, False): v for v in sorted(later, key=_key)})
+        outputs.update({name: v for name, v in finals.items() if produced_in[name] == k})
+        nodes = {n for n, s in stage.items() if s == k}
+        graphs.append(_extract(graph, nodes, reads[k], outputs, f"{graph.name}.stage{k}"))
+        reduced.append(tuple(o for o in outputs if o.startswith("sum/")))
+    kinds = {name: SUMMED if cls[v] == PARTIAL else SAME for name, v in finals.items()}
+    return StagePlan(tuple(graphs), tuple(reduced), kinds)
+
+
+def _key(v: Value) -> tuple[int, int]:
+    return v.node, v.index
+
+
+def _name(v: Value, reduced: bool) -> str:
+    return f"{'sum' if reduced else 'keep'}/n{v.node}_{v.index}"
+
+
+def _extract(graph: Graph, nodes: set[int], reads: dict[Value, str], outputs: dict[str, Value], name: str) -> Graph:
+    """A graph of ``nodes`` (and the source nodes they use) whose values ``reads`` are inputs
+    of the given names, with ``outputs``; every input of ``graph`` stays an input."""
+    g = Graph(name)
+    g.salt_counter = graph.salt_counter
+    remap: dict[Value, Value] = {}
+
+    def copy(n: int) -> None:
+        rec = graph[n]
+        new = g.add_node(rec.op, [remap[v] for v in rec.inputs], rec.attrs, rec.types, loc=rec.loc,
+                         scope=rec.scope, role=rec.role)
+        remap.update({Value(n, i): Value(new, i) for i in range(len(rec.types))})
+        if rec.op == "input":
+            g.add_input(new)
+        elif rec.op == "param":
+            g.add_param(rec.attrs["name"], new)
+        elif rec.op == "state":
+            g.set_state(rec.attrs["name"], new)
+
+    for n in graph.inputs:
+        copy(n)
+    for v, input_name in reads.items():
+        node = g.add_node("input", (), {"name": input_name}, (graph.type_of(v),), role=graph[v.node].role)
+        g.add_input(node)
+        remap[v] = Value(node)
+    wanted = set(nodes) | {v.node for v in outputs.values()}
+    sources = {u.node for n in wanted for u in graph.in_values(n) if graph.op(u.node) in SOURCE_OPS}
+    for n in graph.topo_order():
+        if (n in wanted or n in sources) and Value(n) not in remap:
+            copy(n)
+    for dim, (input_name, axis) in graph.dims.items():
+        g.add_dim(dim, input_name, axis)
+    g.set_outputs({k: remap[v] for k, v in outputs.items()})
+    return g
