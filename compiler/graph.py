@@ -3,10 +3,18 @@
 A node is one op application, a :class:`Node` record: ``op`` (registry key),
 ``attrs`` (dict, treated as frozen), ``types`` (one TensorType per output),
 ``inputs`` (the ordered input Values), ``loc``, ``scope`` (``enc.0.attn``),
-``role`` (forward / loss / backward / optimizer / state) and ``grad_of`` (for
-backward nodes: the forward node they differentiate).  An edge ``u → v``
-carries ``src_out`` and ``dst_in``; ``inputs`` mirrors the edges in argument
-order so the hot paths need not sort edges.
+``role`` (one of :data:`ROLES`) and ``grad_of`` (for backward nodes: the
+forward node they differentiate).  Argument ``i`` of node ``v`` reading output
+``j`` of node ``u`` is an edge ``u → v`` with ``src_out = j``, ``dst_in = i``;
+``x * x`` has two.
+
+The edges are stored here, not in a ``networkx.MultiDiGraph``: each node's
+ordered ``inputs`` are the edges into it, and a reverse index counts each
+node's users.  The compiler needs only adjacency, a deterministic topological
+order and reachability, and importing networkx costs a fresh process ~80 ms (a
+third of ``dlc check``).  :meth:`Graph.to_networkx` builds the MultiDiGraph on
+demand (compiler/graph_nx.py, the compiler's only networkx importer), and
+:meth:`Graph.verify` checks the graph's own order and acyclicity against it.
 
 The graph owns every mutation: only its methods add or remove nodes, rewire
 arguments, and write the ordered inputs, the named outputs, the parameters
@@ -17,14 +25,6 @@ cannot put the graph into an inconsistent state by accident, and
 
 Inputs, parameters, state and constants are nodes too (ops ``input``,
 ``param``, ``state``, ``const``).
-
-The edges are stored here, as each node's ordered ``inputs`` and a reverse
-index of its users, rather than in a ``networkx.MultiDiGraph``: the compiler
-needs only adjacency, a deterministic topological order and reachability, and
-importing networkx costs a fresh process ~80 ms (a third of ``dlc check``).
-:attr:`Graph.nx` builds the MultiDiGraph on demand — for analysis, drawing and
-:meth:`Graph.verify`, which checks the graph's own order and acyclicity
-against networkx's.  This is the only module that imports networkx.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ class Value:
 @dataclass(slots=True, eq=False)
 class Node:
     """One op application.  Records are owned by their graph: change
-    ``inputs`` through :meth:`Graph.set_input` (which keeps the edges in
-    step); ``attrs`` is treated as frozen once the node exists."""
+    ``inputs`` through :meth:`Graph.set_input` (which keeps the users index
+    in step); ``attrs`` is treated as frozen once the node exists."""
 
     id: int
     op: str
@@ -142,6 +142,8 @@ class Graph:
     def set_input(self, node: int, index: int, value: Value) -> None:
         """Rewire argument ``index`` of ``node`` to ``value``."""
         rec = self._nodes[node]
+        if not 0 <= index < len(rec.inputs):
+            raise IndexError(f"%{node} ({rec.op}) has {len(rec.inputs)} arguments, not an argument {index}")
         self._drop_use(rec.inputs[index].node, node)
         rec.inputs = rec.inputs[:index] + (value,) + rec.inputs[index + 1:]
         self._add_use(value.node, node)
@@ -271,11 +273,11 @@ class Graph:
 
     def ancestors(self, nodes: Iterable[int]) -> set[int]:
         """``nodes`` and everything they depend on (one walk for all of them: linear in the graph)."""
-        return self._reach(nodes, lambda n: [v.node for v in self._nodes[n].inputs])
+        return self._reach(nodes, lambda n: [v.node for v in self._nodes[n].inputs if v.node in self._nodes])
 
     def descendants(self, nodes: Iterable[int]) -> set[int]:
         """``nodes`` and everything that depends on them (one walk for all of them)."""
-        return self._reach(nodes, lambda n: self._users[n])
+        return self._reach(nodes, lambda n: self._users.get(n, ()))
 
     @staticmethod
     def _reach(nodes: Iterable[int], neighbours) -> set[int]:
@@ -306,27 +308,16 @@ class Graph:
         g.salt_counter = self.salt_counter
         return g
 
-    @property
-    def nx(self):
-        """A ``networkx.MultiDiGraph`` of this graph, built now: one node per
-        op application (its :class:`Node` record under ``"node"``), one edge per
-        argument with ``src_out`` and ``dst_in``.  A snapshot — edits to it do
-        not reach the graph."""
-        import networkx as nx  # only when asked: it costs a fresh process ~80 ms
+    def to_networkx(self):
+        """A ``networkx.MultiDiGraph`` snapshot of this graph (see compiler/graph_nx.py)."""
+        from .graph_nx import to_networkx
 
-        g = nx.MultiDiGraph()
-        for n, rec in self._nodes.items():
-            g.add_node(n, node=rec)
-        for n, rec in self._nodes.items():
-            for i, v in enumerate(rec.inputs):
-                g.add_edge(v.node, n, src_out=v.index, dst_in=i)
-        return g
+        return to_networkx(self)
 
     # -- invariants --------------------------------------------------------
     def _verify_edges(self) -> None:
-        """The reverse index mirrors the arguments, and the graph's order is
-        networkx's lexicographical topological sort (so the graph is acyclic)."""
-        import networkx as nx
+        """The users index mirrors the arguments; networkx agrees on order and acyclicity."""
+        from .graph_nx import agrees_with_networkx
 
         want: dict[int, dict[int, int]] = {n: {} for n in self._nodes}
         for n, rec in self._nodes.items():
@@ -336,11 +327,9 @@ class Graph:
             bad = sorted(n for n in set(want) | set(self._users) if want.get(n) != self._users.get(n))
             raise GraphError(f"the users of %{bad[0]} are {self._users.get(bad[0])}, "
                              f"but its consumers' arguments say {want.get(bad[0])}")
-        reference = self.nx
-        if not nx.is_directed_acyclic_graph(reference):
-            raise GraphError(f"graph {self.name!r} has a cycle")
-        if self.topo_order() != list(nx.lexicographical_topological_sort(reference, key=lambda n: n)):
-            raise GraphError(f"graph {self.name!r}: topo_order() disagrees with networkx's")
+        problem = agrees_with_networkx(self)
+        if problem:
+            raise GraphError(problem)
 
     def verify(self) -> None:
         """Check the invariants every pass must keep; raises :class:`GraphError`.
@@ -348,7 +337,7 @@ class Graph:
         - every argument refers to an existing output, and the reverse index of
           users mirrors the arguments exactly;
         - the graph is acyclic, and :meth:`topo_order` is networkx's
-          lexicographical topological sort of :attr:`nx`;
+          lexicographical topological sort of :meth:`to_networkx`;
         - every node's ``types`` has one entry per output its op declares, and
           re-running the op's shape rule on the input types gives them;
         - inputs are ``input`` nodes, params ``param`` nodes, state ``state``

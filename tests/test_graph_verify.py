@@ -59,3 +59,67 @@ def test_a_typo_in_compiler_code_is_a_bug_not_a_user_error():
     assert callable(b.matmul)
     with pytest.raises(AttributeError, match="no op `matmull`"):
         _ = b.matmull
+
+
+def _square_graph():
+    """x → mul(x, x) → relu: two edges from x into the same node."""
+    g = Graph("t")
+    t = TensorType("f32", (2,))
+    x = g.add_node("input", (), {"name": "x"}, (t,))
+    g.add_input(x)
+    sq = g.add_node("mul", (Value(x), Value(x)), {}, (t,))
+    r = g.add_node("relu", (Value(sq),), {}, (t,))
+    g.set_output("y", Value(r))
+    return g, x, sq, r
+
+
+def test_the_users_index_counts_each_argument():
+    g, x, sq, r = _square_graph()
+    assert g.consumers(x) == [sq] and g.consumers(sq) == [r]
+    g.set_input(sq, 0, Value(r))  # one of x's two uses moves: x is still a user of sq, once
+    assert g.consumers(x) == [sq] and sorted(g.consumers(r)) == [sq]
+    with pytest.raises(GraphError, match="cycle"):
+        g.verify()
+    g.set_input(sq, 0, Value(x))
+    g.verify()
+    g.remove_nodes([r])
+    assert g.consumers(sq) == []
+    assert len(g.to_networkx().edges) == 2  # x * x: two edges
+
+
+def test_verify_catches_a_corrupted_users_index():
+    g, x, sq, _ = _square_graph()
+    g._users[x][sq] = 1  # one of the two uses forgotten
+    with pytest.raises(GraphError, match="users of %0"):
+        g.verify()
+
+
+def test_a_copy_has_its_own_users_index():
+    g, x, sq, r = _square_graph()
+    c = g.copy()
+    c.remove_nodes([r])
+    assert g.consumers(sq) == [r] and c.consumers(sq) == []
+    g.verify()
+
+
+def test_set_input_rejects_an_argument_the_node_does_not_have():
+    g, x, sq, _ = _square_graph()
+    with pytest.raises(IndexError, match="2 arguments"):
+        g.set_input(sq, -1, Value(x))
+
+
+def test_reachability_skips_a_dangling_argument():
+    g, x, sq, r = _square_graph()
+    g.remove_nodes([x])  # sq's arguments now dangle: verify reports it, the walks do not crash
+    assert g.ancestors([r]) == {sq, r}
+    with pytest.raises(GraphError, match="missing node"):
+        g.verify()
+
+
+def test_topo_order_is_networkx_lexicographic_order_on_every_spec_step():
+    import networkx as nx
+
+    for path in ("specs/lstm.dl", "specs/cnn.dl"):
+        g = dlc.load(path, mode="train").train_graph()
+        want = list(nx.lexicographical_topological_sort(g.to_networkx(), key=lambda n: n))
+        assert g.topo_order() == want

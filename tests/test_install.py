@@ -46,7 +46,8 @@ def test_missing_onnxruntime_names_the_extra(monkeypatch):
 
 def test_import_dlc_loads_no_compiler_and_no_heavy_module():
     """`import dlc` (every `dlc` command starts with it) stays cheap: the compiler loads on first use,
-    onnx/onnxruntime/tqdm/scikit-learn only in the commands that need them."""
+    onnx/onnxruntime/tqdm/scikit-learn only in the commands that need them, networkx only when a
+    graph is converted or verified (not by `dlc check`)."""
     code = ("import sys, dlc, dlc.cli\n"
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('onnx', 'onnxruntime', 'tqdm', 'sklearn', 'scipy', 'networkx', 'numpy', 'lark') "
@@ -56,7 +57,7 @@ def test_import_dlc_loads_no_compiler_and_no_heavy_module():
     assert out.stdout.split() == []
     code = ("import sys\nfrom dlc.model import check\ncheck('specs/mlp.dl')\n"
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('onnx', 'onnxruntime', 'tqdm', 'sklearn', 'scipy'))))\n")
+            "('onnx', 'onnxruntime', 'tqdm', 'sklearn', 'scipy', 'networkx'))))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == []
