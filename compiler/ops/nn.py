@@ -40,7 +40,7 @@ import numpy as np
 from ..dims import Sym, dim_str, shape_str
 from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
-from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads
+from .windows import axis_names, fold, fold_wide, im2col, ntuple, out_dim, resolve_pads, widen
 
 RANKS = (1, 2, 3)
 
@@ -162,10 +162,17 @@ def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
 
 def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
     """conv_grad_input: ``dy[N, O, *out]`` spread back through ``w[O, Cg, *k]``:
-    one batched GEMM to window columns, then col2im."""
+    one batched GEMM to window columns, then col2im.  Stride 1 (when the windows
+    cover the padded image exactly): the columns in the wide layout, whose col2im
+    is one contiguous add per kernel offset (``windows.fold_wide``)."""
     n, o, out = dy.shape[0], dy.shape[1], dy.shape[2:]
     cg, kernel = w.shape[1], w.shape[2:]
     wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # [G, Cg*prod(k), O/G]
+    padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
+    if set(stride) == {1} and all(p - d * (k - 1) == m for p, k, d, m in zip(padded, kernel, dilation, out)):
+        wide = widen(dy, padded)  # [N, O, L]
+        cols = np.matmul(wt, wide.reshape(n, groups, o // groups, -1))  # [N, G, Cg*prod(k), L]
+        return fold_wide(cols.reshape(n, groups * cg, -1, wide.shape[-1]), size, kernel, pads, dilation)
     cols = np.matmul(wt, dy.reshape(n, groups, o // groups, -1))  # [N, G, Cg*prod(k), prod(out)]
     return fold(cols.reshape(n, groups * cg, *kernel, *out), size, kernel, stride, pads, dilation, dy.dtype)
 
