@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.ops import nn  # noqa: F401  (registers the window ops)
-from dlc.compiler.ops.nn import conv_np, deconv_np, wgrad_np
+from dlc.compiler.ops.nn import WGRAD_ONE_GEMM_COLUMNS, conv_np, deconv_np, wgrad_np
 from dlc.compiler.ops.pool import Window, flat_argmax
 from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
 from dlc.compiler.ops.windows import fold, fold_wide, widen
@@ -39,8 +39,10 @@ def test_widen_puts_outputs_at_their_flat_positions_and_zeros_in_the_gaps():
     np.testing.assert_array_equal(wide[0, 0], [1, 2, 3, 0, 0, 4, 5, 6])
 
 
-# (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the wide col2im, the last the general one
-CONV_ROWS = [((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
+# (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the wide col2im, stride 2 the
+# general one; the last two have Cg*prod(k) >= WGRAD_ONE_GEMM_COLUMNS (the weight gradient as one GEMM)
+CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
+             ((2, 9, 7, 6), (3, 9, 3, 3), (2, 1), ((0, 1), (1, 1)), (1, 2), 1),((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
              ((2, 3, 7, 6), (4, 3, 3, 2), (1, 1), ((1, 1), (0, 1)), (1, 2), 1),
              ((2, 1, 8, 8), (3, 1, 5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1), 1),
              ((2, 4, 4, 5, 4), (4, 1, 2, 3, 2), (1, 1, 1), ((1, 0), (1, 1), (0, 1)), (1, 1, 2), 4),
@@ -51,6 +53,7 @@ CONV_ROWS = [((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
 def test_conv_gradients_are_the_adjoints_of_the_conv(xs, ws, stride, pads, dilation, groups):
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    assert (ws[1] * np.prod(ws[2:]) >= WGRAD_ONE_GEMM_COLUMNS) == (xs[1] in (16, 9))
     y = conv_np(x, w, stride, pads, dilation, groups)
     dy = rng.standard_normal(y.shape)
     dx = deconv_np(dy, w, xs[2:], stride, pads, dilation, groups)
