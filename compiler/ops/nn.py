@@ -153,7 +153,9 @@ def onnx_error(op: str, exc: Exception):
 # Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
-# per-example products over N.
+# per-example products over N, or, with many window columns, is one GEMM per group over the
+# matrix [G, Cg*prod(k), N*prod(out)] (windows.im2col_by_channel).  Stride 1: the input
+# gradient's columns are in the wide layout (windows.fold_wide).
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
     """The convolution as one batched GEMM over the im2col matrix."""
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
