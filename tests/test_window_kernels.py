@@ -1,52 +1,42 @@
-"""The fast NumPy window kernels agree with the general ones they stand in for:
-the stride-1 wide col2im (``windows.fold_wide``) with ``windows.fold``, the
-convolution gradients' fast paths with the adjoint identities, and the
-tiling max-pool masks with the im2col argmax (ties included)."""
+"""The fast NumPy window kernels agree with what they stand in for: the
+convolution gradients' fast paths (stride-1 input gradient by rows, the weight
+gradient as one GEMM) with the adjoint identities, against the general col2im
+path too, and the tiling max-pool masks with the im2col argmax (ties included)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from dlc.compiler.ops import nn  # noqa: F401  (registers the window ops)
-from dlc.compiler.ops.nn import WGRAD_ONE_GEMM_COLUMNS, conv_np, deconv_np, wgrad_np
+from dlc.compiler.ops.nn import WGRAD_ONE_GEMM_COLUMNS, conv_np, deconv_np, deconv_rows_np, wgrad_np
 from dlc.compiler.ops.pool import Window, flat_argmax
 from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
-from dlc.compiler.ops.windows import fold, fold_wide, widen
+from dlc.compiler.ops.windows import fold
 
-# (x shape, kernel, pads, dilation): 1-D, 2-D, 3-D; asymmetric pads, dilation
-WIDE_ROWS = [((2, 3, 9), (3,), ((1, 2),), (2,)),
-             ((2, 2, 7, 6), (3, 2), ((1, 1), (0, 2)), (1, 2)),
-             ((1, 2, 5, 4, 6), (2, 3, 3), ((1, 0), (0, 1), (1, 1)), (1, 1, 2))]
-
-
-@pytest.mark.parametrize("shape, kernel, pads, dilation", WIDE_ROWS)
-def test_fold_wide_matches_fold(shape, kernel, pads, dilation):
-    rng = np.random.default_rng(0)
-    n, c, size = shape[0], shape[1], shape[2:]
-    padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
-    out = tuple(p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation))
-    cols = rng.standard_normal((n, c, *kernel, *out))
-    want = fold(cols, size, kernel, (1,) * len(size), pads, dilation, cols.dtype)
-    # the wide layout of each kernel offset's [N, C, *out] slice
-    wide = np.stack([widen(cols[(slice(None), slice(None), *off)], padded)
-                     for off in np.ndindex(*kernel)], axis=2)
-    np.testing.assert_allclose(fold_wide(wide, size, kernel, pads, dilation), want, rtol=1e-12)
-
-
-def test_widen_puts_outputs_at_their_flat_positions_and_zeros_in_the_gaps():
-    y = np.arange(1, 7, dtype=np.float32).reshape(1, 1, 2, 3)
-    wide = widen(y, (4, 5))  # rows of 5: outputs at 0..2 and 5..7, L = 8
-    np.testing.assert_array_equal(wide[0, 0], [1, 2, 3, 0, 0, 4, 5, 6])
-
-
-# (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the wide col2im, stride 2 the
-# general one; the last two have Cg*prod(k) >= WGRAD_ONE_GEMM_COLUMNS (the weight gradient as one GEMM)
+# (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the input gradient by rows,
+# stride 2 the general col2im; the first two have Cg*prod(k) >= WGRAD_ONE_GEMM_COLUMNS (the
+# weight gradient as one GEMM per group)
 CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
-             ((2, 9, 7, 6), (3, 9, 3, 3), (2, 1), ((0, 1), (1, 1)), (1, 2), 1),((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
+             ((2, 9, 7, 6), (3, 9, 3, 3), (2, 1), ((0, 1), (1, 1)), (1, 2), 1),
+             ((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
              ((2, 3, 7, 6), (4, 3, 3, 2), (1, 1), ((1, 1), (0, 1)), (1, 2), 1),
              ((2, 1, 8, 8), (3, 1, 5, 5), (1, 1), ((2, 2), (2, 2)), (1, 1), 1),
              ((2, 4, 4, 5, 4), (4, 1, 2, 3, 2), (1, 1, 1), ((1, 0), (1, 1), (0, 1)), (1, 1, 2), 4),
              ((2, 3, 7, 6), (4, 3, 3, 2), (2, 1), ((1, 1), (0, 1)), (1, 2), 1)]
+STRIDE_1 = [row for row in CONV_ROWS if set(row[2]) == {1}]
+
+
+@pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", STRIDE_1)
+def test_input_gradient_by_rows_matches_the_general_col2im(xs, ws, stride, pads, dilation, groups):
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal(ws)
+    out = tuple(m + a + b - d * (k - 1) for m, (a, b), k, d in zip(xs[2:], pads, ws[2:], dilation))
+    dy = rng.standard_normal((xs[0], ws[0], *out))
+    n, o, cg = xs[0], ws[0], ws[1]
+    wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)
+    cols = np.matmul(wt, dy.reshape(n, groups, o // groups, -1)).reshape(n, groups * cg, *ws[2:], *out)
+    want = fold(cols, xs[2:], ws[2:], stride, pads, dilation, dy.dtype)
+    np.testing.assert_allclose(deconv_rows_np(dy, w, xs[2:], pads, dilation, groups), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", CONV_ROWS)

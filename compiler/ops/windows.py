@@ -14,11 +14,7 @@ these helpers, which never assume a rank:
   example), ``im2col_by_channel`` (the same with the batch joined to the
   output positions),
   ``fold`` (col2im: window values summed back into the image),
-  ``window_counts`` (the elements of each window inside given bounds);
-- stride-1 kernels over the image flattened to one axis (``flat_geometry``,
-  ``widen``, ``fold_wide``): there each kernel offset reads one contiguous
-  run of the flat image, so col2im is prod(kernel) long contiguous adds
-  instead of prod(kernel) adds of short rows (several times faster in NumPy).
+  ``window_counts`` (the elements of each window inside given bounds).
 
 Layout: images are ``[N, C, *spatial]``; a window view is
 ``[N, C, *kernel, *out]``, so a loop over kernel offsets (prod(kernel)
@@ -185,46 +181,3 @@ def window_counts(kernel, stride, dilation, out, lo, hi, dtype) -> np.ndarray:
         counts = np.multiply.outer(counts, c)
     return counts.astype(dtype)
 
-
-# -- stride 1: windows over the flattened image -------------------------------------------
-# With stride 1, output position y of a window reads flat position start(offset) + pos(y) of
-# the padded image flattened row-major, where pos(y) = sum y_a * P_a (P_a: the flat stride of
-# axis a) and start(offset) = sum i_a * d_a * P_a.  The "wide" layout indexes outputs by
-# pos(y) in [0, L), L = pos(last output) + 1: it also holds the gap positions between rows
-# (pos of no output), which a wide array keeps at zero.
-def flat_geometry(padded, kernel, dilation, out) -> tuple[tuple[int, ...], int, list[int]]:
-    """(P, L, starts) of the stride-1 windows of an image of (padded) spatial size ``padded``:
-    the flat stride of each axis, the wide length, and start(offset) for every kernel
-    offset in row-major order."""
-    steps = tuple(math.prod(padded[a + 1:]) for a in range(len(padded)))
-    length = sum((o - 1) * p for o, p in zip(out, steps)) + 1
-    starts = [sum(i * d * p for i, d, p in zip(offset, dilation, steps))
-              for offset in itertools.product(*(range(k) for k in kernel))]
-    return steps, length, starts
-
-
-def widen(y: np.ndarray, padded) -> np.ndarray:
-    """``y[N, C, *out]`` in the wide layout ``[N, C, L]`` of an image of spatial size
-    ``padded``: each output at pos(y), zeros in the gaps."""
-    n, c, out = y.shape[0], y.shape[1], y.shape[2:]
-    _, length, _ = flat_geometry(padded, (1,) * len(out), (1,) * len(out), out)
-    wide = np.zeros((n, c, out[0], *padded[1:]), y.dtype)  # every axis after the first as wide as the image
-    wide[(slice(None), slice(None), *(slice(0, o) for o in out))] = y
-    return wide.reshape(n, c, -1)[:, :, :length]
-
-
-def fold_wide(cols: np.ndarray, size, kernel, pads, dilation) -> np.ndarray:
-    """``fold`` for stride 1: ``cols[N, C, prod(kernel), L]`` (wide layout, zero gaps)
-    summed into an image of spatial ``size`` — one contiguous add per kernel offset;
-    padding is cut off."""
-    n, c, length = cols.shape[0], cols.shape[1], cols.shape[-1]
-    padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
-    out = tuple(p - d * (k - 1) for p, k, d in zip(padded, kernel, dilation))
-    _, want, starts = flat_geometry(padded, kernel, dilation, out)
-    if want != length:
-        raise ValueError(f"fold_wide: columns of wide length {length}, the image needs {want}")
-    image = np.zeros((n, c, math.prod(padded)), dtype=cols.dtype)
-    for q, start in enumerate(starts):
-        image[:, :, start:start + length] += cols[:, :, q]
-    image = image.reshape(n, c, *padded)
-    return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
