@@ -3,13 +3,12 @@ import), one class each for every rank k in ``nn.RANKS``:
 
 - ``conv{k}d_grad_input(dy[N, O, *out], w[O, Cg, *k], size=S, ...)`` →
   ``dx[N, Cg*groups, *S]``; ``size`` is needed because a strided conv maps
-  several input sizes to one output size (NumPy: one GEMM to window columns,
-  then col2im, ``nn.deconv_np``).  ONNX: ``ConvTranspose`` whose
+  several input sizes to one output size (NumPy: ``nn.deconv_np``, by rows
+  for stride 1).  ONNX: ``ConvTranspose`` whose
   pads and ``output_padding`` cut or extend the far edge to ``size``.
 - ``conv{k}d_grad_weight(x[N, C, *S], dy[N, O, *out], kernel=k, ...)`` →
-  ``dw[O, C/groups, *k]``: GEMMs of ``dy`` with the im2col matrix of ``x``
-  (``nn.wgrad_np``: one per group over the whole batch, or one per
-  example).  ONNX: a ``Conv`` with the roles swapped — the batch becomes the
+  ``dw[O, C/groups, *k]``: one GEMM of ``dy`` with the im2col matrix of
+  ``x``.  ONNX: a ``Conv`` with the roles swapped — the batch becomes the
   channel axis, ``dy`` the kernel, stride and dilation trade places — then a
   ``Slice`` to ``kernel`` (a strided conv may leave edge rows no window used)
   and a ``Transpose`` back to ``[O, Cg, *k]``.

@@ -42,7 +42,7 @@ import numpy as np
 from ..dims import Sym, dim_str, shape_str
 from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
-from .windows import axis_names, fold, im2col, im2col_by_channel, ntuple, out_dim, resolve_pads, windows
+from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads, windows
 
 RANKS = (1, 2, 3)
 
@@ -153,9 +153,10 @@ def onnx_error(op: str, exc: Exception):
 # Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
-# per-example products over N, or, with many window columns, is one GEMM per group over the
-# matrix [G, Cg*prod(k), N*prod(out)] (windows.im2col_by_channel).  Stride 1: the input
-# gradient by rows (deconv_rows_np).
+# per-example products over N (one GEMM over the whole batch, in another summation order,
+# was faster for LeNet's second conv but moves fp32 rounding in the weight gradient, which
+# Adam after batch norm amplifies: the resnet epoch test of ONNX against NumPy then fails).
+# Stride 1: the input gradient by rows (deconv_rows_np).
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
     """The convolution as one batched GEMM over the im2col matrix."""
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
@@ -203,23 +204,9 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
-# Window columns (Cg*prod(k)) from which the weight gradient is one GEMM per group over the
-# whole batch rather than a GEMM per example.  Measured with 1 OpenBLAS thread over LeNet-5
-# and small-CNN shapes: with 25-27 columns (LeNet's first conv, 3x3 over RGB) the skinny
-# [columns, O] product is 1.7-2.4x slower as one GEMM; with 144-288 columns it is 1.2-1.7x faster.
-WGRAD_ONE_GEMM_COLUMNS = 64
-
-
 def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
-    """conv_grad_weight: ``[O, Cg, *k]``, GEMMs of dy with the im2col matrix: one per
-    group over the whole batch when the windows have many columns, else one per
-    example, summed."""
+    """conv_grad_weight: ``[O, Cg, *k]``, one batched GEMM of dy with the im2col matrix."""
     n, o, c = dy.shape[0], dy.shape[1], x.shape[1]
-    if (c // groups) * math.prod(kernel) >= WGRAD_ONE_GEMM_COLUMNS:
-        cols = im2col_by_channel(x, kernel, stride, pads, dilation, groups, dy.shape[2:])  # [G, Cg*K, N*P]
-        dyt = dy.reshape(n, groups, o // groups, -1).transpose(1, 2, 0, 3).reshape(groups, o // groups, -1)
-        dw = np.matmul(cols, dyt.transpose(0, 2, 1))  # [G, Cg*K, O/G]: this orientation is the faster GEMM
-        return np.ascontiguousarray(dw.transpose(0, 2, 1)).reshape(o, c // groups, *kernel)
     cols = im2col(x, kernel, stride, pads, dilation, groups, dy.shape[2:])
     dw = np.matmul(dy.reshape(n, groups, o // groups, -1), cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(o, c // groups, *kernel)

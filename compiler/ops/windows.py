@@ -10,9 +10,7 @@ these helpers, which never assume a rank:
   number of windows along an axis, floor or ceil, symbolic where exact) and
   ``ceil_extra`` (what ``ceil_mode`` adds after an axis);
 - NumPy kernels: ``windows`` (a strided read-only view of every window —
-  im2col without a copy), ``im2col`` (that view as one GEMM operand, per
-  example), ``im2col_by_channel`` (the same with the batch joined to the
-  output positions),
+  im2col without a copy), ``im2col`` (that view as one GEMM operand),
   ``fold`` (col2im: window values summed back into the image),
   ``window_counts`` (the elements of each window inside given bounds).
 
@@ -136,17 +134,6 @@ def im2col(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> n
     return win.reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(out))
 
 
-def im2col_by_channel(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> np.ndarray:
-    """The windows of ``x`` as ``[G, Cg*prod(kernel), N*prod(out)]``: the batch joins the
-    output positions, so a product over both is one GEMM per group (the weight
-    gradient's reduction) rather than one per example."""
-    n, c = x.shape[:2]
-    k = len(kernel)
-    win = windows(pad_image(x, pads), kernel, stride, dilation, out)  # [N, C, *kernel, *out]
-    win = np.ascontiguousarray(win.transpose(1, *range(2, 2 + k), 0, *range(2 + k, 2 + 2 * k)))
-    return win.reshape(groups, (c // groups) * math.prod(kernel), n * math.prod(out))
-
-
 def offset_slices(kernel, stride, dilation, out):
     """(offset, index) for every kernel offset: ``xp[index]`` is the [N, C, *out]
     slice of the padded image that this offset of every window reads."""
@@ -180,4 +167,3 @@ def window_counts(kernel, stride, dilation, out, lo, hi, dtype) -> np.ndarray:
     for c in per_axis[1:]:
         counts = np.multiply.outer(counts, c)
     return counts.astype(dtype)
-
