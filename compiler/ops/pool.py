@@ -23,8 +23,9 @@ copy, each kernel offset's slice of it copied to a contiguous plane, and the
 first maximum is a mask per plane (``first_max_masks``); the gradient is
 ``dy`` times each mask, written into that offset's slice of the output, with
 no scatter.  Otherwise the argmax is one ``np.argmax`` over the window axis
-of the im2col view and the scatter a ``bincount``.  Two primitives carry it, each the other's gradient with respect to
-its second input (both are piecewise constant in ``x``):
+of the im2col view and the scatter a ``bincount``.  Two primitives carry it,
+each the other's gradient with respect to its second input (both are
+piecewise constant in ``x``):
 
 - ``max_pool{k}d_grad(x, dy)``: scatter-add ``dy`` onto the argmax positions
   (ONNX: ``MaxPool`` indices + ``ScatterElements`` with ``reduction="add"``);
@@ -153,7 +154,11 @@ def first_max_masks(x: np.ndarray, win: Window):
     planes = np.empty((len(slices), *x.shape[:2], *win.out), x.dtype)
     for plane, idx in zip(planes, slices):
         np.copyto(plane, view[idx])
-    masks = planes == planes.max(axis=0)
+    best = planes.max(axis=0)
+    masks = planes == best
+    nan = np.isnan(best)
+    if nan.any():  # as np.argmax (the general path): a NaN is the maximum, the first one wins
+        np.copyto(masks, np.isnan(planes), where=nan)
     seen = masks[0].copy()
     for mask in masks[1:]:  # a later equal maximum does not win
         mask &= ~seen
