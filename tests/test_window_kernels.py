@@ -11,7 +11,7 @@ from dlc.compiler.ops import nn  # noqa: F401  (registers the window ops)
 from dlc.compiler.ops.nn import conv_np, deconv_np, deconv_rows_np, wgrad_np
 from dlc.compiler.ops.pool import Window, flat_argmax
 from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
-from dlc.compiler.ops.windows import fold
+from dlc.compiler.ops.windows import fold, windows, windows_in_two_steps
 
 # (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the input gradient by rows,
 # stride 2 the general col2im
@@ -77,3 +77,18 @@ def test_tiling_max_pool_gradient_matches_the_scatter_through_the_argmax(shape, 
     np.testing.assert_array_equal(max_grad_np(x, dy, win), want.astype(np.float32))
     t = rng.standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(max_pick_np(x, t, win), t.reshape(-1)[flat].reshape(dy.shape))
+
+
+# (padded image shape, kernel, stride, dilation): 2-D and 3-D, strides and dilations per axis
+TWO_STEP_ROWS = [((2, 3, 9, 8), (3, 2), (1, 1), (1, 1)),
+                 ((2, 2, 11, 9), (3, 3), (2, 1), (1, 2)),
+                 ((1, 2, 7, 8, 9), (2, 3, 2), (1, 2, 3), (2, 1, 2))]
+
+
+@pytest.mark.parametrize("shape, kernel, stride, dilation", TWO_STEP_ROWS)
+def test_windows_in_two_steps_copies_the_window_view_exactly(shape, kernel, stride, dilation):
+    xp = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    out = tuple((n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(shape[2:], kernel, stride, dilation))
+    got = windows_in_two_steps(xp, kernel, stride, dilation, out)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(got, windows(xp, kernel, stride, dilation, out))
