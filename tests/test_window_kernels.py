@@ -9,7 +9,7 @@ import pytest
 
 from dlc.compiler.ops import nn  # noqa: F401  (registers the window ops)
 from dlc.compiler.ops.nn import conv_np, deconv_np, deconv_rows_np, wgrad_np
-from dlc.compiler.ops.pool import Window, flat_argmax
+from dlc.compiler.ops.pool import Window, flat_argmax, max_np
 from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
 from dlc.compiler.ops.windows import fold, windows, windows_in_two_steps
 
@@ -77,6 +77,8 @@ def test_tiling_max_pool_gradient_matches_the_scatter_through_the_argmax(shape, 
     np.testing.assert_array_equal(max_grad_np(x, dy, win), want.astype(np.float32))
     t = rng.standard_normal(shape).astype(np.float32)
     np.testing.assert_array_equal(max_pick_np(x, t, win), t.reshape(-1)[flat].reshape(dy.shape))
+    # the forward, one window axis at a time: the maximum of each window (NaN wins)
+    np.testing.assert_array_equal(max_np(x, win), x.reshape(-1)[flat].reshape(dy.shape))
 
 
 # (padded image shape, kernel, stride, dilation): 2-D and 3-D, strides and dilations per axis

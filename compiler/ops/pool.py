@@ -127,6 +127,18 @@ def _given(window: dict) -> dict:
 
 # -- max pooling --------------------------------------------------------------------------
 def max_np(x: np.ndarray, win: Window) -> np.ndarray:
+    """The maximum of each window: one ``np.maximum`` per kernel offset over strided slices,
+    or, when the windows tile ``x``, one window axis at a time (last first), so that every
+    pass after the first reads contiguous rows of what the one before wrote."""
+    if win.tiles():
+        y, _ = _tiles(x, win)  # [N, C, o0, k0, o1, k1, ...]
+        for axis in reversed(range(len(win.kernel))):
+            at = (slice(None),) * (3 + 2 * axis)
+            acc = np.maximum(y[(*at, 0)], y[(*at, 1)]) if win.kernel[axis] > 1 else y[(*at, 0)].copy()
+            for i in range(2, win.kernel[axis]):
+                np.maximum(acc, y[(*at, i)], out=acc)
+            y = acc
+        return y
     xp = pad_image(x, win.eff, -np.inf)
     y = None
     for _, idx in offset_slices(win.kernel, win.stride, win.dilation, win.out):
