@@ -116,7 +116,9 @@ def pad_image(x: np.ndarray, pads, value=0.0) -> np.ndarray:
     """``x`` with ``pads`` ((before, after) per spatial axis) of ``value``."""
     if not any(a or b for a, b in pads):
         return x
-    return np.pad(x, ((0, 0), (0, 0), *pads), constant_values=value)
+    out = np.full((*x.shape[:2], *(m + a + b for m, (a, b) in zip(x.shape[2:], pads))), value, x.dtype)
+    out[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(x.shape[2:], pads)))] = x
+    return out  # (np.pad does the same at twice the cost for LeNet's first conv)
 
 
 def windows(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
