@@ -3,7 +3,8 @@ import), one class each for every rank k in ``nn.RANKS``:
 
 - ``conv{k}d_grad_input(dy[N, O, *out], w[O, Cg, *k], size=S, ...)`` →
   ``dx[N, Cg*groups, *S]``; ``size`` is needed because a strided conv maps
-  several input sizes to one output size.  ONNX: ``ConvTranspose`` whose
+  several input sizes to one output size (NumPy: ``nn.deconv_np``, by rows
+  for stride 1).  ONNX: ``ConvTranspose`` whose
   pads and ``output_padding`` cut or extend the far edge to ``size``.
 - ``conv{k}d_grad_weight(x[N, C, *S], dy[N, O, *out], kernel=k, ...)`` →
   ``dw[O, C/groups, *k]``: one GEMM of ``dy`` with the im2col matrix of

@@ -35,12 +35,14 @@ so second derivatives of convolutions are convolutions; ``conv_transpose`` is
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..dims import Sym, dim_str, shape_str
 from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
-from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads
+from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads, windows
 
 RANKS = (1, 2, 3)
 
@@ -151,7 +153,10 @@ def onnx_error(op: str, exc: Exception):
 # Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
-# per-example products over N.
+# per-example products over N (one GEMM over the whole batch, in another summation order,
+# was faster for LeNet's second conv but moves fp32 rounding in the weight gradient, which
+# Adam after batch norm amplifies: the resnet epoch test of ONNX against NumPy then fails).
+# Stride 1: the input gradient by rows (deconv_rows_np).
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
     """The convolution as one batched GEMM over the im2col matrix."""
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
@@ -162,12 +167,41 @@ def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
 
 def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
     """conv_grad_input: ``dy[N, O, *out]`` spread back through ``w[O, Cg, *k]``:
-    one batched GEMM to window columns, then col2im."""
+    one batched GEMM to window columns, then col2im; with stride 1, ``deconv_rows_np``."""
     n, o, out = dy.shape[0], dy.shape[1], dy.shape[2:]
     cg, kernel = w.shape[1], w.shape[2:]
+    padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
+    if set(stride) == {1} and all(p - d * (k - 1) == m for p, k, d, m in zip(padded, kernel, dilation, out)):
+        return deconv_rows_np(dy, w, size, pads, dilation, groups)
     wt = w.reshape(groups, o // groups, -1).transpose(0, 2, 1)  # [G, Cg*prod(k), O/G]
     cols = np.matmul(wt, dy.reshape(n, groups, o // groups, -1))  # [N, G, Cg*prod(k), prod(out)]
     return fold(cols.reshape(n, groups * cg, *kernel, *out), size, kernel, stride, pads, dilation, dy.dtype)
+
+
+def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
+    """conv_grad_input for stride 1, by rows: along every axis but the first it is a
+    full correlation of ``dy`` with the flipped kernel (im2col of ``dy`` zero-extended
+    by the dilated kernel on both sides, over those axes only), one batched GEMM
+    gives, for every tap i of the first axis, whole rows of the padded image, and
+    col2im is left to the first axis alone: k0 adds of contiguous rows instead of
+    prod(k) adds of short ones (2-D: 1/k1 of the adds, each k1 times longer)."""
+    n, o, out = dy.shape[0], dy.shape[1], dy.shape[2:]
+    cg, kernel = w.shape[1], w.shape[2:]
+    og, k = o // groups, len(kernel)
+    padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
+    ext = tuple(d * (kk - 1) for kk, d in zip(kernel[1:], dilation[1:]))
+    dz = np.zeros((n, o, out[0], *(m + 2 * e for m, e in zip(out[1:], ext))), dy.dtype)
+    dz[(slice(None), slice(None), slice(None), *(slice(e, e + m) for m, e in zip(out[1:], ext)))] = dy
+    # [N, O, 1, *k[1:], o0, *padded[1:]]: tap j of axis a reads dy at X + j d - e = X - (k - 1 - j) d
+    view = windows(dz, (1, *kernel[1:]), (1,) * k, (1, *dilation[1:]), (out[0], *padded[1:]))
+    cols = np.ascontiguousarray(view).reshape(n, groups, -1, out[0] * math.prod(padded[1:]))
+    flipped = w[(slice(None), slice(None), slice(None), *(slice(None, None, -1),) * (k - 1))]
+    wr = flipped.reshape(groups, og, cg, kernel[0], -1).transpose(0, 2, 3, 1, 4).reshape(groups, cg * kernel[0], -1)
+    rows = np.matmul(wr, cols).reshape(n, groups * cg, kernel[0], out[0], *padded[1:])  # [N, C, k0, o0, ...]
+    image = np.zeros((n, groups * cg, *padded), dy.dtype)
+    for i in range(kernel[0]):
+        image[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, :, i]
+    return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
 def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:

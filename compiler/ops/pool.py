@@ -19,11 +19,13 @@ row-major order, the element ONNX ``MaxPool``'s ``Indices`` output names.
 The gradient is a scatter of ``dy`` onto each window's argmax, found once.
 When the windows tile the image (stride = kernel, no padding: LeNet's 2x2
 pools) the image is viewed as ``[N, C, o0, k0, o1, k1, ...]`` without a
-copy: the argmax is one strided comparison per kernel offset and the scatter
-writes ``dy`` into each offset's slice of the output; otherwise the argmax is
-one ``np.argmax`` over the window axis of the im2col view and the scatter a
-``bincount``.  Two primitives carry it, each the other's gradient with respect to
-its second input (both are piecewise constant in ``x``):
+copy, each kernel offset's slice of it copied to a contiguous plane, and the
+first maximum is a mask per plane (``first_max_masks``); the gradient is
+``dy`` times each mask, written into that offset's slice of the output, with
+no scatter.  Otherwise the argmax is one ``np.argmax`` over the window axis
+of the im2col view and the scatter a ``bincount``.  Two primitives carry it,
+each the other's gradient with respect to its second input (both are
+piecewise constant in ``x``):
 
 - ``max_pool{k}d_grad(x, dy)``: scatter-add ``dy`` onto the argmax positions
   (ONNX: ``MaxPool`` indices + ``ScatterElements`` with ``reduction="add"``);
@@ -125,6 +127,18 @@ def _given(window: dict) -> dict:
 
 # -- max pooling --------------------------------------------------------------------------
 def max_np(x: np.ndarray, win: Window) -> np.ndarray:
+    """The maximum of each window: one ``np.maximum`` per kernel offset over strided slices,
+    or, when the windows tile ``x``, one window axis at a time (last first), so that every
+    pass after the first reads contiguous rows of what the one before wrote."""
+    if win.tiles():
+        y, _ = _tiles(x, win)  # [N, C, o0, k0, o1, k1, ...]
+        for axis in reversed(range(len(win.kernel))):
+            at = (slice(None),) * (3 + 2 * axis)
+            acc = np.maximum(y[(*at, 0)], y[(*at, 1)]) if win.kernel[axis] > 1 else y[(*at, 0)].copy()
+            for i in range(2, win.kernel[axis]):
+                np.maximum(acc, y[(*at, i)], out=acc)
+            y = acc
+        return y
     xp = pad_image(x, win.eff, -np.inf)
     y = None
     for _, idx in offset_slices(win.kernel, win.stride, win.dilation, win.out):
@@ -141,19 +155,32 @@ def _tiles(x: np.ndarray, win: Window):
     return view, [(slice(None), slice(None), *(v for i in offset for v in (slice(None), i))) for offset in offsets]
 
 
+def first_max_masks(x: np.ndarray, win: Window):
+    """When the windows tile ``x``: ``(masks, view, slices)`` with ``masks`` a bool array
+    ``[prod(kernel), N, C, *out]``, true at each window's first maximum (row-major) and
+    nowhere else, and ``view, slices`` from ``_tiles``.  Each kernel offset's strided slice
+    is copied once into a contiguous plane; the maximum, the comparison and the
+    first-match rule then run on contiguous planes (numpy is several times slower on
+    the stride-``k`` slices themselves)."""
+    view, slices = _tiles(x, win)
+    planes = np.empty((len(slices), *x.shape[:2], *win.out), x.dtype)
+    for plane, idx in zip(planes, slices):
+        np.copyto(plane, view[idx])
+    best = planes.max(axis=0)
+    masks = planes == best
+    nan = np.isnan(best)
+    if nan.any():  # as np.argmax (the general path): a NaN is the maximum, the first one wins
+        np.copyto(masks, np.isnan(planes), where=nan)
+    seen = masks[0].copy()
+    for mask in masks[1:]:  # a later equal maximum does not win
+        mask &= ~seen
+        seen |= mask
+    return masks, view, slices
+
+
 def window_argmax(x: np.ndarray, win: Window) -> np.ndarray:
-    """``[N, C, *out]`` integers: each window's first maximum, as an offset in the window (row-major).
-    Tiling windows: one strided comparison per kernel offset (no copy of the windows);
-    otherwise one ``argmax`` over the window axis of the im2col view."""
-    if win.tiles():
-        view, slices = _tiles(x, win)
-        best = view[slices[0]].copy()
-        arg = np.zeros(best.shape, np.int8 if len(slices) < 128 else np.int64)
-        for k, idx in enumerate(slices[1:], start=1):
-            better = view[idx] > best  # strict: an equal value later in the window does not win
-            np.maximum(best, view[idx], out=best)
-            np.putmask(arg, better, k)
-        return arg
+    """``[N, C, *out]`` integers: each window's first maximum, as an offset in the window
+    (row-major): one ``argmax`` over the window axis of the im2col view."""
     view = windows(pad_image(x, win.eff, -np.inf), win.kernel, win.stride, win.dilation, win.out)
     return view.reshape(*x.shape[:2], -1, *win.out).argmax(axis=2)
 

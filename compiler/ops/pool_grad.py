@@ -11,7 +11,7 @@ import numpy as np
 from ..types import ShapeError, np_dtype, same_dtype
 from .nn import check_image, onnx_error, per_rank, transpose_to_size
 from .pool import (AVG_ATTRS, AVG_CASES, MAX_ATTRS, MAX_CASES, TIE_ROWS, Window, _given, _pooled, _tiles, _without,
-                   flat_argmax, pool_shape, window_argmax)
+                   first_max_masks, flat_argmax, pool_shape)
 from .registry import Arg, Attr, Op, Sample
 from .shape import i64
 from .windows import fold
@@ -20,11 +20,13 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
     """``dy`` scattered onto each window's argmax: written slice by slice when the
     windows tile ``x`` (every element is in one window), else one ``bincount``."""
     if win.tiles():
-        arg = window_argmax(x, win)
-        out = np.zeros_like(x)
-        view, slices = _tiles(out, win)
-        for k, idx in enumerate(slices):
-            np.multiply(dy, arg == k, out=view[idx])
+        masks, _, slices = first_max_masks(x, win)
+        out = np.empty_like(x)
+        view, _ = _tiles(out, win)
+        grads = masks.astype(x.dtype)  # computed contiguously, then written into each strided slice
+        grads *= dy
+        for grad, idx in zip(grads, slices):
+            np.copyto(view[idx], grad)
         return out
     flat = np.bincount(flat_argmax(x, win).ravel(), weights=dy.ravel(), minlength=x.size)
     return flat.reshape(x.shape).astype(x.dtype, copy=False)
@@ -32,11 +34,11 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
 
 def max_pick_np(x: np.ndarray, t: np.ndarray, win: Window) -> np.ndarray:
     if win.tiles():
-        arg = window_argmax(x, win)
-        view, slices = _tiles(t, win)
-        out = np.empty(arg.shape, dtype=t.dtype)
-        for k, idx in enumerate(slices):
-            np.copyto(out, view[idx], where=arg == k)
+        masks, _, slices = first_max_masks(x, win)
+        view, _ = _tiles(t, win)
+        out = np.empty(masks.shape[1:], dtype=t.dtype)
+        for mask, idx in zip(masks, slices):
+            np.copyto(out, view[idx], where=mask)
         return out
     return t.reshape(-1)[flat_argmax(x, win)]
 
