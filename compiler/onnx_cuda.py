@@ -23,7 +23,7 @@ _ALL = _NUM + ("BOOL", "INT8", "INT16", "UINT8", "UINT16")
 
 CUDA_KERNELS: dict[str, tuple[str, ...]] = {
     **{op: _F for op in ("ArgMax", "Conv", "ConvTranspose", "Cos", "Exp", "LayerNormalization", "LeakyRelu",
-                         "Log", "LogSoftmax", "MatMul", "MaxPool", "Sigmoid", "Softmax", "Softplus", "Sqrt",
+                         "Log", "LogSoftmax", "LSTM", "MatMul", "MaxPool", "Sigmoid", "Softmax", "Softplus", "Sqrt",
                          "Tanh", "Relu", "Pow")},
     **{op: _NUM for op in ("Abs", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Equal", "Greater",
                            "GreaterOrEqual", "ReduceSum")},
