@@ -37,7 +37,7 @@ from dlc.grammar.errors import DlcError
 from .dims import Sym, concrete_shape
 from .graph import SOURCE_OPS, Graph, Value
 from .onnx_emit import IR_VERSION, OPSET, Emitter, Names, onnx_dtype, value_info
-from .onnx_lstm import lower_lstm, match_lstm
+from .onnx_fuse import find_fusions
 from .ops.registry import get_op
 from .types import TensorType, np_dtype
 
@@ -97,7 +97,7 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
         out_names[key] = e.names.claim(out_names[key])
         if v not in claimed and v not in values and graph.op(v.node) not in SOURCE_OPS:
             claimed[v] = out_names[key]  # the producing node writes the output directly
-    fused = {n: m for n in graph.nodes() if graph.op(n) == "scan" and (m := match_lstm(graph, n)) is not None}
+    fused = find_fusions(graph)
     live = _live(graph, fused)
     for n in graph.topo_order():
         if n not in live or Value(n) in values:
@@ -113,9 +113,9 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
         stem = e.prefix + (f"{data.scope}/" if data.scope else "") + f"{op}_{n}"
         outs = [claimed.get(Value(n, i)) or e.names.fresh(stem if i == 0 else f"{stem}.{i}")
                 for i in range(len(data.types))]
-        if n in fused:  # an LSTM cell's scan: one ONNX LSTM node (compiler/onnx_lstm.py)
+        if n in fused:  # a group of nodes with a better ONNX form (compiler/onnx_fuse.py)
             e.in_types, e.out_types, e.here = [], list(data.types), stem
-            lower_lstm(e, fused[n], values, outs)
+            fused[n].lower(e, values, outs)
         else:
             _lower(e, graph, n, [values[v] for v in data.inputs], outs, stem)
         for i, name in enumerate(outs):
@@ -130,7 +130,7 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
 
 
 def _live(graph: Graph, fused: dict) -> set[int]:
-    """The nodes the outputs need; a fused scan needs what its match reads, not its own inputs
+    """The nodes the outputs need; a fused node needs what its fusion reads, not its own inputs
     (an LSTM reads the unprojected sequence: the projection outside the loop is not exported)."""
     out = {v.node for v in graph.outputs.values()}
     todo = list(out)

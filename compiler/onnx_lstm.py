@@ -58,6 +58,9 @@ class LstmMatch:
         """The enclosing-graph values the lowering reads (for liveness)."""
         return [v for v in (self.x, self.wx, self.bias, self.wh, self.h0, self.c0) if v is not None]
 
+    def lower(self, e, names: dict, outs: list[str]) -> None:
+        lower_lstm(e, self, names, outs)
+
 
 def match_lstm(graph: Graph, n: int) -> LstmMatch | None:
     """The LSTM that scan node ``n`` of ``graph`` computes, or None (see the module docstring)."""
