@@ -9,7 +9,8 @@ group's inner nodes are not exported unless something else reads them) and
 ``fusion.lower(e, names, outs)`` emits the ONNX nodes writing that node's
 outputs.
 
-- :class:`~.onnx_lstm.LstmMatch` — a scan whose body is an LSTM cell → ``LSTM``.
+- :class:`~.onnx_lstm.LstmMatch` — a scan whose body is an LSTM cell → ``LSTM``;
+  :class:`~.onnx_gru.GruMatch` — a GRU cell → ``GRU``.
 - :class:`Linear` — ``x @ W + b`` with ``x`` of rank ≥ 3 and a matrix ``W``:
   ``Reshape`` to rows, one ``Gemm`` with the bias in its epilogue, ``Reshape``
   back.  onnxruntime makes the same ``Gemm`` itself only when every shape is
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Value
+from .onnx_gru import match_gru
 from .onnx_lstm import match_lstm
 
 _GEMM_DTYPES = ("f32", "f64", "f16")
@@ -43,7 +45,7 @@ def find_fusions(graph: Graph) -> dict[int, object]:
     out: dict[int, object] = {}
     for n in graph.nodes():
         op = graph.op(n)
-        match = (match_lstm(graph, n) if op == "scan" else _linear(graph, n) if op == "add"
+        match = ((match_lstm(graph, n) or match_gru(graph, n)) if op == "scan" else _linear(graph, n) if op == "add"
                  else _weight_grad(graph, n) if op == "sum_to" else None)
         if match is not None:
             out[n] = match

@@ -1,4 +1,5 @@
-"""A scan whose body is exactly an LSTM cell exports as the ONNX ``LSTM`` op.
+"""A scan whose body is exactly an LSTM cell exports as the ONNX ``LSTM`` op
+(compiler/onnx_gru.py does the same for GRU cells, with the helpers here).
 
 onnxruntime's ``LSTM`` kernel runs the whole recurrence in one node; a
 ``Scan`` runs the cell's dozen nodes once per step (the benchmark LSTM's
@@ -78,7 +79,7 @@ def match_lstm(graph: Graph, n: int) -> LstmMatch | None:
     outer = list(rec.inputs)
     k = 2
     seq = outer[k]
-    proj = _match_projection(graph, seq, hidden)
+    proj = match_projection(graph, seq, 4 * hidden)
     if proj is None:
         return None
     x, wx, bias = proj
@@ -206,15 +207,16 @@ def _match_cell(body: Graph):
     return h_index, (i, o, f, g), w_val.node, hidden, offsets
 
 
-def _match_projection(graph: Graph, seq: Value, hidden: int):
-    """(x, Wx, bias or None) when ``seq`` is ``x @ Wx + bias`` (either operand order) or ``x @ Wx``."""
+def match_projection(graph: Graph, seq: Value, width: int):
+    """(x, Wx, bias or None) when ``seq`` is ``x @ Wx + bias`` (either operand order) or ``x @ Wx``,
+    with ``Wx: [I, width]`` and ``x`` of rank 3."""
     rec = graph[seq.node]
     bias = None
     if rec.op == "add" and not seq.index:
         for mm_side, b_side in ((0, 1), (1, 0)):
             mv, bv = rec.inputs[mm_side], rec.inputs[b_side]
             bt = graph.type_of(bv)
-            if graph[mv.node].op == "matmul" and bt.rank == 1 and bt.shape[0] == 4 * hidden:
+            if graph[mv.node].op == "matmul" and bt.rank == 1 and bt.shape[0] == width:
                 seq, bias = mv, bv
                 break
         else:
@@ -224,7 +226,7 @@ def _match_projection(graph: Graph, seq: Value, hidden: int):
         return None
     x, wx = rec.inputs
     wt = graph.type_of(wx)
-    if wt.rank != 2 or wt.shape[1] != 4 * hidden or not isinstance(wt.shape[0], int):
+    if wt.rank != 2 or wt.shape[1] != width or not isinstance(wt.shape[0], int) or graph.type_of(x).rank != 3:
         return None
     return x, wx, bias
 
@@ -254,9 +256,7 @@ def lower_lstm(e, match: LstmMatch, names: dict, outs: list[str]) -> None:
         b = e.node("Unsqueeze", [both, zero], [e.tmp("B")])[0]
     elif any(o is not None for o in match.offsets):
         b = e.const(np.concatenate([np.zeros(4 * H, np.float32), rb])[None])
-    x = names[match.x]
-    if match.time_axis == 1:
-        (x,) = e.node("Transpose", [x], [e.tmp("x_tbi")], perm=[1, 0, 2])
+    x = time_major(e, names[match.x], match.time_axis)
     (h0,) = e.node("Unsqueeze", [names[match.h0], zero], [e.tmp("h0")])
     (c0,) = e.node("Unsqueeze", [names[match.c0], zero], [e.tmp("c0")])
     y = e.tmp("Y") if match.stacked else ""
@@ -267,12 +267,21 @@ def lower_lstm(e, match: LstmMatch, names: dict, outs: list[str]) -> None:
     finals = {match.h_index: y_h, 1 - match.h_index: y_c}
     for j in range(2):
         e.node("Squeeze", [finals[j], zero], [outs[k + j]])
-    if k:
-        one = e.const(np.array([1], np.int64))
-        if match.time_axis == 1:
-            (ys,) = e.node("Squeeze", [y, one], [e.tmp("Y_tbh")])
-            stacked = e.node("Transpose", [ys], [e.tmp("Y_bth")], perm=[1, 0, 2])[0]
-        else:
-            stacked = e.node("Squeeze", [y, one], [e.tmp("Y_tbh")])[0]
-        for j in range(k):
-            e.node("Identity", [stacked], [outs[j]])
+    emit_stacked(e, y, outs[:k], match.time_axis)
+
+
+def time_major(e, x: str, time_axis: int) -> str:
+    """``x`` as ``[T, B, I]`` (onnxruntime's CPU RNN kernels support ``layout = 0`` only)."""
+    return e.node("Transpose", [x], [e.tmp("x_tbi")], perm=[1, 0, 2])[0] if time_axis == 1 else x
+
+
+def emit_stacked(e, y: str, outs: list[str], time_axis: int) -> None:
+    """The stacked outputs ``outs`` (each the per-step ``h``) from an RNN op's ``Y: [T, 1, B, H]``."""
+    if not outs:
+        return
+    one = e.const(np.array([1], np.int64))
+    (ys,) = e.node("Squeeze", [y, one], [e.tmp("Y_tbh")])
+    if time_axis == 1:
+        ys = e.node("Transpose", [ys], [e.tmp("Y_bth")], perm=[1, 0, 2])[0]
+    for out in outs:
+        e.node("Identity", [ys], [out])
