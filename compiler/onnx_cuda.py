@@ -22,9 +22,9 @@ _NUM = _F + ("BFLOAT16", "INT32", "INT64", "UINT32", "UINT64")
 _ALL = _NUM + ("BOOL", "INT8", "INT16", "UINT8", "UINT16")
 
 CUDA_KERNELS: dict[str, tuple[str, ...]] = {
-    **{op: _F for op in ("ArgMax", "Conv", "ConvTranspose", "Cos", "Exp", "LayerNormalization", "LeakyRelu",
-                         "Log", "LogSoftmax", "MatMul", "MaxPool", "Sigmoid", "Softmax", "Softplus", "Sqrt",
-                         "Tanh", "Relu", "Pow")},
+    **{op: _F for op in ("ArgMax", "Conv", "ConvTranspose", "Cos", "Exp", "Gemm", "GRU", "LayerNormalization",
+                         "LeakyRelu", "Log", "LogSoftmax", "LSTM", "MatMul", "MaxPool", "Sigmoid", "Softmax",
+                         "Softplus", "Sqrt", "Tanh", "Relu", "Pow")},
     **{op: _NUM for op in ("Abs", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Max", "Min", "Equal", "Greater",
                            "GreaterOrEqual", "ReduceSum")},
     **{op: _ALL for op in ("Cast", "Concat", "Expand", "Gather", "GatherElements", "Identity", "Reshape",

@@ -37,6 +37,7 @@ from dlc.grammar.errors import DlcError
 from .dims import Sym, concrete_shape
 from .graph import SOURCE_OPS, Graph, Value
 from .onnx_emit import IR_VERSION, OPSET, Emitter, Names, onnx_dtype, value_info
+from .onnx_fuse import find_fusions
 from .ops.registry import get_op
 from .types import TensorType, np_dtype
 
@@ -96,7 +97,8 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
         out_names[key] = e.names.claim(out_names[key])
         if v not in claimed and v not in values and graph.op(v.node) not in SOURCE_OPS:
             claimed[v] = out_names[key]  # the producing node writes the output directly
-    live = graph.ancestors({v.node for v in graph.outputs.values()})
+    fused = find_fusions(graph)
+    live = _live(graph, fused)
     for n in graph.topo_order():
         if n not in live or Value(n) in values:
             continue
@@ -111,7 +113,11 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
         stem = e.prefix + (f"{data.scope}/" if data.scope else "") + f"{op}_{n}"
         outs = [claimed.get(Value(n, i)) or e.names.fresh(stem if i == 0 else f"{stem}.{i}")
                 for i in range(len(data.types))]
-        _lower(e, graph, n, [values[v] for v in data.inputs], outs, stem)
+        if n in fused:  # a group of nodes with a better ONNX form (compiler/onnx_fuse.py)
+            e.in_types, e.out_types, e.here = [], list(data.types), stem
+            fused[n].lower(e, values, outs)
+        else:
+            _lower(e, graph, n, [values[v] for v in data.inputs], outs, stem)
         for i, name in enumerate(outs):
             values[Value(n, i)] = name
     result = []
@@ -121,6 +127,21 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
             e.node("Identity", [values[v]], [name])
         result.append(value_info(name, graph.type_of(v)))
     return result
+
+
+def _live(graph: Graph, fused: dict) -> set[int]:
+    """The nodes the outputs need; a fused node needs what its fusion reads, not its own inputs
+    (an LSTM reads the unprojected sequence: the projection outside the loop is not exported)."""
+    out = {v.node for v in graph.outputs.values()}
+    todo = list(out)
+    while todo:
+        n = todo.pop()
+        preds = [v.node for v in fused[n].inputs] if n in fused else [v.node for v in graph[n].inputs]
+        for m in preds:
+            if m not in out:
+                out.add(m)
+                todo.append(m)
+    return out
 
 
 def _lower(e: Emitter, graph: Graph, n: int, ins: list[str], outs: list[str], stem: str) -> None:

@@ -238,6 +238,71 @@ class BoundRun:
         self.store.commit(names)
 
 
+class Unrolled:
+    """Sessions of one exported model specialised to the sizes it is fed, with its scans unrolled.
+
+    When ``proto`` has a ``Scan`` whose trip count only the feeds fix (``T`` of
+    a batch), a call reads the named dims of its feeds and runs a session of
+    :func:`~dlc.compiler.onnx_unroll.unroll_scans` applied to the model with
+    those dims fixed (made at the first call with those sizes, kept for later
+    calls); sizes for which nothing unrolls, and any sizes beyond the first
+    :data:`MAX_SHAPES`, use the generic session.  ``make(session)`` builds the
+    runner of a session (an :class:`OrtSession` run or a :class:`BoundRun`); a
+    call returns what that runner returns."""
+
+    MAX_SHAPES = 4  # a training run sees one or two batch shapes (the last batch may be short)
+
+    def __init__(self, proto, make, *, device: str = "cpu", threads: int | None = None):
+        from dlc.compiler.onnx_unroll import scan_count
+
+        self.proto, self.make, self.device, self.threads = proto, make, device, threads
+        self.session = OrtSession(proto, device=device, threads=threads)  # the generic one (any sizes)
+        self.generic = make(self.session)
+        self.dim_inputs = _dim_inputs(proto) if scan_count(proto) else {}
+        self.runs: dict[tuple, object] = {}
+
+    def runner_for(self, feeds: Mapping[str, np.ndarray]):
+        """The runner for the sizes ``feeds`` give the model's named dims."""
+        if not self.dim_inputs:
+            return self.generic
+        dims = {}
+        for name, axes in self.dim_inputs.items():
+            if name in feeds:
+                shape = np.shape(feeds[name])
+                for axis, d in axes:
+                    if axis < len(shape):
+                        dims.setdefault(d, int(shape[axis]))
+        key = tuple(sorted(dims.items()))
+        run = self.runs.get(key)
+        if run is None:
+            run = self.generic
+            if len(self.runs) < self.MAX_SHAPES:
+                from dlc.compiler.onnx_unroll import specialize, unroll_scans
+
+                fixed = specialize(self.proto, dims)
+                unrolled = unroll_scans(fixed)
+                if unrolled is not fixed:
+                    run = self.make(OrtSession(unrolled, device=self.device, threads=self.threads))
+            self.runs[key] = run
+        return run
+
+    def __call__(self, feeds: Mapping[str, np.ndarray], *args, **kwargs):
+        return self.runner_for(feeds)(feeds, *args, **kwargs)
+
+    def commit(self, names: Iterable[str]) -> None:
+        self.generic.commit(names)  # every runner shares one store
+
+
+def _dim_inputs(proto) -> dict[str, list[tuple[int, str]]]:
+    """Graph input → its (axis, dim name) pairs."""
+    out = {}
+    for vi in proto.graph.input:
+        axes = [(i, d.dim_param) for i, d in enumerate(vi.type.tensor_type.shape.dim) if d.HasField("dim_param")]
+        if axes:
+            out[vi.name] = axes
+    return out
+
+
 def _check_shape(name: str, arr: np.ndarray, shape, bound: dict) -> None:
     """Fail early, naming the inputs, on a rank, fixed-dim or dim-name mismatch."""
     if shape is None:

@@ -17,7 +17,8 @@ Either way the graph first goes through the optimizing pipeline
 NumPy, primitive ops for onnxruntime.  The NumPy backend then plans the graph
 once (runtime/interpreter.py); the onnxruntime backend exports it with
 parameters and state as graph inputs (so updated values can be fed back every
-step) and opens one session.
+step) and opens one session, plus one per batch shape with the scans unrolled
+when the graph has scans (runtime/ort.py, :class:`~.ort.Unrolled`).
 """
 from __future__ import annotations
 
@@ -48,14 +49,15 @@ def make_runner(graph: Graph, backend: str, level: int = DEFAULT_LEVEL, *, threa
     if backend == "onnxruntime":
         from dlc.compiler.onnx_export import export_graph
 
-        from .ort import OrtSession
+        from .ort import Unrolled
 
         graph = optimize(graph, level, "onnx")
-        session = OrtSession(export_graph(graph, params=None, name=graph.name, train=True), threads=threads)
         wanted = list(graph.outputs)
+        sessions = Unrolled(export_graph(graph, params=None, name=graph.name, train=True),
+                            lambda session: lambda feeds: session.run(feeds, wanted), threads=threads)
 
         def run(feeds: dict, params: dict, state: dict) -> dict:
-            return session.run({**feeds, **params, **state}, wanted)
+            return sessions({**feeds, **params, **state})
 
         return run
     raise _unknown(backend)
@@ -118,10 +120,9 @@ def bind(graph: Graph, store, backend: str, *, threads: int | None = None, outpu
     if backend == "onnxruntime":
         from dlc.compiler.onnx_export import export_graph
 
-        from .ort import BoundRun, OrtSession
+        from .ort import BoundRun, Unrolled
 
         graph = optimize(graph, level, "onnx")
-        session = OrtSession(export_graph(graph, params=None, name=graph.name, train=True),
-                             device=store.device, threads=threads)
-        return BoundRun(session, store, writes, names)
+        return Unrolled(export_graph(graph, params=None, name=graph.name, train=True),
+                        lambda session: BoundRun(session, store, writes, names), device=store.device, threads=threads)
     raise _unknown(backend)

@@ -155,6 +155,11 @@ class Scan(Op):
         graph_proto = e.subgraph(body, n_formal=k + m, outer=ins[k + m:])
         ranks = [t.rank for t in e.in_types[k:k + m]]
         ax = [norm_axis(axis, r) for r in ranks]
+        seqs = _read_sequences(graph_proto, k, m)  # onnxruntime slices (and transposes) every scan input
+        formal = list(graph_proto.input)
+        del graph_proto.input[k:]
+        graph_proto.input.extend(formal[k + j] for j in seqs)
+        ins, ax, m = list(ins[:k]) + [ins[k + j] for j in seqs], [ax[j] for j in seqs], len(seqs)
         n_y = len(outs) - k
         split = n_y - residuals
         scan_outs = list(outs[:split]) + list(outs[split + k:])
@@ -164,6 +169,25 @@ class Scan(Op):
         e.node("Scan", list(ins[:k + m]), list(outs[split:split + k]) + scan_outs, body=graph_proto,
                num_scan_inputs=m, scan_input_axes=ax, scan_input_directions=[int(reverse)] * m,
                scan_output_axes=out_ax, scan_output_directions=[int(reverse)] * n_y)
+
+
+def _read_sequences(graph_proto, k: int, m: int) -> list[int]:
+    """The sequence inputs (0..m-1) the body reads; at least one, which sets the trip count.
+    A BPTT scan is handed every forward sequence, though after hoisting its body reads few."""
+    read = _names_read(graph_proto)
+    seqs = [j for j in range(m) if graph_proto.input[k + j].name in read]
+    return seqs or [0]
+
+
+def _names_read(graph_proto) -> set[str]:
+    """Every value name a graph's nodes read, nested subgraphs (which see it by name) included."""
+    read = {o.name for o in graph_proto.output}
+    for node in graph_proto.node:
+        read.update(node.input)
+        for a in node.attribute:
+            if a.g.node or a.g.output:
+                read |= _names_read(a.g)
+    return read
 
 
 def emit_residuals(graph: Graph, node: int, sources: list[Value]) -> list[Value]:
