@@ -268,8 +268,13 @@ class Softmax(_SoftmaxLike):
     name, onnx_op = "softmax", "Softmax"
 
     def kernel(self, x, axis):
-        z = np.exp(x - np.max(x, axis=axis, keepdims=True))
-        return z / np.sum(z, axis=axis, keepdims=True)
+        z = x - np.max(x, axis=axis, keepdims=True)
+        if not isinstance(z, np.ndarray) or z.ndim == 0 or z.dtype.kind != "f":
+            z = np.exp(z)
+            return z / np.sum(z, axis=axis, keepdims=True)
+        np.exp(z, out=z)  # z is ours: the same ufuncs in the same order, in one buffer
+        z /= np.sum(z, axis=axis, keepdims=True)
+        return z
 
     def grad(self, b, inputs, outputs, cts, axis):
         y = outputs[0]
