@@ -10,8 +10,8 @@ the benchmark workloads) is ``python benchmarks/gemm_layouts.py``:
   matmul calls one small GEMM per leading index; one GEMM on the collapsed
   ``[prod(...) * M, K]`` rows is up to 1.5× faster (most with ``w`` a
   transposed view, the ``dy @ W^T`` of a backward pass).
-- A 2-D product whose output has few columns that are not a multiple of 8
-  (``N = 7`` in the GCN) falls into OpenBLAS's slow edge kernel: padding ``b``
+- A 2-D product whose output has fewer than 16 columns that are not a multiple
+  of 8 (``N = 7`` in the GCN) falls into OpenBLAS's slow edge kernel: padding ``b``
   with zero columns to the next multiple of 8 and dropping them afterwards is
   ~1.6× faster once the ``M x K`` operand is big (``_PAD_MIN_MK``).  The padded
   columns are zeros, so the kept columns are the same dot products.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 _PAD_MIN_MK = 1 << 20  # M*K from which padding N pays for its copy of b (2708 x 2708 does, 64 x 512 not)
-_PAD_MAX_N = 64  # the edge kernel's cost matters only while N is a few register blocks
+_PAD_MAX_N = 16  # measured to pay for N = 3, 7, 10, 12; from N = 20 it was a wash
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -49,4 +49,3 @@ def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         padded[:, :n] = b
         return np.ascontiguousarray(np.matmul(a, padded)[:, :n])
     return np.matmul(a, b)
-
