@@ -32,3 +32,13 @@ def test_workload_specs_compile_and_their_batches_fit():
         assert set(batch) == set(m.inputs), w.name
         for k, t in m.inputs.items():
             assert batch[k].ndim == t.rank, (w.name, k)
+
+
+@pytest.mark.slow
+def test_gemm_layouts_prints_its_table(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gemm_layouts
+
+    gemm_layouts.main(["--only", "mlp", "--rounds", "1", "--burst", "0.001"])
+    out = capsys.readouterr().out
+    assert "| mlp | x@W1 64x784 @ 784x512 | views a@b" in out and "bias grad" in out

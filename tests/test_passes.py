@@ -22,7 +22,7 @@ from dlc.compiler.passes.fuse_elementwise import _fuse_round, fuse_elementwise
 from dlc.compiler.passes.pipeline import optimize, passes_for
 from dlc.compiler.passes.simplify import simplify
 from dlc.compiler.training.step import initial_state
-from dlc.compiler.types import TensorType
+from dlc.compiler.types import ShapeError, TensorType
 from dlc.grammar.errors import DlcError
 from dlc.runtime.interpreter import Plan
 from dlc.runtime.ort import OrtSession
@@ -210,6 +210,59 @@ def test_bias_relu_becomes_one_kernel_call():
     assert ops(g) == {"input": 1, "param": 1, "fused": 1}
     xv, bv = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32), np.ones(3, np.float32)
     np.testing.assert_array_equal(run(g, {"x0": xv}, {"b": bv})["y"], np.maximum(xv + bv, 0))
+
+
+def _sgd_graph(grad_is_output: bool):
+    g, b, (x, dy) = small(TensorType("f32", (5, 3)), TensorType("f32", (5, 4)))
+    w = graph_param(g, "w", TensorType("f32", (3, 4)))
+    grad = b.matmul(b.transpose(x), dy)  # dW = x^T @ dy: a fresh array
+    g.set_output("new_w", b.sub(w, b.mul(0.1, grad)))
+    if grad_is_output:
+        g.set_output("grad", grad)
+    rng = np.random.default_rng(0)
+    feeds = {"x0": rng.standard_normal((5, 3)).astype(np.float32),
+             "x1": rng.standard_normal((5, 4)).astype(np.float32)}
+    return g, feeds, {"w": rng.standard_normal((3, 4)).astype(np.float32)}
+
+
+def test_a_fresh_gradient_read_only_by_its_update_is_donated_to_it():
+    g, feeds, params = _sgd_graph(grad_is_output=False)
+    want = run(g, feeds, params)
+    opt = optimize(g, 2, "numpy", check=True)
+    (f,) = [n for n in opt.nodes() if opt.op(n) == "fused"]
+    assert ops(opt)["matmul_t"] == 1 and ops(opt)["fused"] == 1
+    src = [opt.op(v.node) for v in opt[f].inputs]
+    k = src.index("matmul_t")
+    assert opt[f].attrs["donated"] == (k,) and k in opt[f].attrs["reuse"]
+    kept = {name: a.copy() for name, a in {**feeds, **params}.items()}
+    got = run(opt, feeds, params)
+    np.testing.assert_array_equal(got["new_w"], want["new_w"])
+    for name, a in {**feeds, **params}.items():  # feeds and parameters are never written
+        np.testing.assert_array_equal(a, kept[name])
+
+
+def test_a_gradient_read_after_the_update_is_not_donated():
+    g, feeds, params = _sgd_graph(grad_is_output=True)
+    want = run(g, feeds, params)
+    opt = optimize(g, 2, "numpy", check=True)
+    (f,) = [n for n in opt.nodes() if opt.op(n) == "fused"]
+    n_in = len(opt[f].inputs)
+    assert "donated" not in opt[f].attrs and all(r < 0 or r >= n_in for r in opt[f].attrs["reuse"])
+    got = run(opt, feeds, params)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_the_shape_rule_refuses_a_donation_the_program_still_reads():
+    from dlc.compiler.ops.registry import get_op
+    t = TensorType("f32", (3, 4))
+    program = (("mul", (0, 1), ()), ("sub", (2, 1), ()))  # step 1 still reads input 1
+    with pytest.raises(ShapeError):
+        get_op("fused").shape(TensorType("f32", ()), t, t, program=program, outputs=(4,), reuse=(1, -1),
+                              donated=(1,))
+    with pytest.raises(ShapeError):  # not donated: an input is never overwritten
+        get_op("fused").shape(TensorType("f32", ()), t, t, program=(("mul", (0, 1), ()),), outputs=(3,),
+                              reuse=(1,))
 
 
 def test_a_chain_member_that_is_an_output_becomes_an_output_of_the_fused_node():

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..types import FLOATS, ShapeError, np_dtype
 from .registry import Arg, Attr, Composite, Op, Sample, register
+from .rowmax import max_keepdims
 from .shape import norm_axes
 
 _UNARY = [Sample((Arg((3, 4)),)), Sample((Arg(()),))]
@@ -268,8 +269,13 @@ class Softmax(_SoftmaxLike):
     name, onnx_op = "softmax", "Softmax"
 
     def kernel(self, x, axis):
-        z = np.exp(x - np.max(x, axis=axis, keepdims=True))
-        return z / np.sum(z, axis=axis, keepdims=True)
+        z = x - max_keepdims(x, axis)
+        if not isinstance(z, np.ndarray) or z.ndim == 0 or z.dtype.kind != "f":
+            z = np.exp(z)
+            return z / np.sum(z, axis=axis, keepdims=True)
+        np.exp(z, out=z)  # z is ours: the same ufuncs in the same order, in one buffer
+        z /= np.sum(z, axis=axis, keepdims=True)
+        return z
 
     def grad(self, b, inputs, outputs, cts, axis):
         y = outputs[0]
@@ -284,7 +290,7 @@ class LogSoftmax(_SoftmaxLike):
     name, onnx_op = "log_softmax", "LogSoftmax"
 
     def kernel(self, x, axis):
-        z = x - np.max(x, axis=axis, keepdims=True)
+        z = x - max_keepdims(x, axis)
         return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
 
     def grad(self, b, inputs, outputs, cts, axis):

@@ -13,6 +13,13 @@ never written in a spec.  Attrs:
   of equal type whose value is dead by then and that the chain itself
   allocated (never an input: kernels must not modify their inputs) — and the
   shape rule checks the plan, so ``verify()`` rejects an unsafe one.
+- ``donated``: the input indices whose buffers the chain may overwrite too, as
+  ``reuse`` targets: a fresh array that an earlier kernel of the same graph
+  made (``matmul``'s result, a gradient) and that only this node reads.  The
+  pass proves that from the graph (compiler/passes/fuse_elementwise.py); here
+  the shape rule checks the program side (the input is dead by then and of the
+  step's type).  SGD's ``p - lr * g`` then writes into ``g``'s buffer: one pass
+  less over memory than a fresh array, as PyTorch's in-place update.
 
 The kernel calls the NumPy ufunc each primitive's own kernel calls, in the
 same order, so a fused chain gives bit-identical results to the unfused
@@ -28,6 +35,7 @@ import functools
 import numpy as np
 
 from ..types import ShapeError
+from . import gemm
 from .activation import relu_grad
 from .registry import Arg, Attr, Op, Sample, get_op, register
 
@@ -74,7 +82,8 @@ class Fused(Op):
     outputs = None
     attrs = {"program": Attr("any", doc="the chain: (op, argument value numbers, attrs) per step"),
              "outputs": Attr("ints", doc="value numbers returned"),
-             "reuse": Attr("ints", (), doc="per step: the value number whose buffer it overwrites, or -1")}
+             "reuse": Attr("ints", (), doc="per step: the value number whose buffer it overwrites, or -1"),
+             "donated": Attr("ints", (), doc="inputs whose buffers the chain may overwrite")}
     differentiable = False  # runs after backprop only (see the module docstring)
     samples = [
         # bias + relu
@@ -101,14 +110,14 @@ class Fused(Op):
                 "outputs": (6,), "reuse": (-1, -1, 2, -1, -1)}),
     ]
 
-    def shape(self, *types, program, outputs, reuse):
-        values, _ = _check_program(types, program, outputs, reuse)
+    def shape(self, *types, program, outputs, reuse, donated=()):
+        values, _ = _check_program(types, program, outputs, reuse, donated)
         return tuple(values[o] for o in outputs)
 
-    def kernel(self, *arrays, program, outputs, reuse):
+    def kernel(self, *arrays, program, outputs, reuse, donated=()):
         return _compiled(program, outputs, reuse, len(arrays))(*arrays)
 
-    def onnx(self, e, ins, outs, program, outputs, reuse):
+    def onnx(self, e, ins, outs, program, outputs, reuse, donated=()):
         names, types = list(ins), list(e.in_types)
         named = {v: outs[k] for k, v in enumerate(outputs)}
         saved = e.in_types, e.out_types
@@ -126,11 +135,13 @@ class Fused(Op):
             e.in_types, e.out_types = saved
 
 
-def _check_program(types, program, outputs, reuse):
+def _check_program(types, program, outputs, reuse, donated=()):
     """(the type of every value, whether the chain owns each value's buffer); raises ShapeError."""
     n_in = len(types)
     values = list(types)
-    owned = [False] * n_in
+    if any(not 0 <= int(i) < n_in for i in donated):
+        raise ShapeError(f"`fused` donated inputs {tuple(donated)} must name inputs")
+    owned = [i in donated for i in range(n_in)]
     last_use: dict[int, int] = {}
     if not isinstance(program, tuple) or not program:
         raise ShapeError("`fused` needs a non-empty program")
@@ -155,7 +166,7 @@ def _check_program(types, program, outputs, reuse):
             if r < 0:
                 continue
             v = n_in + j
-            ok = (n_in <= r < v and owned[r] and r not in claimed and r not in outputs
+            ok = (0 <= r < v and owned[r] and r not in claimed and r not in outputs
                   and program[j][0] in INPLACE and values[r] == values[v] and values[v].rank > 0
                   and last_use.get(r, -1) <= j)
             if not ok:
@@ -217,7 +228,7 @@ class MatMulT(Op):
         return get_op("matmul").shape(_swapped(a) if ta else a, _swapped(b) if tb else b)
 
     def kernel(self, a, b, ta, tb):
-        return np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+        return gemm.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
 
     def grad(self, b, inputs, outputs, cts, ta, tb):
         # C = X @ Y with X = op(A), Y = op(B): dX = dC @ Y^T, dY = X^T @ dC, transposed back when ta / tb

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..types import FLOATS, INTS, ShapeError, TensorType, norm_axis
 from .registry import Arg, Attr, Composite, Op, Sample, register
+from .rowmax import max_keepdims
 from .shape import i64
 
 _REDUCTION = Attr("str", "mean", ("mean", "sum", "none"))
@@ -47,7 +48,7 @@ class SoftmaxXent(Op):
         return TensorType(logits.dtype, labels.shape)
 
     def kernel(self, logits, labels):
-        z = logits - np.max(logits, axis=-1, keepdims=True)
+        z = logits - max_keepdims(logits, -1)
         lse = np.log(np.sum(np.exp(z), axis=-1))
         picked = np.take_along_axis(z, labels[..., None].astype(np.int64), axis=-1)[..., 0]
         return lse - picked

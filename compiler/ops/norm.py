@@ -72,6 +72,10 @@ class LayerNorm(Op):
         xc = xs - xs.mean(axis=ax, keepdims=True)
         var = np.mean(xc * xc, axis=ax, keepdims=True)
         xc *= 1.0 / np.sqrt(var + np.asarray(eps, xs.dtype))  # xc is ours: scale it in place
+        if xc.dtype == np.result_type(xc, gamma, beta):  # the affine part in place too
+            np.multiply(xc, gamma, out=xc)
+            xc += beta
+            return xc.astype(x.dtype, copy=False)
         return (xc * gamma + beta).astype(x.dtype, copy=False)
 
     def grad(self, b, inputs, outputs, cts, axis, eps):

@@ -17,7 +17,9 @@ fused graph is acyclic too.
 
 The fused kernel writes into buffers it allocated itself whenever a value of
 the same type is dead (planned here from the static types, checked by the
-op's shape rule); see compiler/ops/fused.py.  One reverse topological sweep,
+op's shape rule), and into the buffers of its donated inputs: fresh arrays of
+a ``matmul`` / ``matmul_t`` / ``fused`` that only the group reads (a gradient
+that the update consumes); see compiler/ops/fused.py.  One reverse topological sweep,
 each edge counted once per group reaching it, with a binary search over its
 consumers' positions: O(edges · log).  ONNX exports run on unfused
 graphs (the pipeline's ``backend="onnx"``), although ``fused`` lowers to its
@@ -143,8 +145,11 @@ def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
             read_outside[Value(m, k)] = True
     leaving = list(read_outside)
     outputs = tuple(number[v] for v in leaving)
-    reuse = _plan_buffers(program, types, n_in, set(outputs))
+    donated = _donated(graph, uses, inputs, member_set)
+    reuse = _plan_buffers(program, types, n_in, set(outputs), set(donated))
     attrs = {"program": tuple(program), "outputs": outputs, "reuse": reuse}
+    if any(0 <= r < n_in for r in reuse):
+        attrs["donated"] = tuple(sorted({r for r in reuse if 0 <= r < n_in}))
     out_types = get_op("fused").shape(*types[:n_in], **attrs)
     last = graph[members[-1]]
     f = graph.add_node("fused", inputs, attrs, out_types, loc=last.loc, scope=last.scope, role=last.role,
@@ -154,8 +159,27 @@ def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
         uses.replace(m, [slot.get(Value(m, k), Value(f, 0)) for k in range(len(graph[m].types))])
 
 
-def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:
-    """Per step, a dead buffer of the step's type that the chain allocated (or -1)."""
+# ops whose kernels always return a fresh array (never a view of an argument), so a value
+# they made that only one fused node reads is that node's to overwrite
+FRESH_RESULTS = frozenset({"matmul", "matmul_t", "fused"})
+
+
+def _donated(graph: Graph, uses: Uses, inputs: list[Value], members: set) -> tuple[int, ...]:
+    """The inputs of the group that are fresh arrays read by the group alone: made by a
+    kernel of :data:`FRESH_RESULTS` (not a source: the caller's feeds, parameters and state
+    are never written), no named output or next state, every reader a member."""
+    donated = []
+    for i, v in enumerate(inputs):
+        src = graph[v.node]
+        if src.op not in FRESH_RESULTS or graph.type_of(v).rank == 0 or v.index in uses.external_indices(v.node):
+            continue
+        if all(c in members for c in graph.consumers(v.node) if v in graph[c].inputs):
+            donated.append(i)
+    return tuple(donated)
+
+
+def _plan_buffers(program, types, n_in: int, outputs: set, donated: set = frozenset()) -> tuple:
+    """Per step, a dead buffer of the step's type that the chain allocated or was donated (or -1)."""
     last_use: dict[int, int] = {}
     for j, (_, args, _) in enumerate(program):
         for a in args:
@@ -163,7 +187,7 @@ def _plan_buffers(program, types, n_in: int, outputs: set) -> tuple:
     free: dict = {}  # type → value numbers whose buffers may be overwritten
     dying: dict[int, list[int]] = {}
     for v, j in last_use.items():
-        if v >= n_in and v not in outputs and types[v].rank > 0:
+        if (v >= n_in or v in donated) and v not in outputs and types[v].rank > 0:
             dying.setdefault(j, []).append(v)
     reuse = []
     for j, (op, _, _) in enumerate(program):

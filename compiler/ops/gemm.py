@@ -1,0 +1,51 @@
+"""How the NumPy kernels of ``matmul`` and ``matmul_t`` reach BLAS.
+
+NumPy hands every 2-D float product to OpenBLAS's sgemm/dgemm, but not always in
+the form OpenBLAS is fastest at.  The rules below pick a formulation from the
+operands' shapes and strides only — never by timing — so the same inputs give
+the same numbers on every run.  The evidence (single-thread, at the shapes of
+the benchmark workloads) is ``python benchmarks/gemm_layouts.py``:
+
+- ``x [..., M, K] @ w [K, N]`` with ``x`` C-contiguous: NumPy's broadcast
+  matmul calls one small GEMM per leading index; one GEMM on the collapsed
+  ``[prod(...) * M, K]`` rows is up to 1.5× faster (most with ``w`` a
+  transposed view, the ``dy @ W^T`` of a backward pass).
+- A 2-D product whose output has fewer than 16 columns that are not a multiple
+  of 8 (``N = 7`` in the GCN) falls into OpenBLAS's slow edge kernel: padding ``b``
+  with zero columns to the next multiple of 8 and dropping them afterwards is
+  ~1.6× faster once the ``M x K`` operand is big (``_PAD_MIN_MK``).  The padded
+  columns are zeros, so the kept columns are the same dot products.
+
+Not taken: ``sum_to`` over the leading axes (a bias gradient) as a GEMV with a
+vector of ones is 2.5–6× faster than ``np.sum``, but rounds differently from
+onnxruntime's ``ReduceSum``, and a GAN epoch (specs/wgan.dl, RMSProp) amplifies
+that past the NumPy / onnxruntime parity the export tests hold.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_PAD_MIN_MK = 1 << 20  # M*K from which padding N pays for its copy of b (2708 x 2708 does, 64 x 512 not)
+_PAD_MAX_N = 16  # measured to pay for N = 3, 7, 10, 12; from N = 20 it was a wash
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b)``, through the fastest formulation the rules above give."""
+    if b.ndim == 2 and a.ndim >= 3 and a.flags.c_contiguous and a.dtype.kind == "f" \
+            and a.size:
+        lead = a.shape[:-1]
+        return gemm_2d(a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],))
+    if a.ndim == 2 and b.ndim == 2:
+        return gemm_2d(a, b)
+    return np.matmul(a, b)
+
+
+def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for 2-D operands (either may be a transposed view)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if n % 8 and n < _PAD_MAX_N and m * k >= _PAD_MIN_MK and a.dtype.kind == "f":
+        padded = np.zeros((k, n + 8 - n % 8), b.dtype)
+        padded[:, :n] = b
+        return np.ascontiguousarray(np.matmul(a, padded)[:, :n])
+    return np.matmul(a, b)
