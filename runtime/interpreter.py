@@ -35,6 +35,7 @@ from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
+from .allocator import keep_freed_memory
 from .plan_codegen import generate
 
 _NO_CONTEXT: dict = {}
@@ -67,6 +68,7 @@ class Plan:
         """``check_types`` (default: the ``DLC_CHECK_TYPES`` environment variable) compares every
         value computed with its declared type and raises E0401 at the first that differs (on the
         generated path too: the check is generated in)."""
+        keep_freed_memory()  # a step's buffers are freed and allocated again every step (runtime/allocator.py)
         self.graph = graph
         self.check_types = bool(os.environ.get(CHECK_TYPES_ENV)) if check_types is None else check_types
         self._declared: dict = {}  # (node, output) -> (declared shape, has symbols, dtype)
