@@ -29,6 +29,7 @@ import numpy as np
 
 from ..types import ShapeError
 from .activation import relu_grad
+from .arith import matmul
 from .registry import Arg, Attr, Op, Sample, get_op, register
 
 
@@ -217,7 +218,7 @@ class MatMulT(Op):
         return get_op("matmul").shape(_swapped(a) if ta else a, _swapped(b) if tb else b)
 
     def kernel(self, a, b, ta, tb):
-        return np.matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
+        return matmul(np.swapaxes(a, -1, -2) if ta else a, np.swapaxes(b, -1, -2) if tb else b)
 
     def grad(self, b, inputs, outputs, cts, ta, tb):
         # C = X @ Y with X = op(A), Y = op(B): dX = dC @ Y^T, dY = X^T @ dC, transposed back when ta / tb
