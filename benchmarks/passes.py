@@ -28,7 +28,7 @@ import numpy as np
 import dlc
 from dlc.compiler.passes.pipeline import optimize
 from dlc.compiler.training.step import initial_state
-from dlc.runtime import interpreter
+from dlc.runtime.kernel_counts import counting_kernel_calls
 from dlc.runtime.runner import make_runner
 from dlc.runtime.trainer import build_steps
 
@@ -48,19 +48,9 @@ def feeds_for(m, batch: int, length: int = 20) -> dict:
 
 def kernel_calls(runner, feeds, params, state) -> int:
     """Kernel calls of one step of a NumPy runner (nested scan-body plans included)."""
-    calls = [0]
-    run = interpreter.Plan.run
-
-    def counting(self, *args, **kwargs):
-        calls[0] += len(self.steps)
-        return run(self, *args, **kwargs)
-
-    interpreter.Plan.run = counting
-    try:
+    with counting_kernel_calls() as n:
         runner(feeds, params, state)
-    finally:
-        interpreter.Plan.run = run
-    return calls[0]
+    return n.calls
 
 
 def setup(path: str, batch: int | None = None, feeds: dict | None = None):

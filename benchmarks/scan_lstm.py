@@ -27,7 +27,7 @@ import numpy as np
 
 import dlc
 from dlc.compiler.training.step import initial_state
-from dlc.runtime.interpreter import Plan
+from dlc.runtime.kernel_counts import counting_kernel_calls
 from dlc.runtime.runner import make_runner
 from dlc.runtime.trainer import build_steps
 
@@ -58,19 +58,9 @@ T, B = 32, 32
 
 
 def kernel_calls(run) -> int:
-    calls = [0]
-    original = Plan.run
-
-    def counted(self, *args, **kwargs):
-        calls[0] += len(self.steps)
-        return original(self, *args, **kwargs)
-
-    Plan.run = counted
-    try:
+    with counting_kernel_calls() as n:
         run()
-    finally:
-        Plan.run = original
-    return calls[0]
+    return n.calls
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ training step (2 MiB activations) that was a fifth of the step
 ms with the settings below).  The settings: buffers below 32 MiB come from the
 heap, and up to 256 MiB of free heap top is kept — what a training process reuses
 at its next step anyway.  Nothing changes where libc is not glibc, or when
-``DLC_MALLOC_TUNING=0``; results never change (only where buffers live).
+``DLC_KEEP_FREED_MEMORY=0``; results never change (only where buffers live).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def keep_freed_memory() -> bool:
     if _done:
         return _done[0]
     ok = False
-    if os.environ.get("DLC_MALLOC_TUNING", "1") != "0":
+    if os.environ.get("DLC_KEEP_FREED_MEMORY", "1") != "0":
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             mallopt = libc.mallopt

@@ -14,6 +14,10 @@ attr lookups or isinstance chains; a failing kernel is located from the
 traceback's line number.  The reference path (:meth:`Plan._execute`) walks
 the step records and serves the modes that inspect every value: finiteness
 checks, float64 gradient checks, per-op profiles.
+
+A scan runs its body once per step through :meth:`Plan.bind`: dims bound, attrs
+resolved and feeds checked once per scan call, then the generated function
+called on positional inputs (no per-step dict of feeds, binding or peak check).
 """
 from __future__ import annotations
 
@@ -208,6 +212,62 @@ class Plan:
                 raise self._failure(e) from e
         return dict(zip(self.output_names, results))
 
+    def bind(self, feeds: Mapping[str, Any], dims: Mapping[str, int] | None = None) -> Callable[[list], tuple]:
+        """A function running the plan again and again on inputs shaped like ``feeds``.
+
+        Dims are bound, attrs resolved, the peak checked and ``feeds`` validated here, once;
+        the function takes the graph's inputs positionally (``graph.inputs`` order, a list)
+        and returns the planned outputs as a tuple.  Every call must pass arrays of the
+        shapes and dtypes of ``feeds`` (a scan step: its carries keep their types and its
+        slices have one shape), which is not checked again.  Falls back to :meth:`run` per
+        call when this plan computes in another precision (gradient checks)."""
+        names = [self.graph[n].attrs["name"] for n in self.graph.inputs]
+        if self.compute_dtype is not None:
+            def run_each(values: list) -> tuple:
+                out = self.run(dict(zip(names, values)), dims=dims)
+                return tuple(out[k] for k in self.output_names)
+            return run_each
+        env = self.bind_dims(feeds, dims)
+        self._check_peak(env)
+        position = {name: i for i, name in enumerate(names)}
+        template: list[Any] = []
+        picks: list[tuple[int, int]] = []  # (source index, input position)
+        for (kind, key, _slot, n), target in zip(self.sources, self._source_dtypes):
+            if kind == "const":
+                same = key.__class__ is np.ndarray and key.dtype == target
+                template.append(key if same else self._convert(key, self.graph[n].types[0].dtype, "", kind))
+                continue
+            if kind != "input":
+                raise DlcError("E0401", f"a bound plan takes inputs only, not {kind} `{key}`", self.graph[n].loc)
+            value = feeds.get(key)
+            if value is None:
+                raise DlcError("E0401", f"no value given for input `{key}`", self.graph[n].loc)
+            if value.__class__ is not np.ndarray or value.dtype != target:
+                raise DlcError("E0401", f"input `{key}` is {np.asarray(value).dtype}, the plan runs "
+                               f"{dtype_name(target)}", self.graph[n].loc)
+            template.append(None)
+            picks.append((len(template) - 1, position[key]))
+        resolved = self._resolve_attrs(env) if self._symbolic else None
+        context = self._context(env)
+        fast, failure = self._fast, self._failure
+        self._run_env = env
+        direct = [p for _, p in picks] == list(range(len(names))) and len(template) == len(names)
+
+        def run_bound(values: list) -> tuple:
+            if direct:
+                src = values
+            else:
+                src = template.copy()
+                for i, p in picks:
+                    src[i] = values[p]
+            try:
+                return fast(src, resolved, context)
+            except DlcError:
+                raise
+            except (ValueError, IndexError, FloatingPointError, KeyError) as e:
+                raise failure(e) from e
+        return run_bound
+
     def _context(self, env: dict) -> dict:
         """The extra kwargs of kernels that take the run's context (control flow: a
         :class:`RunContext`, see compiler/ops/context.py); none for plans without them."""
@@ -240,7 +300,6 @@ class Plan:
         for st in self.steps:
             attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
             if st.context:
-                attrs = {**attrs, "context": RunContext(self._body_plans, env, self.compute_dtype)}
                 attrs = {**attrs, **self._context(env)}
             try:
                 if profile is None:
@@ -370,11 +429,11 @@ class RunContext:
     def __init__(self, plans: dict, dims: Mapping[str, int], compute_dtype):
         self._plans, self.dims, self.compute_dtype = plans, dims, compute_dtype
 
-    def run_body(self, body: Graph, feeds: Mapping[str, Any]) -> dict:
+    def bind_body(self, body: Graph, feeds: Mapping[str, Any]) -> Callable[[list], tuple]:
         plan = self._plans.get(id(body))
         if plan is None:
             plan = self._plans[id(body)] = Plan(body, compute_dtype=self.compute_dtype)
-        return plan.run(feeds, dims=self.dims)
+        return plan.bind(feeds, self.dims)
 
 
 def _resolve(value, env):

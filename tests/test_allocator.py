@@ -17,6 +17,6 @@ def test_glibc_takes_the_settings_once_and_the_environment_can_refuse_them():
     assert allocator._done == [True]
     assert allocator.keep_freed_memory() is True and allocator._done == [True]  # applied once
     code = "from dlc.runtime import allocator; print(allocator.keep_freed_memory())"
-    env = {**os.environ, "DLC_MALLOC_TUNING": "0"}
+    env = {**os.environ, "DLC_KEEP_FREED_MEMORY": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

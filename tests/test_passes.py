@@ -425,12 +425,17 @@ def test_optimized_training_steps_agree_on_both_backends(path):
     # bit for bit (the same kernels in the same order on the same values), but for
     # hoist_scan_invariants, whose GEMMs and reassociated biases sum in another order
     exact = "scan" not in ops(step.graph)
+    # Adam divides each gradient element by its own magnitude: an element that is float32
+    # rounding noise moves its parameter by a visible fraction of lr (seq2seq, lr 1e-2: 2.5e-6
+    # while the moments agree to 1e-10), so updated parameters get onnxruntime's atol below
+    updated = {f"new/{n}" for n in m.params}
     for w, o in zip(want, got):
         for k in w:
             if exact:
                 np.testing.assert_array_equal(o[k], w[k], err_msg=f"{path} {k}")
             else:
-                np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=2e-6, err_msg=f"{path} {k}")
+                np.testing.assert_allclose(o[k], w[k], rtol=2e-5, atol=1e-5 if k in updated else 2e-6,
+                                           err_msg=f"{path} {k}")
     ort = _steps(make_runner(step.graph, "onnxruntime", level=2), feeds, m.params, state, k=1)
     for k in want[0]:
         np.testing.assert_allclose(ort[0][k], want[0][k], rtol=1e-4, atol=1e-5, err_msg=f"{path} ort {k}")

@@ -11,6 +11,7 @@ from dlc.compiler.graph import Graph, Value
 from dlc.compiler.passes.backprop import backprop
 from dlc.compiler.passes.hoist_scan_invariants import hoist_scan_invariants
 from dlc.compiler.types import TensorType
+from dlc.grammar.errors import DlcError
 from dlc.runtime.interpreter import Plan
 from op_harness import graph_input, graph_param
 
@@ -80,6 +81,51 @@ def test_scan_matches_a_python_loop(reverse):
     hs, h_last = reference(feeds["xs"], feeds["h0"], params["Wx"], params["Wh"], reverse)
     np.testing.assert_allclose(out["hs"], hs, rtol=1e-12)
     np.testing.assert_allclose(out["h_last"], h_last, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_scan_binds_its_body_once_and_reads_strided_captures(monkeypatch, reverse):
+    g, _, _ = rnn_graph(reverse=reverse)
+    feeds, params = _data(Tn=6)
+    binds = []
+    original = Plan.bind
+
+    def bind(self, *args, **kwargs):
+        binds.append(self.graph.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Plan, "bind", bind)
+    plan = Plan(g)
+    strided = {"Wx": params["Wx"], "Wh": np.asfortranarray(params["Wh"])}  # a transposed view's layout
+    first = plan.run(feeds, strided)
+    assert binds == ["cell"]  # once per scan call, not once per step
+    hs, h_last = reference(feeds["xs"], feeds["h0"], params["Wx"], params["Wh"], reverse)
+    np.testing.assert_allclose(first["hs"], hs, rtol=1e-12)
+    np.testing.assert_allclose(first["h_last"], h_last, rtol=1e-12)
+    kept = first["hs"].copy()
+    plan.run({**feeds, "xs": feeds["xs"] + 1.0}, params)  # each call stacks into buffers of its own
+    np.testing.assert_array_equal(first["hs"], kept)
+
+
+def test_a_bound_plan_checks_its_feeds_once_and_equals_run():
+    g, _, _ = rnn_graph()
+    (scan,) = [n for n in g.nodes() if g.op(n) == "scan"]
+    body = g[scan].attrs["body"]
+    plan = Plan(body)
+    rng = np.random.default_rng(1)
+    feeds = {"h": rng.standard_normal((2, 4)), "x": rng.standard_normal((2, 3)),
+             "Wx": rng.standard_normal((3, 4)), "Wh": rng.standard_normal((4, 4))}
+    names = [body[n].attrs["name"] for n in body.inputs]
+    step = plan.bind(feeds, {})
+    got = step([feeds[k] for k in names])
+    want = plan.run(feeds)
+    assert len(got) == len(body.outputs)
+    for name, value in zip(body.outputs, got):
+        np.testing.assert_array_equal(value, want[name])
+    with pytest.raises(DlcError, match="E0401|f32|float32"):
+        plan.bind({**feeds, "h": feeds["h"].astype(np.float32)}, {})
+    with pytest.raises(DlcError, match="shape"):
+        plan.bind({**feeds, "Wx": feeds["Wx"][:2]}, {})
 
 
 @pytest.mark.parametrize("hoist", [False, True])

@@ -9,7 +9,7 @@ interpreter's is ``runtime.interpreter.RunContext``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:
     from ..graph import Graph
@@ -21,12 +21,15 @@ class KernelContext(Protocol):
     ``dims`` are the symbolic dims bound by the enclosing run (a cell's
     ``zeros([B, n])`` needs ``B``); ``compute_dtype`` is the precision floats
     run at (``None``: as declared; float64 under gradient checks).
-    ``run_body(body, feeds)`` executes ``body`` on ``feeds`` (body input name →
-    array) at that precision with those dims and returns ``{output name:
-    array}``; the executor plans each body once and reuses the plan, so a
-    kernel may call it once per step."""
+    ``bind_body(body, feeds)`` prepares ``body`` to run on inputs shaped like
+    ``feeds`` (body input name → array), at that precision with those dims,
+    and returns ``step(values) -> outputs``: ``values`` a list of the body's
+    inputs in ``body.inputs`` order, ``outputs`` a tuple in ``body.outputs``
+    order.  Dims are bound and the feeds checked once, when binding, so every
+    call must pass arrays of the same shapes and dtypes (a scan step's carries
+    and slices do); the executor plans each body once and reuses the plan."""
 
     dims: Mapping[str, int]
     compute_dtype: Any
 
-    def run_body(self, body: "Graph", feeds: Mapping[str, Any]) -> dict[str, Any]: ...
+    def bind_body(self, body: "Graph", feeds: Mapping[str, Any]) -> Callable[[list], tuple]: ...

@@ -97,29 +97,36 @@ class Scan(Op):
 
     def kernel(self, *arrays, body, n_carry, n_seq, axis, reverse, residuals, context: KernelContext):
         k, m = n_carry, n_seq
-        names = [body[n].attrs["name"] for n in body.inputs]
         seqs = arrays[k:k + m]
         ax = norm_axis(axis, seqs[0].ndim)
         length = seqs[0].shape[ax]
         if length == 0:
             raise ValueError("scan over an empty sequence")
         lead = (slice(None),) * ax  # s[lead + (t,)] is step t's slice, a view
-        feeds = dict(zip(names[k + m:], arrays[k + m:]))
-        carries = list(arrays[:k])
-        out_names = list(body.outputs)
-        stacked: list[list] = [[None] * length for _ in out_names[k:]]
-        for t in (range(length - 1, -1, -1) if reverse else range(length)):
-            feeds.update(zip(names[:k], carries))
-            feeds.update((nm, s[lead + (t,)]) for nm, s in zip(names[k:k + m], seqs))
-            out = context.run_body(body, feeds)  # at the caller's precision, with its dims (zeros([B, n]))
-            carries = [out[nm] for nm in out_names[:k]]
-            for j, nm in enumerate(out_names[k:]):
-                stacked[j][t] = out[nm]
-        # stacked time-major (one contiguous copy each) and seen through a view with the steps at
-        # `axis`: no strided scatter, and a reversed scan reading it back gets contiguous slices
-        ys = [np.moveaxis(np.stack(col), 0, min(ax, np.ndim(col[0]))) for col in stacked]
+        order = range(length - 1, -1, -1) if reverse else range(length)
+        # a captured value is read at every step: a strided view (a hoisted transpose) is
+        # copied once here rather than walked strided by every step's GEMM
+        captured = [a if not isinstance(a, np.ndarray) or a.flags.c_contiguous else np.ascontiguousarray(a)
+                    for a in arrays[k + m:]]
+        args = list(arrays[:k]) + [s[lead + (order[0],)] for s in seqs] + captured
+        names = [body[n].attrs["name"] for n in body.inputs]
+        # shapes are the same at every step: dims are bound and the body checked once
+        step = context.bind_body(body, dict(zip(names, args)))
+        stacks: list[np.ndarray] = []
+        for t in order:
+            for i, s in enumerate(seqs):
+                args[k + i] = s[lead + (t,)]
+            out = step(args)
+            args[:k] = out[:k]
+            if not stacks:  # time-major buffers, filled a step at a time (no list of steps to stack)
+                stacks = [np.empty((length,) + np.shape(y), np.asarray(y).dtype) for y in out[k:]]
+            for buf, y in zip(stacks, out[k:]):
+                buf[t] = y
+        # seen through a view with the steps at `axis`: no strided scatter, and a reversed scan
+        # reading it back gets contiguous slices
+        ys = [np.moveaxis(buf, 0, min(ax, buf.ndim - 1)) for buf in stacks]
         split = len(ys) - residuals
-        return tuple(ys[:split]) + tuple(carries) + tuple(ys[split:])
+        return tuple(ys[:split]) + tuple(args[:k]) + tuple(ys[split:])
 
     # -- gradient (BPTT) ----------------------------------------------------------
     def grad(self, b: Builder, inputs, outputs, cts, body, n_carry, n_seq, axis, reverse, residuals):
