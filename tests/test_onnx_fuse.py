@@ -86,5 +86,6 @@ def test_the_transformer_step_sums_no_batched_products():
     proto = export_graph(optimize(step.graph, DEFAULT_LEVEL, "onnx"), params=None, name="t", train=True)
     made = {o: n.op_type for n in proto.graph.node for o in n.output}
     reduced = [made.get(n.input[0]) for n in proto.graph.node if n.op_type == "ReduceSum"]
-    assert "MatMul" not in reduced
-    assert ops_of(proto)["Gemm"] >= 9  # 6 weight gradients, 3 forward layers with a bias
+    assert "MatMul" not in reduced  # weight gradients are one 2-D product each (matmul's gradient rule
+    # flattens the batched rows), never a batched product summed afterwards
+    assert ops_of(proto)["Gemm"] >= 3  # the 3 forward layers with a bias
