@@ -194,8 +194,15 @@ def synchronised_plan(graph, group: str) -> StagePlan | None:
     try:
         return stage_plan(graph)
     except SyncError as e:
-        raise DlcError("E0201", f"step `{group}` cannot be split across workers: {e}",
+        raise DlcError("E0201", f"step `{group}` cannot be split across workers: {e}", loc=_source_loc(e.loc),
                        hint="train this model in one process (leave out --workers)") from None
+
+
+def _source_loc(loc):
+    """A node's loc as an error's source span (None when the node has none, or not a span)."""
+    from dlc.grammar.errors import Loc
+
+    return loc if isinstance(loc, Loc) else None
 
 
 def _stage_info(model, spec, step) -> tuple[int, dict[str, str]] | None:

@@ -3,6 +3,7 @@
 The fast tests check the arithmetic without Ray (workers as plain objects); the
 slow ones start Ray on this machine (loopback only) once for the module, and
 stop it by the handle they started."""
+import glob
 import os
 import signal
 import subprocess
@@ -14,9 +15,10 @@ import pytest
 import dlc
 from dlc.grammar.errors import DlcError
 from dlc.compiler.training.stages import SUMMED, stage_plan
-from dlc.runtime.distributed import BatchRef, DistributedTrainer, GradientWorker, ModelSource, shard
+from dlc.runtime.distributed import (BatchRef, DistributedTrainer, GradientWorker, ModelSource, _weighted_mean,
+                                    shard)
 from dlc.runtime.runner import make_runner
-from dlc.runtime.staged import run_stages
+from dlc.runtime.staged import StagedGrad, run_stages
 from dlc.runtime.trainer import build_grad_graph, make_trainer, rng_key
 
 K_STEPS = 4
@@ -208,6 +210,91 @@ def test_address_without_workers_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "dlc.cli", "train", "specs/mlp.dl", "--address", "auto"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 64 and "--address needs --workers" in r.stderr
+
+
+# -- what two shards may and may not be trusted with (a second review's probes) -----------
+TINY = """
+model tiny() {
+    input x: f32[B, 64]
+    input y: i64[B]
+    param W: [64, 10] = glorot_uniform()
+    %s
+}
+
+train tiny {
+    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
+
+
+def _tiny(tmp_path, body):
+    spec_file = tmp_path / "tiny.dl"
+    spec_file.write_text(TINY % body)
+    return dlc.load(spec_file, mode="train")
+
+
+def _two_workers_against_the_whole_batch(m, world=2):
+    """(the driver's combination of ``world`` workers' outputs, the whole batch's in one process)."""
+    spec = m.train_spec()
+    values = {**m.params, **m.state}
+    workers = _staged_workers(m, spec, world)
+    batch, key = BatchRef(epoch=0, index=1), int(rng_key(spec.seed, 0, 0))
+    if isinstance(workers[0].runners[0], StagedGrad):
+        got = _run_staged(workers, batch, key, values)
+    else:
+        got = _weighted_mean([w.grad(0, batch, key, values) for w in workers])
+    rows = np.concatenate([w.rows(batch) for w in workers])
+    whole = {k: v[rows] for k, v in workers[0].train.items()}
+    graph = build_grad_graph(m, spec, spec.steps[0])[0]
+    return got, make_runner(graph, "numpy")(whole, values, values)
+
+
+@pytest.mark.parametrize("body,op", [
+    ("output loss = cross_entropy(softmax(x @ W, axis = 0), y)", "softmax"),  # normalised over the batch
+    ("h = x @ W\n    output loss = cross_entropy(h @ transpose(h) @ h, y)", "matmul"),  # in-batch similarity [B, B]
+    ("h = x @ W\n    output loss = cross_entropy(h[1:] - h[:B-1], y[1:])", "slice"),  # neighbouring examples
+])
+def test_an_op_that_mixes_the_examples_of_a_batch_cannot_be_split(tmp_path, body, op):
+    """Each worker would mix only its own shard's examples: a coded error naming the op and its
+    source line (and only with several workers), not a silently different gradient."""
+    m = _tiny(tmp_path, body)
+    spec = m.train_spec()
+    GradientWorker(_source(m), spec, rank=0, world=1, seed=spec.seed)  # one process: fine
+    with pytest.raises(DlcError) as e:
+        GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
+    assert e.value.code == "E0201" and f"`{op}` mixes the examples" in e.value.message
+    assert e.value.loc is not None and e.value.loc.line == 6 + body.count("\n")
+
+
+@pytest.mark.parametrize("body", [
+    'output loss = cross_entropy(x @ W, y, reduction = "sum")',
+    'output loss = cross_entropy(x @ W, y) + 0.01 * cross_entropy(x @ W, y, reduction = "sum")',
+])
+def test_a_sum_loss_is_summed_over_the_workers_not_averaged(tmp_path, body):
+    """A sum over the batch is not a per-example mean: the shards' size-weighted mean would be
+    1/N of it.  Such a graph runs as a plan whose partial outputs are summed (a mixed loss's
+    counts are global): loss and gradients are the whole batch's."""
+    got, want = _two_workers_against_the_whole_batch(_tiny(tmp_path, body))
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_every_spec_that_trains_plans_as_before():
+    """The whitelist of row-wise ops keeps every spec's plan: batch norm (cnn, resnet) and masked
+    means (gcn, tiny_bert) are synchronised, everything else is one stage."""
+    staged = {"cnn": 8, "resnet": 26, "gcn": 2, "tiny_bert": 2}
+    for path in sorted(glob.glob("specs/*.dl")):
+        m = dlc.load(path, mode="train")
+        spec = m.train_spec()
+        for step in spec.steps:
+            plan = stage_plan(build_grad_graph(m, spec, step)[0])
+            want = staged.get(os.path.basename(path)[:-3])
+            assert (plan and len(plan.graphs)) == want, f"{path} {step.name}"
 
 
 # -- on Ray ----------------------------------------------------------------------------
