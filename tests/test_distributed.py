@@ -297,6 +297,55 @@ def test_every_spec_that_trains_plans_as_before():
             assert (plan and len(plan.graphs)) == want, f"{path} {step.name}"
 
 
+DEEP = """
+layer step(x: f32[B, D]) {
+    param a: [D] = ones()
+    return x + a * x
+}
+
+model deep() {
+    input x: f32[B, 64]
+    input y: i64[B]
+    param gamma: [64] = ones()
+    param beta:  [64] = zeros()
+    state mean:  [64] = zeros()
+    state var:   [64] = ones()
+    param W:     [64, 10] = glorot_uniform()
+    h, next_mean, next_var = batch_norm(x, gamma, beta, mean, var)
+    update mean = next_mean
+    update var  = next_var
+    output loss = cross_entropy((repeat %d step(h)) @ W, y)
+}
+
+train deep {
+    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
+
+
+def test_batch_sums_are_pushed_through_shared_terms_once(tmp_path):
+    """Batch norm's gradient summed through ``x + a·x`` twenty times over: every term is shared
+    by two paths, and a rewrite that follows paths builds 2^20 sums.  Memoised it stays the size
+    of the graph, and the synchronised step is still the whole batch's; 600 links do not reach
+    Python's recursion limit."""
+    spec_file = tmp_path / "deep.dl"
+    spec_file.write_text(DEEP % 20)
+    m = dlc.load(spec_file, mode="train")
+    graph = build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]
+    plan = stage_plan(graph)
+    assert sum(len(g) for g in plan.graphs) < 2 * len(graph)
+    got, want = _two_workers_against_the_whole_batch(m)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    spec_file.write_text(DEEP % 600)
+    m = dlc.load(spec_file, mode="train")
+    assert len(stage_plan(build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]).graphs) == 4
+
+
 # -- on Ray ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_local():

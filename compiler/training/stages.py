@@ -56,10 +56,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..builder import Builder
 from ..dims import Sym
 from ..graph import RNG_INPUT, SOURCE_OPS, Graph, Value
 from ..ops.reduction import reduced_axes
+from ..passes.distribute_sums import distribute_sums
 from .rowwise import row_wise
 
 REPLICATED, SHARDED, PARTIAL, OPAQUE = "replicated", "sharded", "partial", "opaque"
@@ -180,65 +180,6 @@ def _walk(graph, order, batch, reduce_at):
             else:  # a max over the batch, a scan's accumulators, ...: not known to be a sum
                 cls[v] = OPAQUE
     return cls, new
-
-
-def distribute_sums(graph: Graph, batch: frozenset[str]) -> Graph:
-    """A copy of ``graph`` where each ``sum_to`` over the batch is pushed through ``neg``,
-    ``add``/``sub`` of same-shaped terms and ``mul`` by a factor constant along the summed
-    axes: ``sum(a + r·b) = sum(a) + r·sum(b)``.  The old nodes stay for their other uses.
-
-    Autodiff's batch-norm gradient sums ``dy·scale + r·(x - mean)`` where ``r`` needs an
-    earlier batch sum; split, ``sum(x - mean)`` crosses the workers during the forward pass
-    and both sums of each batch norm's gradient share one round instead of two."""
-    g = graph.copy()
-    b = Builder(g, role="backward", scope="sync")
-    todo = [n for n in g.topo_order() if g.op(n) == "sum_to" and _mentions(g.type_of(g.in_values(n)[0]), batch)
-            and not _mentions(g[n].types[0], batch)]
-    for n in todo:
-        pushed = _push(g, b, g.in_values(n)[0], tuple(g[n].attrs["shape"]), batch)
-        if pushed is not None:
-            g.replace_uses(Value(n), pushed)
-    g.prune({v.node for v in g.outputs.values()} | {n for n, _ in g.state.values()})
-    return g
-
-
-def _push(g: Graph, b, x: Value, target: tuple, batch) -> Value | None:
-    """``sum_to(x, target)`` rebuilt with the sum moved below ``x``'s op, or None if it does not move."""
-    rec, t = g[x.node], g.type_of(x)
-    args = rec.inputs
-    if rec.op == "neg":
-        return b.neg(_sum_to(g, b, args[0], target, batch))
-    if rec.op in ("add", "sub") and all(g.type_of(a) == t for a in args):
-        left, right = (_sum_to(g, b, a, target, batch) for a in args)
-        return b.add(left, right) if rec.op == "add" else b.sub(left, right)
-    if rec.op == "mul":
-        for full, factor in (args, args[::-1]):
-            q = _constant_along_sum(g, b, factor, t.shape, target, batch)
-            if q is not None and g.type_of(full) == t:
-                return b.mul(_sum_to(g, b, full, target, batch), q)
-    return None
-
-
-def _sum_to(g, b, x: Value, target: tuple, batch) -> Value:
-    return _push(g, b, x, target, batch) or b.sum_to(x, shape=target)
-
-
-def _constant_along_sum(g: Graph, b, q: Value, shape: tuple, target: tuple, batch) -> Value | None:
-    """``q`` (seen through a ``broadcast_to``) shaped to multiply ``sum_to(·, target)`` of a
-    ``shape`` tensor, when it is constant along every summed axis; else None."""
-    if g.op(q.node) == "broadcast_to":
-        q = g.in_values(q.node)[0]
-    qs = g.type_of(q).shape
-    if _mentions(g.type_of(q), batch) or len(qs) > len(shape):
-        return None
-    lead = len(shape) - len(target)
-    aligned = (1,) * (len(shape) - len(qs)) + tuple(qs)
-    for i, d in enumerate(aligned):
-        summed = i < lead or (target[i - lead] == 1 and shape[i] != 1)
-        if d != 1 and (summed or d != shape[i]):
-            return None
-    kept = aligned[lead:]  # the summed leading axes are 1: drop them
-    return q if tuple(qs) == kept else b.reshape(q, shape=kept)
 
 
 def _linear(op: str, ins: list[str]) -> bool:
