@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -166,16 +167,18 @@ class GradientWorker:
         step's values already (a restarted one), so later stages do not deserialise them again."""
         step = (group, batch, key)
         if isinstance(values, Mapping):
-            if k == 0 and self.debug:
-                self.last_digest = params_digest(values)
             self._inputs = None
         idx = self.rows(batch)
         if len(idx) == 0:
+            if self.debug and isinstance(values, Mapping):
+                self.last_digest = params_digest(values)
             return {"n": 0}
         if self._inputs is None or self._inputs[0] != step:
             feeds = {name: a[idx] for name, a in self.train.items()}
             feeds[RNG_INPUT] = worker_key(key, self.rank)
             self._inputs = (step, feeds, values if isinstance(values, Mapping) else values())
+            if self.debug:  # also a worker restarted between stages, which fetched the values itself
+                self.last_digest = params_digest(self._inputs[2])
         _, feeds, held = self._inputs
         out = self.runners[group].run(k, step, feeds, held, sums)
         return {"n": len(idx), **{name: np.asarray(v) for name, v in out.items()}}
@@ -298,12 +301,13 @@ class DistributedTrainer(Trainer):
             self._sent = sent
         values = self.ray.put(sent)
         staged = self._stages[g.index]
+        deadline = time.monotonic() + self.timeout  # for the whole step, however many stages it has
         if staged is None:
-            parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
-                     if p["n"]]
+            parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers],
+                                          deadline) if p["n"]]
             avg = _weighted_mean(parts)
         else:
-            avg = self._staged_grads(g.index, staged, batch, int(key), values)
+            avg = self._staged_grads(g.index, staged, batch, int(key), values, deadline)
         out = g.run({k: v for k, v in avg.items() if k.startswith("grad/")})
         g.run.commit([*g.step.params, *g.step.state_init])
         state = [k for k in g.step.model_state if k in commit]
@@ -312,9 +316,11 @@ class DistributedTrainer(Trainer):
         return {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
                 **{k: v for k, v in avg.items() if k.startswith("metric/")}}
 
-    def _staged_grads(self, group: int, staged: tuple[int, dict], batch: BatchRef, key: int, values) -> dict:
+    def _staged_grads(self, group: int, staged: tuple[int, dict], batch: BatchRef, key: int, values,
+                      deadline: float) -> dict:
         """A synchronised group's outputs: its stages on every worker with a non-empty shard,
-        the partial sums added up on the driver between stages (runtime/staged.py)."""
+        the partial sums added up on the driver between stages (runtime/staged.py); E0404 when
+        they are not all done by ``deadline`` (``time.monotonic()``)."""
         active = self.workers
 
         later = _Fetch(values)  # stages after the first: the workers hold the values already
@@ -322,7 +328,7 @@ class DistributedTrainer(Trainer):
         def call(k: int, sums: dict) -> list[dict]:
             nonlocal active
             parts = self._get([w.stage.remote(group, k, batch, key, values if k == 0 else later, sums)
-                               for w in active])
+                               for w in active], deadline)
             if k == 0:  # every worker hashes its parameters in stage 0; the empty shards stop there
                 active = [w for w, p in zip(active, parts) if p["n"]]
                 parts = [p for p in parts if p["n"]]
@@ -355,10 +361,15 @@ class DistributedTrainer(Trainer):
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
 
-    def _get(self, refs):
+    def _get(self, refs, deadline: float | None = None):
+        """``ray.get`` with the step's remaining time (``deadline``, ``time.monotonic()``; None:
+        ``timeout`` from now), Ray's failures as coded errors."""
         ray = self.ray
+        left = self.timeout if deadline is None else deadline - time.monotonic()
         try:
-            return ray.get(refs, timeout=self.timeout)
+            if left <= 0:
+                raise ray.exceptions.GetTimeoutError()
+            return ray.get(refs, timeout=left)
         except ray.exceptions.GetTimeoutError:
             raise DlcError("E0404", f"a training step took longer than {self.timeout:g} s on the workers",
                            hint="the last checkpoint is intact: `dlc train ... --resume` continues") from None

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import dlc
 from dlc.grammar.errors import DlcError
 from dlc.compiler.training.stages import SUMMED, stage_plan
 from dlc.runtime.distributed import (BatchRef, DistributedTrainer, GradientWorker, ModelSource, _weighted_mean,
-                                    shard)
+                                    params_digest, shard)
 from dlc.runtime.runner import make_runner
 from dlc.runtime.staged import StagedGrad, run_stages
 from dlc.runtime.trainer import build_grad_graph, make_trainer, rng_key
@@ -344,6 +345,74 @@ def test_batch_sums_are_pushed_through_shared_terms_once(tmp_path):
     spec_file.write_text(DEEP % 600)
     m = dlc.load(spec_file, mode="train")
     assert len(stage_plan(build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]).graphs) == 4
+
+
+def test_a_worker_restarted_between_stages_hashes_the_values_it_fetched():
+    """Debug mode: a restarted worker asked for a later stage gets the parameters through the
+    object store (a callable), not in stage 0's call; its hash is theirs, not empty (a false
+    E0404 at the end of the epoch)."""
+    m, spec, _ = _grad_graph("specs/cnn.dl")
+    values = {**m.params, **m.state}
+    worker = GradientWorker(_source(m), spec, rank=1, world=2, seed=spec.seed, debug=True)
+    plan = worker.runners[0].plan
+    batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
+    sums = {}  # the sums a replay needs: stage 0..k-1 of two workers
+    twin = GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
+    for k in range(len(plan.graphs) - 1):
+        parts = [w.stage(0, k, batch, key, values if k == 0 else (lambda: values), sums) for w in (twin, worker)]
+        sums.update({n: parts[0][n] + parts[1][n] for n in plan.reduced[k]})
+    restarted = GradientWorker(_source(m), spec, rank=1, world=2, seed=spec.seed, debug=True)
+    restarted.stage(0, len(plan.graphs) - 1, batch, key, lambda: values, sums)
+    assert restarted.digest() == params_digest(values) == worker.digest()
+
+
+class _ClockedRay:
+    """A stand-in for ``ray`` whose ``get`` takes one second of a fake clock per call and times
+    out when given less than that (the refs are the results themselves)."""
+
+    class exceptions:  # noqa: N801 - the attribute path of ray.exceptions
+        class GetTimeoutError(TimeoutError):
+            pass
+
+        class RayActorError(Exception):
+            pass
+
+        WorkerCrashedError = RayTaskError = RayActorError
+
+    def __init__(self):
+        self.now, self.timeouts = 0.0, []
+
+    def get(self, refs, timeout):
+        self.timeouts.append(timeout)
+        if timeout < 1.0:
+            raise self.exceptions.GetTimeoutError()
+        self.now += 1.0
+        return refs
+
+
+class _Local:
+    """A worker's methods called in place (``w.stage.remote(...)`` → ``w.stage(...)``)."""
+
+    def __init__(self, worker):
+        self.stage = type("M", (), {"remote": staticmethod(worker.stage)})
+
+
+def test_the_timeout_bounds_a_whole_staged_step_not_each_stage(monkeypatch):
+    """cnn's 8 stages, each taking 1 s, with a 2.5 s timeout: the step fails with E0404 at the
+    third stage (not 8 s later), each call given only the step's remaining time."""
+    m, spec, _ = _grad_graph("specs/cnn.dl")
+    ray = _ClockedRay()
+    monkeypatch.setattr("dlc.runtime.distributed.time", types.SimpleNamespace(monotonic=lambda: ray.now))
+    workers = _staged_workers(m, spec, 2)
+    plan = workers[0].runners[0].plan
+    d = DistributedTrainer.__new__(DistributedTrainer)  # the driver's step alone: no Ray, no actors
+    d.ray, d.timeout, d.workers = ray, 2.5, [_Local(w) for w in workers]
+    staged = (len(plan.graphs), dict(plan.outputs))
+    with pytest.raises(DlcError) as e:
+        d._staged_grads(0, staged, BatchRef(0, 0), int(rng_key(spec.seed, 0, 0)), {**m.params, **m.state},
+                        deadline=ray.now + d.timeout)
+    assert e.value.code == "E0404"
+    assert ray.timeouts == [2.5, 1.5, 0.5]
 
 
 # -- on Ray ----------------------------------------------------------------------------
