@@ -103,8 +103,8 @@ def _staged_workers(m, spec, world, backend="numpy"):
 
 
 def _run_staged(workers, batch, key, values):
-    def call(k, sums):
-        return [{n: v for n, v in w.stage(0, k, batch, key, values, sums).items() if n != "n"} for w in workers]
+    def call(k, new, sums):  # each stage is sent only the previous stage's sums, as the driver does
+        return [{n: v for n, v in w.stage(0, k, batch, key, values, new).items() if n != "n"} for w in workers]
 
     plan = workers[0].runners[0].plan
     return run_stages(call, len(plan.graphs), plan.outputs)
@@ -131,17 +131,17 @@ def test_synchronised_shards_give_the_global_batch_gradients_and_running_statist
 
 
 def test_a_worker_that_lost_a_steps_kept_values_recomputes_them_from_the_sums():
-    """A restarted worker asked for stage k (Ray's retry) replays stages 0..k-1 from the sums
-    it is sent: the same outputs, bit for bit."""
+    """A restarted worker asked for stage k (Ray's retry, with stage k-1's sums only) says it
+    lost the step; sent every sum, it replays stages 0..k-1: the same outputs, bit for bit."""
     m, spec, _ = _grad_graph("specs/cnn.dl")
     values = {**m.params, **m.state}
     workers = _staged_workers(m, spec, 2)
     batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
     seen, outs = [], []
 
-    def call(k, sums):
-        seen.append(dict(sums))
-        outs.append([w.stage(0, k, batch, key, values, sums) for w in workers])
+    def call(k, new, sums):
+        seen.append((dict(new), dict(sums)))
+        outs.append([w.stage(0, k, batch, key, values, new) for w in workers])
         return [{n: v for n, v in p.items() if n != "n"} for p in outs[-1]]
 
     plan = workers[0].runners[0].plan
@@ -149,7 +149,10 @@ def test_a_worker_that_lost_a_steps_kept_values_recomputes_them_from_the_sums():
     last = len(plan.graphs) - 1
     want = outs[last][1]  # worker 1's last stage, its kept values at hand
     fresh = _staged_workers(m, spec, 2)[1]
-    got = fresh.stage(0, last, batch, key, values, seen[-1])
+    new, every = seen[-1]
+    assert set(new) < set(every)  # the driver sends a stage only the previous stage's sums ...
+    assert fresh.stage(0, last, batch, key, values, new) == {"n": 32, "lost": True}  # ... not enough to replay
+    got = fresh.stage(0, last, batch, key, values, every)
     assert set(got) == set(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
@@ -167,10 +170,10 @@ def test_a_batch_reduction_that_is_not_a_sum_cannot_be_synchronised(tmp_path):
         GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
     assert e.value.code == "E0201" and "reduce_max" in e.value.message
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():  # the trainer says so before it starts Ray
-        with pytest.raises(DlcError) as e:
-            DistributedTrainer(m, workers=2)
-        assert e.value.code == "E0201" and not ray.is_initialized()
+    running = ray.is_initialized()  # (the slow tests' Ray may be up)
+    with pytest.raises(DlcError) as e:  # the trainer says so before it starts or joins Ray
+        DistributedTrainer(m, workers=2)
+    assert e.value.code == "E0201" and ray.is_initialized() == running
 
 
 MAX_THEN_BATCH_NORM = """
@@ -415,6 +418,40 @@ def test_the_timeout_bounds_a_whole_staged_step_not_each_stage(monkeypatch):
     assert ray.timeouts == [2.5, 1.5, 0.5]
 
 
+def test_a_staged_step_with_an_empty_shard_leaves_it_out_after_stage_0(monkeypatch, tmp_path):
+    """A 2-row batch on 3 workers: the third shard is empty, answers ``n`` = 0 in stage 0 (its
+    hash taken) and is not called again; the other two give the whole batch's step."""
+    spec_file = tmp_path / "deep.dl"
+    spec_file.write_text((DEEP % 1).replace("batch     = 64", "batch     = 2"))
+    m = dlc.load(spec_file, mode="train")
+    spec = m.train_spec()
+    values = {**m.params, **m.state}
+    workers = _staged_workers(m, spec, 3)
+    calls = []
+
+    def counted(r, w):
+        def stage(*args):
+            calls.append((r, args[1]))
+            return w.stage(*args)
+        return type("W", (), {"stage": type("M", (), {"remote": staticmethod(stage)})})
+
+    ray = _ClockedRay()
+    monkeypatch.setattr("dlc.runtime.distributed.time", types.SimpleNamespace(monotonic=lambda: ray.now))
+    d = DistributedTrainer.__new__(DistributedTrainer)
+    d.ray, d.timeout, d.workers = ray, 1e9, [counted(r, w) for r, w in enumerate(workers)]
+    plan = workers[0].runners[0].plan
+    batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
+    assert [len(w.rows(batch)) for w in workers] == [1, 1, 0]
+    got = d._staged_grads(0, (len(plan.graphs), dict(plan.outputs)), batch, key, values, deadline=1e9)
+    assert [k for r, k in calls if r == 2] == [0]
+    assert sorted(k for r, k in calls if r == 0) == list(range(len(plan.graphs)))
+    rows = np.concatenate([w.rows(batch) for w in workers])
+    whole = {k: v[rows] for k, v in workers[0].train.items()}
+    want = make_runner(build_grad_graph(m, spec, spec.steps[0])[0], "numpy")(whole, values, values)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # -- on Ray ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_local():
@@ -480,11 +517,11 @@ def test_a_worker_killed_between_two_stages_is_restarted_and_replays_them(ray_lo
     victim, calls = d.worker_pids()[1], []
 
     def run_stages_killing(call, n_stages, kinds):
-        def killing(k, sums):
+        def killing(k, new, sums):
             calls.append(k)
             if len(calls) == n_stages + 5:  # the second step's stage 5
                 os.kill(victim, signal.SIGKILL)
-            return call(k, sums)
+            return call(k, new, sums)
         return run_stages(killing, n_stages, kinds)
 
     monkeypatch.setattr("dlc.runtime.distributed.run_stages", run_stages_killing)

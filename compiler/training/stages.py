@@ -328,8 +328,9 @@ def _extract(graph: Graph, nodes: set[int], reads: dict[Value, str], outputs: di
 
     def copy(n: int) -> None:
         rec = graph[n]
+        forward = remap.get(Value(rec.grad_of)) if rec.grad_of is not None else None  # None: in another stage
         new = g.add_node(rec.op, [remap[v] for v in rec.inputs], rec.attrs, rec.types, loc=rec.loc,
-                         scope=rec.scope, role=rec.role)
+                         scope=rec.scope, role=rec.role, grad_of=forward.node if forward else None)
         remap.update({Value(n, i): Value(new, i) for i in range(len(rec.types))})
         if rec.op == "input":
             g.add_input(new)
