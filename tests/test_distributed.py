@@ -288,6 +288,20 @@ def test_a_sum_loss_is_summed_over_the_workers_not_averaged(tmp_path, body):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def test_a_metric_that_is_not_a_mean_is_computed_from_the_global_sums(tmp_path):
+    """The squared mean label as a metric: the shards' size-weighted mean of their squares is not
+    the square of the global mean, so the step is planned (the means' sums crossing the
+    workers) and the metric is the whole batch's."""
+    body = "output loss = cross_entropy(x @ W, y)\n    output spread = mean(cast(y, f32)) * mean(cast(y, f32))"
+    spec = (TINY % body) \
+        .replace("loss      = loss", "loss      = loss\n    metrics   = [spread]")
+    (tmp_path / "tiny.dl").write_text(spec)
+    got, want = _two_workers_against_the_whole_batch(dlc.load(tmp_path / "tiny.dl", mode="train"))
+    assert "metric/spread" in want
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
 def test_every_spec_that_trains_plans_as_before():
     """The whitelist of row-wise ops keeps every spec's plan: batch norm (cnn, resnet) and masked
     means (gcn, tiny_bert) are synchronised, everything else is one stage."""

@@ -239,21 +239,47 @@ def cross_batch(graph: Graph, cls: dict[Value, str], reduce_at: set[Value]) -> b
 def weighted_mean_is_exact(graph: Graph, cls: dict[Value, str], reduce_at: set[Value]) -> bool:
     """Whether the shards' outputs averaged weighted by shard size are the global batch's, for a
     graph without cross-batch dependencies: every sum over the batch is divided by a count over
-    it (a per-example mean — ``sum / count``), and every partial output (a gradient) is scaled by
-    one over such a count.  A sum loss (no count) or a sum added to a mean is not: the mean of
-    the shards' sums is 1/N of the global sum.  Such graphs run as a plan instead: their
-    partial outputs are summed over the workers, the counts global."""
+    it (a per-example mean — ``sum / count``), every partial output (a gradient) is scaled by
+    one over such a count, and every other output is such a mean or affine in them.  A sum
+    loss (no count) or a sum added to a mean is not: the mean of the shards' sums is 1/N of
+    the global sum; nor is a squared mean.  Such graphs run as a plan instead: their partial
+    outputs are summed over the workers, the counts global."""
     counts = {v for v in reduce_at if graph.op(v.node) == "count"}
     for v in reduce_at - counts:
         for user in graph.consumers(v.node):
             ins = graph.in_values(user)
             if not (graph.op(user) == "div" and ins[0] == v and ins[1] in counts and v not in ins[1:]):
                 return False
-    partial = {v.node for v in graph.outputs.values() if cls[v] == PARTIAL}
-    if not partial:
-        return True
     count_nodes = {v.node for v in counts}
-    return all(graph.ancestors({n}) & count_nodes for n in partial)
+    batch_nodes = {v.node for v, c in cls.items() if c == SHARDED} | {v.node for v in reduce_at}
+    for v in graph.outputs.values():
+        if cls[v] == PARTIAL and not graph.ancestors({v.node}) & count_nodes:
+            return False
+        if cls[v] == REPLICATED and not _a_mean(graph, v, reduce_at, counts, batch_nodes):
+            return False
+    return True
+
+
+def _a_mean(graph: Graph, v: Value, reduce_at: set[Value], counts: set[Value], batch_nodes: set[int]) -> bool:
+    """Whether replicated ``v`` is a per-example mean (``sum / count``) or an affine function of
+    such means — what a size-weighted mean of the shards' values preserves (not ``mean · mean``)."""
+    def free(u: Value) -> bool:  # nothing of the batch in it
+        return not ({u.node} | graph.ancestors({u.node})) & batch_nodes
+
+    if free(v):
+        return True
+    op, ins = graph.op(v.node), graph.in_values(v.node)
+    if op == "div" and ins[0] in reduce_at and ins[1] in counts:
+        return True
+    if op in ("add", "sub"):
+        return all(_a_mean(graph, u, reduce_at, counts, batch_nodes) for u in ins)
+    if op in ("mul", "div"):
+        tied = [u for u in ins if not free(u)]
+        return len(tied) == 1 and (op == "mul" or tied[0] == ins[0]) and \
+            _a_mean(graph, tied[0], reduce_at, counts, batch_nodes)
+    if op in ("neg", "reshape", "squeeze", "unsqueeze", "cast", "identity"):
+        return _a_mean(graph, ins[0], reduce_at, counts, batch_nodes)
+    return False
 
 
 def stage_plan(graph: Graph) -> StagePlan | None:
