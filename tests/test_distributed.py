@@ -302,6 +302,46 @@ def test_a_metric_that_is_not_a_mean_is_computed_from_the_global_sums(tmp_path):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+MIXING_CELL = """
+layer cell(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H] = glorot_uniform()
+    param Wh: [H, H] = orthogonal()
+    return tanh(softmax(x @ Wx, axis = AXIS) + h @ Wh)
+}
+
+model s() {
+    input xs: f32[B, T, 2]
+    input y:  i64[B]
+    param W: [8, 2] = glorot_uniform()
+    hs, h_last = scan cell over xs axis 1 init (zeros([B, 8]))
+    output loss = cross_entropy(h_last @ W, y)
+}
+
+train s {
+    data      = adding(n = 300, T = 5, seed = 0)
+    inputs    = map(xs = x, y = y_cls)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
+
+
+def test_a_scan_whose_cell_mixes_the_examples_cannot_be_split(tmp_path):
+    """The scan's body is looked into: a cell normalising over the batch axis is E0201 at the
+    scan's line; over its features, the scan keeps the examples apart (one stage)."""
+    spec_file = tmp_path / "s.dl"
+    spec_file.write_text(MIXING_CELL.replace("AXIS", "-1"))
+    m = dlc.load(spec_file, mode="train")
+    assert stage_plan(build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]) is None
+    spec_file.write_text(MIXING_CELL.replace("AXIS", "0"))
+    m = dlc.load(spec_file, mode="train")
+    with pytest.raises(DlcError) as e:
+        GradientWorker(_source(m), m.train_spec(), rank=0, world=2, seed=0)
+    assert e.value.code == "E0201" and "`scan` mixes the examples" in e.value.message and e.value.loc.line == 12
+
+
 def test_every_spec_that_trains_plans_as_before():
     """The whitelist of row-wise ops keeps every spec's plan: batch norm (cnn, resnet) and masked
     means (gcn, tiny_bert) are synchronised, everything else is one stage."""

@@ -11,13 +11,15 @@ something else.
 :func:`row_wise` says yes only for ops known to be row-wise (a whitelist):
 elementwise and broadcasting ops (``sum_to`` over other axes), contractions and convolutions that keep the
 batch axis out of what they sum over, ops whose ``axis``/``axes`` do not touch
-it, and reshapes and slices that keep it as axis 0 unsliced.  Anything else fed
+it, scans over another axis whose body is row-wise too, and reshapes and slices that keep
+it as axis 0 unsliced.  Anything else fed
 a per-example value — and any type in which the batch dim occurs in more than
 one axis — is not; stages.py then classifies the output as opaque.
 """
 from __future__ import annotations
 
 from ..dims import Sym
+from ..graph import SOURCE_OPS, Value
 
 # elementwise / broadcasting ops: each output element reads the same position of its (broadcast) inputs
 ELEMENTWISE = frozenset({
@@ -84,7 +86,9 @@ def row_wise(graph, rec, sharded: list, batch: frozenset[str]) -> bool:
         mixed = _attr_axes(rec.attrs, x.rank)
         if op == "gather":  # the table's axis; gathering rows of a replicated table by per-example ids is fine
             return rec.inputs[0] not in sharded or not (set(_batch_axes(x, batch)) & mixed)
-        if op in ("concat", "stack", "split", "scan"):  # along the axis of every operand
+        if op == "scan":  # along the scanned axis of every sequence, and a body that keeps rows apart
+            return not any(set(a) & mixed for a in in_axes) and _body_row_wise(rec, graph, sharded, batch)
+        if op in ("concat", "stack", "split"):  # along the axis of every operand
             return not any(set(a) & mixed for a in in_axes)
         return not any(set(a) & mixed for v, a in zip(sharded, in_axes) if v == rec.inputs[0])
     return False
@@ -124,3 +128,35 @@ def _matmul_keeps_batch(graph, rec, sharded, batch) -> bool:
         if axes[0] == contracted:
             return False
     return True
+
+
+def _body_row_wise(rec, graph, sharded: list, batch: frozenset[str]) -> bool:
+    """Whether a scan's body keeps the examples apart: no value of it whose type mentions the
+    batch dim is computed from a mixture of examples (a reduction over the batch, an op that
+    is not row-wise), the carries fed back until nothing changes.  Accumulators over the batch
+    (a weight gradient's carry, no batch dim) are mixtures too, and fine while they feed
+    nothing per-example."""
+    body = rec.attrs["body"]
+    outs = list(body.outputs.values())
+    k = rec.attrs["n_carry"]
+    rows = {Value(n) for n, v in zip(body.inputs, rec.inputs) if v in sharded}
+    mixed: set = set()
+    for _ in range(k + 1):  # the carries: a mixture fed back mixes the next step
+        before = len(mixed)
+        for n in body.topo_order():
+            b = body[n]
+            if b.op in SOURCE_OPS:
+                continue
+            ins_rows = [v for v in b.inputs if v in rows]
+            for v, t in zip(body.out_values(n), b.types):
+                if any(u in mixed for u in b.inputs):
+                    mixed.add(v)
+                elif ins_rows:
+                    if _batch_axes(t, batch) and row_wise(body, b, ins_rows, batch):
+                        rows.add(v)
+                    else:
+                        mixed.add(v)
+        mixed |= {Value(body.inputs[i]) for i in range(k) if outs[i] in mixed}
+        if len(mixed) == before:
+            break
+    return not any(_batch_axes(body.type_of(v), batch) for v in mixed)
