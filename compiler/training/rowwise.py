@@ -9,12 +9,13 @@ enough: ``softmax(x, axis = 0)``, ``h @ transpose(h)`` (``[B, B]``) or
 something else.
 
 :func:`row_wise` says yes only for ops known to be row-wise (a whitelist):
-elementwise and broadcasting ops (``sum_to`` over other axes), contractions and convolutions that keep the
-batch axis out of what they sum over, ops whose ``axis``/``axes`` do not touch
-it, scans over another axis whose body is row-wise too, and reshapes and slices that keep
-it as axis 0 unsliced.  Anything else fed
-a per-example value — and any type in which the batch dim occurs in more than
-one axis — is not; stages.py then classifies the output as opaque.
+elementwise and broadcasting ops (``sum_to`` over other axes), contractions
+and convolutions that keep the batch axis out of what they sum over, ops whose
+``axis``/``axes`` do not touch it, scans over another axis whose body is
+row-wise too, and reshapes and slices that keep it as axis 0 unsliced.
+Anything else fed a per-example value — and any type in which the batch dim
+occurs in more than one axis — is not; stages.py then classifies the output
+as opaque.
 """
 from __future__ import annotations
 
