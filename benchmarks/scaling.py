@@ -102,7 +102,7 @@ def measure_stages(m, spec, values: dict, steps: int) -> dict:
 
     plan = stage_plan(build_grad_graph(m, spec, spec.steps[0])[0])
     if plan is None:
-        return {"stages": 1, "sync_bytes": 0, "t_staged": None}
+        return {"stages": 1, "sync_bytes": 0, "sync_down": 0, "t_staged": None}
     size = 0
     for g, names in zip(plan.graphs, plan.reduced):
         for name in names:
@@ -112,11 +112,16 @@ def measure_stages(m, spec, values: dict, steps: int) -> dict:
     workers = [GradientWorker(source, spec, rank=r, world=2, seed=spec.seed) for r in range(2)]
     batch = BatchRef(0, 0)
 
-    def call(k, sums):
-        return [{n: v for n, v in w.stage(0, k, batch, 0, values, sums).items() if n != "n"} for w in workers]
+    down = []  # bytes of sums one worker is sent per step (each stage gets the previous stage's)
 
+    def call(k, new, sums):
+        down.append(sum(np.asarray(v).nbytes for v in new.values()))
+        return [{n: v for n, v in w.stage(0, k, batch, 0, values, new).items() if n != "n"} for w in workers]
+
+    run_stages(call, len(plan.graphs), plan.outputs)
+    sync_down = sum(down)
     t_staged = _median_time(lambda: run_stages(call, len(plan.graphs), plan.outputs), steps)
-    return {"stages": len(plan.graphs), "sync_bytes": size, "t_staged": t_staged}
+    return {"stages": len(plan.graphs), "sync_bytes": size, "sync_down": sync_down, "t_staged": t_staged}
 
 
 def project(row: dict, n: int, bandwidth_gbit: float) -> tuple[float, float, float, float]:
@@ -125,10 +130,11 @@ def project(row: dict, n: int, bandwidth_gbit: float) -> tuple[float, float, flo
     grad_bytes = 4 * row["params"]
     compute = row["t_grad"] + row["t_update"]
     base = compute + row["overhead"]
-    sync = row["sync_bytes"]  # partial sums between stages: N in, their sums N out, through the driver
+    # partial sums between stages, through the driver: N workers' in, their totals N times out
+    sync = row["sync_bytes"] + row["sync_down"]
     rounds = (row["stages"] - 1) * row["stage_rt"]  # as measured with 2 workers: a lower bound at N
-    star = base + rounds + 2 * n * (grad_bytes + sync) / bw  # the driver's link: parameters out, N gradients in
-    ring = base + rounds + 2 * (n - 1) / n * (grad_bytes + sync) / bw
+    star = base + rounds + n * (2 * grad_bytes + sync) / bw  # the driver's link: parameters out, N gradients in
+    ring = base + rounds + (n - 1) / n * (2 * grad_bytes + sync) / bw
     return star, base / star, ring, base / ring
 
 
@@ -154,13 +160,14 @@ def main(argv=None) -> None:
               f"{r['t_update'] * 1e3:.2f} | {r['step1'] * 1e3:.2f} | {r['step2'] * 1e3:.2f} | "
               f"{r['overhead'] * 1e3:.2f} |")
     print("\nsynchronised batch statistics (N > 1):\n")
-    print("| spec | stages | partial-sum bytes / worker / step | t_grad ms (whole batch) | "
+    print("| spec | stages | partial-sum bytes / worker / step: sent | received | t_grad ms (whole batch) | "
           "t_staged ms (2 shards, no Ray) | 1 worker ms | 2 workers ms | ms per round |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         staged = "—" if r["t_staged"] is None else f"{r['t_staged'] * 1e3:.2f}"
         per_round = "—" if r["stages"] == 1 else f"{r['stage_rt'] * 1e3:.2f}"
-        print(f"| {r['spec']} | {r['stages']} | {r['sync_bytes']:,} | {r['t_grad'] * 1e3:.2f} | {staged} | "
+        print(f"| {r['spec']} | {r['stages']} | {r['sync_bytes']:,} | {r['sync_down']:,} | {r['t_grad'] * 1e3:.2f} | "
+              f"{staged} | "
               f"{r['step1'] * 1e3:.2f} | {r['step2'] * 1e3:.2f} | {per_round} |")
     print(f"\nprojected, weak scaling (per-worker batch = the spec's), {args.bandwidth:g} Gbit/s:\n")
     print("| spec | N | dlc step ms | dlc efficiency | ring all-reduce step ms | ring efficiency |")

@@ -16,15 +16,17 @@ differs is where a step's work happens:
   sizes differ by at most one.
 - The driver sends the parameters once per step group (one object in Ray's
   object store, which workers on one machine read from shared memory),
-  averages the workers' gradients, losses, metrics and next state weighted by
-  shard size — for a per-example-mean loss, exactly the global batch's
-  gradient — and runs the group's *optimizer update* graph
+  combines the workers' gradients, losses, metrics and next state — averaged
+  weighted by shard size when that is exact (a per-example-mean loss with
+  nothing else across the batch: stages.py ``weighted_mean_is_exact``), else
+  summed or taken as computed (the next bullet) — and runs the group's
+  *optimizer update* graph
   (``build_update``: regularisation, clipping, the schedule, the optimizer)
   once.  ``grad`` + ``update`` is node for node the fused step, so one worker
   takes bit for bit the single-process step, and N workers take it up to float
   rounding.
 - Where a model looks across the batch inside the step (batch normalisation's
-  statistics, a masked mean), the gradient graph runs in stages
+  statistics, a masked mean, a sum loss), the gradient graph runs in stages
   (compiler/training/stages.py, runtime/staged.py): after each, the driver
   adds up the workers' partial sums and sends them on with the next stage's
   call, so every shard normalises with the global batch's statistics; the
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -160,24 +163,30 @@ class GradientWorker:
     def stage(self, group: int, k: int, batch: BatchRef, key: int, values, sums: Mapping[str, np.ndarray]) -> dict:
         """Stage ``k`` of a synchronised group's step on this worker's shard (runtime/staged.py):
         ``n`` and the stage's partial sums, or on the last stage the final outputs (``n`` = 0 and
-        nothing else for an empty shard).  ``sums``: every earlier stage's workers' sums.
+        nothing else for an empty shard; ``lost`` when this worker no longer holds the step and
+        was not sent every sum).  ``sums``: the workers' sums of stage ``k-1``, or of every earlier
+        stage (StagedGrad.run).
         ``values``: the parameters and state — a mapping, or (after stage 0, which always gets
         the mapping) a callable returning it, called only by a worker that does not hold this
         step's values already (a restarted one), so later stages do not deserialise them again."""
         step = (group, batch, key)
         if isinstance(values, Mapping):
-            if k == 0 and self.debug:
-                self.last_digest = params_digest(values)
             self._inputs = None
         idx = self.rows(batch)
         if len(idx) == 0:
+            if self.debug and isinstance(values, Mapping):
+                self.last_digest = params_digest(values)
             return {"n": 0}
         if self._inputs is None or self._inputs[0] != step:
             feeds = {name: a[idx] for name, a in self.train.items()}
             feeds[RNG_INPUT] = worker_key(key, self.rank)
             self._inputs = (step, feeds, values if isinstance(values, Mapping) else values())
+            if self.debug:  # also a worker restarted between stages, which fetched the values itself
+                self.last_digest = params_digest(self._inputs[2])
         _, feeds, held = self._inputs
         out = self.runners[group].run(k, step, feeds, held, sums)
+        if out is None:  # lost this step's kept values and sums (restarted): ask for every sum
+            return {"n": len(idx), "lost": True}
         return {"n": len(idx), **{name: np.asarray(v) for name, v in out.items()}}
 
     def digest(self) -> str:
@@ -194,8 +203,15 @@ def synchronised_plan(graph, group: str) -> StagePlan | None:
     try:
         return stage_plan(graph)
     except SyncError as e:
-        raise DlcError("E0201", f"step `{group}` cannot be split across workers: {e}",
+        raise DlcError("E0201", f"step `{group}` cannot be split across workers: {e}", loc=_source_loc(e.loc),
                        hint="train this model in one process (leave out --workers)") from None
+
+
+def _source_loc(loc):
+    """A node's loc as an error's source span (None when the node has none, or not a span)."""
+    from dlc.grammar.errors import Loc
+
+    return loc if isinstance(loc, Loc) else None
 
 
 def _stage_info(model, spec, step) -> tuple[int, dict[str, str]] | None:
@@ -281,9 +297,10 @@ class DistributedTrainer(Trainer):
     step = __call__
 
     def _update(self, g, batch: BatchRef, key, start: Mapping[str, np.ndarray] | None, commit: list[str]) -> dict:
-        """One update of group ``g``: the workers' shard gradients of ``batch``, averaged by
-        shard size, through the group's optimizer update; the spec's state (when ``commit``
-        names it) is the workers' averaged next state."""
+        """One update of group ``g``: the workers' shard gradients of ``batch``, combined
+        (averaged by shard size, or for a staged group summed, see the module docstring),
+        through the group's optimizer update; the spec's state (when ``commit`` names it) is
+        the workers' combined next state."""
         sent = self.store.get([*self.param_names, *self.model_state])
         if start is not None:  # the other groups' parameters as the batch found them
             sent.update({k: start[k] for k in self.param_names if k not in g.step.params})
@@ -291,12 +308,13 @@ class DistributedTrainer(Trainer):
             self._sent = sent
         values = self.ray.put(sent)
         staged = self._stages[g.index]
+        deadline = time.monotonic() + self.timeout  # for the whole step, however many stages it has
         if staged is None:
-            parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers])
-                     if p["n"]]
+            parts = [p for p in self._get([w.grad.remote(g.index, batch, int(key), values) for w in self.workers],
+                                          deadline) if p["n"]]
             avg = _weighted_mean(parts)
         else:
-            avg = self._staged_grads(g.index, staged, batch, int(key), values)
+            avg = self._staged_grads(g.index, staged, batch, int(key), values, deadline)
         out = g.run({k: v for k, v in avg.items() if k.startswith("grad/")})
         g.run.commit([*g.step.params, *g.step.state_init])
         state = [k for k in g.step.model_state if k in commit]
@@ -305,20 +323,27 @@ class DistributedTrainer(Trainer):
         return {"train/loss": avg["train/loss"], "train/lr": out["train/lr"],
                 **{k: v for k, v in avg.items() if k.startswith("metric/")}}
 
-    def _staged_grads(self, group: int, staged: tuple[int, dict], batch: BatchRef, key: int, values) -> dict:
+    def _staged_grads(self, group: int, staged: tuple[int, dict], batch: BatchRef, key: int, values,
+                      deadline: float) -> dict:
         """A synchronised group's outputs: its stages on every worker with a non-empty shard,
-        the partial sums added up on the driver between stages (runtime/staged.py)."""
+        the partial sums added up on the driver between stages (runtime/staged.py); E0404 when
+        they are not all done by ``deadline`` (``time.monotonic()``)."""
         active = self.workers
 
         later = _Fetch(values)  # stages after the first: the workers hold the values already
 
-        def call(k: int, sums: dict) -> list[dict]:
+        def call(k: int, new: dict, sums: dict) -> list[dict]:
             nonlocal active
-            parts = self._get([w.stage.remote(group, k, batch, key, values if k == 0 else later, sums)
-                               for w in active])
+            parts = self._get([w.stage.remote(group, k, batch, key, values if k == 0 else later, new)
+                               for w in active], deadline)
             if k == 0:  # every worker hashes its parameters in stage 0; the empty shards stop there
                 active = [w for w, p in zip(active, parts) if p["n"]]
                 parts = [p for p in parts if p["n"]]
+            lost = [i for i, p in enumerate(parts) if p.get("lost")]
+            if lost:  # restarted since its last stage: every sum, to replay the step
+                again = self._get([active[i].stage.remote(group, k, batch, key, later, sums) for i in lost], deadline)
+                for i, p in zip(lost, again):
+                    parts[i] = p
             return [{name: v for name, v in p.items() if name != "n"} for p in parts]
 
         n_stages, kinds = staged
@@ -348,10 +373,15 @@ class DistributedTrainer(Trainer):
         if self._started_ray and self.ray.is_initialized():
             self.ray.shutdown()
 
-    def _get(self, refs):
+    def _get(self, refs, deadline: float | None = None):
+        """``ray.get`` with the step's remaining time (``deadline``, ``time.monotonic()``; None:
+        ``timeout`` from now), Ray's failures as coded errors."""
         ray = self.ray
+        left = self.timeout if deadline is None else deadline - time.monotonic()
         try:
-            return ray.get(refs, timeout=self.timeout)
+            if left <= 0:
+                raise ray.exceptions.GetTimeoutError()
+            return ray.get(refs, timeout=left)
         except ray.exceptions.GetTimeoutError:
             raise DlcError("E0404", f"a training step took longer than {self.timeout:g} s on the workers",
                            hint="the last checkpoint is intact: `dlc train ... --resume` continues") from None
@@ -372,7 +402,6 @@ def _weighted_mean(parts: list[dict]) -> dict[str, np.ndarray]:
     for k in parts[0]:
         if k == "n":
             continue
-        first = parts[0][k]
         acc = sum(np.asarray(p[k], dtype=np.float64) * p["n"] for p in parts) / total
-        out[k] = acc.astype(first.dtype) if first.dtype.kind == "f" else acc.astype(first.dtype)
+        out[k] = acc.astype(parts[0][k].dtype)
     return out

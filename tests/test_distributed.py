@@ -3,10 +3,12 @@
 The fast tests check the arithmetic without Ray (workers as plain objects); the
 slow ones start Ray on this machine (loopback only) once for the module, and
 stop it by the handle they started."""
+import glob
 import os
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -14,9 +16,10 @@ import pytest
 import dlc
 from dlc.grammar.errors import DlcError
 from dlc.compiler.training.stages import SUMMED, stage_plan
-from dlc.runtime.distributed import BatchRef, DistributedTrainer, GradientWorker, ModelSource, shard
+from dlc.runtime.distributed import (BatchRef, DistributedTrainer, GradientWorker, ModelSource, _weighted_mean,
+                                    params_digest, shard)
 from dlc.runtime.runner import make_runner
-from dlc.runtime.staged import run_stages
+from dlc.runtime.staged import StagedGrad, run_stages
 from dlc.runtime.trainer import build_grad_graph, make_trainer, rng_key
 
 K_STEPS = 4
@@ -100,8 +103,8 @@ def _staged_workers(m, spec, world, backend="numpy"):
 
 
 def _run_staged(workers, batch, key, values):
-    def call(k, sums):
-        return [{n: v for n, v in w.stage(0, k, batch, key, values, sums).items() if n != "n"} for w in workers]
+    def call(k, new, sums):  # each stage is sent only the previous stage's sums, as the driver does
+        return [{n: v for n, v in w.stage(0, k, batch, key, values, new).items() if n != "n"} for w in workers]
 
     plan = workers[0].runners[0].plan
     return run_stages(call, len(plan.graphs), plan.outputs)
@@ -128,17 +131,17 @@ def test_synchronised_shards_give_the_global_batch_gradients_and_running_statist
 
 
 def test_a_worker_that_lost_a_steps_kept_values_recomputes_them_from_the_sums():
-    """A restarted worker asked for stage k (Ray's retry) replays stages 0..k-1 from the sums
-    it is sent: the same outputs, bit for bit."""
+    """A restarted worker asked for stage k (Ray's retry, with stage k-1's sums only) says it
+    lost the step; sent every sum, it replays stages 0..k-1: the same outputs, bit for bit."""
     m, spec, _ = _grad_graph("specs/cnn.dl")
     values = {**m.params, **m.state}
     workers = _staged_workers(m, spec, 2)
     batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
     seen, outs = [], []
 
-    def call(k, sums):
-        seen.append(dict(sums))
-        outs.append([w.stage(0, k, batch, key, values, sums) for w in workers])
+    def call(k, new, sums):
+        seen.append((dict(new), dict(sums)))
+        outs.append([w.stage(0, k, batch, key, values, new) for w in workers])
         return [{n: v for n, v in p.items() if n != "n"} for p in outs[-1]]
 
     plan = workers[0].runners[0].plan
@@ -146,7 +149,10 @@ def test_a_worker_that_lost_a_steps_kept_values_recomputes_them_from_the_sums():
     last = len(plan.graphs) - 1
     want = outs[last][1]  # worker 1's last stage, its kept values at hand
     fresh = _staged_workers(m, spec, 2)[1]
-    got = fresh.stage(0, last, batch, key, values, seen[-1])
+    new, every = seen[-1]
+    assert set(new) < set(every)  # the driver sends a stage only the previous stage's sums ...
+    assert fresh.stage(0, last, batch, key, values, new) == {"n": 32, "lost": True}  # ... not enough to replay
+    got = fresh.stage(0, last, batch, key, values, every)
     assert set(got) == set(want)
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
@@ -164,10 +170,10 @@ def test_a_batch_reduction_that_is_not_a_sum_cannot_be_synchronised(tmp_path):
         GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
     assert e.value.code == "E0201" and "reduce_max" in e.value.message
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():  # the trainer says so before it starts Ray
-        with pytest.raises(DlcError) as e:
-            DistributedTrainer(m, workers=2)
-        assert e.value.code == "E0201" and not ray.is_initialized()
+    running = ray.is_initialized()  # (the slow tests' Ray may be up)
+    with pytest.raises(DlcError) as e:  # the trainer says so before it starts or joins Ray
+        DistributedTrainer(m, workers=2)
+    assert e.value.code == "E0201" and ray.is_initialized() == running
 
 
 MAX_THEN_BATCH_NORM = """
@@ -208,6 +214,296 @@ def test_address_without_workers_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "dlc.cli", "train", "specs/mlp.dl", "--address", "auto"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 64 and "--address needs --workers" in r.stderr
+
+
+# -- what two shards may and may not be trusted with (a second review's probes) -----------
+TINY = """
+model tiny() {
+    input x: f32[B, 64]
+    input y: i64[B]
+    param W: [64, 10] = glorot_uniform()
+    %s
+}
+
+train tiny {
+    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
+
+
+def _tiny(tmp_path, body):
+    spec_file = tmp_path / "tiny.dl"
+    spec_file.write_text(TINY % body)
+    return dlc.load(spec_file, mode="train")
+
+
+def _two_workers_against_the_whole_batch(m, world=2):
+    """(the driver's combination of ``world`` workers' outputs, the whole batch's in one process)."""
+    spec = m.train_spec()
+    values = {**m.params, **m.state}
+    workers = _staged_workers(m, spec, world)
+    batch, key = BatchRef(epoch=0, index=1), int(rng_key(spec.seed, 0, 0))
+    if isinstance(workers[0].runners[0], StagedGrad):
+        got = _run_staged(workers, batch, key, values)
+    else:
+        got = _weighted_mean([w.grad(0, batch, key, values) for w in workers])
+    rows = np.concatenate([w.rows(batch) for w in workers])
+    whole = {k: v[rows] for k, v in workers[0].train.items()}
+    graph = build_grad_graph(m, spec, spec.steps[0])[0]
+    return got, make_runner(graph, "numpy")(whole, values, values)
+
+
+@pytest.mark.parametrize("body,op", [
+    ("output loss = cross_entropy(softmax(x @ W, axis = 0), y)", "softmax"),  # normalised over the batch
+    ("h = x @ W\n    output loss = cross_entropy(h @ transpose(h) @ h, y)", "matmul"),  # in-batch similarity [B, B]
+    ("h = x @ W\n    output loss = cross_entropy(h[1:] - h[:B-1], y[1:])", "slice"),  # neighbouring examples
+])
+def test_an_op_that_mixes_the_examples_of_a_batch_cannot_be_split(tmp_path, body, op):
+    """Each worker would mix only its own shard's examples: a coded error naming the op and its
+    source line (and only with several workers), not a silently different gradient."""
+    m = _tiny(tmp_path, body)
+    spec = m.train_spec()
+    GradientWorker(_source(m), spec, rank=0, world=1, seed=spec.seed)  # one process: fine
+    with pytest.raises(DlcError) as e:
+        GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
+    assert e.value.code == "E0201" and f"`{op}` mixes the examples" in e.value.message
+    assert e.value.loc is not None and e.value.loc.line == 6 + body.count("\n")
+
+
+@pytest.mark.parametrize("body", [
+    'output loss = cross_entropy(x @ W, y, reduction = "sum")',
+    'output loss = cross_entropy(x @ W, y) + 0.01 * cross_entropy(x @ W, y, reduction = "sum")',
+])
+def test_a_sum_loss_is_summed_over_the_workers_not_averaged(tmp_path, body):
+    """A sum over the batch is not a per-example mean: the shards' size-weighted mean would be
+    1/N of it.  Such a graph runs as a plan whose partial outputs are summed (a mixed loss's
+    counts are global): loss and gradients are the whole batch's."""
+    got, want = _two_workers_against_the_whole_batch(_tiny(tmp_path, body))
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_metric_that_is_not_a_mean_is_computed_from_the_global_sums(tmp_path):
+    """The squared mean label as a metric: the shards' size-weighted mean of their squares is not
+    the square of the global mean, so the step is planned (the means' sums crossing the
+    workers) and the metric is the whole batch's."""
+    body = "output loss = cross_entropy(x @ W, y)\n    output spread = mean(cast(y, f32)) * mean(cast(y, f32))"
+    spec = (TINY % body) \
+        .replace("loss      = loss", "loss      = loss\n    metrics   = [spread]")
+    (tmp_path / "tiny.dl").write_text(spec)
+    got, want = _two_workers_against_the_whole_batch(dlc.load(tmp_path / "tiny.dl", mode="train"))
+    assert "metric/spread" in want
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+MIXING_CELL = """
+layer cell(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H] = glorot_uniform()
+    param Wh: [H, H] = orthogonal()
+    return tanh(softmax(x @ Wx, axis = AXIS) + h @ Wh)
+}
+
+model s() {
+    input xs: f32[B, T, 2]
+    input y:  i64[B]
+    param W: [8, 2] = glorot_uniform()
+    hs, h_last = scan cell over xs axis 1 init (zeros([B, 8]))
+    output loss = cross_entropy(h_last @ W, y)
+}
+
+train s {
+    data      = adding(n = 300, T = 5, seed = 0)
+    inputs    = map(xs = x, y = y_cls)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
+
+
+def test_a_scan_whose_cell_mixes_the_examples_cannot_be_split(tmp_path):
+    """The scan's body is looked into: a cell normalising over the batch axis is E0201 at the
+    scan's line; over its features, the scan keeps the examples apart (one stage)."""
+    spec_file = tmp_path / "s.dl"
+    spec_file.write_text(MIXING_CELL.replace("AXIS", "-1"))
+    m = dlc.load(spec_file, mode="train")
+    assert stage_plan(build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]) is None
+    spec_file.write_text(MIXING_CELL.replace("AXIS", "0"))
+    m = dlc.load(spec_file, mode="train")
+    with pytest.raises(DlcError) as e:
+        GradientWorker(_source(m), m.train_spec(), rank=0, world=2, seed=0)
+    assert e.value.code == "E0201" and "`scan` mixes the examples" in e.value.message and e.value.loc.line == 12
+
+
+def test_every_spec_that_trains_plans_as_before():
+    """The whitelist of row-wise ops keeps every spec's plan: batch norm (cnn, resnet) and masked
+    means (gcn, tiny_bert) are synchronised, everything else is one stage."""
+    staged = {"cnn": 8, "resnet": 26, "gcn": 2, "tiny_bert": 2}
+    for path in sorted(glob.glob("specs/*.dl")):
+        m = dlc.load(path, mode="train")
+        spec = m.train_spec()
+        for step in spec.steps:
+            plan = stage_plan(build_grad_graph(m, spec, step)[0])
+            want = staged.get(os.path.basename(path)[:-3])
+            assert (plan and len(plan.graphs)) == want, f"{path} {step.name}"
+
+
+DEEP = """
+layer step(x: f32[B, D]) {
+    param a: [D] = ones()
+    return x + a * x
+}
+
+model deep() {
+    input x: f32[B, 64]
+    input y: i64[B]
+    param gamma: [64] = ones()
+    param beta:  [64] = zeros()
+    state mean:  [64] = zeros()
+    state var:   [64] = ones()
+    param W:     [64, 10] = glorot_uniform()
+    h, next_mean, next_var = batch_norm(x, gamma, beta, mean, var)
+    update mean = next_mean
+    update var  = next_var
+    output loss = cross_entropy((repeat %d step(h)) @ W, y)
+}
+
+train deep {
+    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
+    loss      = loss
+    optimizer = sgd(lr = 0.1)
+    batch     = 64
+    epochs    = 1
+}
+"""
+
+
+def test_batch_sums_are_pushed_through_shared_terms_once(tmp_path):
+    """Batch norm's gradient summed through ``x + a·x`` twenty times over: every term is shared
+    by two paths, and a rewrite that follows paths builds 2^20 sums.  Memoised it stays the size
+    of the graph, and the synchronised step is still the whole batch's; 600 links do not reach
+    Python's recursion limit."""
+    spec_file = tmp_path / "deep.dl"
+    spec_file.write_text(DEEP % 20)
+    m = dlc.load(spec_file, mode="train")
+    graph = build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]
+    plan = stage_plan(graph)
+    assert sum(len(g) for g in plan.graphs) < 2 * len(graph)
+    got, want = _two_workers_against_the_whole_batch(m)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    spec_file.write_text(DEEP % 600)
+    m = dlc.load(spec_file, mode="train")
+    assert len(stage_plan(build_grad_graph(m, m.train_spec(), m.train_spec().steps[0])[0]).graphs) == 4
+
+
+def test_a_worker_restarted_between_stages_hashes_the_values_it_fetched():
+    """Debug mode: a restarted worker asked for a later stage gets the parameters through the
+    object store (a callable), not in stage 0's call; its hash is theirs, not empty (a false
+    E0404 at the end of the epoch)."""
+    m, spec, _ = _grad_graph("specs/cnn.dl")
+    values = {**m.params, **m.state}
+    worker = GradientWorker(_source(m), spec, rank=1, world=2, seed=spec.seed, debug=True)
+    plan = worker.runners[0].plan
+    batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
+    sums = {}  # the sums a replay needs: stage 0..k-1 of two workers
+    twin = GradientWorker(_source(m), spec, rank=0, world=2, seed=spec.seed)
+    for k in range(len(plan.graphs) - 1):
+        parts = [w.stage(0, k, batch, key, values if k == 0 else (lambda: values), sums) for w in (twin, worker)]
+        sums.update({n: parts[0][n] + parts[1][n] for n in plan.reduced[k]})
+    restarted = GradientWorker(_source(m), spec, rank=1, world=2, seed=spec.seed, debug=True)
+    restarted.stage(0, len(plan.graphs) - 1, batch, key, lambda: values, sums)
+    assert restarted.digest() == params_digest(values) == worker.digest()
+
+
+class _ClockedRay:
+    """A stand-in for ``ray`` whose ``get`` takes one second of a fake clock per call and times
+    out when given less than that (the refs are the results themselves)."""
+
+    class exceptions:  # noqa: N801 - the attribute path of ray.exceptions
+        class GetTimeoutError(TimeoutError):
+            pass
+
+        class RayActorError(Exception):
+            pass
+
+        WorkerCrashedError = RayTaskError = RayActorError
+
+    def __init__(self):
+        self.now, self.timeouts = 0.0, []
+
+    def get(self, refs, timeout):
+        self.timeouts.append(timeout)
+        if timeout < 1.0:
+            raise self.exceptions.GetTimeoutError()
+        self.now += 1.0
+        return refs
+
+
+class _Local:
+    """A worker's methods called in place (``w.stage.remote(...)`` → ``w.stage(...)``)."""
+
+    def __init__(self, worker):
+        self.stage = type("M", (), {"remote": staticmethod(worker.stage)})
+
+
+def test_the_timeout_bounds_a_whole_staged_step_not_each_stage(monkeypatch):
+    """cnn's 8 stages, each taking 1 s, with a 2.5 s timeout: the step fails with E0404 at the
+    third stage (not 8 s later), each call given only the step's remaining time."""
+    m, spec, _ = _grad_graph("specs/cnn.dl")
+    ray = _ClockedRay()
+    monkeypatch.setattr("dlc.runtime.distributed.time", types.SimpleNamespace(monotonic=lambda: ray.now))
+    workers = _staged_workers(m, spec, 2)
+    plan = workers[0].runners[0].plan
+    d = DistributedTrainer.__new__(DistributedTrainer)  # the driver's step alone: no Ray, no actors
+    d.ray, d.timeout, d.workers = ray, 2.5, [_Local(w) for w in workers]
+    staged = (len(plan.graphs), dict(plan.outputs))
+    with pytest.raises(DlcError) as e:
+        d._staged_grads(0, staged, BatchRef(0, 0), int(rng_key(spec.seed, 0, 0)), {**m.params, **m.state},
+                        deadline=ray.now + d.timeout)
+    assert e.value.code == "E0404"
+    assert ray.timeouts == [2.5, 1.5, 0.5]
+
+
+def test_a_staged_step_with_an_empty_shard_leaves_it_out_after_stage_0(monkeypatch, tmp_path):
+    """A 2-row batch on 3 workers: the third shard is empty, answers ``n`` = 0 in stage 0 (its
+    hash taken) and is not called again; the other two give the whole batch's step."""
+    spec_file = tmp_path / "deep.dl"
+    spec_file.write_text((DEEP % 1).replace("batch     = 64", "batch     = 2"))
+    m = dlc.load(spec_file, mode="train")
+    spec = m.train_spec()
+    values = {**m.params, **m.state}
+    workers = _staged_workers(m, spec, 3)
+    calls = []
+
+    def counted(r, w):
+        def stage(*args):
+            calls.append((r, args[1]))
+            return w.stage(*args)
+        return type("W", (), {"stage": type("M", (), {"remote": staticmethod(stage)})})
+
+    ray = _ClockedRay()
+    monkeypatch.setattr("dlc.runtime.distributed.time", types.SimpleNamespace(monotonic=lambda: ray.now))
+    d = DistributedTrainer.__new__(DistributedTrainer)
+    d.ray, d.timeout, d.workers = ray, 1e9, [counted(r, w) for r, w in enumerate(workers)]
+    plan = workers[0].runners[0].plan
+    batch, key = BatchRef(epoch=0, index=0), int(rng_key(spec.seed, 0, 0))
+    assert [len(w.rows(batch)) for w in workers] == [1, 1, 0]
+    got = d._staged_grads(0, (len(plan.graphs), dict(plan.outputs)), batch, key, values, deadline=1e9)
+    assert [k for r, k in calls if r == 2] == [0]
+    assert sorted(k for r, k in calls if r == 0) == list(range(len(plan.graphs)))
+    rows = np.concatenate([w.rows(batch) for w in workers])
+    whole = {k: v[rows] for k, v in workers[0].train.items()}
+    want = make_runner(build_grad_graph(m, spec, spec.steps[0])[0], "numpy")(whole, values, values)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 # -- on Ray ----------------------------------------------------------------------------
@@ -275,11 +571,11 @@ def test_a_worker_killed_between_two_stages_is_restarted_and_replays_them(ray_lo
     victim, calls = d.worker_pids()[1], []
 
     def run_stages_killing(call, n_stages, kinds):
-        def killing(k, sums):
+        def killing(k, new, sums):
             calls.append(k)
             if len(calls) == n_stages + 5:  # the second step's stage 5
                 os.kill(victim, signal.SIGKILL)
-            return call(k, sums)
+            return call(k, new, sums)
         return run_stages(killing, n_stages, kinds)
 
     monkeypatch.setattr("dlc.runtime.distributed.run_stages", run_stages_killing)

@@ -40,33 +40,48 @@ takes one round per layer, not two.
 Counts over the batch are partial too, so every mean over the batch divides
 by the global count, the loss is the global mean and the final gradients are
 partial — the sum of the workers' outputs.  A graph whose only reductions
-feeding per-example values are counts (every per-example-mean loss: the
-backward pass scales by 1 / count) needs no stages: the workers' gradients,
-averaged weighted by shard size, are already the global ones, and
-:func:`stage_plan` returns None.
+feeding per-example values are counts, and whose sums over the batch are all
+divided by counts (a per-example-mean loss: the backward pass scales by
+1 / count), needs no stages: the workers' gradients, averaged weighted by shard
+size, are already the global ones, and :func:`stage_plan` returns None.  A sum
+loss (or a sum added to a mean) gets a plan instead — one stage for a plain
+sum — whose partial outputs the driver sums.
+
+A value is sharded only if the op computing it keeps the examples apart
+(compiler/training/rowwise.py: ``softmax(x, axis = 0)``, ``h @ transpose(h)``
+or ``h[1:]`` do not); otherwise it is opaque, and a per-example value computed
+from an opaque one is an error (:class:`SyncError`, E0201 with several workers).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..builder import Builder
 from ..dims import Sym
 from ..graph import RNG_INPUT, SOURCE_OPS, Graph, Value
 from ..ops.reduction import reduced_axes
+from ..passes.distribute_sums import distribute_sums
+from .rowwise import row_wise
 
 REPLICATED, SHARDED, PARTIAL, OPAQUE = "replicated", "sharded", "partial", "opaque"
 SUMMED, SAME = "sum", "same"  # how the workers' final outputs combine: summed, or identical on every worker
 
 # Ops that, given per-example inputs and an output without the batch dim, sum over the batch
 # (a contraction is a sum of per-example products).
-BATCH_SUMS = frozenset({"sum", "sum_to", "matmul", "count", "conv2d_grad_weight", "gather_grad"})
+BATCH_SUMS = frozenset({"sum", "sum_to", "matmul", "matmul_t", "conv1d_grad_weight", "conv2d_grad_weight",
+                        "conv3d_grad_weight", "gather_grad"})
 # Ops linear in a partial argument when their other arguments are replicated: unary ones, and
 # mul / div (numerator) by a replicated factor.  add / sub are linear when every argument is partial.
-_LINEAR_UNARY = frozenset({"reshape", "unsqueeze", "squeeze", "transpose", "neg", "sum", "sum_to", "flatten"})
+_LINEAR_UNARY = frozenset({"reshape", "unsqueeze", "squeeze", "transpose", "neg", "sum", "sum_to", "flatten",
+                           "slice", "slice_grad", "broadcast_to"})
 
 
 class SyncError(ValueError):
-    """A reduction over the batch that cannot be split into per-worker sums (e.g. a max)."""
+    """A reduction over the batch that cannot be split into per-worker sums (e.g. a max), or
+    an op that mixes the examples of a batch; ``loc``: where the spec computes it, if known."""
+
+    def __init__(self, message: str, loc=None):
+        super().__init__(message)
+        self.loc = loc
 
 
 @dataclass(frozen=True)
@@ -128,11 +143,12 @@ def _walk(graph, order, batch, reduce_at):
         outs = graph.out_values(n)
         if rec.op in SOURCE_OPS:
             sharded = rec.op == "input" and rec.attrs["name"] != RNG_INPUT and _mentions(rec.types[0], batch)
-            cls[outs[0]] = SHARDED if sharded else REPLICATED
+            twice = sum(bool(_names(d) & batch) for d in rec.types[0].shape) > 1  # [B, B]: not split by rows
+            cls[outs[0]] = (OPAQUE if twice else SHARDED) if sharded else REPLICATED
             continue
         depth[n] = max((ready(v) for v in rec.inputs), default=0)
         ins = [REPLICATED if v in reduce_at else cls[v] for v in rec.inputs]
-        if OPAQUE in ins:  # stays opaque until it meets the batch again (then it is per-example)
+        if OPAQUE in ins:  # stays opaque; where it meets the batch again it is per-example in name only
             cls.update({v: SHARDED if _mentions(t, batch) else OPAQUE for v, t in zip(outs, rec.types)})
             continue
         if PARTIAL in ins:
@@ -147,9 +163,12 @@ def _walk(graph, order, batch, reduce_at):
                 cls.update({v: REPLICATED for v in outs})  # provisional: the next round reduces first
             continue
         sharded_in = SHARDED in ins
+        rowwise = not sharded_in or row_wise(graph, rec, [v for v, c in zip(rec.inputs, ins) if c == SHARDED], batch)
         for v, t in zip(outs, rec.types):
             if _mentions(t, batch):
-                cls[v] = SHARDED  # per-example (also a broadcast of replicated values to the local batch)
+                # per-example (also a broadcast of replicated values to the local batch), unless the
+                # op mixes the examples: then each worker's rows are not the global batch's rows
+                cls[v] = SHARDED if rowwise else OPAQUE
             elif not sharded_in:
                 cls[v] = REPLICATED
             elif rec.op == "count":
@@ -161,65 +180,6 @@ def _walk(graph, order, batch, reduce_at):
             else:  # a max over the batch, a scan's accumulators, ...: not known to be a sum
                 cls[v] = OPAQUE
     return cls, new
-
-
-def distribute_sums(graph: Graph, batch: frozenset[str]) -> Graph:
-    """A copy of ``graph`` where each ``sum_to`` over the batch is pushed through ``neg``,
-    ``add``/``sub`` of same-shaped terms and ``mul`` by a factor constant along the summed
-    axes: ``sum(a + r·b) = sum(a) + r·sum(b)``.  The old nodes stay for their other uses.
-
-    Autodiff's batch-norm gradient sums ``dy·scale + r·(x - mean)`` where ``r`` needs an
-    earlier batch sum; split, ``sum(x - mean)`` crosses the workers during the forward pass
-    and both sums of each batch norm's gradient share one round instead of two."""
-    g = graph.copy()
-    b = Builder(g, role="backward", scope="sync")
-    todo = [n for n in g.topo_order() if g.op(n) == "sum_to" and _mentions(g.type_of(g.in_values(n)[0]), batch)
-            and not _mentions(g[n].types[0], batch)]
-    for n in todo:
-        pushed = _push(g, b, g.in_values(n)[0], tuple(g[n].attrs["shape"]), batch)
-        if pushed is not None:
-            g.replace_uses(Value(n), pushed)
-    g.prune({v.node for v in g.outputs.values()} | {n for n, _ in g.state.values()})
-    return g
-
-
-def _push(g: Graph, b, x: Value, target: tuple, batch) -> Value | None:
-    """``sum_to(x, target)`` rebuilt with the sum moved below ``x``'s op, or None if it does not move."""
-    rec, t = g[x.node], g.type_of(x)
-    args = rec.inputs
-    if rec.op == "neg":
-        return b.neg(_sum_to(g, b, args[0], target, batch))
-    if rec.op in ("add", "sub") and all(g.type_of(a) == t for a in args):
-        left, right = (_sum_to(g, b, a, target, batch) for a in args)
-        return b.add(left, right) if rec.op == "add" else b.sub(left, right)
-    if rec.op == "mul":
-        for full, factor in (args, args[::-1]):
-            q = _constant_along_sum(g, b, factor, t.shape, target, batch)
-            if q is not None and g.type_of(full) == t:
-                return b.mul(_sum_to(g, b, full, target, batch), q)
-    return None
-
-
-def _sum_to(g, b, x: Value, target: tuple, batch) -> Value:
-    return _push(g, b, x, target, batch) or b.sum_to(x, shape=target)
-
-
-def _constant_along_sum(g: Graph, b, q: Value, shape: tuple, target: tuple, batch) -> Value | None:
-    """``q`` (seen through a ``broadcast_to``) shaped to multiply ``sum_to(·, target)`` of a
-    ``shape`` tensor, when it is constant along every summed axis; else None."""
-    if g.op(q.node) == "broadcast_to":
-        q = g.in_values(q.node)[0]
-    qs = g.type_of(q).shape
-    if _mentions(g.type_of(q), batch) or len(qs) > len(shape):
-        return None
-    lead = len(shape) - len(target)
-    aligned = (1,) * (len(shape) - len(qs)) + tuple(qs)
-    for i, d in enumerate(aligned):
-        summed = i < lead or (target[i - lead] == 1 and shape[i] != 1)
-        if d != 1 and (summed or d != shape[i]):
-            return None
-    kept = aligned[lead:]  # the summed leading axes are 1: drop them
-    return q if tuple(qs) == kept else b.reshape(q, shape=kept)
 
 
 def _linear(op: str, ins: list[str]) -> bool:
@@ -234,6 +194,39 @@ def _linear(op: str, ins: list[str]) -> bool:
     return False
 
 
+def _opaque_roots(graph: Graph, cls: dict[Value, str]) -> list[int]:
+    """The nodes where opaque values start (no opaque input), in topological order."""
+    return sorted({v.node for v, c in cls.items() if c == OPAQUE
+                   and not any(cls.get(u) == OPAQUE for u in graph.in_values(v.node))})
+
+
+def _loc(graph: Graph, nodes) -> object:
+    return next((graph[n].loc for n in nodes if graph[n].loc is not None), None)
+
+
+def _check_examples_stay_apart(graph: Graph, cls: dict[Value, str]) -> None:
+    """Raise :class:`SyncError` when a per-example value is computed from an opaque one (an op
+    that mixes examples, a reduction not known to be a sum): each worker would compute its rows
+    from its own shard's mixture, not the global batch's.  Opaque values that only reach the
+    final outputs (a scan's accumulated gradients) keep per-shard semantics and are left alone."""
+    for n in graph.topo_order():
+        rec = graph[n]
+        if any(cls.get(v) == OPAQUE for v in rec.inputs) and any(cls[v] == SHARDED for v in graph.out_values(n)):
+            root = _root(graph, cls, n)
+            raise SyncError(f"`{graph.op(root)}` mixes the examples of the batch (or reduces over it with an op "
+                            "that is not a sum) and per-example values depend on it: each worker would see its "
+                            "own shard's mixture, not the global batch's", graph[root].loc)
+
+
+def _root(graph: Graph, cls: dict[Value, str], n: int) -> int:
+    """The node where the opaque values ``n`` reads start, following opaque inputs back."""
+    while True:
+        up = next((v.node for v in graph.in_values(n) if cls.get(v) == OPAQUE), None)
+        if up is None:
+            return n
+        n = up
+
+
 def cross_batch(graph: Graph, cls: dict[Value, str], reduce_at: set[Value]) -> bool:
     """Whether a reduction point other than a count feeds a per-example value."""
     points = {v.node for v in reduce_at if graph.op(v.node) != "count"}
@@ -243,26 +236,76 @@ def cross_batch(graph: Graph, cls: dict[Value, str], reduce_at: set[Value]) -> b
     return any(c == SHARDED for v, c in cls.items() if v.node in below)
 
 
+def weighted_mean_is_exact(graph: Graph, cls: dict[Value, str], reduce_at: set[Value]) -> bool:
+    """Whether the shards' outputs averaged weighted by shard size are the global batch's, for a
+    graph without cross-batch dependencies: every sum over the batch is divided by a count over
+    it (a per-example mean — ``sum / count``), every partial output (a gradient) is scaled by
+    one over such a count, and every other output is such a mean or affine in them.  A sum
+    loss (no count) or a sum added to a mean is not: the mean of the shards' sums is 1/N of
+    the global sum; nor is a squared mean.  Such graphs run as a plan instead: their partial
+    outputs are summed over the workers, the counts global."""
+    counts = {v for v in reduce_at if graph.op(v.node) == "count"}
+    for v in reduce_at - counts:
+        for user in graph.consumers(v.node):
+            ins = graph.in_values(user)
+            if not (graph.op(user) == "div" and ins[0] == v and ins[1] in counts and v not in ins[1:]):
+                return False
+    count_nodes = {v.node for v in counts}
+    batch_nodes = {v.node for v, c in cls.items() if c == SHARDED} | {v.node for v in reduce_at}
+    for v in graph.outputs.values():
+        if cls[v] == PARTIAL and not graph.ancestors({v.node}) & count_nodes:
+            return False
+        if cls[v] == REPLICATED and not _a_mean(graph, v, reduce_at, counts, batch_nodes):
+            return False
+    return True
+
+
+def _a_mean(graph: Graph, v: Value, reduce_at: set[Value], counts: set[Value], batch_nodes: set[int]) -> bool:
+    """Whether replicated ``v`` is a per-example mean (``sum / count``) or an affine function of
+    such means — what a size-weighted mean of the shards' values preserves (not ``mean · mean``)."""
+    def free(u: Value) -> bool:  # nothing of the batch in it
+        return not ({u.node} | graph.ancestors({u.node})) & batch_nodes
+
+    if free(v):
+        return True
+    op, ins = graph.op(v.node), graph.in_values(v.node)
+    if op == "div" and ins[0] in reduce_at and ins[1] in counts:
+        return True
+    if op in ("add", "sub"):
+        return all(_a_mean(graph, u, reduce_at, counts, batch_nodes) for u in ins)
+    if op in ("mul", "div"):
+        tied = [u for u in ins if not free(u)]
+        return len(tied) == 1 and (op == "mul" or tied[0] == ins[0]) and \
+            _a_mean(graph, tied[0], reduce_at, counts, batch_nodes)
+    if op in ("neg", "reshape", "squeeze", "unsqueeze", "cast", "identity"):
+        return _a_mean(graph, ins[0], reduce_at, counts, batch_nodes)
+    return False
+
+
 def stage_plan(graph: Graph) -> StagePlan | None:
     """The stages of gradient graph ``graph`` for data-parallel workers (module docstring),
-    or None when there is no cross-batch dependency to synchronise (the shards' size-weighted
-    mean is the step).  Raises :class:`SyncError` when one needs synchronising but the graph
-    also reduces over the batch with an op not known to be a sum (an *opaque* reduction:
-    a scan's accumulated gradients, a max over the batch), whose shards cannot be combined.
-    Opaque reductions alone keep today's semantics: each shard's, averaged."""
+    or None when there is no cross-batch dependency to synchronise and the shards' size-weighted
+    mean is the step (:func:`weighted_mean_is_exact`; a sum loss gets a plan, maybe of one stage,
+    whose partial outputs are summed).  Raises :class:`SyncError` when a per-example value
+    depends on an *opaque* one — an op that mixes the examples (compiler/training/rowwise.py) or
+    a reduction over the batch not known to be a sum (a max over the batch) — and when the graph
+    needs synchronising but also has opaque reductions (a scan's accumulated gradients), whose
+    shards cannot be combined.  Opaque reductions that only reach the final outputs, in a graph
+    that needs no synchronising, keep today's semantics: each shard's, averaged."""
     batch = batch_dims(graph)
     if not batch:
         return None
     cls, reduce_at = classify(graph, batch)
-    if not cross_batch(graph, cls, reduce_at):
+    _check_examples_stay_apart(graph, cls)
+    if not cross_batch(graph, cls, reduce_at) and weighted_mean_is_exact(graph, cls, reduce_at):
         return None
     graph = distribute_sums(graph, batch)
     cls, reduce_at = classify(graph, batch)
-    opaque = sorted({graph[v.node].op for v, c in cls.items() if c == OPAQUE
-                     and not any(cls.get(u) == OPAQUE for u in graph.in_values(v.node))})
-    if opaque:
+    roots = _opaque_roots(graph, cls)
+    if roots:
+        opaque = sorted({graph.op(n) for n in roots})
         raise SyncError(f"{', '.join(f'`{o}`' for o in opaque)} reduce{'s' if len(opaque) == 1 else ''} over "
-                        "the batch in a way that cannot be split into per-worker sums")
+                        "the batch in a way that cannot be split into per-worker sums", _loc(graph, roots))
     order = graph.topo_order()
     stage: dict[int, int] = {}
     for n in order:
@@ -311,8 +354,9 @@ def _extract(graph: Graph, nodes: set[int], reads: dict[Value, str], outputs: di
 
     def copy(n: int) -> None:
         rec = graph[n]
+        forward = remap.get(Value(rec.grad_of)) if rec.grad_of is not None else None  # None: in another stage
         new = g.add_node(rec.op, [remap[v] for v in rec.inputs], rec.attrs, rec.types, loc=rec.loc,
-                         scope=rec.scope, role=rec.role)
+                         scope=rec.scope, role=rec.role, grad_of=forward.node if forward else None)
         remap.update({Value(n, i): Value(new, i) for i in range(len(rec.types))})
         if rec.op == "input":
             g.add_input(new)
