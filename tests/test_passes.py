@@ -337,7 +337,7 @@ def test_an_unsafe_buffer_plan_fails_verification():
 # -- the pipeline ---------------------------------------------------------------------------
 def test_levels_and_backends():
     assert passes_for(0) == ()
-    assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "simplify", "dce"]
+    assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "pool_before_relu", "simplify", "dce"]
     assert passes_for(2, "onnx") == passes_for(1)
     assert [p.__name__ for p in passes_for(2)][-3:] == ["fold_transposes", "fuse_elementwise", "dce"]
     with pytest.raises(ValueError):

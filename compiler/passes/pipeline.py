@@ -8,7 +8,7 @@ level  passes
 ====== ===========================================================================
 0      none (the graph as built)
 1      hoist_scan_invariants, then in bodies and graph: simplify → fold_constants → cse →
-       simplify → dce   (any backend)
+       pool_before_relu → simplify → dce   (any backend)
 2      level 1, then, for ``backend="numpy"``, fold_transposes → fuse_elementwise → dce
 ====== ===========================================================================
 
@@ -21,7 +21,8 @@ NumPy-backend step: onnxruntime fuses on its own and should receive
 primitive ops, so ``backend="onnx"`` (exports, the onnxruntime
 runner) stops after the cleanup passes at every level.  The cleanup passes,
 ``fold_transposes`` and fusion are exact on NumPy (the same kernels in the same
-order); hoisting's batched GEMMs agree within float32 rounding.  Every pass is
+order); ``pool_before_relu`` (a graph rewrite, both backends) moves a ReLU after
+the max pool that reads it, which leaves values and gradients equal; hoisting's batched GEMMs agree within float32 rounding.  Every pass is
 linear in the graph size, or ``n log n`` where it sorts.  The input graph is not
 changed; the result passes ``Graph.verify()``.
 
@@ -42,13 +43,14 @@ from .fold_constants import fold_constants
 from .fold_transposes import fold_transposes
 from .fuse_elementwise import fuse_elementwise
 from .hoist_scan_invariants import hoist_scan_invariants
+from .pool_before_relu import pool_before_relu
 from .rewrite import Uses
 from .simplify import simplify
 
 LEVELS = (0, 1, 2)
 DEFAULT_LEVEL = 2
 BACKENDS = ("numpy", "onnx")
-CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, simplify, dce)
+CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, pool_before_relu, simplify, dce)
 NUMPY_ONLY: tuple[Callable[[Graph], int], ...] = (fold_transposes, fuse_elementwise, dce)
 
 
