@@ -14,7 +14,7 @@ from dlc.grammar.formatter import format_source
 from dlc.grammar.parse import parse
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "specs").rglob("*.dl"))
+SPECS = sorted((ROOT / "specs").rglob("*.dl")) + sorted((ROOT / "benchmarks" / "specs").glob("*.dl"))
 DOC_EXAMPLES = []
 for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))):
     text = doc.read_text(encoding="utf-8")
