@@ -10,7 +10,8 @@ it, all with the same result.  The variants of a case run round-robin in short
 bursts, so a noisy neighbour slows them alike; the table prints the fastest round
 (µs) and its ratio to torch.  This is the evidence behind the rules in
 compiler/ops/gemm.py (which formulation the matmul kernels pick, by shape and
-strides, never by timing).
+strides, never by timing).  With the ``dlc[mkl]`` extra each 2-D case also times
+MKL's ``cblas_sgemm`` on the same views (compiler/ops/blas_mkl.py).
 """
 from __future__ import annotations
 
@@ -38,9 +39,6 @@ def _mkl():
 
 
 MKL = _mkl()
-if MKL is not None:
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(1, user_api="blas")  # MKL's default is every core; this table is one thread
 
 
 def _swap(x):
@@ -192,6 +190,13 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--burst", type=float, default=0.05, help="seconds per burst")
     args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # MKL ignores OPENBLAS_NUM_THREADS; this table is one thread
+        _table(args)
+
+
+def _table(args) -> None:
     only = set(filter(None, args.only.split(",")))
     print("| workload | product | variant | µs (fastest round) | / torch |")
     print("|---|---|---|---:|---:|")
