@@ -157,6 +157,9 @@ def test_threadpoolctl_limits_bound_mkl_threads():
     with threadpool_limits(limits=1, user_api="blas"):
         mkl = [i for i in threadpool_info() if i["internal_api"] == "mkl"]
         assert mkl and all(i["num_threads"] == 1 for i in mkl)
+        MKL.gemm(a, a)
+        # OpenMP workers of an earlier multi-threaded call spin for KMP_BLOCKTIME (200 ms) before sleeping
+        time.sleep(0.3)
         tasks = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(3):
