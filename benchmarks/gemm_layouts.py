@@ -10,7 +10,8 @@ it, all with the same result.  The variants of a case run round-robin in short
 bursts, so a noisy neighbour slows them alike; the table prints the fastest round
 (µs) and its ratio to torch.  This is the evidence behind the rules in
 compiler/ops/gemm.py (which formulation the matmul kernels pick, by shape and
-strides, never by timing).
+strides, never by timing).  With the ``dlc[mkl]`` extra each 2-D case also times
+MKL's ``cblas_sgemm`` on the same views (compiler/ops/blas_mkl.py).
 """
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ def _rng(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
+def _mkl():
+    """compiler/ops/blas_mkl.py's binding, or None without the ``dlc[mkl]`` extra (or with DLC_BLAS=numpy)."""
+    from dlc.compiler.ops import blas_mkl
+    return blas_mkl.load()
+
+
+MKL = _mkl()
+
+
 def _swap(x):
     return np.swapaxes(x, -1, -2)
 
@@ -47,6 +57,8 @@ def two_d(m, k, n, ta=False, tb=False):
         v["F-order copies"] = lambda: np.asfortranarray(oa) @ np.asfortranarray(ob)
     out = np.empty((m, n), np.float32)
     v["views, out="] = lambda: np.matmul(oa, ob, out=out)
+    if MKL is not None:
+        v["MKL cblas_sgemm (views)"] = lambda: MKL.gemm(oa, ob)
     return v, (oa, ob)
 
 
@@ -55,19 +67,24 @@ def batch_by_2d(bt, k, n, tb=False):
     x = _rng(bt + (k,))
     w = _rng((n, k) if tb else (k, n), 1)
     ow = w.T if tb else w
-    return ({"3-D matmul (broadcast)": lambda: x @ ow,
-             "reshape to 2-D": lambda: (x.reshape(-1, k) @ ow).reshape(bt + (n,)),
-             "einsum": lambda: np.einsum("btk,kn->btn", x, ow, optimize=True)}, (x, ow))
+    v = {"3-D matmul (broadcast)": lambda: x @ ow,
+         "reshape to 2-D": lambda: (x.reshape(-1, k) @ ow).reshape(bt + (n,)),
+         "einsum": lambda: np.einsum("btk,kn->btn", x, ow, optimize=True)}
+    if MKL is not None:
+        v["MKL on the 2-D rows"] = lambda: MKL.gemm(x.reshape(-1, k), ow).reshape(bt + (n,))
+    return v, (x, ow)
 
 
 def weight_grad(bt, m, n):
     """``dW = sum_b x[b].T @ dy[b]``: batched ta-matmul + sum against one GEMM with K = B*T."""
     x, dy = _rng(bt + (m,)), _rng(bt + (n,), 1)
-    return ({"batched .T@ + sum(0)": lambda: (_swap(x) @ dy).sum(0),
-             "reshape to 2-D, .T@": lambda: x.reshape(-1, m).T @ dy.reshape(-1, n),
-             "einsum": lambda: np.einsum("btm,btn->mn", x, dy, optimize=True),
-             "tensordot": lambda: np.tensordot(x, dy, axes=([0, 1], [0, 1]))},
-            (x.reshape(-1, m).T, dy.reshape(-1, n)))
+    v = {"batched .T@ + sum(0)": lambda: (_swap(x) @ dy).sum(0),
+         "reshape to 2-D, .T@": lambda: x.reshape(-1, m).T @ dy.reshape(-1, n),
+         "einsum": lambda: np.einsum("btm,btn->mn", x, dy, optimize=True),
+         "tensordot": lambda: np.tensordot(x, dy, axes=([0, 1], [0, 1]))}
+    if MKL is not None:
+        v["MKL on the 2-D rows, .T@"] = lambda: MKL.gemm(x.reshape(-1, m).T, dy.reshape(-1, n))
+    return v, (x.reshape(-1, m).T, dy.reshape(-1, n))
 
 
 def heads(shape_a, strides_a, shape_b, strides_b):
@@ -173,6 +190,13 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--burst", type=float, default=0.05, help="seconds per burst")
     args = ap.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # MKL ignores OPENBLAS_NUM_THREADS; this table is one thread
+        _table(args)
+
+
+def _table(args) -> None:
     only = set(filter(None, args.only.split(",")))
     print("| workload | product | variant | µs (fastest round) | / torch |")
     print("|---|---|---|---:|---:|")
