@@ -17,10 +17,10 @@ outputs.
   static (it did for torch's export of the benchmark Transformer, not for
   dlc's symbolic ``B, T``); otherwise the bias is a separate pass over the
   ``[B, T, N]`` product.
-- :class:`WeightGrad` — ``sum_to(transpose(x) @ dy, [K, N])``, the gradient
-  of a matrix ``W`` used as ``x @ W`` on a batch of sequences: one ``Gemm``
-  (``transA``) over the flattened rows instead of a batched ``MatMul`` that
-  writes ``[B, K, N]`` and a ``ReduceSum`` over ``B``.
+
+The gradient of such a ``W`` needs no fusion: ``matmul``'s gradient rule
+already writes it as one 2-D product of the flattened rows
+(compiler/ops/arith.py), on every backend.
 
 An inner node that is read elsewhere too (or is a graph output) blocks the
 fusion, so nothing is ever computed twice.  The fused forms add the same
@@ -46,7 +46,7 @@ def find_fusions(graph: Graph) -> dict[int, object]:
     for n in graph.nodes():
         op = graph.op(n)
         match = ((match_lstm(graph, n) or match_gru(graph, n)) if op == "scan" else _linear(graph, n) if op == "add"
-                 else _weight_grad(graph, n) if op == "sum_to" else None)
+                 else None)
         if match is not None:
             out[n] = match
     return out
@@ -92,43 +92,3 @@ def _linear(graph: Graph, n: int) -> Linear | None:
             continue
         return Linear(x, w, bv, xt.shape[-1])
     return None
-
-
-@dataclass(frozen=True)
-class WeightGrad:
-    x: Value  # [..., T, K]
-    dy: Value  # [..., T, N]
-    k: int
-    n: int
-
-    @property
-    def inputs(self) -> list[Value]:
-        return [self.x, self.dy]
-
-    def lower(self, e, names: dict, outs: list[str]) -> None:
-        (xr,) = e.node("Reshape", [names[self.x], e.const(np.array([-1, self.k], np.int64))], [e.tmp("x_rows")])
-        (dr,) = e.node("Reshape", [names[self.dy], e.const(np.array([-1, self.n], np.int64))], [e.tmp("dy_rows")])
-        e.node("Gemm", [xr, dr], outs, transA=1)
-
-
-def _weight_grad(graph: Graph, n: int) -> WeightGrad | None:
-    rec = graph[n]
-    (mv,) = rec.inputs
-    out_t = rec.types[0]
-    if out_t.rank != 2 or out_t.dtype not in _GEMM_DTYPES or graph.op(mv.node) != "matmul" \
-            or not _private(graph, mv, n):
-        return None
-    tv, dy = graph[mv.node].inputs
-    if graph.op(tv.node) != "transpose":
-        return None
-    (x,) = graph[tv.node].inputs
-    xt, dt, mt = graph.type_of(x), graph.type_of(dy), graph.type_of(mv)
-    r = xt.rank
-    if r < 3 or dt.rank != r or tuple(graph[tv.node].attrs["perm"]) != tuple(range(r - 2)) + (r - 1, r - 2):
-        return None
-    if xt.shape[:-1] != dt.shape[:-1] or mt.shape[-2:] != out_t.shape:  # no batch broadcasting; all batch summed
-        return None
-    k, m = xt.shape[-1], dt.shape[-1]
-    if not (isinstance(k, int) and isinstance(m, int)):
-        return None
-    return WeightGrad(x, dy, k, m)

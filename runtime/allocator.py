@@ -11,6 +11,11 @@ ms with the settings below).  The settings: buffers below 32 MiB come from the
 heap, and up to 256 MiB of free heap top is kept — what a training process reuses
 at its next step anyway.  Nothing changes where libc is not glibc, or when
 ``DLC_KEEP_FREED_MEMORY=0``; results never change (only where buffers live).
+
+The settings are process-wide, so the NumPy trainer applies them (``model.trainer``,
+``model.train``, ``dlc train``: a training loop owns its process); a library that
+only plans and runs graphs (``model.run``, ``model.gradients``) leaves the host
+application's allocator alone.
 """
 from __future__ import annotations
 

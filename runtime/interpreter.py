@@ -35,7 +35,6 @@ from dlc.compiler.ops.registry import get_op
 from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
-from .allocator import keep_freed_memory
 from .plan_codegen import generate
 
 _NO_CONTEXT: dict = {}
@@ -68,7 +67,6 @@ class Plan:
         """``check_types`` (default: the ``DLC_CHECK_TYPES`` environment variable) compares every
         value computed with its declared type and raises E0401 at the first that differs (on the
         generated path too: the check is generated in)."""
-        keep_freed_memory()  # a run's buffers reuse the previous run's pages (runtime/allocator.py)
         self.graph = graph
         self.check_types = bool(os.environ.get(CHECK_TYPES_ENV)) if check_types is None else check_types
         self._declared: dict = {}  # (node, output) -> (declared shape, has symbols, dtype)
@@ -242,8 +240,10 @@ class Plan:
             value = feeds.get(key)
             if value is None:
                 raise DlcError("E0401", f"no value given for input `{key}`", self.graph[n].loc)
-            if value.__class__ is not np.ndarray or value.dtype != target:
-                raise DlcError("E0401", f"input `{key}` is {np.asarray(value).dtype}, the plan runs "
+            if value.__class__ is not np.ndarray:
+                value = np.asarray(value)  # a NumPy scalar (a 0-d slice taken by index) is a 0-d array here
+            if value.dtype != target:
+                raise DlcError("E0401", f"input `{key}` is {dtype_name(value.dtype)}, the plan runs "
                                f"{dtype_name(target)}", self.graph[n].loc)
             template.append(None)
             picks.append((len(template) - 1, position[key]))

@@ -274,16 +274,17 @@ class Unrolled:
                         dims.setdefault(d, int(shape[axis]))
         key = tuple(sorted(dims.items()))
         run = self.runs.get(key)
-        if run is None:
-            run = self.generic
-            if len(self.runs) < self.MAX_SHAPES:
-                from dlc.compiler.onnx_unroll import specialize, unroll_scans
+        if run is not None:
+            return run
+        if len(self.runs) >= self.MAX_SHAPES:  # past the cap: the generic session, nothing remembered
+            return self.generic
+        from dlc.compiler.onnx_unroll import specialize, unroll_scans
 
-                fixed = specialize(self.proto, dims)
-                unrolled = unroll_scans(fixed)
-                if unrolled is not fixed:
-                    run = self.make(OrtSession(unrolled, device=self.device, threads=self.threads))
-            self.runs[key] = run
+        fixed = specialize(self.proto, dims)
+        unrolled = unroll_scans(fixed)
+        run = self.generic if unrolled is fixed else self.make(
+            OrtSession(unrolled, device=self.device, threads=self.threads))
+        self.runs[key] = run  # these sizes are not specialised again
         return run
 
     def __call__(self, feeds: Mapping[str, np.ndarray], *args, **kwargs):

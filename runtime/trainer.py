@@ -35,6 +35,7 @@ from dlc.compiler.types import np_dtype
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
+from .allocator import keep_freed_memory
 from .data import batches, check_dataset, check_fits, declared_schema, load_dataset, match_inputs, split
 from .finite import check_dataset_finite
 from .params import init_params, init_state
@@ -198,6 +199,8 @@ class Trainer:
         self.level = level  # the optimizing pipeline's level for every graph this trainer runs
         self._loader, self._splits = loader, None
         self._types = _declared_types([s.graph for s in steps] + ([evaluator] if evaluator is not None else []))
+        if backend == "numpy":  # a training loop owns its process: step buffers reuse the last step's pages
+            keep_freed_memory()
         self.store = make_store(backend, device)
         values = {**params, **state}
         for s in steps:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import collections
 
 import numpy as np
-import pytest
 
 from dlc.compiler.builder import Builder
 from dlc.compiler.dims import Sym
@@ -60,20 +59,6 @@ def test_a_product_read_elsewhere_is_not_fused():
     g, params = linear_graph(also_product=True)
     counts = ops_of(run_both(g, params, {"x": (2, 3, 6)}))
     assert counts["Gemm"] == 0 and counts["MatMul"] == 1 and counts["Add"] == 1
-
-
-@pytest.mark.parametrize("rank", [3, 4])
-def test_a_weight_gradient_is_one_gemm_over_all_rows(rank):
-    lead = (B, T, 2)[:rank - 2]
-    g = Graph("dw")
-    b = Builder(g)
-    x = graph_input(g, "x", TensorType("f32", (*lead, 4, 6)))
-    dy = graph_input(g, "dy", TensorType("f32", (*lead, 4, 5)))
-    perm = tuple(range(rank - 2)) + (rank - 1, rank - 2)
-    g.set_outputs({"dW": b.sum_to(b.matmul(b.transpose(x, perm=perm), dy), shape=(6, 5))})
-    shape = (3, 2)[:rank - 2]
-    counts = ops_of(run_both(g, {}, {"x": (*shape, 4, 6), "dy": (*shape, 4, 5)}))
-    assert counts["Gemm"] == 1 and counts["MatMul"] == 0 and counts["ReduceSum"] == 0
 
 
 def test_the_transformer_step_sums_no_batched_products():

@@ -168,3 +168,56 @@ def test_scan_errors(scan, message, hint):
         dlc.compile(CELL.replace("SCAN", scan))
     if hint:
         assert hint in (info.value.hint or "")
+
+
+TIME_MAJOR = """
+layer rnn(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H]
+    param Wh: [H, H] = orthogonal()
+    return tanh(x @ Wx + h @ Wh)
+}
+
+layer acc(x: f32[], s: f32[]) {
+    return s * 0.5 + x
+}
+
+model m(hidden: int = 4) {
+    input xs: f32[T, B, 3]
+    input lens: i64[B]
+    input v: f32[T]
+    h0 = zeros([B, hidden])
+    gs, g_last = scan rnn over xs axis 0 init (h0)
+    ls, l_last = scan rnn over xs axis 0 init (h0) lengths lens
+    vs, v_last = scan acc over v axis 0 init (zeros([]))
+    output steps = gs
+    output padded = ls
+    output last = g_last + l_last
+    output running = vs
+    output total = v_last
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "onnxruntime"])
+def test_time_major_scans_and_scans_over_a_vector(tmp_path, backend):
+    """`axis 0`: each step's slice of a 1-D sequence (the hidden step index of `lengths`, or an
+    `f32[T]` input) is a 0-d array; the results equal a Python loop on both backends."""
+    (tmp_path / "m.dl").write_text(TIME_MAJOR)
+    m = dlc.load(tmp_path / "m.dl")
+    rng = np.random.default_rng(4)
+    xs, v = rng.standard_normal((5, 3, 3)).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    lens = np.array([5, 2, 0], np.int64)
+    got = m.run({"xs": xs, "lens": lens, "v": v}, backend=backend)
+    wx, wh = m.params["gs.Wx"], m.params["gs.Wh"]
+    h, hs = np.zeros((3, 4), np.float32), []
+    for t in range(5):
+        h = np.tanh(xs[t] @ wx + h @ wh)
+        hs.append(h)
+    np.testing.assert_allclose(got["steps"], np.stack(hs), rtol=1e-5, atol=1e-6)
+    s, run = np.float32(0), []
+    for t in range(5):
+        s = s * np.float32(0.5) + v[t]
+        run.append(s)
+    np.testing.assert_allclose(got["running"], run, rtol=1e-6)
+    np.testing.assert_allclose(got["total"], run[-1], rtol=1e-6)
+    assert got["padded"].shape == (5, 3, 4)

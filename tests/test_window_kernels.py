@@ -81,6 +81,17 @@ def test_tiling_max_pool_gradient_matches_the_scatter_through_the_argmax(shape, 
     np.testing.assert_array_equal(max_np(x, win), x.reshape(-1)[flat].reshape(dy.shape))
 
 
+def test_tiling_max_pool_gradient_writes_plus_zero_off_the_maximum_whatever_dy_holds():
+    """Not masks * dy: 0 * inf is NaN and 0 * -1 is -0 at positions that are not the maximum."""
+    x = np.array([[[[1, 2], [3, 4]]]], np.float32)
+    win = Window("max_pool", 2, (2, 2), (2,))
+    for d in (np.inf, -1.0, np.nan):
+        got = max_grad_np(x, np.full((1, 1, 1, 1), d, np.float32), win)
+        np.testing.assert_array_equal(got.ravel()[:3], [0, 0, 0])
+        assert not np.signbit(got.ravel()[:3]).any()
+        np.testing.assert_array_equal(got.ravel()[3], np.float32(d))
+
+
 # (padded image shape, kernel, stride, dilation): 2-D and 3-D, strides and dilations per axis
 TWO_STEP_ROWS = [((2, 3, 9, 8), (3, 2), (1, 1), (1, 1)),
                  ((2, 2, 11, 9), (3, 3), (2, 1), (1, 2)),

@@ -102,20 +102,22 @@ class Scan(Op):
         length = seqs[0].shape[ax]
         if length == 0:
             raise ValueError("scan over an empty sequence")
-        lead = (slice(None),) * ax  # s[lead + (t,)] is step t's slice, a view
+        # s[lead + (t, ...)] is step t's slice, a view — an array even when it is 0-d (a scan over
+        # a 1-D sequence: the hidden step index of `lengths`/`steps` with `axis 0`), never a scalar
+        lead = (slice(None),) * ax
         order = range(length - 1, -1, -1) if reverse else range(length)
         # a captured value is read at every step: a strided view (a hoisted transpose) is
         # copied once here rather than walked strided by every step's GEMM
         captured = [a if not isinstance(a, np.ndarray) or a.flags.c_contiguous else np.ascontiguousarray(a)
                     for a in arrays[k + m:]]
-        args = list(arrays[:k]) + [s[lead + (order[0],)] for s in seqs] + captured
+        args = list(arrays[:k]) + [s[lead + (order[0], ...)] for s in seqs] + captured
         names = [body[n].attrs["name"] for n in body.inputs]
         # shapes are the same at every step: dims are bound and the body checked once
         step = context.bind_body(body, dict(zip(names, args)))
         stacks: list[np.ndarray] = []
         for t in order:
             for i, s in enumerate(seqs):
-                args[k + i] = s[lead + (t,)]
+                args[k + i] = s[lead + (t, ...)]
             out = step(args)
             args[:k] = out[:k]
             if not stacks:  # time-major buffers, filled a step at a time (no list of steps to stack)

@@ -23,8 +23,10 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
         masks, _, slices = first_max_masks(x, win)
         out = np.empty_like(x)
         view, _ = _tiles(out, win)
-        grads = masks.astype(x.dtype)  # computed contiguously, then written into each strided slice
-        grads *= dy
+        # computed contiguously, then written into each strided slice; a select, not masks * dy,
+        # so a position that is not its window's maximum gets +0 whatever dy holds (inf, NaN,
+        # a negative value) — as the general path's scatter and onnxruntime's ScatterElements
+        grads = np.where(masks, dy, np.zeros((), x.dtype))
         for grad, idx in zip(grads, slices):
             np.copyto(view[idx], grad)
         return out
