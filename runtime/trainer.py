@@ -199,8 +199,12 @@ class Trainer:
         self.level = level  # the optimizing pipeline's level for every graph this trainer runs
         self._loader, self._splits = loader, None
         self._types = _declared_types([s.graph for s in steps] + ([evaluator] if evaluator is not None else []))
+        self._blas = None
         if backend == "numpy":  # a training loop owns its process: step buffers reuse the last step's pages
             keep_freed_memory()
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()  # the BLAS libraries loaded now (NumPy's, MKL's)
         self.store = make_store(backend, device)
         values = {**params, **state}
         for s in steps:
@@ -245,7 +249,17 @@ class Trainer:
     def __call__(self, batch) -> dict[str, float]:
         """One batch: every step group due at this global step runs, in order, ``repeat``
         times (fresh random keys; repeat 0 has the key of a group without repeat).  A group
-        with ``sees = start`` reads the other groups' parameters as the batch found them."""
+        with ``sees = start`` reads the other groups' parameters as the batch found them.
+        On the NumPy backend BLAS (OpenBLAS, and MKL with ``dlc[mkl]``) runs with the
+        trainer's ``threads`` meanwhile, however the caller's process is set up: the same
+        count the distributed workers and the epoch loop use, so the same batch gives the
+        same bits (MKL's multi-threaded GEMMs sum in another order)."""
+        if self._blas is None:
+            return self._step(batch)
+        with self._blas.limit(limits=self.threads, user_api="blas"):  # ~10 µs
+            return self._step(batch)
+
+    def _step(self, batch) -> dict[str, float]:
         metrics: dict[str, float] = {}
         self.outputs = {}
         committed = False

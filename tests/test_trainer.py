@@ -193,3 +193,20 @@ def test_one_thread_setting_for_both_backends(monkeypatch):
     with pytest.raises(DlcError) as e:
         training_threads()
     assert e.value.code == "E0110"
+
+
+def test_a_numpy_step_runs_blas_with_the_trainers_threads_whatever_the_process_allows():
+    """MKL's multi-threaded GEMMs sum in another order: a step must not depend on how the
+    caller's process set BLAS up (the distributed workers and the epoch loop use the same count)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    m = dlc.load("specs/mlp.dl", mode="train")
+    step = m.trainer(threads=1)
+    seen = []
+    inner = step._step
+    step._step = lambda batch: (seen.append({i["num_threads"] for i in threadpool_info()
+                                             if i["user_api"] == "blas"}), inner(batch))[1]
+    batch = next(iter(step.train_batches(0)))[0]
+    with threadpool_limits(limits=2, user_api="blas"):
+        step(batch)
+    assert seen == [{1}]
