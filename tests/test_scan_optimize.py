@@ -191,3 +191,7 @@ def test_weight_gradients_flatten_the_stacks_in_step_order(spec):
     assert not [v for v in sources if g.op(v.node) == "scan"]
     stacked = [v for v in sources if g.op(v.node) == "transpose" and g.op(g[v.node].inputs[0].node) == "scan"]
     assert stacked and all(g[v.node].attrs["perm"] == (1, 0, 2) for v in stacked)
+    # an ONNX Scan stacks at the axis: there the declared order is the free one
+    onnx = _optimized(step.graph, 2, "onnx")
+    flats = [n for n in onnx.nodes() if onnx.op(n) == "reshape" and onnx.type_of(onnx[n].inputs[0]).rank == 3]
+    assert flats and all(onnx.op(onnx[n].inputs[0].node) != "transpose" for n in flats)

@@ -10,7 +10,10 @@ from .scan_rewrite import Scan, rebuild
 
 
 # -- accumulated gradients -------------------------------------------------------------------
-def hoist_accumulators(graph: Graph, n: int) -> int:
+def hoist_accumulators(graph: Graph, n: int, step_major_stacks: bool = True) -> int:
+    """Hoist the accumulator carries of scan ``n``; returns the new node.  ``step_major_stacks``:
+    the executor stacks per-step outputs step-major whatever the axis (the NumPy scan; an
+    ONNX ``Scan`` stacks them at their axis), which the GEMMs' row order follows."""
     s = Scan(graph, n)
     body = s.body
     outs = list(body.outputs.items())
@@ -60,7 +63,7 @@ def hoist_accumulators(graph: Graph, n: int) -> int:
             t = graph.type_of(s.carries[c])
             if kind == "gemm":
                 u, w = (stacked(v) for v in values)
-                steps_first = s.ax != 0 and _steps_first_is_cheaper(graph, [u, w])
+                steps_first = s.ax != 0 and step_major_stacks and _steps_first_is_cheaper(graph, [u, w])
                 flat_u, flat_w = (_rows(b, graph, v, s.ax if steps_first else 0) for v in (u, w))
                 total = b.matmul(b.transpose(flat_u, perm=(1, 0)), flat_w)
             elif kind == "sum_to":
@@ -92,8 +95,8 @@ def _steps_first_is_cheaper(graph: Graph, operands: list[Value]) -> bool:
     view with the steps at ``axis``), so flattening a scan's output in step order is free
     and in declared order is a copy; any other value is laid out as declared.  The operands
     share their leading dims, so the bytes a choice copies follow their last dims: pick the
-    order that copies the narrower operands (step order on a tie; onnxruntime transposes
-    either way)."""
+    order that copies the narrower operands (step order on a tie).  An ONNX ``Scan`` stacks
+    at the axis, which makes the declared order free (``step_major_stacks`` off)."""
     width = {True: 0, False: 0}  # produced by a scan → summed width of the last dims
     for v in operands:
         d = graph.type_of(v).shape[-1]
