@@ -177,3 +177,21 @@ def test_second_order_through_bptt_matches_finite_differences(hoist):
     plan = Plan(g, ["penalty"])
     for name, num in numeric_param_grads(plan, "penalty", feeds, params, ("Wx", "Wh")).items():
         np.testing.assert_allclose(out["d" + name], num, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("spec", CELLS)
+def test_weight_gradients_flatten_the_stacks_in_step_order(spec):
+    """The hoisted weight-gradient GEMMs contract over the rows in step-major order, the
+    order the NumPy scan stacks its outputs in: a scan output is flattened through the
+    transpose that undoes its view (free), never reshaped as declared (a copy)."""
+    _, step = _step(spec)
+    g = _optimized(step.graph)
+    flats = [n for n in g.nodes() if g.op(n) == "reshape" and g.type_of(g[n].inputs[0]).rank == 3]
+    sources = [g[n].inputs[0] for n in flats]
+    assert not [v for v in sources if g.op(v.node) == "scan"]
+    stacked = [v for v in sources if g.op(v.node) == "transpose" and g.op(g[v.node].inputs[0].node) == "scan"]
+    assert stacked and all(g[v.node].attrs["perm"] == (1, 0, 2) for v in stacked)
+    # an ONNX Scan stacks at the axis: there the declared order is the free one
+    onnx = _optimized(step.graph, 2, "onnx")
+    flats = [n for n in onnx.nodes() if onnx.op(n) == "reshape" and onnx.type_of(onnx[n].inputs[0]).rank == 3]
+    assert flats and all(onnx.op(onnx[n].inputs[0].node) != "transpose" for n in flats)

@@ -10,7 +10,10 @@ from .scan_rewrite import Scan, rebuild
 
 
 # -- accumulated gradients -------------------------------------------------------------------
-def hoist_accumulators(graph: Graph, n: int) -> int:
+def hoist_accumulators(graph: Graph, n: int, step_major_stacks: bool = True) -> int:
+    """Hoist the accumulator carries of scan ``n``; returns the new node.  ``step_major_stacks``:
+    the executor stacks per-step outputs step-major whatever the axis (the NumPy scan; an
+    ONNX ``Scan`` stacks them at their axis), which the GEMMs' row order follows."""
     s = Scan(graph, n)
     body = s.body
     outs = list(body.outputs.items())
@@ -60,8 +63,8 @@ def hoist_accumulators(graph: Graph, n: int) -> int:
             t = graph.type_of(s.carries[c])
             if kind == "gemm":
                 u, w = (stacked(v) for v in values)
-                flat_u = b.reshape(u, shape=(-1, graph.type_of(u).shape[-1]))
-                flat_w = b.reshape(w, shape=(-1, graph.type_of(w).shape[-1]))
+                steps_first = s.ax != 0 and step_major_stacks and _steps_first_is_cheaper(graph, [u, w])
+                flat_u, flat_w = (_rows(b, graph, v, s.ax if steps_first else 0) for v in (u, w))
                 total = b.matmul(b.transpose(flat_u, perm=(1, 0)), flat_w)
             elif kind == "sum_to":
                 total = b.sum_to(stacked(values[0]), shape=t.shape)
@@ -73,6 +76,32 @@ def hoist_accumulators(graph: Graph, n: int) -> int:
             graph.replace_uses(Value(s.n, s.split + c), total)
     graph.remove_nodes([n])
     return new
+
+
+def _rows(b: Builder, graph: Graph, v: Value, ax: int) -> Value:
+    """Stacked ``v`` ([.., steps at ``ax``, .., n]) as a matrix of rows [steps·rest, n]: with the
+    steps axis moved first when ``ax`` > 0.  sum_t u_t^T w_t = U^T W holds for any row order
+    shared by U and W, so the order is free to follow the operands' memory."""
+    if ax:
+        rank = graph.type_of(v).rank
+        v = b.transpose(v, perm=(ax,) + tuple(i for i in range(rank) if i != ax))
+    return b.reshape(v, shape=(-1, graph.type_of(v).shape[-1]))
+
+
+def _steps_first_is_cheaper(graph: Graph, operands: list[Value]) -> bool:
+    """Whether to contract over the rows in step-major order (see :func:`_rows`).
+
+    The NumPy scan kernel stacks its per-step outputs in step-major buffers (seen through a
+    view with the steps at ``axis``), so flattening a scan's output in step order is free
+    and in declared order is a copy; any other value is laid out as declared.  The operands
+    share their leading dims, so the bytes a choice copies follow their last dims: pick the
+    order that copies the narrower operands (step order on a tie).  An ONNX ``Scan`` stacks
+    at the axis, which makes the declared order free (``step_major_stacks`` off)."""
+    width = {True: 0, False: 0}  # produced by a scan → summed width of the last dims
+    for v in operands:
+        d = graph.type_of(v).shape[-1]
+        width[graph[v.node].op == "scan"] += d if isinstance(d, int) else 1
+    return width[False] <= width[True]
 
 
 def _accumulator(body: Graph, s: Scan, c: int, out: Value):

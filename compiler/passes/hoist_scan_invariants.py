@@ -38,9 +38,10 @@ from .hoist_scan_accumulators import hoist_accumulators
 from .scan_rewrite import Scan, binary_nodes, drop_unread, rebuild
 
 
-def hoist_scan_invariants(graph: Graph) -> int:
+def hoist_scan_invariants(graph: Graph, backend: str = "numpy") -> int:
     """Rewrite every ``scan`` of ``graph`` in place (see the module docstring);
-    returns how many scans changed."""
+    returns how many scans changed.  ``backend``: whose scans will run the graph (the
+    layout of their stacked outputs decides the weight-gradient GEMMs' row order)."""
     changed = 0
     for n in [n for n in graph.topo_order() if graph.op(n) == "scan"]:
         first = n
@@ -48,7 +49,7 @@ def hoist_scan_invariants(graph: Graph) -> int:
         n = _hoist_projections(graph, n)
         n = _hoist_maps(graph, n)
         n = _hoist_invariant_nodes(graph, n)
-        n = hoist_accumulators(graph, n)
+        n = hoist_accumulators(graph, n, step_major_stacks=backend == "numpy")
         changed += n != first
     return changed
 

@@ -77,7 +77,7 @@ def optimize(graph: Graph, level: int = DEFAULT_LEVEL, backend: str = "numpy", *
     if not steps:
         return graph
     g = graph.copy()
-    hoisted = hoist_scan_invariants(g)  # loop-invariant work out of the loops, before bodies are fused
+    hoisted = hoist_scan_invariants(g, backend)  # loop-invariant work out of the loops, before bodies are fused
     if report is not None:
         report.append(("hoist_scan_invariants", hoisted))
     if check:
