@@ -36,6 +36,8 @@ from dlc.compiler.types import FLOATS, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
 from .plan_codegen import generate
+from .plan_memory import planned_peak
+from .run_context import RunContext
 
 _NO_CONTEXT: dict = {}
 # Debug mode: every value's run-time shape and dtype is compared with its declared type (the test
@@ -351,31 +353,8 @@ class Plan:
         self._peaks_ok.add(key)
 
     def planned_peak(self, env: dict) -> tuple[int, int | None]:
-        """(bytes, node) of the largest live set of the schedule: feeds, params, state and
-        constants held throughout, every value from its step to its last use."""
-        def nbytes(t) -> int:
-            shape = evaluate_shape(t.shape, env)
-            if any(isinstance(d, Sym) for d in shape):
-                return 0  # data-dependent: the run itself will tell
-            dt = np.dtype(self.compute_dtype) if self.compute_dtype is not None and t.dtype in FLOATS \
-                else np_dtype(t.dtype)
-            return budget.nbytes_of(shape, dt)
-
-        size = {}
-        live = 0
-        for _kind, _key, slot, n in self.sources:
-            size[slot] = nbytes(self.graph[n].types[0])
-            live += size[slot]
-        peak, where = live, None
-        for st in self.steps:
-            for i, s in enumerate(st.outs):
-                size[s] = nbytes(self.graph[st.node].types[i])
-                live += size[s]
-            if live > peak:
-                peak, where = live, st.node
-            for s in st.frees:
-                live -= size.get(s, 0)
-        return peak, where
+        """(bytes, node) of the largest live set of the schedule (runtime/plan_memory.py)."""
+        return planned_peak(self.graph, self.sources, self.steps, env, self.compute_dtype)
 
     def _check_declared(self, st: _Step, i: int, value: np.ndarray, env: dict) -> None:
         """Debug mode: output ``i`` of ``st`` has exactly the shape and dtype the graph declares."""
@@ -417,23 +396,6 @@ class Plan:
 
     def _names(self, kind: str) -> list[str]:
         return [k for kd, k, _, _ in self.sources if kd == kind]
-
-
-class RunContext:
-    """The interpreter's :class:`~dlc.compiler.ops.context.KernelContext`:
-    bodies run as nested plans, built once per body and precision (the cache
-    belongs to the calling plan) and fed the caller's bound dims."""
-
-    __slots__ = ("_plans", "dims", "compute_dtype")
-
-    def __init__(self, plans: dict, dims: Mapping[str, int], compute_dtype):
-        self._plans, self.dims, self.compute_dtype = plans, dims, compute_dtype
-
-    def bind_body(self, body: Graph, feeds: Mapping[str, Any]) -> Callable[[list], tuple]:
-        plan = self._plans.get(id(body))
-        if plan is None:
-            plan = self._plans[id(body)] = Plan(body, compute_dtype=self.compute_dtype)
-        return plan.bind(feeds, self.dims)
 
 
 def _resolve(value, env):

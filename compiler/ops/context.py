@@ -5,7 +5,7 @@ does not know how graphs are executed — that is the runtime's business, and
 imports run one way (compiler → runtime) — so an op that declares
 ``takes_context = True`` receives a :class:`KernelContext` as the keyword
 argument ``context``, supplied by whichever executor runs it (the NumPy
-interpreter's is ``runtime.interpreter.RunContext``).
+interpreter's is ``runtime.run_context.RunContext``).
 """
 from __future__ import annotations
 
