@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Value
-from .onnx_lstm import emit_stacked, match_projection, time_major
+from .onnx_rnn import emit_stacked, match_projection, rnn_scan_body, time_major
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,11 @@ class GruMatch:
 
 def match_gru(graph: Graph, n: int) -> GruMatch | None:
     """The GRU that scan node ``n`` of ``graph`` computes, or None (see the module docstring)."""
+    body = rnn_scan_body(graph, n, n_carry=1, n_seq=3)
+    if body is None:
+        return None
     rec = graph[n]
     a = rec.attrs
-    if rec.op != "scan" or a["n_carry"] != 1 or a["n_seq"] != 3 or a["residuals"]:
-        return None
-    if any(t.dtype != "f32" for t in rec.types):
-        return None
-    body: Graph = a["body"]
     cell = _match_cell(body)
     if cell is None:
         return None

@@ -1,5 +1,5 @@
 """A scan whose body is exactly an LSTM cell exports as the ONNX ``LSTM`` op
-(compiler/onnx_gru.py does the same for GRU cells, with the helpers here).
+(compiler/onnx_gru.py does the same for GRU cells; compiler/onnx_rnn.py holds what both share).
 
 onnxruntime's ``LSTM`` kernel runs the whole recurrence in one node; a
 ``Scan`` runs the cell's dozen nodes once per step (the benchmark LSTM's
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Value
+from .onnx_rnn import emit_stacked, match_projection, rnn_scan_body, time_major
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,11 @@ class LstmMatch:
 
 def match_lstm(graph: Graph, n: int) -> LstmMatch | None:
     """The LSTM that scan node ``n`` of ``graph`` computes, or None (see the module docstring)."""
+    body = rnn_scan_body(graph, n, n_carry=2, n_seq=1)
+    if body is None:
+        return None
     rec = graph[n]
     a = rec.attrs
-    if rec.op != "scan" or a["n_carry"] != 2 or a["n_seq"] != 1 or a["residuals"]:
-        return None
-    if any(t.dtype != "f32" for t in rec.types):
-        return None
-    body: Graph = a["body"]
     cell = _match_cell(body)
     if cell is None:
         return None
@@ -207,30 +206,6 @@ def _match_cell(body: Graph):
     return h_index, (i, o, f, g), w_val.node, hidden, offsets
 
 
-def match_projection(graph: Graph, seq: Value, width: int):
-    """(x, Wx, bias or None) when ``seq`` is ``x @ Wx + bias`` (either operand order) or ``x @ Wx``,
-    with ``Wx: [I, width]`` and ``x`` of rank 3."""
-    rec = graph[seq.node]
-    bias = None
-    if rec.op == "add" and not seq.index:
-        for mm_side, b_side in ((0, 1), (1, 0)):
-            mv, bv = rec.inputs[mm_side], rec.inputs[b_side]
-            bt = graph.type_of(bv)
-            if graph[mv.node].op == "matmul" and bt.rank == 1 and bt.shape[0] == width:
-                seq, bias = mv, bv
-                break
-        else:
-            return None
-        rec = graph[seq.node]
-    if rec.op != "matmul" or seq.index:
-        return None
-    x, wx = rec.inputs
-    wt = graph.type_of(wx)
-    if wt.rank != 2 or wt.shape[1] != width or not isinstance(wt.shape[0], int) or graph.type_of(x).rank != 3:
-        return None
-    return x, wx, bias
-
-
 def lower_lstm(e, match: LstmMatch, names: dict, outs: list[str]) -> None:
     """Emit ``LSTM`` (and its layout plumbing) writing the scan's outputs ``outs``:
     the stacked h's first, then the final carries (dlc's scan output order)."""
@@ -268,20 +243,3 @@ def lower_lstm(e, match: LstmMatch, names: dict, outs: list[str]) -> None:
     for j in range(2):
         e.node("Squeeze", [finals[j], zero], [outs[k + j]])
     emit_stacked(e, y, outs[:k], match.time_axis)
-
-
-def time_major(e, x: str, time_axis: int) -> str:
-    """``x`` as ``[T, B, I]`` (onnxruntime's CPU RNN kernels support ``layout = 0`` only)."""
-    return e.node("Transpose", [x], [e.tmp("x_tbi")], perm=[1, 0, 2])[0] if time_axis == 1 else x
-
-
-def emit_stacked(e, y: str, outs: list[str], time_axis: int) -> None:
-    """The stacked outputs ``outs`` (each the per-step ``h``) from an RNN op's ``Y: [T, 1, B, H]``."""
-    if not outs:
-        return
-    one = e.const(np.array([1], np.int64))
-    (ys,) = e.node("Squeeze", [y, one], [e.tmp("Y_tbh")])
-    if time_axis == 1:
-        ys = e.node("Transpose", [ys], [e.tmp("Y_bth")], perm=[1, 0, 2])[0]
-    for out in outs:
-        e.node("Identity", [ys], [out])
