@@ -176,6 +176,12 @@ def test_a_batch_reduction_that_is_not_a_sum_cannot_be_synchronised(tmp_path):
     assert e.value.code == "E0201" and ray.is_initialized() == running
 
 
+def digits_train(model: str) -> str:
+    """The train block the specs below share: the digits, SGD at 0.1, one epoch of 64-row batches."""
+    return (f"train {model} {{\n    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)\n"
+            "    loss      = loss\n    optimizer = sgd(lr = 0.1)\n    batch     = 64\n    epochs    = 1\n}\n")
+
+
 MAX_THEN_BATCH_NORM = """
 model maxbn() {
     input x: f32[B, 64]
@@ -191,14 +197,7 @@ model maxbn() {
     output loss = cross_entropy(h @ W, y)
 }
 
-train maxbn {
-    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
-    loss      = loss
-    optimizer = sgd(lr = 0.1)
-    batch     = 64
-    epochs    = 1
-}
-"""
+""" + digits_train("maxbn")
 
 
 def test_workers_without_ray_is_a_coded_error_naming_the_extra(tmp_path):
@@ -225,14 +224,7 @@ model tiny() {
     %s
 }
 
-train tiny {
-    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
-    loss      = loss
-    optimizer = sgd(lr = 0.1)
-    batch     = 64
-    epochs    = 1
-}
-"""
+""" + digits_train("tiny")
 
 
 def _tiny(tmp_path, body):
@@ -375,14 +367,7 @@ model deep() {
     output loss = cross_entropy((repeat %d step(h)) @ W, y)
 }
 
-train deep {
-    data      = digits(split = [0.7, 0.1, 0.2], seed = 0)
-    loss      = loss
-    optimizer = sgd(lr = 0.1)
-    batch     = 64
-    epochs    = 1
-}
-"""
+""" + digits_train("deep")
 
 
 def test_batch_sums_are_pushed_through_shared_terms_once(tmp_path):
