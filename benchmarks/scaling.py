@@ -96,7 +96,7 @@ def measure_stages(m, spec, values: dict, steps: int) -> dict:
     from dlc.compiler.dims import concrete_shape
     from dlc.compiler.training.stages import stage_plan
     from dlc.compiler.types import np_dtype
-    from dlc.runtime.distributed import BatchRef, GradientWorker, ModelSource
+    from dlc.runtime.dist_worker import BatchRef, GradientWorker, ModelSource
     from dlc.runtime.staged import run_stages
     from dlc.runtime.trainer import build_grad_graph
 

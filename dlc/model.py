@@ -262,7 +262,8 @@ class Model:
     def check_train(self) -> None:
         """Validate the train block (if any) by building its step graphs."""
         if self.name in self.loaded.trains:
-            from dlc.runtime.trainer import build_steps, check_data
+            from dlc.runtime.train_data import check_data
+            from dlc.runtime.trainer import build_steps
 
             spec = self.train_spec()
             check_data(self, spec)

@@ -19,7 +19,6 @@ with the Model's attributes (``loaded``, ``defn``, ``hyper``, ``graph``,
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -36,8 +35,8 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
-from .data import batches, check_dataset, check_fits, declared_schema, load_dataset, match_inputs, split
-from .finite import check_dataset_finite
+from .data import batches
+from .train_data import load_splits
 from .params import init_params, init_state
 from .runner import bind, make_store
 from .threads import training_threads
@@ -98,48 +97,6 @@ def metric_key(output: str, first_group: str) -> str | None:
     if kind == "metric" and name != "loss" and not name.startswith("loss."):
         return name
     return None
-
-
-def data_options(model, spec) -> tuple[dict, dict]:
-    """(options of the data set itself, split options) of the train block's ``data``."""
-    opts = dict(spec.data.kwargs)
-    split_opts = {"fractions": opts.pop("split", (0.8, 0.1, 0.1)), "same": bool(opts.pop("same", False)),
-                  "seed": int(opts.pop("seed", spec.seed))}
-    base = Path(model.loaded.path).resolve().parent if model.loaded.path != "<string>" else None
-    return {"base_dir": base, **opts}, split_opts
-
-
-def check_data(model, spec) -> None:
-    """Validate the data reference of a train block without loading it (``dlc check``)."""
-    opts, _ = data_options(model, spec)
-    with _at(spec.data.loc):
-        check_dataset(spec.data.name, **opts)
-        schema = declared_schema(spec.data.name, **opts)
-        if schema is not None:  # the arrays' names, ranks and dims against the inputs, from the schema
-            check_fits(schema, model.inputs, spec.inputs or None)
-
-
-def load_splits(model, spec, allow_nonfinite: bool = False) -> dict[str, dict[str, np.ndarray]]:
-    """The train/val/test splits; a NaN or Inf in the data is E0402 naming the array, unless allowed."""
-    opts, so = data_options(model, spec)
-    data_seed, fractions, same = so["seed"], so["fractions"], so["same"]
-    with _at(spec.data.loc):
-        ds = load_dataset(spec.data.name, seed=data_seed, **opts)
-        if not allow_nonfinite:
-            check_dataset_finite(ds)
-        parts = split(ds, fractions, seed=data_seed, same=same)
-        return {k: match_inputs(v, model.inputs, spec.inputs or None) for k, v in parts.items()}
-
-
-@contextlib.contextmanager
-def _at(loc):
-    """Give data errors (raised without a span) the span of the train block's `data`."""
-    try:
-        yield
-    except DlcError as e:
-        if e.loc is None:
-            e.loc = loc
-        raise
 
 
 def batches_per_epoch(n_train: int, batch: int) -> int:

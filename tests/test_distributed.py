@@ -16,8 +16,8 @@ import pytest
 import dlc
 from dlc.grammar.errors import DlcError
 from dlc.compiler.training.stages import SUMMED, stage_plan
-from dlc.runtime.distributed import (BatchRef, DistributedTrainer, GradientWorker, ModelSource, _weighted_mean,
-                                    params_digest, shard)
+from dlc.runtime.dist_worker import BatchRef, GradientWorker, ModelSource, params_digest, shard
+from dlc.runtime.distributed import DistributedTrainer, _weighted_mean
 from dlc.runtime.runner import make_runner
 from dlc.runtime.staged import StagedGrad, run_stages
 from dlc.runtime.trainer import build_grad_graph, make_trainer, rng_key

@@ -33,7 +33,7 @@ def test_the_doc_has_examples():
 def test_example_compiles(tmp_path, line, block):
     from dlc.compiler.lower import load_module
     from dlc.model import Model, check
-    from dlc.runtime.trainer import load_splits
+    from dlc.runtime.train_data import load_splits
 
     path = tmp_path / "example.dl"
     path.write_text(block, encoding="utf-8")

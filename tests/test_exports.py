@@ -22,7 +22,8 @@ from dlc.grammar.errors import DlcError
 from dlc.model import init_params, init_state
 from dlc.runtime.data import batches
 from dlc.runtime.interpreter import Plan
-from dlc.runtime.trainer import RNG_MODULUS, RNG_STRIDE, build_steps, load_splits, rng_key
+from dlc.runtime.train_data import load_splits
+from dlc.runtime.trainer import RNG_MODULUS, RNG_STRIDE, build_steps, rng_key
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"progress": False, "echo": lambda s: None}

@@ -46,7 +46,7 @@ def test_the_floor_rejects_a_ring_through_the_modes():
 
 
 def _batches(m, n: int, seed: int = 0) -> list[dict]:
-    from dlc.runtime.trainer import load_splits
+    from dlc.runtime.train_data import load_splits
 
     train = load_splits(m, m.train_spec())["train"]
     rng = np.random.default_rng(seed)

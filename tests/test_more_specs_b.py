@@ -8,7 +8,7 @@ import pytest
 import dlc
 from dlc.grammar.errors import DlcError
 from dlc.runtime.data import load_dataset
-from dlc.runtime.trainer import load_splits
+from dlc.runtime.train_data import load_splits
 from step_parity import check_training_step
 
 QUIET = {"progress": False, "echo": lambda s: None}

@@ -77,7 +77,8 @@ def _one_step(spec: Path):
     from dlc.compiler.training.step import initial_state
     from dlc.runtime.data import batches
     from dlc.runtime.runner import make_runner
-    from dlc.runtime.trainer import build_steps, load_splits
+    from dlc.runtime.train_data import load_splits
+    from dlc.runtime.trainer import build_steps
 
     m = dlc.load(spec, mode="train")
     train_spec = m.train_spec()
