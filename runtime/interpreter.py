@@ -37,6 +37,7 @@ from dlc.grammar.errors import DlcError
 
 from .plan_codegen import generate
 from .plan_memory import planned_peak
+from .plan_values import as_declared, resolve_dims, run_dtype
 from .run_context import RunContext
 
 _NO_CONTEXT: dict = {}
@@ -283,7 +284,7 @@ class Plan:
         if got is None:
             if len(self._resolved) > 16:
                 self._resolved.clear()
-            got = self._resolved[key] = {i: _resolve(self.steps[i].attrs, env) for i in self._symbolic}
+            got = self._resolved[key] = {i: resolve_dims(self.steps[i].attrs, env) for i in self._symbolic}
         return got
 
     def _failure(self, e: Exception) -> DlcError:
@@ -300,7 +301,7 @@ class Plan:
 
     def _execute(self, slots: list, env: dict, check_finite: bool, profile: dict | None = None) -> None:
         for st in self.steps:
-            attrs = _resolve(st.attrs, env) if st.symbolic else st.attrs
+            attrs = resolve_dims(st.attrs, env) if st.symbolic else st.attrs
             if st.context:
                 attrs = {**attrs, **self._context(env)}
             try:
@@ -377,40 +378,13 @@ class Plan:
                                hint="this is a bug in dlc: please report it with the spec")
 
     def _target(self, dtype: str) -> np.dtype:
-        if self.compute_dtype is not None and dtype in FLOATS:
-            return np.dtype(self.compute_dtype)
-        return np.dtype(np_dtype(dtype))
+        return run_dtype(dtype, self.compute_dtype)
 
     def _convert(self, value, dtype: str, name="", kind="input") -> np.ndarray:
-        """``value`` as the declared dtype; a cast that would change values (2.5 → 2, complex → real) is an error."""
-        target = self._target(dtype)
-        arr = np.asarray(value)
-        if arr.dtype == target:
-            return arr
-        lossy = arr.dtype.kind == "c" or arr.dtype.kind == "f" and target.kind in "iub" and not (
-            np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
-        if lossy or arr.dtype.kind not in "biufc":
-            raise DlcError("E0401", f"{kind} `{name}` is {arr.dtype}, which cannot become {dtype_name(target)} "
-                           "without changing its values", hint=f"give {dtype_name(target)} values")
-        return arr.astype(target)
+        return as_declared(value, self._target(dtype), name, kind)
 
     def _names(self, kind: str) -> list[str]:
         return [k for kd, k, _, _ in self.sources if kd == kind]
-
-
-def _resolve(value, env):
-    if isinstance(value, Sym):
-        out = value.evaluate(env)
-        if isinstance(out, Sym):
-            raise DlcError("E0105", f"dim {out} is not bound by any input at run time")
-        return out
-    if isinstance(value, dict):
-        return {k: _resolve(v, env) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_resolve(v, env) for v in value)
-    if isinstance(value, list):
-        return [_resolve(v, env) for v in value]
-    return value
 
 
 def _fmt(shape) -> str:
