@@ -119,6 +119,22 @@ def test_the_shape_rule_keeps_small_products_on_numpy_and_sends_big_ones_to_mkl(
 
 
 @needs_mkl
+def test_a_narrow_product_with_a_transposed_operand_reads_it_in_stored_order(monkeypatch):
+    calls = []
+    real = MKL.gemm
+    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append((a.shape, b.shape)) or real(a, b))
+    monkeypatch.setattr(gemm, "_MKL", MKL)
+    stored, dy = _rand((1000, 1100)), _rand((1000, 7), 1)  # the GCN's A^T @ dY
+    got = gemm.gemm_2d(stored.T, dy)
+    assert calls == [((7, 1000), (1000, 1100))]  # (dy^T @ A)^T: A in its row order
+    assert got.shape == (1100, 7) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, _exact(stored.T, dy), rtol=1e-4, atol=1e-3)
+    wide = _rand((1000, 72), 2)  # wider than _SWAP_MAX_N: as written
+    gemm.gemm_2d(stored.T, wide)
+    assert calls[-1] == ((1100, 1000), (1000, 72))
+
+
+@needs_mkl
 def test_mkl_gives_the_same_bits_whatever_the_buffer_alignment():
     a, b = _rand((257, 300)), _rand((300, 129), 1)
     want = MKL.gemm(a, b)

@@ -43,6 +43,21 @@ def test_a_batch_of_rows_times_a_matrix_is_one_gemm_on_the_collapsed_rows(monkey
     assert seen == []
 
 
+def test_batched_products_with_transposed_matrices_on_the_right_are_unchanged_by_the_copy(monkeypatch):
+    q, k = _rand((2, 7, 3, 5)), _rand((2, 9, 3, 5), 1)  # [B, T, H, D]
+    a, b = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1)  # q @ k^T, both views
+    seen = []
+    real = np.matmul
+    monkeypatch.setattr(gemm.np, "matmul", lambda x, y: seen.append(y.flags.c_contiguous) or real(x, y))
+    got = gemm.matmul(a, b)
+    assert seen == [True]  # b's transposed matrices copied to C order first
+    monkeypatch.setattr(gemm.np, "matmul", real)
+    np.testing.assert_array_equal(got, np.matmul(a, b.copy()))
+    np.testing.assert_allclose(got, _exact(a, b), rtol=1e-5, atol=1e-5)
+    shared = np.broadcast_to(_rand((9, 5), 2).T, (2, 3, 5, 9))  # transposed, batch strides 0
+    np.testing.assert_array_equal(gemm.matmul(a, shared), np.matmul(a, shared))  # a broadcast b: not copied
+
+
 def test_few_output_columns_off_a_multiple_of_8_are_padded_on_big_products(monkeypatch):
     monkeypatch.setattr(gemm, "_MKL", None)  # NumPy's BLAS (with dlc[mkl], MKL takes these products: test_blas_mkl.py)
     a, b = _rand((1100, 1000)), _rand((1000, 7), 1)  # M*K >= 2**20

@@ -10,6 +10,11 @@ the benchmark workloads) is ``python benchmarks/gemm_layouts.py``:
   matmul calls one small GEMM per leading index; one GEMM on the collapsed
   ``[prod(...) * M, K]`` rows is up to 1.5× faster (most with ``w`` a
   transposed view, the ``dy @ W^T`` of a backward pass).
+- A batched product ``a [..., M, K] @ b [..., K, N]`` whose ``b`` matrices are
+  transposed views (the attention scores ``q @ k^T``, ``k`` a view of ``[B, T, H, D]``):
+  NumPy's stacked matmul takes 2.5× longer on them than on C-order matrices, more
+  than a copy of ``b`` costs (``[16, 4, 32, 64]``: 0.27 ms as given, 0.16 ms with
+  the copy).  The copy holds the same numbers, so the products are unchanged.
 - A 2-D product whose output has fewer than 16 columns that are not a multiple
   of 8 (``N = 7`` in the GCN) falls into OpenBLAS's slow edge kernel: padding ``b``
   with zero columns to the next multiple of 8 and dropping them afterwards is
@@ -24,6 +29,12 @@ the benchmark workloads) is ``python benchmarks/gemm_layouts.py``:
   (~5 µs through ctypes) loses to NumPy.  ``DLC_BLAS=numpy`` turns MKL off; without
   the extra everything here is NumPy as before.  The choice depends on the shapes
   only, so a given product is always computed by the same library.
+- MKL's ``a^T @ b`` with ``a`` a transposed view and a narrow ``b`` (``N <= 64``:
+  the GCN's ``Â^T @ dY`` and ``X^T @ dZ``, 2708 x 2708 by 16) runs 2–9× slower
+  than the same product computed as ``(b^T @ a)^T`` — ``a`` read in its stored row
+  order — plus a copy of the small result to C order, so narrow products with a
+  transposed ``a`` are computed that way (``_SWAP_MAX_N``).  Each element is still
+  one dot product over ``K``, summed in MKL's order for the other orientation.
 
 Not taken: ``sum_to`` over the leading axes (a bias gradient) as a GEMV with a
 vector of ones is 2.5–6× faster than ``np.sum``, but rounds differently from
@@ -42,6 +53,7 @@ _MKL = blas_mkl.load()  # None: NumPy's BLAS only (no dlc[mkl], or DLC_BLAS=nump
 _MKL_MIN_MKN = 1 << 21  # M*K*N from which MKL wins (64x512x10 and 128^3 did not, 32x128x512 did)
 _PAD_MIN_MK = 1 << 20  # M*K from which padding N pays for its copy of b (2708 x 2708 does, 64 x 512 not)
 _PAD_MAX_N = 16  # measured to pay for N = 3, 7, 10, 12; from N = 20 it was a wash
+_SWAP_MAX_N = 64  # a^T @ b as (b^T @ a)^T up to this N: 0.21-0.64x the time at 2708 x 2708 by 7..64
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,6 +64,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return gemm_2d(a.reshape(-1, a.shape[-1]), b).reshape(lead + (b.shape[-1],))
     if a.ndim == 2 and b.ndim == 2:
         return gemm_2d(a, b)
+    if b.ndim >= 3 and b.strides[-2] == b.itemsize and b.shape[-1] > 1 and b.dtype.kind == "f" \
+            and 0 not in b.strides[:-2]:  # (a broadcast b is left alone: the copy would materialise it)
+        b = np.ascontiguousarray(b)  # transposed matrices: NumPy's stacked loop is slow on them
     return np.matmul(a, b)
 
 
@@ -60,12 +75,19 @@ def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
     if _MKL is not None and m * k * n >= _MKL_MIN_MKN and _MKL.supports(a, b):
+        if n <= _SWAP_MAX_N and _transposed(a) and not _transposed(b):
+            return np.ascontiguousarray(_MKL.gemm(b.T, a.T).T)
         return _MKL.gemm(a, b)
     if n % 8 and n < _PAD_MAX_N and m * k >= _PAD_MIN_MK and a.dtype.kind == "f":
         padded = np.zeros((k, n + 8 - n % 8), b.dtype)
         padded[:, :n] = b
         return np.ascontiguousarray(np.matmul(a, padded)[:, :n])
     return np.matmul(a, b)
+
+
+def _transposed(x: np.ndarray) -> bool:
+    """True for a 2-D transposed view (its rows strided, its columns contiguous)."""
+    return x.strides[0] == x.itemsize and x.strides[1] != x.itemsize and x.shape[0] > 1
 
 
 def blas_name() -> str:
