@@ -12,7 +12,7 @@ import numpy as np
 
 from ..types import FLOATS, ShapeError, np_dtype
 from .registry import Arg, Attr, Composite, Op, Sample, register
-from .rowmax import max_keepdims
+from .rows import max_keepdims, sum_keepdims
 from .shape import norm_axes
 
 _UNARY = [Sample((Arg((3, 4)),)), Sample((Arg(()),))]
@@ -274,7 +274,7 @@ class Softmax(_SoftmaxLike):
             z = np.exp(z)
             return z / np.sum(z, axis=axis, keepdims=True)
         np.exp(z, out=z)  # z is ours: the same ufuncs in the same order, in one buffer
-        z /= np.sum(z, axis=axis, keepdims=True)
+        z /= sum_keepdims(z, axis)
         return z
 
     def grad(self, b, inputs, outputs, cts, axis):
@@ -291,7 +291,7 @@ class LogSoftmax(_SoftmaxLike):
 
     def kernel(self, x, axis):
         z = x - max_keepdims(x, axis)
-        return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+        return z - np.log(sum_keepdims(np.exp(z), axis))
 
     def grad(self, b, inputs, outputs, cts, axis):
         total = b.sum(cts[0], axes=axis, keepdims=True)

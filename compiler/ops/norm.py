@@ -29,8 +29,9 @@ import numpy as np
 from ..dims import shape_str
 from ..types import FLOATS, ShapeError, norm_axis, np_dtype, same_dtype
 from .reduction import count_of
+from .rows import row_sum
 from .registry import Arg, Attr, Composite, Op, Sample, register
-from .shape import INT64_MAX, i64
+from .shape import INT64_MAX, i64, prod_dims
 
 
 def _stats_dtype(x: np.ndarray):
@@ -67,10 +68,13 @@ class LayerNorm(Op):
         return x
 
     def kernel(self, x, gamma, beta, axis, eps):
-        ax = tuple(range(norm_axis(axis, x.ndim), x.ndim))
+        a = norm_axis(axis, x.ndim)
         xs = x.astype(_stats_dtype(x), copy=False)
-        xc = xs - xs.mean(axis=ax, keepdims=True)
-        var = np.mean(xc * xc, axis=ax, keepdims=True)
+        xc, var = _centred_rows(xs, a)
+        if xc is None:
+            ax = tuple(range(a, x.ndim))
+            xc = xs - xs.mean(axis=ax, keepdims=True)
+            var = np.mean(xc * xc, axis=ax, keepdims=True)
         xc *= 1.0 / np.sqrt(var + np.asarray(eps, xs.dtype))  # xc is ours: scale it in place
         if xc.dtype == np.result_type(xc, gamma, beta):  # the affine part in place too
             np.multiply(xc, gamma, out=xc)
@@ -95,6 +99,25 @@ class LayerNorm(Op):
 
     def onnx(self, e, ins, outs, axis, eps):
         e.node("LayerNormalization", ins, outs, axis=norm_axis(axis, e.in_types[0].rank), epsilon=float(eps))
+
+
+def _centred_rows(xs: np.ndarray, a: int):
+    """(x - mean, variance) over the axes ``a``.. of a C-contiguous float ``xs`` taken as rows
+    (compiler/ops/rows.py: BLAS row sums instead of NumPy's per-row reductions; the variance
+    is still the two-pass mean((x - mean)²), its squares summed by ``einsum``), shaped to
+    broadcast against ``xs``; or (None, None) where that route does not apply."""
+    if not xs.flags.c_contiguous:
+        return None, None
+    lead = xs.shape[:a]
+    rows = xs.reshape((-1, prod_dims(xs.shape[a:])))
+    sums = row_sum(rows)
+    if sums is None:
+        return None, None
+    n = rows.shape[1]
+    xc = rows - sums / n
+    var = np.einsum("ij,ij->i", xc, xc)[:, None] / n
+    stat_shape = lead + (1,) * (xs.ndim - a)
+    return xc.reshape(xs.shape), var.reshape(stat_shape)
 
 
 # -- batch norm and instance norm ---------------------------------------------------------
