@@ -101,3 +101,34 @@ def test_layer_norm_matches_the_two_pass_float64_reference(shape, axis):
         assert not flipped.flags.c_contiguous
         np.testing.assert_allclose(k(flipped, gamma, beta, axis=axis, eps=1e-5), ref,
                                    rtol=1e-4, atol=1e-4 * np.abs(gamma).max() + 1e-6)
+
+
+def _ln_grad_reference(dy, x, gamma, axis):
+    """layer_norm's (dx, dy * x̂) in float64, straight from the formula."""
+    ax = tuple(range(axis % x.ndim, x.ndim))
+    dy, x, gamma = (v.astype(np.float64) for v in (dy, x, gamma))
+    xc = x - x.mean(axis=ax, keepdims=True)
+    inv = 1.0 / np.sqrt((xc * xc).mean(axis=ax, keepdims=True) + 1e-5)
+    xhat = xc * inv
+    g = dy * gamma
+    dx = inv * (g - g.mean(axis=ax, keepdims=True) - xhat * (g * xhat).mean(axis=ax, keepdims=True))
+    return dx, dy * xhat
+
+
+@pytest.mark.parametrize("shape,axis", [((16, 64, 128), -1), ((4, 6, 5), 1), ((3, 1), -1)])
+def test_layer_norm_grad_matches_its_formula(shape, axis):
+    x = _rand(shape) * 2 + 3.0
+    dy = _rand(shape, seed=3)
+    gamma = _rand(x.shape[axis:], seed=4)
+    k = get_op("layer_norm_grad").kernel
+    want = _ln_grad_reference(dy, x, gamma, axis)
+    broadcast = np.broadcast_to(dy[:, :1], dy.shape)  # a stride-0 cotangent, as a mean's gradient gives
+    for d in (dy, broadcast):
+        got = k(d, x, gamma, axis=axis, eps=1e-5)
+        ref = _ln_grad_reference(d, x, gamma, axis)
+        for g, r in zip(got, ref):
+            assert g.dtype == np.float32 and g.shape == x.shape
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5 * np.abs(r).max() + 1e-7)
+    half = k(dy.astype(np.float16), x.astype(np.float16), gamma.astype(np.float16), axis=axis, eps=1e-5)
+    assert all(h.dtype == np.float16 for h in half)  # statistics in float32, results in float16
+    np.testing.assert_allclose(half[0].astype(np.float32), want[0], rtol=2e-2, atol=2e-2 * np.abs(want[0]).max() + 1e-3)
