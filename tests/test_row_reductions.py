@@ -132,3 +132,25 @@ def test_layer_norm_grad_matches_its_formula(shape, axis):
     half = k(dy.astype(np.float16), x.astype(np.float16), gamma.astype(np.float16), axis=axis, eps=1e-5)
     assert all(h.dtype == np.float16 for h in half)  # statistics in float32, results in float16
     np.testing.assert_allclose(half[0].astype(np.float32), want[0], rtol=2e-2, atol=2e-2 * np.abs(want[0]).max() + 1e-3)
+
+
+def test_dot_keepdims_is_the_sum_of_the_product():
+    from dlc.compiler.ops.rows import dot_keepdims
+
+    a, b = _rand((16, 4, 64, 64)), _rand((16, 4, 64, 64), seed=1)
+    _close_to_exact_sum(dot_keepdims(a, b, -1), a.astype(np.float64) * b, -1)
+    np.testing.assert_array_equal(dot_keepdims(a, b, 1), np.sum(a * b, axis=1, keepdims=True))  # not the last axis
+    at = a.transpose(0, 1, 3, 2)  # strided: np.sum of the product
+    np.testing.assert_array_equal(dot_keepdims(at, b, -1), np.sum(at * b, axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("shape,axis", [((16, 4, 64, 64), -1), ((2708, 7), -1), ((2, 3, 4), 1)])
+def test_softmax_grad_is_the_softmax_jacobian_transposed(shape, axis):
+    x = _rand(shape) * 3
+    y = get_op("softmax").kernel(x, axis=axis)
+    dy = _rand(shape, seed=5)
+    y64 = y.astype(np.float64)
+    want = y64 * (dy - np.sum(dy * y64, axis=axis, keepdims=True))
+    got = get_op("softmax_grad").kernel(dy, y, axis=axis)
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

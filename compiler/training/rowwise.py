@@ -44,7 +44,7 @@ LEADING_BATCH = frozenset({
 })
 # ops whose ``axis``/``axes`` attribute names the axes of their first input they mix along
 ALONG_AXES = frozenset({
-    "softmax", "log_softmax", "argmax", "argmin", "sum", "count", "mean", "var", "std", "logsumexp", "reduce_max",
+    "softmax", "softmax_grad", "log_softmax", "argmax", "argmin", "sum", "count", "mean", "var", "std", "logsumexp", "reduce_max",
     "reduce_min", "cumsum", "flip", "l2_normalize", "concat", "split", "stack", "gather", "cross_entropy", "scan",
     "layer_norm", "layer_norm_grad", "tril", "triu",
 })
@@ -92,7 +92,8 @@ def row_wise(graph, rec, sharded: list, batch: frozenset[str]) -> bool:
             return not any(set(a) & mixed for a in in_axes) and _body_row_wise(rec, graph, sharded, batch)
         if op in ("concat", "stack", "split"):  # along the axis of every operand
             return not any(set(a) & mixed for a in in_axes)
-        return not any(set(a) & mixed for v, a in zip(sharded, in_axes) if v == rec.inputs[0])
+        along = rec.inputs[:2] if op == "softmax_grad" else rec.inputs[:1]  # its dy and y alike
+        return not any(set(a) & mixed for v, a in zip(sharded, in_axes) if v in along)
     return False
 
 
