@@ -138,7 +138,9 @@ def test_dot_keepdims_is_the_sum_of_the_product():
     from dlc.compiler.ops.rows import dot_keepdims
 
     a, b = _rand((16, 4, 64, 64)), _rand((16, 4, 64, 64), seed=1)
-    _close_to_exact_sum(dot_keepdims(a, b, -1), a.astype(np.float64) * b, -1)
+    got, prod = dot_keepdims(a, b, -1), a.astype(np.float64) * b
+    assert got.dtype == np.float32 and got.shape == (16, 4, 64, 1)
+    assert np.all(np.abs(got - prod.sum(-1, keepdims=True)) <= 8 * 2 ** -23 * np.abs(prod).sum(-1, keepdims=True))
     np.testing.assert_array_equal(dot_keepdims(a, b, 1), np.sum(a * b, axis=1, keepdims=True))  # not the last axis
     at = a.transpose(0, 1, 3, 2)  # strided: np.sum of the product
     np.testing.assert_array_equal(dot_keepdims(at, b, -1), np.sum(at * b, axis=-1, keepdims=True))
