@@ -78,19 +78,22 @@ class LayerNormGrad(Op):
     def kernel(self, dy, x, gamma, axis, eps):
         a = norm_axis(axis, x.ndim)
         st = stats_dtype(x)
-        xhat, inv = standardise(as_rows(x.astype(st, copy=False), a), eps)
-        dyr = as_rows(dy.astype(st, copy=False), a)
-        n = dyr.shape[1]
-        g = dyr * gamma.astype(st, copy=False).reshape(-1)
-        dgamma = dyr * xhat
-        mean_g = sum_keepdims(g, -1) / n
-        mean_gx = np.einsum("ij,ij->i", g, xhat)[:, None] / n
+        xhat, inv = standardise(as_rows(x.astype(st, copy=False), a), eps)  # [R, n] and [R, 1]
+        # the products with dy in x's shape, into C-order buffers: dy may be a broadcast view
+        # (a mean's gradient), which needs no copy that way
+        dys = dy.astype(st, copy=False)
+        g = np.multiply(dys, gamma.astype(st, copy=False), out=np.empty(x.shape, st))
+        dgamma = np.multiply(dys, xhat.reshape(x.shape), out=np.empty(x.shape, st))
+        rows = g.reshape(xhat.shape)
+        n = rows.shape[1]
+        mean_g = sum_keepdims(rows, -1) / n
+        mean_gx = np.einsum("ij,ij->i", rows, xhat)[:, None] / n
         # dx = inv * (g - mean(g) - x̂ * mean(g * x̂)), in g's buffer (x̂'s holds the product)
-        g -= mean_g
+        rows -= mean_g
         xhat *= mean_gx
-        g -= xhat
-        g *= inv
-        return g.reshape(x.shape).astype(x.dtype, copy=False), dgamma.reshape(x.shape).astype(x.dtype, copy=False)
+        rows -= xhat
+        rows *= inv
+        return g.astype(x.dtype, copy=False), dgamma.astype(x.dtype, copy=False)
 
     def grad(self, b, inputs, outputs, cts, axis, eps):
         from ..passes.backprop import vjp
