@@ -1,5 +1,7 @@
 """The last-axis row reductions of compiler/ops/rows.py and the kernels built on them
 (softmax, log_softmax, layer_norm, sum over trailing axes)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,19 @@ def test_softmax_grad_is_the_softmax_jacobian_transposed(shape, axis):
     got = get_op("softmax_grad").kernel(dy, y, axis=axis)
     assert got.dtype == np.float32 and got.shape == shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_backward_primitives_keep_examples_apart_on_data_parallel_shards():
+    """layer_norm_grad and softmax_grad mix along their normalised axes only, so a worker's
+    rows of the batch give its rows of their outputs (compiler/training/rowwise.py)."""
+    import dlc
+    from dlc.compiler.training.stages import batch_dims, classify
+    from dlc.exports import grad_graph
+
+    spec = Path(__file__).resolve().parent.parent / "specs" / "transformer.dl"
+    g, _ = grad_graph(dlc.load(str(spec), mode="train"))
+    cls, _ = classify(g, batch_dims(g))
+    kinds = {}
+    for v, c in cls.items():
+        kinds.setdefault(g[v.node].op, set()).add(c)
+    assert kinds["layer_norm_grad"] == {"sharded"} and kinds["softmax_grad"] == {"sharded"}

@@ -44,9 +44,9 @@ LEADING_BATCH = frozenset({
 })
 # ops whose ``axis``/``axes`` attribute names the axes of their first input they mix along
 ALONG_AXES = frozenset({
-    "softmax", "softmax_grad", "log_softmax", "argmax", "argmin", "sum", "count", "mean", "var", "std", "logsumexp", "reduce_max",
-    "reduce_min", "cumsum", "flip", "l2_normalize", "concat", "split", "stack", "gather", "cross_entropy", "scan",
-    "layer_norm", "layer_norm_grad", "tril", "triu",
+    "softmax", "softmax_grad", "log_softmax", "argmax", "argmin", "sum", "count", "mean", "var", "std", "logsumexp",
+    "reduce_max", "reduce_min", "cumsum", "flip", "l2_normalize", "concat", "split", "stack", "gather",
+    "cross_entropy", "scan", "layer_norm", "layer_norm_grad", "tril", "triu",
 })
 RESHAPES = frozenset({"reshape", "flatten"})
 SLICES = frozenset({"slice", "slice_grad", "pad"})
