@@ -100,17 +100,3 @@ def test_the_weight_gradient_of_a_batched_product_is_one_2d_gemm():
     kinds = collections.Counter(opt.op(n) for n in opt.nodes())
     assert kinds["sum_to"] == 0 and kinds["matmul_t"] == 1 and kinds["reshape"] == 2
     np.testing.assert_array_equal(Plan(opt).run({"x": xv}, {"w": wv})["dw"], got)
-
-
-def test_the_row_maximum_by_halves_is_np_max_bit_for_bit():
-    from dlc.compiler.ops.rowmax import max_keepdims
-    for shape in [(16, 4, 64, 64), (2708, 7), (300, 13), (4, 5, 13), (64, 10), (512, 2), (3,)]:
-        x = _rand(shape)
-        x.flat[::97] = np.inf
-        x.flat[5::89] = -0.0
-        np.testing.assert_array_equal(max_keepdims(x, -1), np.max(x, axis=-1, keepdims=True), err_msg=str(shape))
-    x = _rand((300, 13))
-    x[7, 3] = np.nan
-    got = max_keepdims(x, -1)
-    assert np.isnan(got[7, 0]) and np.array_equal(got[8:], np.max(x, axis=-1, keepdims=True)[8:])
-    np.testing.assert_array_equal(max_keepdims(x, 0), np.max(x, axis=0, keepdims=True))  # not the last axis

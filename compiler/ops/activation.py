@@ -12,8 +12,8 @@ import numpy as np
 
 from ..types import FLOATS, ShapeError, np_dtype
 from .registry import Arg, Attr, Composite, Op, Sample, register
-from .rowmax import max_keepdims
-from .shape import norm_axes
+from .rows import dot_keepdims, max_keepdims, sum_keepdims
+from .shape import i64, norm_axes
 
 _UNARY = [Sample((Arg((3, 4)),)), Sample((Arg(()),))]
 
@@ -274,13 +274,50 @@ class Softmax(_SoftmaxLike):
             z = np.exp(z)
             return z / np.sum(z, axis=axis, keepdims=True)
         np.exp(z, out=z)  # z is ours: the same ufuncs in the same order, in one buffer
-        z /= np.sum(z, axis=axis, keepdims=True)
+        z /= sum_keepdims(z, axis)
         return z
 
     def grad(self, b, inputs, outputs, cts, axis):
-        y = outputs[0]
-        dot = b.sum(b.mul(cts[0], y), axes=axis, keepdims=True)
-        return [b.mul(y, b.sub(cts[0], dot))]
+        return [b.softmax_grad(cts[0], outputs[0], axis=axis)]
+
+
+@register
+class SoftmaxGrad(_SoftmaxLike):
+    """``softmax_grad(dy, y, axis=-1)`` = y * (dy - sum(dy * y, axis)): the gradient of
+    ``y = softmax(x, axis)`` for the cotangent ``dy``.  One kernel: the row sums of the
+    product are one ``einsum`` pass (compiler/ops/rows.py), not a product array and a sum."""
+
+    name = "softmax_grad"
+    inputs = ("dy", "y")
+    samples = [Sample((Arg((3, 5)), Arg((3, 5), "positive"))),
+               Sample((Arg((2, 3, 4)), Arg((2, 3, 4), "positive")), {"axis": 1})]
+
+    def shape(self, dy, y, axis):
+        if dy != y:
+            raise ShapeError(f"`softmax_grad` needs a cotangent of its output's type, got {dy} and {y}")
+        return super().shape(y, axis)
+
+    def kernel(self, dy, y, axis):
+        dx = dy - dot_keepdims(dy, y, axis)
+        dx *= y  # dx is ours
+        return dx
+
+    def grad(self, b, inputs, outputs, cts, axis):
+        # f = y * (dy - s), s = sum(dy * y): linear in dy with the same form; in y,
+        # ct * (dy - s) - dy * sum(ct * y)
+        dy, y = inputs
+        ct = cts[0]
+        s = b.sum(b.mul(dy, y), axes=axis, keepdims=True)
+        along = b.sum(b.mul(ct, y), axes=axis, keepdims=True)
+        return [b.softmax_grad(ct, y, axis=axis), b.sub(b.mul(ct, b.sub(dy, s)), b.mul(dy, along))]
+
+    def onnx(self, e, ins, outs, axis):
+        dy, y = ins
+        (prod,) = e.node("Mul", [dy, y], 1)
+        (dot,) = e.node("ReduceSum", [prod, i64(e, norm_axes(self.name, axis, e.in_types[0].rank))], 1,
+                        keepdims=1)
+        (diff,) = e.node("Sub", [dy, dot], 1)
+        e.node("Mul", [y, diff], outs)
 
 
 @register
@@ -291,7 +328,7 @@ class LogSoftmax(_SoftmaxLike):
 
     def kernel(self, x, axis):
         z = x - max_keepdims(x, axis)
-        return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+        return z - np.log(sum_keepdims(np.exp(z), axis))
 
     def grad(self, b, inputs, outputs, cts, axis):
         total = b.sum(cts[0], axes=axis, keepdims=True)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..types import FLOATS, INTS, ShapeError, TensorType, norm_axis
 from .registry import Arg, Attr, Composite, Op, Sample, register
-from .rowmax import max_keepdims
+from .rows import max_keepdims, sum_keepdims
 from .shape import i64
 
 _REDUCTION = Attr("str", "mean", ("mean", "sum", "none"))
@@ -49,7 +49,7 @@ class SoftmaxXent(Op):
 
     def kernel(self, logits, labels):
         z = logits - max_keepdims(logits, -1)
-        lse = np.log(np.sum(np.exp(z), axis=-1))
+        lse = np.log(sum_keepdims(np.exp(z), -1))[..., 0]
         picked = np.take_along_axis(z, labels[..., None].astype(np.int64), axis=-1)[..., 0]
         return lse - picked
 

@@ -2,8 +2,9 @@
 lrn, l2_normalize, and the weight penalties l1 and l2.
 
 ``layer_norm`` and ``lrn`` are primitives with fused kernels (one pass, no
-graph of temporaries), gradients written as graph nodes, and the ONNX ops of
-the same name.  The rest are composites of reductions and arithmetic, which
+graph of temporaries) and the ONNX ops of the same name; ``layer_norm``'s
+gradient is the ``layer_norm_grad`` primitive (compiler/ops/norm_grad.py),
+``lrn``'s is written as graph nodes.  The rest are composites of reductions and arithmetic, which
 is what they cost anyway and what keeps them differentiable and exportable
 for free:
 
@@ -28,13 +29,10 @@ import numpy as np
 
 from ..dims import shape_str
 from ..types import FLOATS, ShapeError, norm_axis, np_dtype, same_dtype
+from .norm_grad import as_rows, standardise, stats_dtype
 from .reduction import count_of
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .shape import INT64_MAX, i64
-
-
-def _stats_dtype(x: np.ndarray):
-    return np.float32 if x.dtype == np.float16 else x.dtype  # f16 statistics in f32, as ONNX's stash_type
 
 
 # -- layer norm --------------------------------------------------------------------------
@@ -67,31 +65,19 @@ class LayerNorm(Op):
         return x
 
     def kernel(self, x, gamma, beta, axis, eps):
-        ax = tuple(range(norm_axis(axis, x.ndim), x.ndim))
-        xs = x.astype(_stats_dtype(x), copy=False)
-        xc = xs - xs.mean(axis=ax, keepdims=True)
-        var = np.mean(xc * xc, axis=ax, keepdims=True)
-        xc *= 1.0 / np.sqrt(var + np.asarray(eps, xs.dtype))  # xc is ours: scale it in place
-        if xc.dtype == np.result_type(xc, gamma, beta):  # the affine part in place too
-            np.multiply(xc, gamma, out=xc)
-            xc += beta
-            return xc.astype(x.dtype, copy=False)
-        return (xc * gamma + beta).astype(x.dtype, copy=False)
+        xhat, _ = standardise(as_rows(x.astype(stats_dtype(x), copy=False), norm_axis(axis, x.ndim)), eps)
+        xhat = xhat.reshape(x.shape)
+        if xhat.dtype == np.result_type(xhat, gamma, beta):  # the affine part in place too
+            np.multiply(xhat, gamma, out=xhat)
+            xhat += beta
+            return xhat.astype(x.dtype, copy=False)
+        return (xhat * gamma + beta).astype(x.dtype, copy=False)
 
     def grad(self, b, inputs, outputs, cts, axis, eps):
         x, gamma, _ = inputs
         dy = cts[0]
-        rank = b.type(x).rank
-        ax = tuple(range(norm_axis(axis, rank), rank))
-        # recompute x̂ from x (not (y - beta) / gamma, which fails where gamma is 0)
-        xc = b.sub(x, b.mean(x, axes=ax, keepdims=True))
-        inv = b.div(1.0, b.sqrt(b.add(b.mean(b.mul(xc, xc), axes=ax, keepdims=True), eps)))
-        xhat = b.mul(xc, inv)
-        g = b.mul(dy, gamma)
-        # dx = inv * (g - mean(g) - x̂ * mean(g * x̂)) over the normalised axes
-        inner = b.sub(b.sub(g, b.mean(g, axes=ax, keepdims=True)),
-                      b.mul(xhat, b.mean(b.mul(g, xhat), axes=ax, keepdims=True)))
-        return [b.mul(inv, inner), b.mul(dy, xhat), dy]  # the driver sums gamma's and beta's over the batch
+        dx, dgamma_rows = b.layer_norm_grad(dy, x, gamma, axis=axis, eps=eps)  # compiler/ops/norm_grad.py
+        return [dx, dgamma_rows, dy]  # the driver sums gamma's and beta's over the batch
 
     def onnx(self, e, ins, outs, axis, eps):
         e.node("LayerNormalization", ins, outs, axis=norm_axis(axis, e.in_types[0].rank), epsilon=float(eps))
@@ -242,7 +228,7 @@ class LRN(Op):
         return x
 
     def kernel(self, x, size, alpha, beta, bias):
-        xs = x.astype(_stats_dtype(x), copy=False)
+        xs = x.astype(stats_dtype(x), copy=False)
         d = bias + (alpha / size) * _np_window_sum(xs * xs, *_window(size))
         return (xs * d ** -beta).astype(x.dtype, copy=False)
 

@@ -13,6 +13,7 @@ import numpy as np
 from ..dims import Sym
 from ..types import FLOATS, ShapeError, TensorType
 from .registry import Arg, Attr, Composite, Op, Sample, register
+from .rows import row_sum
 from .shape import i64, norm_axes, prod_dims
 
 _AXES = {"axes": Attr("any", None, doc="int, list of ints, or none for all"), "keepdims": Attr("bool", False)}
@@ -66,11 +67,27 @@ class Sum(_Reduce):
     name, onnx_op = "sum", "ReduceSum"
 
     def kernel(self, x, axes, keepdims):
-        return np.sum(x, axis=reduced_axes("sum", axes, x.ndim), keepdims=keepdims)
+        ax = reduced_axes("sum", axes, x.ndim)
+        if ax and ax[0] > 0 and ax == tuple(range(ax[0], x.ndim)):  # trailing axes: row sums
+            sums = _trailing_sum(x, ax[0], keepdims)
+            if sums is not None:
+                return sums
+        return np.sum(x, axis=ax, keepdims=keepdims)
 
     def grad(self, b, inputs, outputs, cts, axes, keepdims):
         x = inputs[0]
         return [spread(b, cts[0], x, reduced_axes("sum", axes, b.type(x).rank), keepdims)]
+
+
+def _trailing_sum(x, first: int, keepdims: bool):
+    """``np.sum`` over the axes ``first``.. of a C-contiguous ``x`` as BLAS row sums
+    (compiler/ops/rows.py), or None where that does not apply."""
+    if not isinstance(x, np.ndarray) or not x.flags.c_contiguous:
+        return None
+    sums = row_sum(x.reshape(x.shape[:first] + (-1,)), keepdims=False)
+    if sums is None:
+        return None
+    return sums.reshape(x.shape[:first] + (1,) * (x.ndim - first)) if keepdims else sums
 
 
 class _Extreme(_Reduce):

@@ -218,7 +218,9 @@ class Transpose(Op):
         return x.with_shape(tuple(x.shape[a] for a in _perm(perm, x.rank)))
 
     def kernel(self, x, perm):
-        return np.transpose(x, _perm(perm, x.ndim))
+        # the shape rule validated perm; np.transpose reads None and negative axes alike (and
+        # checks again), without _perm's Python-level checks: a view in 0.4 µs, not 7 µs
+        return np.transpose(x, perm)
 
     def grad(self, b, inputs, outputs, cts, perm):
         p = _perm(perm, b.type(inputs[0]).rank)

@@ -44,9 +44,9 @@ LEADING_BATCH = frozenset({
 })
 # ops whose ``axis``/``axes`` attribute names the axes of their first input they mix along
 ALONG_AXES = frozenset({
-    "softmax", "log_softmax", "argmax", "argmin", "sum", "count", "mean", "var", "std", "logsumexp", "reduce_max",
-    "reduce_min", "cumsum", "flip", "l2_normalize", "concat", "split", "stack", "gather", "cross_entropy", "scan",
-    "layer_norm", "tril", "triu",
+    "softmax", "softmax_grad", "log_softmax", "argmax", "argmin", "sum", "count", "mean", "var", "std", "logsumexp",
+    "reduce_max", "reduce_min", "cumsum", "flip", "l2_normalize", "concat", "split", "stack", "gather",
+    "cross_entropy", "scan", "layer_norm", "layer_norm_grad", "tril", "triu",
 })
 RESHAPES = frozenset({"reshape", "flatten"})
 SLICES = frozenset({"slice", "slice_grad", "pad"})
@@ -78,10 +78,11 @@ def row_wise(graph, rec, sharded: list, batch: frozenset[str]) -> bool:
         return all(a == [0] for a in in_axes + out_axes if a)
     if op in ("matmul", "matmul_t"):
         return _matmul_keeps_batch(graph, rec, sharded, batch)
-    if op == "layer_norm":
-        x = graph.type_of(rec.inputs[0])
+    if op in ("layer_norm", "layer_norm_grad"):  # normalised along the axes from `axis` on of x (and dy)
+        mixed = rec.inputs[:1] if op == "layer_norm" else rec.inputs[:2]
+        x = graph.type_of(mixed[-1])
         axis = rec.attrs.get("axis", -1) % max(x.rank, 1)
-        return not any(a for v, a in zip(sharded, in_axes) if v == rec.inputs[0] and a[0] >= axis)
+        return not any(a for v, a in zip(sharded, in_axes) if v in mixed and a[0] >= axis)
     if op in ALONG_AXES:
         x = graph.type_of(rec.inputs[0])
         mixed = _attr_axes(rec.attrs, x.rank)
@@ -91,7 +92,8 @@ def row_wise(graph, rec, sharded: list, batch: frozenset[str]) -> bool:
             return not any(set(a) & mixed for a in in_axes) and _body_row_wise(rec, graph, sharded, batch)
         if op in ("concat", "stack", "split"):  # along the axis of every operand
             return not any(set(a) & mixed for a in in_axes)
-        return not any(set(a) & mixed for v, a in zip(sharded, in_axes) if v == rec.inputs[0])
+        along = rec.inputs[:2] if op == "softmax_grad" else rec.inputs[:1]  # its dy and y alike
+        return not any(set(a) & mixed for v, a in zip(sharded, in_axes) if v in along)
     return False
 
 

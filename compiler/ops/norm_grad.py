@@ -1,0 +1,150 @@
+"""``layer_norm_grad``: the backward pass of ``layer_norm`` as one kernel.
+
+As graph nodes the backward pass recomputes the row statistics and makes ten
+passes over the activations plus four row means and two bias-style sums,
+each a node of its own (the Transformer block's two layer norms: ~0.5 ms of
+its NumPy step each, PyTorch's fused ``native_layer_norm_backward`` 0.09 ms).
+The kernel computes the same formula with the row statistics by BLAS row sums
+and ``einsum`` row dots (compiler/ops/rows.py) and its temporaries in place:
+the same operations in the same order, so it agrees with the graph-node form
+within float rounding (the row sums round in BLAS's order).
+
+Its outputs are ``dx`` and ``dy * x̂`` (the per-element part of gamma's
+gradient, which the backprop driver sums over the leading axes as before, so
+the node keeps examples apart like ``layer_norm`` itself).  Its own gradient
+— second derivatives of a layer norm — is the VJP of that same formula built
+from primitives (``_formula``), so it is exact to every order; the ONNX
+lowering emits the formula's nodes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..dims import shape_str
+from ..types import FLOATS, ShapeError, norm_axis, np_dtype, same_dtype
+from .registry import Arg, Attr, Op, Sample, register
+from .rows import sum_keepdims
+from .shape import i64, prod_dims
+
+
+def stats_dtype(x: np.ndarray):
+    return np.float32 if x.dtype == np.float16 else x.dtype  # f16 statistics in f32, as ONNX's stash_type
+
+
+def as_rows(x: np.ndarray, a: int) -> np.ndarray:
+    """``x`` as [rows, prod(shape[a:])]: a view when C-contiguous, else a copy."""
+    return x.reshape((prod_dims(x.shape[:a]), prod_dims(x.shape[a:])))
+
+
+def standardise(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(x̂, 1/σ) of each row of a float [R, n]: x̂ = (x - mean) / sqrt(var + eps) in a fresh
+    buffer, 1/σ as [R, 1].  The variance is the two-pass mean((x - mean)²), which does not
+    cancel when |mean| >> std."""
+    n = rows.shape[1]
+    xc = rows - sum_keepdims(rows, -1) / n
+    var = np.einsum("ij,ij->i", xc, xc)[:, None] / n
+    inv = 1.0 / np.sqrt(var + np.asarray(eps, rows.dtype))
+    xc *= inv  # xc is ours: scale it in place
+    return xc, inv
+
+
+@register
+class LayerNormGrad(Op):
+    """``layer_norm_grad(dy, x, gamma, axis=-1, eps=1e-5)`` → (dx, dy * x̂): the gradient of
+    ``layer_norm(x, gamma, beta, axis, eps)`` for the cotangent ``dy`` (see the module
+    docstring); beta's gradient is ``dy`` itself."""
+
+    name, family = "layer_norm_grad", "norm"
+    inputs = ("dy", "x", "gamma")
+    outputs = ("dx", "dgamma_rows")
+    attrs = {"axis": Attr("int", -1, doc="first normalised axis"), "eps": Attr("float", 1e-5)}
+    samples = [Sample((Arg((2, 3, 4)), Arg((2, 3, 4)), Arg((4,)))),
+               Sample((Arg((2, 3, 4)), Arg((2, 3, 4)), Arg((3, 4))), {"axis": 1}),
+               Sample((Arg((5,)), Arg((5,)), Arg((5,))), note="one vector"),
+               Sample((Arg((3, 1)), Arg((3, 1)), Arg((1,))), note="one element: dx = 0")]
+
+    def shape(self, dy, x, gamma, axis, eps):
+        dtype = same_dtype("layer_norm_grad", dy, x, gamma)
+        if dtype not in FLOATS or x.rank == 0:
+            raise ShapeError(f"`layer_norm_grad` needs float tensors of rank >= 1, got {x}")
+        if dy != x:
+            raise ShapeError(f"`layer_norm_grad` needs a cotangent of its input's type, got {dy} and {x}")
+        a = norm_axis(axis, x.rank)
+        if gamma.shape != x.shape[a:]:
+            raise ShapeError(f"gamma of `layer_norm_grad` must have shape {shape_str(x.shape[a:])}, "
+                             f"got {shape_str(gamma.shape)}")
+        return x, x
+
+    def kernel(self, dy, x, gamma, axis, eps):
+        a = norm_axis(axis, x.ndim)
+        st = stats_dtype(x)
+        xhat, inv = standardise(as_rows(x.astype(st, copy=False), a), eps)  # [R, n] and [R, 1]
+        # the products with dy in x's shape, into C-order buffers: dy may be a broadcast view
+        # (a mean's gradient), which needs no copy that way
+        dys = dy.astype(st, copy=False)
+        g = np.multiply(dys, gamma.astype(st, copy=False), out=np.empty(x.shape, st))
+        dgamma = np.multiply(dys, xhat.reshape(x.shape), out=np.empty(x.shape, st))
+        rows = g.reshape(xhat.shape)
+        n = rows.shape[1]
+        mean_g = sum_keepdims(rows, -1) / n
+        mean_gx = np.einsum("ij,ij->i", rows, xhat)[:, None] / n
+        # dx = inv * (g - mean(g) - x̂ * mean(g * x̂)), in g's buffer (x̂'s holds the product)
+        rows -= mean_g
+        xhat *= mean_gx
+        rows -= xhat
+        rows *= inv
+        return g.astype(x.dtype, copy=False), dgamma.astype(x.dtype, copy=False)
+
+    def grad(self, b, inputs, outputs, cts, axis, eps):
+        from ..passes.backprop import vjp
+
+        # fresh stand-ins, so the VJP is of the formula alone: dy may itself depend on x
+        proxies = [b.identity(v) for v in inputs]
+        results = _formula(b, *proxies, axis, eps)
+        seeds = {r: ct for r, ct in zip(results, cts) if ct is not None}
+        grads = vjp(b.graph, seeds, proxies, b)
+        return [grads[p] for p in proxies]
+
+    def onnx(self, e, ins, outs, axis, eps):
+        dy, x, gamma = ins
+        t = e.in_types[1]
+        a = norm_axis(axis, t.rank)
+        axes = i64(e, list(range(a, t.rank)))
+        dt = np.dtype(np_dtype(t.dtype))
+
+        n = prod_dims(t.shape[a:])
+        if isinstance(n, int):
+            count = e.const(np.asarray(n, dt))
+        else:  # a symbolic normalised dim: the count from x's run-time shape
+            (dims,) = e.node("Gather", [e.node("Shape", [x], 1)[0], e.const(np.arange(a, t.rank))], 1, axis=0)
+            (count,) = e.node("Cast", [e.int_product(dims, t.rank - a)], 1, to=e.onnx_dtype(t.dtype))
+
+        def mean(v):  # ReduceSum and Div, as `mean` exports (onnxruntime's CUDA provider has no ReduceMean)
+            return e.node("Div", [e.node("ReduceSum", [v, axes], 1, keepdims=1)[0], count], 1)[0]
+
+        (xc,) = e.node("Sub", [x, mean(x)], 1)
+        (var,) = e.node("Mul", [xc, xc], 1)
+        (var,) = e.node("Add", [mean(var), e.const(np.asarray(eps, dt))], 1)
+        (inv,) = e.node("Div", [e.const(np.asarray(1.0, dt)), e.node("Sqrt", [var], 1)[0]], 1)
+        (xhat,) = e.node("Mul", [xc, inv], 1)
+        (g,) = e.node("Mul", [dy, gamma], 1)
+        (gx,) = e.node("Mul", [g, xhat], 1)
+        (centred,) = e.node("Sub", [g, mean(g)], 1)
+        (along,) = e.node("Mul", [xhat, mean(gx)], 1)
+        (inner,) = e.node("Sub", [centred, along], 1)
+        e.node("Mul", [inv, inner], [outs[0]])
+        e.node("Mul", [dy, xhat], [outs[1]])
+
+
+def _formula(b, dy, x, gamma, axis, eps):
+    """(dx, dy * x̂) of a layer norm as graph nodes: what the kernel computes."""
+    rank = b.type(x).rank
+    ax = tuple(range(norm_axis(axis, rank), rank))
+    # x̂ recomputed from x (not (y - beta) / gamma, which fails where gamma is 0)
+    xc = b.sub(x, b.mean(x, axes=ax, keepdims=True))
+    inv = b.div(1.0, b.sqrt(b.add(b.mean(b.mul(xc, xc), axes=ax, keepdims=True), eps)))
+    xhat = b.mul(xc, inv)
+    g = b.mul(dy, gamma)
+    inner = b.sub(b.sub(g, b.mean(g, axes=ax, keepdims=True)),
+                  b.mul(xhat, b.mean(b.mul(g, xhat), axes=ax, keepdims=True)))
+    return b.mul(inv, inner), b.mul(dy, xhat)
