@@ -21,7 +21,7 @@ def _close_to_exact_sum(got, x, axis):
     assert np.all(np.abs(got - exact) <= 4 * np.finfo(x.dtype).eps * scale + 1e-30)
 
 
-def test_the_row_maximum_is_np_max_bit_for_bit():
+def test_the_row_maximum_equals_np_max():
     for shape in [(16, 4, 64, 64), (2708, 7), (300, 13), (4, 5, 13), (64, 10), (512, 2), (3,),
                   (1024, 128), (100, 33), (200, 17)]:
         x = _rand(shape)
@@ -68,6 +68,22 @@ def test_the_sum_kernel_takes_trailing_axes_as_rows_and_the_rest_as_numpy():
         np.testing.assert_array_equal(k(x, axes=axes, keepdims=False), np.sum(x, axis=None if axes is None else tuple(np.atleast_1d(axes))))
     ints = np.arange(24).reshape(2, 3, 4)
     np.testing.assert_array_equal(k(ints, axes=-1, keepdims=False), ints.sum(-1))
+    for empty, axes in ((np.zeros((0, 4), np.float32), -1), (np.zeros((0, 3, 4), np.float32), [1, 2])):
+        got = k(empty, axes=axes, keepdims=False)  # an empty batch: no rows to sum
+        assert got.shape == (0,) and got.dtype == np.float32
+
+
+def test_long_rows_are_summed_pairwise_not_sequentially():
+    from dlc.compiler.ops.rows import _ROW_MAX_LEN, dot_keepdims
+
+    x = _rand((2, 1 << 16)) + 3.0  # rows far longer than _ROW_MAX_LEN: np.sum's pairwise order
+    assert row_sum(x) is None and x.shape[-1] > _ROW_MAX_LEN
+    np.testing.assert_array_equal(dot_keepdims(x, x, -1), np.sum(x * x, axis=-1, keepdims=True))
+    y = get_op("layer_norm").kernel(x, np.ones(x.shape[-1], np.float32), np.zeros(x.shape[-1], np.float32),
+                                    axis=-1, eps=0.0)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / x64.std(-1, keepdims=True)
+    assert np.abs(y - want).max() < 1e-5  # a sequential float32 sum of 65536 squares was 1e-4 off
 
 
 def _f64_softmax(x):
@@ -174,3 +190,31 @@ def test_the_backward_primitives_keep_examples_apart_on_data_parallel_shards():
     for v, c in cls.items():
         kinds.setdefault(g[v.node].op, set()).add(c)
     assert kinds["layer_norm_grad"] == {"sharded"} and kinds["softmax_grad"] == {"sharded"}
+
+
+def test_the_layer_norm_grad_export_computes_float16_statistics_in_float32():
+    """A float16 row whose sum overflows float16 (|mean| ~ 1000, 128 elements): the kernel's
+    statistics are float32, and so are the exported ones (Casts around the formula), which
+    the ONNX reference evaluator runs with float16 arithmetic where the graph asks for it."""
+    from onnx.reference import ReferenceEvaluator
+
+    from dlc.compiler.builder import Builder
+    from dlc.compiler.graph import Graph
+    from dlc.compiler.onnx_export import export_graph
+    from dlc.compiler.types import TensorType
+    from op_harness import graph_input
+
+    g = Graph("ln_grad_f16")
+    b = Builder(g)
+    t = TensorType("f16", (4, 128))
+    dy, x = graph_input(g, "dy", t), graph_input(g, "x", t)
+    gamma = graph_input(g, "gamma", TensorType("f16", (128,)))
+    dx, dgamma = b.layer_norm_grad(dy, x, gamma, axis=-1, eps=1e-5)
+    g.set_outputs({"dx": dx, "dgamma_rows": dgamma})
+    feeds = {"dy": _rand((4, 128), 1).astype(np.float16), "x": (_rand((4, 128)) * 0.5 + 1000).astype(np.float16),
+             "gamma": _rand((128,), 2).astype(np.float16)}
+    want = get_op("layer_norm_grad").kernel(feeds["dy"], feeds["x"], feeds["gamma"], axis=-1, eps=1e-5)
+    got = ReferenceEvaluator(export_graph(g, params={}, name=g.name)).run(None, feeds)
+    for w, r in zip(want, got):
+        assert r.dtype == np.float16 and np.isfinite(r).all()
+        np.testing.assert_allclose(r.astype(np.float32), w.astype(np.float32), rtol=1e-2, atol=1e-2)

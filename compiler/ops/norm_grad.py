@@ -5,7 +5,8 @@ passes over the activations plus four row means and two bias-style sums,
 each a node of its own (the Transformer block's two layer norms: ~0.5 ms of
 its NumPy step each, PyTorch's fused ``native_layer_norm_backward`` 0.09 ms).
 The kernel computes the same formula with the row statistics by BLAS row sums
-and ``einsum`` row dots (compiler/ops/rows.py) and its temporaries in place:
+and ``einsum`` row dots on rows of up to 4096 elements, ``np.sum`` on longer
+ones (compiler/ops/rows.py) and its temporaries in place:
 the same operations in the same order, so it agrees with the graph-node form
 within float rounding (the row sums round in BLAS's order).
 
@@ -23,7 +24,7 @@ import numpy as np
 from ..dims import shape_str
 from ..types import FLOATS, ShapeError, norm_axis, np_dtype, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
-from .rows import sum_keepdims
+from .rows import dot_keepdims, sum_keepdims
 from .shape import i64, prod_dims
 
 
@@ -42,7 +43,7 @@ def standardise(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     cancel when |mean| >> std."""
     n = rows.shape[1]
     xc = rows - sum_keepdims(rows, -1) / n
-    var = np.einsum("ij,ij->i", xc, xc)[:, None] / n
+    var = dot_keepdims(xc, xc, -1) / n
     inv = 1.0 / np.sqrt(var + np.asarray(eps, rows.dtype))
     xc *= inv  # xc is ours: scale it in place
     return xc, inv
@@ -87,7 +88,7 @@ class LayerNormGrad(Op):
         rows = g.reshape(xhat.shape)
         n = rows.shape[1]
         mean_g = sum_keepdims(rows, -1) / n
-        mean_gx = np.einsum("ij,ij->i", rows, xhat)[:, None] / n
+        mean_gx = dot_keepdims(rows, xhat, -1) / n
         # dx = inv * (g - mean(g) - x̂ * mean(g * x̂)), in g's buffer (x̂'s holds the product)
         rows -= mean_g
         xhat *= mean_gx
@@ -110,14 +111,17 @@ class LayerNormGrad(Op):
         t = e.in_types[1]
         a = norm_axis(axis, t.rank)
         axes = i64(e, list(range(a, t.rank)))
-        dt = np.dtype(np_dtype(t.dtype))
+        stats = "f32" if t.dtype == "f16" else t.dtype  # f16 computed in f32, as the kernel does
+        dt = np.dtype(np_dtype(stats))
+        if stats != t.dtype:
+            dy, x, gamma = (e.node("Cast", [v], 1, to=e.onnx_dtype(stats))[0] for v in (dy, x, gamma))
 
         n = prod_dims(t.shape[a:])
         if isinstance(n, int):
             count = e.const(np.asarray(n, dt))
         else:  # a symbolic normalised dim: the count from x's run-time shape
             (dims,) = e.node("Gather", [e.node("Shape", [x], 1)[0], e.const(np.arange(a, t.rank))], 1, axis=0)
-            (count,) = e.node("Cast", [e.int_product(dims, t.rank - a)], 1, to=e.onnx_dtype(t.dtype))
+            (count,) = e.node("Cast", [e.int_product(dims, t.rank - a)], 1, to=e.onnx_dtype(stats))
 
         def mean(v):  # ReduceSum and Div, as `mean` exports (onnxruntime's CUDA provider has no ReduceMean)
             return e.node("Div", [e.node("ReduceSum", [v, axes], 1, keepdims=1)[0], count], 1)[0]
@@ -132,8 +136,11 @@ class LayerNormGrad(Op):
         (centred,) = e.node("Sub", [g, mean(g)], 1)
         (along,) = e.node("Mul", [xhat, mean(gx)], 1)
         (inner,) = e.node("Sub", [centred, along], 1)
-        e.node("Mul", [inv, inner], [outs[0]])
-        e.node("Mul", [dy, xhat], [outs[1]])
+        for (u, v), out in zip(((inv, inner), (dy, xhat)), outs):
+            if stats == t.dtype:
+                e.node("Mul", [u, v], [out])
+            else:
+                e.node("Cast", [e.node("Mul", [u, v], 1)[0]], [out], to=e.onnx_dtype(t.dtype))
 
 
 def _formula(b, dy, x, gamma, axis, eps):

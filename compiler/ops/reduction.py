@@ -82,8 +82,8 @@ class Sum(_Reduce):
 def _trailing_sum(x, first: int, keepdims: bool):
     """``np.sum`` over the axes ``first``.. of a C-contiguous ``x`` as BLAS row sums
     (compiler/ops/rows.py), or None where that does not apply."""
-    if not isinstance(x, np.ndarray) or not x.flags.c_contiguous:
-        return None
+    if not isinstance(x, np.ndarray) or not x.flags.c_contiguous or x.size == 0:
+        return None  # (an empty x has no [rows, -1] view to take)
     sums = row_sum(x.reshape(x.shape[:first] + (-1,)), keepdims=False)
     if sums is None:
         return None
