@@ -107,7 +107,7 @@ def test_what_mkl_cannot_take_in_place_stays_on_numpy(monkeypatch):
 def test_the_shape_rule_keeps_small_products_on_numpy_and_sends_big_ones_to_mkl(monkeypatch):
     calls = []
     real = MKL.gemm
-    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append(a.shape + b.shape[1:]) or real(a, b))
+    monkeypatch.setattr(MKL, "gemm", lambda a, b, **kw: calls.append(a.shape + b.shape[1:]) or real(a, b, **kw))
     monkeypatch.setattr(gemm, "_MKL", MKL)
     small_a, small_b = _rand((64, 512)), _rand((512, 10), 1)  # the MLP's last layer: NumPy is faster
     np.testing.assert_array_equal(gemm.gemm_2d(small_a, small_b), np.matmul(small_a, small_b))
@@ -122,7 +122,7 @@ def test_the_shape_rule_keeps_small_products_on_numpy_and_sends_big_ones_to_mkl(
 def test_a_narrow_product_with_a_transposed_operand_reads_it_in_stored_order(monkeypatch):
     calls = []
     real = MKL.gemm
-    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append((a.shape, b.shape)) or real(a, b))
+    monkeypatch.setattr(MKL, "gemm", lambda a, b, **kw: calls.append((a.shape, b.shape)) or real(a, b, **kw))
     monkeypatch.setattr(gemm, "_MKL", MKL)
     stored, dy = _rand((1000, 1100)), _rand((1000, 7), 1)  # the GCN's A^T @ dY
     got = gemm.gemm_2d(stored.T, dy)
@@ -203,7 +203,7 @@ def test_matmul_gradients_match_finite_differences_on_mkl(case, monkeypatch):
 
     calls = []
     real = MKL.gemm
-    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append(1) or real(a, b))
+    monkeypatch.setattr(MKL, "gemm", lambda a, b, **kw: calls.append(1) or real(a, b, **kw))
     monkeypatch.setattr(gemm, "_MKL", MKL)
     monkeypatch.setattr(gemm, "_MKL_MIN_MKN", 0)
     test_ops.test_gradient_matches_finite_differences(case)

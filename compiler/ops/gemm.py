@@ -26,7 +26,7 @@ the benchmark workloads) is ``python benchmarks/gemm_layouts.py``:
   C-order or transposed views goes to MKL's ``cblas_?gemm``: 1.1–2× faster than
   OpenBLAS at the MLP / GCN / Transformer shapes, and with no edge-kernel slowdown
   for small ``N`` (so no padding).  Below the threshold MKL's fixed cost of a call
-  (~5 µs through ctypes) loses to NumPy.  ``DLC_BLAS=numpy`` turns MKL off; without
+  (~3 µs through ctypes) loses to NumPy.  ``DLC_BLAS=numpy`` turns MKL off; without
   the extra everything here is NumPy as before.  The choice depends on the shapes
   only, so a given product is always computed by the same library.
 - MKL's ``a^T @ b`` with ``a`` a transposed view and a narrow ``b`` (``N <= 64``:
@@ -74,10 +74,15 @@ def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D operands (either may be a transposed view)."""
     m, k = a.shape
     n = b.shape[1]
-    if _MKL is not None and m * k * n >= _MKL_MIN_MKN and _MKL.supports(a, b):
+    if _MKL is not None and m * k * n >= _MKL_MIN_MKN:
         if n <= _SWAP_MAX_N and _transposed(a) and not _transposed(b):
-            return np.ascontiguousarray(_MKL.gemm(b.T, a.T).T)
-        return _MKL.gemm(a, b)
+            c = _MKL.gemm(b.T, a.T)  # MKL takes b.T, a.T exactly when it takes a, b
+            if c is not None:
+                return np.ascontiguousarray(c.T)
+        else:
+            c = _MKL.gemm(a, b)
+            if c is not None:
+                return c
     if n % 8 and n < _PAD_MAX_N and m * k >= _PAD_MIN_MK and a.dtype.kind == "f":
         padded = np.zeros((k, n + 8 - n % 8), b.dtype)
         padded[:, :n] = b
