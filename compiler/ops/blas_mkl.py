@@ -150,6 +150,7 @@ class MklGemm:
         return out
 
 
+
 def load() -> MklGemm | None:
     """MKL's GEMMs, or None: ``DLC_BLAS=numpy``, or no ``libmkl_rt`` to open.
 

@@ -34,7 +34,7 @@ import functools
 
 import numpy as np
 
-from ..types import ShapeError
+from ..types import ShapeError, broadcast_shapes, same_dtype
 from . import gemm
 from .activation import relu_grad
 from .registry import Arg, Attr, Op, Sample, get_op, register
@@ -248,3 +248,48 @@ class MatMulT(Op):
 
 def _swapped(t):
     return t.with_shape(t.shape[:-2] + (t.shape[-1], t.shape[-2]))
+
+
+@register
+class MatMulAdd(Op):
+    """``matmul_add(a, b, c)``: ``a @ b + c``, one GEMM accumulating onto a copy of ``c``
+    (``c`` broadcasts to the product's shape and does not enlarge it).  Made by the NumPy
+    backend's optimizer (compiler/passes/fold_matmul_add.py) from an ``add`` of a
+    ``matmul``'s only use; ``b`` is a matrix.  On MKL the sum is rounded as the GEMM
+    accumulates (within float32 rounding of the separate ``add``); on NumPy's BLAS it
+    is the two ops' own computation (compiler/ops/gemm.py)."""
+
+    name, family = "matmul_add", "fused"
+    inputs = ("a", "b", "c")
+    samples = [Sample((Arg((3, 4)), Arg((4, 5)), Arg((3, 5)))),
+               Sample((Arg((3, 4)), Arg((4, 5)), Arg((5,))), note="a bias row"),
+               Sample((Arg((2, 3, 4)), Arg((4, 5)), Arg((2, 3, 5))), note="batched rows"),
+               Sample((Arg((2, 3, 4)), Arg((4, 5)), Arg((3, 1))), note="batched, broadcast")]
+
+    def flops(self, in_types, out_types, **attrs):
+        """The product's multiply-adds and the add."""
+        n = 1
+        for d in out_types[0].shape:
+            n = n * d
+        return 2 * n * in_types[0].shape[-1] + n
+
+    def shape(self, a, b, c):
+        if a.rank < 2 or b.rank != 2:
+            raise ShapeError(f"`matmul_add` needs a of rank >= 2 and a matrix b, got {a} and {b}")
+        out = get_op("matmul").shape(a, b)
+        same_dtype("matmul_add", out, c)
+        if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
+            raise ShapeError(f"`matmul_add`: {c} does not broadcast to the product {out}")
+        return out
+
+    def kernel(self, a, b, c):
+        return gemm.matmul_add(a, b, c)
+
+    def grad(self, b, inputs, outputs, cts):
+        x, y, c = inputs
+        dx, dy = get_op("matmul").grad(b, [x, y], outputs, cts)
+        return [dx, dy, cts[0]]  # backprop sums c's cotangent over the axes it was broadcast along
+
+    def onnx(self, e, ins, outs):
+        product = e.node("MatMul", list(ins[:2]), 1)[0]
+        e.node("Add", [product, ins[2]], outs)

@@ -70,6 +70,26 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
+def matmul_add(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b) + c`` (``c`` broadcasting to the product's shape, never enlarging it).
+
+    A product that goes to MKL (the rule of :func:`gemm_2d`, on ``a``'s rows collapsed
+    when it is C-contiguous) starts from a copy of ``c`` and accumulates onto it
+    (``beta=1``): the sum is rounded as MKL adds, within float32 rounding of the
+    separate add.  Every other product is ``matmul(a, b) + c`` exactly as the two ops
+    would compute it."""
+    if _MKL is not None and b.ndim == 2 and a.ndim >= 2 and (a.ndim == 2 or a.flags.c_contiguous):
+        k, n = b.shape
+        m = a.size // k if k else 0
+        if m * k * n >= _MKL_MIN_MKN and a.dtype == b.dtype == c.dtype:
+            out = np.empty(a.shape[:-1] + (n,), a.dtype)
+            np.copyto(out, c)
+            # None (nothing written) only for an operand MKL cannot take in place: then NumPy
+            if _MKL.gemm(a.reshape(m, k), b, out=out.reshape(m, n), beta=1.0) is not None:
+                return out
+    return np.add(matmul(a, b), c)
+
+
 def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D operands (either may be a transposed view)."""
     m, k = a.shape
