@@ -242,6 +242,25 @@ def test_bias_relu_becomes_one_kernel_call():
     np.testing.assert_array_equal(run(g, {"x0": xv}, {"b": bv})["y"], np.maximum(xv + bv, 0))
 
 
+def test_a_concat_of_chains_is_their_kernel_call_but_never_a_member():
+    g, b, (x, y) = small(F32, F32)
+    joined = b.concat(b.mul(b.tanh(x), y), b.mul(x, y), b.sigmoid(y), axis=-1)  # an LSTM's gate cotangents
+    g.set_output("g", b.matmul(joined, b.transpose(b.concat(x, x, x, axis=-1), perm=(1, 0))))
+    g.set_output("twice", b.relu(b.concat(x, y, axis=0)))  # a concat feeding a chain stays its own node
+    rng = np.random.default_rng(1)
+    feeds = {"x0": rng.standard_normal((2, 3)).astype(np.float32), "x1": rng.standard_normal((2, 3)).astype(np.float32)}
+    want = run(g, feeds)
+    fuse_elementwise(g)
+    dce(g)
+    g.verify()
+    fused = [n for n in g.nodes() if g.op(n) == "fused"]
+    assert ops(g)["concat"] == 2 and len(fused) == 1  # the one joining x three times reads no chain
+    assert g[fused[0]].attrs["program"][-1][0] == "concat" and g[fused[0]].types[0].shape == (2, 9)
+    got = run(g, feeds)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+
+
 def _sgd_graph(grad_is_output: bool):
     g, b, (x, dy) = small(TensorType("f32", (5, 3)), TensorType("f32", (5, 4)))
     w = graph_param(g, "w", TensorType("f32", (3, 4)))

@@ -69,8 +69,14 @@ INPLACE = {
     "relu": _relu, "sigmoid": _sigmoid, "relu_grad": relu_grad,
 }
 # ops evaluated by their own kernel (no out=); their results are fresh arrays the chain owns
-FRESH = ("where",)
-FUSIBLE = frozenset(INPLACE) | frozenset(FRESH)
+FRESH = ("where", "concat")
+ELEMENTWISE = frozenset(INPLACE) | {"where"}
+# `concat` may end a chain (fusion makes it a group's root, never a member): the chains it
+# joins run in one kernel call with it.  Computing the parts straight into slices of its
+# result (ufuncs with out= views) was measured slower than np.concatenate's copy of
+# contiguous parts: a ufunc writing a [32, 128] view with rows 512 apart costs more than
+# the copy saves.
+FUSIBLE = ELEMENTWISE | {"concat"}
 
 
 @register
@@ -108,6 +114,15 @@ class Fused(Op):
                {"program": (("sigmoid", (0,), ()), ("tanh", (1,), ()), ("mul", (2, 3), ()),
                             ("gt", (0, 1), ()), ("where", (5, 4, 1), ())),
                 "outputs": (6,), "reuse": (-1, -1, 2, -1, -1)}),
+        # an LSTM's backward step: gate cotangents joined by a concat, the chain's last step
+        Sample((Arg((3, 4)), Arg((3, 4))),
+               {"program": (("mul", (0, 1), ()), ("add", (0, 1), ()), ("tanh", (3,), ()),
+                            ("concat", (2, 4, 3), (("axis", -1),))),
+                "outputs": (5, 3), "reuse": (-1, -1, -1, -1)}),
+        Sample((Arg((3, 4)), Arg((2, 4))),
+               {"program": (("abs", (0,), ()), ("exp", (1,), ()), ("concat", (2, 3), (("axis", 0),)),
+                            ("sqrt", (4,), ())),
+                "outputs": (5,), "reuse": (-1, -1, -1, 4)}, note="a plain concat mid-chain"),
     ]
 
     def shape(self, *types, program, outputs, reuse, donated=()):

@@ -19,7 +19,7 @@ O(nodes).
 from __future__ import annotations
 
 from ..graph import Graph, Value
-from ..ops.fused import FUSIBLE
+from ..ops.fused import ELEMENTWISE
 from ..ops.registry import get_op
 from ..types import FLOATS, ShapeError
 from .rewrite import Uses
@@ -31,7 +31,7 @@ def fold_matmul_add(graph: Graph) -> int:
     folded: list[int] = []
     for n in list(graph.nodes()):
         rec = graph[n]
-        if rec.op != "add" or any(graph[c].op in FUSIBLE for c in graph.consumers(n)):
+        if rec.op != "add" or any(graph[c].op in ELEMENTWISE for c in graph.consumers(n)):
             continue
         for i in (0, 1):
             product, c = rec.inputs[i], rec.inputs[1 - i]
