@@ -107,7 +107,7 @@ def test_what_mkl_cannot_take_in_place_stays_on_numpy(monkeypatch):
 def test_the_shape_rule_keeps_small_products_on_numpy_and_sends_big_ones_to_mkl(monkeypatch):
     calls = []
     real = MKL.gemm
-    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append(a.shape + b.shape[1:]) or real(a, b))
+    monkeypatch.setattr(MKL, "gemm", lambda a, b, **kw: calls.append(a.shape + b.shape[1:]) or real(a, b, **kw))
     monkeypatch.setattr(gemm, "_MKL", MKL)
     small_a, small_b = _rand((64, 512)), _rand((512, 10), 1)  # the MLP's last layer: NumPy is faster
     np.testing.assert_array_equal(gemm.gemm_2d(small_a, small_b), np.matmul(small_a, small_b))
@@ -122,7 +122,7 @@ def test_the_shape_rule_keeps_small_products_on_numpy_and_sends_big_ones_to_mkl(
 def test_a_narrow_product_with_a_transposed_operand_reads_it_in_stored_order(monkeypatch):
     calls = []
     real = MKL.gemm
-    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append((a.shape, b.shape)) or real(a, b))
+    monkeypatch.setattr(MKL, "gemm", lambda a, b, **kw: calls.append((a.shape, b.shape)) or real(a, b, **kw))
     monkeypatch.setattr(gemm, "_MKL", MKL)
     stored, dy = _rand((1000, 1100)), _rand((1000, 7), 1)  # the GCN's A^T @ dY
     got = gemm.gemm_2d(stored.T, dy)
@@ -132,6 +132,44 @@ def test_a_narrow_product_with_a_transposed_operand_reads_it_in_stored_order(mon
     wide = _rand((1000, 72), 2)  # wider than _SWAP_MAX_N: as written
     gemm.gemm_2d(stored.T, wide)
     assert calls[-1] == ((1100, 1000), (1000, 72))
+
+
+@needs_mkl
+def test_gemm_writes_into_or_accumulates_onto_a_given_buffer():
+    a, b = _rand((7, 5)), _rand((5, 6), 1).T.copy().T  # b: a transposed view
+    wide = _rand((7, 10), 2)
+    into = wide[:, 3:9]  # rows of a wider array: a leading dimension of 10
+    before = into.copy()
+    assert MKL.gemm(a, b, out=into, beta=1.0) is into
+    np.testing.assert_allclose(into, before + _exact(a, b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(wide[:, :3], _rand((7, 10), 2)[:, :3])  # the rest untouched
+    c = np.full((7, 6), np.nan, np.float32)
+    assert MKL.gemm(a, b, out=c) is c  # beta = 0: out's old values (NaN here) are not read
+    np.testing.assert_array_equal(c, MKL.gemm(a, b))
+    assert MKL.gemm(a[:, ::2], b[::2]) is None  # no unit stride: nothing computed
+    for bad in (np.empty((7, 6), np.float64), np.empty((6, 7), np.float32).T, np.empty((7, 5), np.float32)):
+        with pytest.raises(ValueError, match="out must be"):
+            MKL.gemm(a, b, out=bad)
+
+
+def test_data_pointers_are_read_right_for_views():
+    base = _rand((6, 8))
+    for x in (base, base[2:, 3:], base.T, base[::2], _rand((3, 4), dtype=np.float64)[1:]):
+        got = blas_mkl._pointer(x)
+        assert getattr(got, "value", got) == x.ctypes.data
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_matmul_add_on_both_paths(path):
+    a, b = _rand((9, 7)), _rand((7, 5), 1)
+    rows = _rand((3, 9, 7), 2)
+    for x, c in [(a, _rand((9, 5), 3)), (a, _rand((5,), 4)), (rows, _rand((3, 9, 5), 5)), (rows, _rand((9, 1), 6)),
+                 (a, _rand((9, 12), 7)[:, 2:7])]:
+        got = gemm.matmul_add(x, b, c)
+        assert got.shape == x.shape[:-1] + (5,) and got.flags.c_contiguous
+        np.testing.assert_allclose(got, _exact(x, b) + c, rtol=1e-5, atol=1e-5)
+        if path == "numpy":  # the two ops' own computation
+            np.testing.assert_array_equal(got, np.matmul(x, b) + c)
 
 
 @needs_mkl
@@ -203,7 +241,7 @@ def test_matmul_gradients_match_finite_differences_on_mkl(case, monkeypatch):
 
     calls = []
     real = MKL.gemm
-    monkeypatch.setattr(MKL, "gemm", lambda a, b: calls.append(1) or real(a, b))
+    monkeypatch.setattr(MKL, "gemm", lambda a, b, **kw: calls.append(1) or real(a, b, **kw))
     monkeypatch.setattr(gemm, "_MKL", MKL)
     monkeypatch.setattr(gemm, "_MKL_MIN_MKN", 0)
     test_ops.test_gradient_matches_finite_differences(case)

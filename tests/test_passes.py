@@ -17,6 +17,7 @@ from dlc.compiler.ops.registry import Arg, Sample
 from dlc.compiler.passes.cse import cse
 from dlc.compiler.passes.dce import dce
 from dlc.compiler.passes.fold_constants import fold_constants
+from dlc.compiler.passes.fold_matmul_add import fold_matmul_add
 from dlc.compiler.passes.fold_transposes import fold_transposes
 from dlc.compiler.passes.fuse_elementwise import _fuse_round, fuse_elementwise
 from dlc.compiler.passes.pipeline import optimize, passes_for
@@ -200,6 +201,35 @@ def test_backprop_transposes_fold_into_their_matmuls():
         np.testing.assert_array_equal(got[k], want[k])
 
 
+
+def test_an_add_of_a_product_folds_into_its_gemm_unless_fusion_takes_it():
+    g, b, (x, h) = small(TensorType("f32", (6, 4)), TensorType("f32", (6, 5)))
+    w = graph_param(g, "w", TensorType("f32", (5, 4)))
+    bias = graph_param(g, "b", TensorType("f32", (4,)))
+    g.set_output("gates", b.add(x, b.matmul(h, w)))  # a cell's x-projection + h @ W: folds
+    wt = graph_param(g, "wt", TensorType("f32", (4, 5)))
+    g.set_output("proj", b.add(b.matmul(h, b.transpose(wt, perm=(1, 0))), bias))  # a transposed b: matmul_t, no
+    g.set_output("act", b.relu(b.add(b.matmul(h, w), bias)))  # fusion does this add: no
+    shared = b.matmul(h, w)
+    g.set_output("shared", b.add(shared, x))  # the product is read twice: no
+    g.set_output("also", shared)
+    g.set_output("grown", b.add(b.matmul(h, w), b.unsqueeze(x, axes=(0,))))  # c enlarges the product: no
+    rng = np.random.default_rng(0)
+    feeds = {"x0": rng.standard_normal((6, 4)).astype(np.float32), "x1": rng.standard_normal((6, 5)).astype(np.float32)}
+    params = {"w": rng.standard_normal((5, 4)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32),
+              "wt": rng.standard_normal((4, 5)).astype(np.float32)}
+    want = run(g, feeds, params)
+    fold_transposes(g)
+    assert fold_matmul_add(g) == 1
+    dce(g)
+    g.verify()
+    assert ops(g)["matmul_add"] == 1 and g[g.outputs["gates"].node].op == "matmul_add"
+    got = run(g, feeds, params)
+    for k in want:  # NumPy's BLAS at this size: the two ops' own computation, bit for bit
+        np.testing.assert_array_equal(got[k], want[k])
+    np.testing.assert_allclose(got["gates"], feeds["x0"] + feeds["x1"] @ params["w"], rtol=1e-6)
+
+
 # -- fusion ------------------------------------------------------------------------------
 def test_bias_relu_becomes_one_kernel_call():
     g, b, (x,) = small(F32)
@@ -210,6 +240,25 @@ def test_bias_relu_becomes_one_kernel_call():
     assert ops(g) == {"input": 1, "param": 1, "fused": 1}
     xv, bv = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32), np.ones(3, np.float32)
     np.testing.assert_array_equal(run(g, {"x0": xv}, {"b": bv})["y"], np.maximum(xv + bv, 0))
+
+
+def test_a_concat_of_chains_is_their_kernel_call_but_never_a_member():
+    g, b, (x, y) = small(F32, F32)
+    joined = b.concat(b.mul(b.tanh(x), y), b.mul(x, y), b.sigmoid(y), axis=-1)  # an LSTM's gate cotangents
+    g.set_output("g", b.matmul(joined, b.transpose(b.concat(x, x, x, axis=-1), perm=(1, 0))))
+    g.set_output("twice", b.relu(b.concat(x, y, axis=0)))  # a concat feeding a chain stays its own node
+    rng = np.random.default_rng(1)
+    feeds = {"x0": rng.standard_normal((2, 3)).astype(np.float32), "x1": rng.standard_normal((2, 3)).astype(np.float32)}
+    want = run(g, feeds)
+    fuse_elementwise(g)
+    dce(g)
+    g.verify()
+    fused = [n for n in g.nodes() if g.op(n) == "fused"]
+    assert ops(g)["concat"] == 2 and len(fused) == 1  # the one joining x three times reads no chain
+    assert g[fused[0]].attrs["program"][-1][0] == "concat" and g[fused[0]].types[0].shape == (2, 9)
+    got = run(g, feeds)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
 
 
 def _sgd_graph(grad_is_output: bool):
@@ -339,7 +388,7 @@ def test_levels_and_backends():
     assert passes_for(0) == ()
     assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "pool_before_relu", "simplify", "dce"]
     assert passes_for(2, "onnx") == passes_for(1)
-    assert [p.__name__ for p in passes_for(2)][-3:] == ["fold_transposes", "fuse_elementwise", "dce"]
+    assert [p.__name__ for p in passes_for(2)][-4:] == ["fold_transposes", "fold_matmul_add", "fuse_elementwise", "dce"]
     with pytest.raises(ValueError):
         passes_for(3)
 

@@ -195,3 +195,29 @@ def test_weight_gradients_flatten_the_stacks_in_step_order(spec):
     onnx = _optimized(step.graph, 2, "onnx")
     flats = [n for n in onnx.nodes() if onnx.op(n) == "reshape" and onnx.type_of(onnx[n].inputs[0]).rank == 3]
     assert flats and all(onnx.op(onnx[n].inputs[0].node) != "transpose" for n in flats)
+
+
+def test_an_lstm_step_is_few_kernel_calls_and_agrees_with_mkl_accumulating(monkeypatch):
+    """Forward: the x-projection's slice is the GEMM's starting value (``matmul_add``), then the
+    split and one fused gate kernel; backward: one fused call (gate cotangents and their concat)
+    and the GEMM.  With every product on MKL (``beta=1`` accumulation) the step still agrees
+    with the graph as built."""
+    m, step = _step("lstm")
+    scans = _scans(_optimized(step.graph))
+    kernels = {role: [op for op in _ops(s.attrs["body"]) if op not in ("input", "const")] for role, s in scans.items()}
+    assert sorted(kernels["forward"]) == ["fused", "matmul_add", "split"]
+    assert sorted(kernels["backward"]) == ["fused", "matmul"]
+    from dlc.compiler.ops import gemm
+
+    if gemm._MKL is None:
+        pytest.skip("the dlc[mkl] extra (libmkl_rt) is not installed")
+    feeds = _feeds(5, length=7)
+    want, _, _ = _run(m, step, feeds, level=0)
+    monkeypatch.setattr(gemm, "_MKL_MIN_MKN", 0)
+    calls = []
+    real = gemm._MKL.gemm
+    monkeypatch.setattr(gemm._MKL, "gemm", lambda a, b, **kw: calls.append(kw.get("beta", 0.0)) or real(a, b, **kw))
+    got, _, _ = _run(m, step, feeds)
+    assert 1.0 in calls  # matmul_add really accumulated on MKL
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=k)

@@ -34,7 +34,7 @@ import functools
 
 import numpy as np
 
-from ..types import ShapeError
+from ..types import ShapeError, broadcast_shapes, same_dtype
 from . import gemm
 from .activation import relu_grad
 from .registry import Arg, Attr, Op, Sample, get_op, register
@@ -69,8 +69,14 @@ INPLACE = {
     "relu": _relu, "sigmoid": _sigmoid, "relu_grad": relu_grad,
 }
 # ops evaluated by their own kernel (no out=); their results are fresh arrays the chain owns
-FRESH = ("where",)
-FUSIBLE = frozenset(INPLACE) | frozenset(FRESH)
+FRESH = ("where", "concat")
+ELEMENTWISE = frozenset(INPLACE) | {"where"}
+# `concat` may end a chain (fusion makes it a group's root, never a member): the chains it
+# joins run in one kernel call with it.  Computing the parts straight into slices of its
+# result (ufuncs with out= views) was measured slower than np.concatenate's copy of
+# contiguous parts: a ufunc writing a [32, 128] view with rows 512 apart costs more than
+# the copy saves.
+FUSIBLE = ELEMENTWISE | {"concat"}
 
 
 @register
@@ -108,6 +114,15 @@ class Fused(Op):
                {"program": (("sigmoid", (0,), ()), ("tanh", (1,), ()), ("mul", (2, 3), ()),
                             ("gt", (0, 1), ()), ("where", (5, 4, 1), ())),
                 "outputs": (6,), "reuse": (-1, -1, 2, -1, -1)}),
+        # an LSTM's backward step: gate cotangents joined by a concat, the chain's last step
+        Sample((Arg((3, 4)), Arg((3, 4))),
+               {"program": (("mul", (0, 1), ()), ("add", (0, 1), ()), ("tanh", (3,), ()),
+                            ("concat", (2, 4, 3), (("axis", -1),))),
+                "outputs": (5, 3), "reuse": (-1, -1, -1, -1)}),
+        Sample((Arg((3, 4)), Arg((2, 4))),
+               {"program": (("abs", (0,), ()), ("exp", (1,), ()), ("concat", (2, 3), (("axis", 0),)),
+                            ("sqrt", (4,), ())),
+                "outputs": (5,), "reuse": (-1, -1, -1, 4)}, note="a plain concat mid-chain"),
     ]
 
     def shape(self, *types, program, outputs, reuse, donated=()):
@@ -248,3 +263,48 @@ class MatMulT(Op):
 
 def _swapped(t):
     return t.with_shape(t.shape[:-2] + (t.shape[-1], t.shape[-2]))
+
+
+@register
+class MatMulAdd(Op):
+    """``matmul_add(a, b, c)``: ``a @ b + c``, one GEMM accumulating onto a copy of ``c``
+    (``c`` broadcasts to the product's shape and does not enlarge it).  Made by the NumPy
+    backend's optimizer (compiler/passes/fold_matmul_add.py) from an ``add`` of a
+    ``matmul``'s only use; ``b`` is a matrix.  On MKL the sum is rounded as the GEMM
+    accumulates (within float32 rounding of the separate ``add``); on NumPy's BLAS it
+    is the two ops' own computation (compiler/ops/gemm.py)."""
+
+    name, family = "matmul_add", "fused"
+    inputs = ("a", "b", "c")
+    samples = [Sample((Arg((3, 4)), Arg((4, 5)), Arg((3, 5)))),
+               Sample((Arg((3, 4)), Arg((4, 5)), Arg((5,))), note="a bias row"),
+               Sample((Arg((2, 3, 4)), Arg((4, 5)), Arg((2, 3, 5))), note="batched rows"),
+               Sample((Arg((2, 3, 4)), Arg((4, 5)), Arg((3, 1))), note="batched, broadcast")]
+
+    def flops(self, in_types, out_types, **attrs):
+        """The product's multiply-adds and the add."""
+        n = 1
+        for d in out_types[0].shape:
+            n = n * d
+        return 2 * n * in_types[0].shape[-1] + n
+
+    def shape(self, a, b, c):
+        if a.rank < 2 or b.rank != 2:
+            raise ShapeError(f"`matmul_add` needs a of rank >= 2 and a matrix b, got {a} and {b}")
+        out = get_op("matmul").shape(a, b)
+        same_dtype("matmul_add", out, c)
+        if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
+            raise ShapeError(f"`matmul_add`: {c} does not broadcast to the product {out}")
+        return out
+
+    def kernel(self, a, b, c):
+        return gemm.matmul_add(a, b, c)
+
+    def grad(self, b, inputs, outputs, cts):
+        x, y, c = inputs
+        dx, dy = get_op("matmul").grad(b, [x, y], outputs, cts)
+        return [dx, dy, cts[0]]  # backprop sums c's cotangent over the axes it was broadcast along
+
+    def onnx(self, e, ins, outs):
+        product = e.node("MatMul", list(ins[:2]), 1)[0]
+        e.node("Add", [product, ins[2]], outs)

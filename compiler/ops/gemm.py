@@ -26,7 +26,7 @@ the benchmark workloads) is ``python benchmarks/gemm_layouts.py``:
   C-order or transposed views goes to MKL's ``cblas_?gemm``: 1.1–2× faster than
   OpenBLAS at the MLP / GCN / Transformer shapes, and with no edge-kernel slowdown
   for small ``N`` (so no padding).  Below the threshold MKL's fixed cost of a call
-  (~5 µs through ctypes) loses to NumPy.  ``DLC_BLAS=numpy`` turns MKL off; without
+  (~3 µs through ctypes) loses to NumPy.  ``DLC_BLAS=numpy`` turns MKL off; without
   the extra everything here is NumPy as before.  The choice depends on the shapes
   only, so a given product is always computed by the same library.
 - MKL's ``a^T @ b`` with ``a`` a transposed view and a narrow ``b`` (``N <= 64``:
@@ -70,14 +70,39 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
+def matmul_add(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b) + c`` (``c`` broadcasting to the product's shape, never enlarging it).
+
+    A product that goes to MKL (the rule of :func:`gemm_2d`, on ``a``'s rows collapsed
+    when it is C-contiguous) starts from a copy of ``c`` and accumulates onto it
+    (``beta=1``): the sum is rounded as MKL adds, within float32 rounding of the
+    separate add.  Every other product is ``matmul(a, b) + c`` exactly as the two ops
+    would compute it."""
+    if _MKL is not None and b.ndim == 2 and a.ndim >= 2 and (a.ndim == 2 or a.flags.c_contiguous):
+        k, n = b.shape
+        m = a.size // k if k else 0
+        if m * k * n >= _MKL_MIN_MKN and a.dtype == b.dtype == c.dtype:
+            out = np.empty(a.shape[:-1] + (n,), a.dtype)
+            np.copyto(out, c)
+            # None (nothing written) only for an operand MKL cannot take in place: then NumPy
+            if _MKL.gemm(a.reshape(m, k), b, out=out.reshape(m, n), beta=1.0) is not None:
+                return out
+    return np.add(matmul(a, b), c)
+
+
 def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D operands (either may be a transposed view)."""
     m, k = a.shape
     n = b.shape[1]
-    if _MKL is not None and m * k * n >= _MKL_MIN_MKN and _MKL.supports(a, b):
+    if _MKL is not None and m * k * n >= _MKL_MIN_MKN:
         if n <= _SWAP_MAX_N and _transposed(a) and not _transposed(b):
-            return np.ascontiguousarray(_MKL.gemm(b.T, a.T).T)
-        return _MKL.gemm(a, b)
+            c = _MKL.gemm(b.T, a.T)  # MKL takes b.T, a.T exactly when it takes a, b
+            if c is not None:
+                return np.ascontiguousarray(c.T)
+        else:
+            c = _MKL.gemm(a, b)
+            if c is not None:
+                return c
     if n % 8 and n < _PAD_MAX_N and m * k >= _PAD_MIN_MK and a.dtype.kind == "f":
         padded = np.zeros((k, n + 8 - n % 8), b.dtype)
         padded[:, :n] = b

@@ -17,6 +17,8 @@ ints, ONNX lowerings pass them through ``e.shape_tensor``.
 """
 from __future__ import annotations
 
+import functools
+
 from fractions import Fraction
 
 import numpy as np
@@ -288,6 +290,25 @@ def _split_sizes(d, parts, axis) -> tuple:
     return sizes
 
 
+@functools.lru_cache(maxsize=256)
+def _split_index(ndim: int, dim: int, parts, axis: int) -> tuple:
+    """The basic-slicing index of each piece of a ``split`` of a rank-``ndim`` array whose
+    split axis has ``dim`` entries."""
+    ax = norm_axis(axis, ndim)
+    if isinstance(parts, int):
+        if dim % parts:
+            raise ValueError(f"split: dim {dim} is not divisible into {parts} equal parts")
+        sizes = (dim // parts,) * parts
+    else:
+        sizes = parts
+    lead = (slice(None),) * ax
+    index, start = [], 0
+    for size in sizes:
+        index.append(lead + (slice(start, start + int(size)),))
+        start += int(size)
+    return tuple(index)
+
+
 @register
 class Split(Op):
     """``split(x, parts, axis=0)``: ``parts`` equal pieces, or pieces of the listed sizes."""
@@ -308,19 +329,11 @@ class Split(Op):
                      for s in _split_sizes(x.shape[ax], parts, axis))
 
     def kernel(self, x, parts, axis):
-        ax = norm_axis(axis, x.ndim)
-        if isinstance(parts, (int, np.integer)):
-            if x.shape[ax] % parts:
-                raise ValueError(f"split: dim {x.shape[ax]} is not divisible into {parts} equal parts")
-            sizes = (x.shape[ax] // parts,) * parts
-        else:
-            sizes = parts
-        # basic slices, views like np.split's at a fraction of its cost (a scan body splits every step)
-        lead = (slice(None),) * ax
-        pieces, start = [], 0
-        for size in sizes:
-            pieces.append(x[lead + (slice(start, start + int(size)),)])
-            start += int(size)
+        # basic slices, views like np.split's at a fraction of its cost; the index tuples are
+        # worked out once per (rank, dim, parts, axis): a scan body splits every step
+        key = int(parts) if isinstance(parts, (int, np.integer)) else tuple(int(p) for p in parts)
+        index = _split_index(x.ndim, x.shape[norm_axis(axis, x.ndim)], key, axis)
+        pieces = [x[i] for i in index]
         # one piece is returned bare: the interpreter wraps single-output results itself
         return pieces[0] if len(pieces) == 1 else tuple(pieces)
 

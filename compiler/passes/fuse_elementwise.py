@@ -10,7 +10,9 @@ or that is a named output or a next state (the Adam moments ``m``, ``v``),
 becomes an extra output of the fused node.  So the Adam update of one
 parameter (17 ops: moments, bias corrections, square root, step) is one node
 with three outputs, ``bias + relu`` is one node, and so is an LSTM cell's
-gate arithmetic.  Values read by several groups (the learning rate, a shared
+gate arithmetic.  A ``concat`` may be a root (never a member): the chains it
+joins run in its kernel call (an LSTM's backward step: the four gate
+cotangents and their concat, one call instead of five).  Values read by several groups (the learning rate, a shared
 bias correction) stay the output of their own group.  Between the groups of
 one round every edge runs from a lower root position to a higher one, so the
 fused graph is acyclic too.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import bisect
 
 from ..graph import Graph, Value
-from ..ops.fused import FUSIBLE, INPLACE
+from ..ops.fused import ELEMENTWISE, INPLACE
 from ..ops.registry import get_op
 from .rewrite import Uses, topo_order
 
@@ -63,7 +65,7 @@ def _fuse_round(graph: Graph) -> int:
     groups: list[list[int]] = []
     consumer_pos: dict[int, list[int]] = {}  # node → its consumers' positions, sorted
     for root in reversed(order):
-        if root in group_of or not _fusible(graph, root):
+        if root in group_of or not _fusible_root(graph, root):
             continue
         gid = len(groups)
         members = [root]
@@ -97,8 +99,14 @@ def _fuse_round(graph: Graph) -> int:
 
 
 def _fusible(graph: Graph, n: int) -> bool:
+    """``n`` may join a group (as its root or a member)."""
     rec = graph[n]
-    return rec.op == "fused" or rec.op in FUSIBLE and len(rec.types) == 1
+    return rec.op == "fused" or rec.op in ELEMENTWISE and len(rec.types) == 1
+
+
+def _fusible_root(graph: Graph, n: int) -> bool:
+    """``n`` may end a group: an elementwise op, or a ``concat`` of the chains it joins."""
+    return _fusible(graph, n) or graph[n].op == "concat"
 
 
 def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
