@@ -14,7 +14,8 @@ from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
 from dlc.compiler.ops.windows import fold, windows, windows_in_two_steps
 
 # (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the input gradient by rows,
-# stride 2 the general col2im
+# stride 2 the general col2im; the first two have Cg*prod(k) >= nn.WGRAD_ONE_GEMM_COLUMNS (the
+# weight gradient as one GEMM over the batch)
 CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
              ((2, 9, 7, 6), (3, 9, 3, 3), (2, 1), ((0, 1), (1, 1)), (1, 2), 1),
              ((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
@@ -23,6 +24,20 @@ CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
              ((2, 4, 4, 5, 4), (4, 1, 2, 3, 2), (1, 1, 1), ((1, 0), (1, 1), (0, 1)), (1, 1, 2), 4),
              ((2, 3, 7, 6), (4, 3, 3, 2), (2, 1), ((1, 1), (0, 1)), (1, 2), 1)]
 STRIDE_1 = [row for row in CONV_ROWS if set(row[2]) == {1}]
+
+
+@pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", CONV_ROWS)
+def test_weight_gradient_as_one_gemm_over_the_batch_equals_the_sum_per_example(xs, ws, stride, pads, dilation,
+                                                                                groups, monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs)
+    dy = rng.standard_normal(conv_np(x, np.zeros(ws), stride, pads, dilation, groups).shape)
+    monkeypatch.setattr(nn, "WGRAD_ONE_GEMM_COLUMNS", 1)
+    one = wgrad_np(x, dy, ws[2:], stride, pads, dilation, groups)
+    monkeypatch.setattr(nn, "WGRAD_ONE_GEMM_COLUMNS", 10 ** 9)
+    per_example = wgrad_np(x, dy, ws[2:], stride, pads, dilation, groups)
+    assert one.shape == ws
+    np.testing.assert_allclose(one, per_example, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", STRIDE_1)

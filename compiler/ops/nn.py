@@ -23,7 +23,8 @@ over a symbolic axis gives a floor-division dim (``(H + 1)//2``).
 
 Kernels: im2col as a strided view copied once, in its own order, into an
 ``[N, G, Cg*prod(k), prod(out)]`` matrix, then one batched GEMM (forward and
-weight gradient); the input gradient is one batched GEMM then col2im
+weight gradient; a weight gradient over many window columns is one GEMM over
+the whole batch, from ``[G, Cg*prod(k), N*prod(out)]``); the input gradient is one batched GEMM then col2im
 (``windows.fold``, a loop over the kernel offsets only).  No Python loop
 runs over output positions.
 
@@ -42,7 +43,8 @@ import numpy as np
 from ..dims import Sym, dim_str, shape_str
 from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
-from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads, windows
+from . import gemm
+from .windows import axis_names, fold, im2col, im2col_by_channel, ntuple, out_dim, resolve_pads, windows
 
 RANKS = (1, 2, 3)
 
@@ -153,9 +155,7 @@ def onnx_error(op: str, exc: Exception):
 # Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
-# per-example products over N (one GEMM over the whole batch, in another summation order,
-# was faster for LeNet's second conv but moves fp32 rounding in the weight gradient, which
-# Adam after batch norm amplifies: the resnet epoch test of ONNX against NumPy then fails).
+# per-example products over N, or is one GEMM over the whole batch (WGRAD_ONE_GEMM_COLUMNS).
 # Stride 1: the input gradient by rows (deconv_rows_np).
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
     """The convolution as one batched GEMM over the im2col matrix."""
@@ -204,11 +204,26 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
+# Window columns (Cg*prod(k)) from which the weight gradient is one GEMM per group over the
+# whole batch rather than a GEMM per example summed over the batch.  Measured with 1 thread at
+# LeNet-5's shapes (benchmarks/windows.py): with 25 columns (its first conv, 1 channel 5x5) the
+# skinny [O, N*P] x [N*P, 25] product is slower as one GEMM; with 150 (its second) it is faster.
+WGRAD_ONE_GEMM_COLUMNS = 64
+
+
 def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
-    """conv_grad_weight: ``[O, Cg, *k]``, one batched GEMM of dy with the im2col matrix."""
+    """conv_grad_weight: ``[O, Cg, *k]``, GEMMs of dy with the im2col matrix: one per
+    group over the whole batch when the windows have many columns, else one per
+    example, summed."""
     n, o, c = dy.shape[0], dy.shape[1], x.shape[1]
+    og = o // groups
+    if (c // groups) * math.prod(kernel) >= WGRAD_ONE_GEMM_COLUMNS:
+        cols = im2col_by_channel(x, kernel, stride, pads, dilation, groups, dy.shape[2:])  # [G, Cg*K, N*P]
+        dyt = np.ascontiguousarray(dy.reshape(n, groups, og, -1).transpose(1, 2, 0, 3)).reshape(groups, og, -1)
+        dw = np.stack([gemm.gemm_2d(d, cg.T) for d, cg in zip(dyt, cols)])  # [G, O/G, Cg*K]
+        return dw.reshape(o, c // groups, *kernel)
     cols = im2col(x, kernel, stride, pads, dilation, groups, dy.shape[2:])
-    dw = np.matmul(dy.reshape(n, groups, o // groups, -1), cols.transpose(0, 1, 3, 2)).sum(axis=0)
+    dw = np.matmul(dy.reshape(n, groups, og, -1), cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(o, c // groups, *kernel)
 
 

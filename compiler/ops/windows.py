@@ -10,8 +10,9 @@ these helpers, which never assume a rank:
   number of windows along an axis, floor or ceil, symbolic where exact) and
   ``ceil_extra`` (what ``ceil_mode`` adds after an axis);
 - NumPy kernels: ``windows`` (a strided read-only view of every window —
-  im2col without a copy), ``im2col`` (that view as one GEMM operand; in two
-  copies when output rows are short, ``windows_in_two_steps``),
+  im2col without a copy), ``im2col`` (that view as one GEMM operand per
+  example; in two copies when output rows are short, ``windows_in_two_steps``),
+  ``im2col_by_channel`` (the same with the batch joined to the output positions),
   ``fold`` (col2im: window values summed back into the image),
   ``window_counts`` (the elements of each window inside given bounds).
 
@@ -146,6 +147,17 @@ def im2col(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> n
     else:
         win = np.ascontiguousarray(windows(xp, kernel, stride, dilation, out))
     return win.reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(out))
+
+
+def im2col_by_channel(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> np.ndarray:
+    """The windows of ``x`` as ``[G, Cg*prod(kernel), N*prod(out)]``: the batch joins the
+    output positions, so a product over both is one GEMM per group (the weight
+    gradient's reduction) rather than one per example."""
+    n, c = x.shape[:2]
+    k = len(kernel)
+    win = windows(pad_image(x, pads), kernel, stride, dilation, out)  # [N, C, *kernel, *out]
+    win = np.ascontiguousarray(win.transpose(1, *range(2, 2 + k), 0, *range(2 + k, 2 + 2 * k)))
+    return win.reshape(groups, (c // groups) * math.prod(kernel), n * math.prod(out))
 
 
 def windows_in_two_steps(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
