@@ -202,18 +202,29 @@ def first_max_masks(x: np.ndarray, win: Window) -> list[np.ndarray]:
             before = np.unravel_index(n, win.kernel[:axis]) if axis else ()
             pick = None if idx is None else idx[(slice(None), slice(None), *(v for t in before for v in (slice(None), t)))]
             for t in range(kk):
-                here = None if pick is None else (pick if t else ~pick) if kk == 2 else pick == t
-                grown.append(here if mask is None else mask if here is None else mask & here)
+                if pick is None:
+                    grown.append(mask)
+                elif kk == 2 and mask is not None:  # mask & ~pick as mask ^ (mask & pick): no negation
+                    second = mask & pick
+                    grown.extend((mask ^ second, second))
+                    break
+                else:
+                    here = (pick if t else ~pick) if kk == 2 else pick == t
+                    grown.append(here if mask is None else mask & here)
         masks = grown
     return [np.ones(best.shape, bool) if m is None else m for m in masks]
 
 
-def select_bits(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+def select_bits(mask: np.ndarray, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``values`` where ``mask``, +0 elsewhere, bit for bit (whatever ``values`` holds:
-    inf, NaN, -0): the bit patterns as unsigned integers times 0 or 1.  np.where and a
-    masked copyto take ~15x longer on the unpredictable masks of max pooling."""
-    bits = values.view(np.dtype(f"u{values.dtype.itemsize}"))
-    return (bits * mask).view(values.dtype)
+    inf, NaN, -0): the bit patterns as unsigned integers times 0 or 1 (into ``out``,
+    an array of ``values``' dtype, when given).  np.where and a masked copyto take ~15x
+    longer on the unpredictable masks of max pooling."""
+    bits = np.dtype(f"u{values.dtype.itemsize}")
+    if out is None:
+        return np.multiply(values.view(bits), mask).view(values.dtype)
+    np.multiply(values.view(bits), mask, out=out.view(bits))
+    return out
 
 
 def window_argmax(x: np.ndarray, win: Window) -> np.ndarray:

@@ -22,11 +22,11 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
     if win.tiles():
         out = np.empty_like(x)
         view, slices = _tiles(out, win)
-        # computed contiguously, then written into each strided slice; a select, not masks * dy,
-        # so a position that is not its window's maximum gets +0 whatever dy holds (inf, NaN,
-        # a negative value) — as the general path's scatter and onnxruntime's ScatterElements
+        # a select, not masks * dy, so a position that is not its window's maximum gets +0
+        # whatever dy holds (inf, NaN, a negative value) — as the general path's scatter and
+        # onnxruntime's ScatterElements; written straight into each offset's strided slice
         for mask, idx in zip(first_max_masks(x, win), slices):
-            np.copyto(view[idx], select_bits(mask, dy))
+            select_bits(mask, dy, out=view[idx])
         return out
     flat = np.bincount(flat_argmax(x, win).ravel(), weights=dy.ravel(), minlength=x.size)
     return flat.reshape(x.shape).astype(x.dtype, copy=False)
