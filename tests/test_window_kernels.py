@@ -135,3 +135,8 @@ def test_windows_in_two_steps_copies_the_window_view_exactly(shape, kernel, stri
     got = windows_in_two_steps(xp, kernel, stride, dilation, out)
     assert got.flags.c_contiguous
     np.testing.assert_array_equal(got, windows(xp, kernel, stride, dilation, out))
+    k = len(kernel)
+    by_channel = windows_in_two_steps(xp, kernel, stride, dilation, out, by_channel=True)
+    assert by_channel.flags.c_contiguous
+    want = windows(xp, kernel, stride, dilation, out).transpose(1, *range(2, 2 + k), 0, *range(2 + k, 2 + 2 * k))
+    np.testing.assert_array_equal(by_channel, want)  # [C, *kernel, N, *out]
