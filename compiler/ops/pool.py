@@ -19,8 +19,9 @@ row-major order, the element ONNX ``MaxPool``'s ``Indices`` output names.
 The gradient is a scatter of ``dy`` onto each window's argmax, found once.
 When the windows tile the image (stride = kernel, no padding: LeNet's 2x2
 pools) the image is viewed as ``[N, C, o0, k0, o1, k1, ...]`` without a
-copy, the first maximum found one window axis at a time (``_winners``) and
-turned into a mask per kernel offset (``first_max_masks``); the gradient is
+copy, each kernel offset's slice of it copied to a contiguous plane, the
+first maximum found one window axis at a time (``_winners``) and turned into
+a mask per kernel offset (``first_max_masks``); the gradient is
 ``dy`` selected by each mask (``select_bits``), written into that offset's
 slice of the output, with no scatter.  Otherwise the argmax is one ``np.argmax`` over the window axis
 of the im2col view and the scatter a ``bincount``.  Two primitives carry it,
@@ -155,27 +156,26 @@ def _tiles(x: np.ndarray, win: Window):
     return view, [(slice(None), slice(None), *(v for i in offset for v in (slice(None), i))) for offset in offsets]
 
 
-def _winners(x: np.ndarray, win: Window, nan: bool):
-    """When the windows tile ``x``: each window's first maximum found one window axis at
-    a time, last first — ``(best, winners)`` with ``best`` the maxima ``[N, C, *out]``
-    and ``winners[a]`` the winning offset along axis ``a`` (bool for 2 taps: is it the
-    second?, int8 otherwise, None for 1), shaped ``[N, C, o0, k0, ..., o_a, ...]``: one
-    per window and choice of the axes before ``a``.  The row-major first maximum is the
-    first row holding the maximum, then the first maximum in that row, so a later tap
-    wins only if strictly greater (or, with ``nan``, a NaN over a non-NaN: NaN is the
-    maximum, as np.argmax has it)."""
-    v, _ = _tiles(x, win)  # [N, C, o0, k0, o1, k1, ...]
-    winners = []
-    for axis in reversed(range(len(win.kernel))):
-        at = (slice(None),) * (3 + 2 * axis)
-        kk = win.kernel[axis]
+def _winners(planes: np.ndarray, kernel, nan: bool):
+    """Each window's first maximum found one window axis at a time, last first, from
+    ``planes`` (``[*kernel, N, C, *out]``: every kernel offset's values, contiguous) —
+    ``(best, winners)`` with ``best`` the maxima ``[N, C, *out]`` and ``winners[a]`` the
+    winning offset along axis ``a`` (bool for 2 taps: is it the second?, int8 otherwise,
+    None for 1), shaped ``[*kernel[:a], N, C, *out]``: one per window and choice along
+    the axes before ``a``.  The row-major first maximum is the first row holding the
+    maximum, then the first maximum in that row, so a later tap wins only if strictly
+    greater (or, with ``nan``, a NaN over a non-NaN: NaN is the maximum, as np.argmax
+    has it)."""
+    v, winners = planes, []
+    for axis in reversed(range(len(kernel))):
+        at = (slice(None),) * axis
         best, idx = v[(*at, 0)], None
-        for i in range(1, kk):
+        for i in range(1, kernel[axis]):
             tap = v[(*at, i)]
             better = tap > best
             if nan:
                 better |= np.isnan(tap) & ~np.isnan(best)
-            if kk == 2:
+            if kernel[axis] == 2:
                 idx = better
             else:
                 idx = np.zeros(better.shape, np.int8) if idx is None else idx
@@ -189,18 +189,23 @@ def _winners(x: np.ndarray, win: Window, nan: bool):
 def first_max_masks(x: np.ndarray, win: Window) -> list[np.ndarray]:
     """When the windows tile ``x``: per kernel offset in row-major order (the order of
     ``_tiles``' slices), a bool ``[N, C, *out]`` true where that offset is its window's
-    first maximum; exactly one offset is true per window.  From ``_winners`` (a
-    comparison and a maximum per tap over strided slices, no per-tap planes), redone
-    NaN-aware only when a window's maximum is NaN."""
-    best, winners = _winners(x, win, nan=False)
+    first maximum; exactly one offset is true per window.  Each offset's strided slice
+    is copied once into a contiguous plane (numpy is several times slower on the
+    stride-``k`` slices themselves); then ``_winners`` (a comparison and a maximum per
+    tap), redone NaN-aware only when a window's maximum is NaN, and the masks as the
+    conjunctions of the winners along each axis."""
+    view, slices = _tiles(x, win)
+    planes = np.empty((*win.kernel, *x.shape[:2], *win.out), x.dtype)
+    for plane, idx in zip(planes.reshape(-1, *x.shape[:2], *win.out), slices):
+        np.copyto(plane, view[idx])
+    best, winners = _winners(planes, win.kernel, nan=False)
     if np.isnan(best).any():
-        best, winners = _winners(x, win, nan=True)
+        best, winners = _winners(planes, win.kernel, nan=True)
     masks: list = [None]  # the masks of the offsets chosen so far, along the axes before this one
     for axis, kk in enumerate(win.kernel):
         idx, grown = winners[axis], []
         for n, mask in enumerate(masks):
-            before = np.unravel_index(n, win.kernel[:axis]) if axis else ()
-            pick = None if idx is None else idx[(slice(None), slice(None), *(v for t in before for v in (slice(None), t)))]
+            pick = None if idx is None else idx[np.unravel_index(n, win.kernel[:axis]) if axis else ()]
             for t in range(kk):
                 if pick is None:
                     grown.append(mask)
