@@ -168,6 +168,13 @@ IM2COL_CHUNK_BYTES = 1 << 20
 ROWS_MIN_COLUMNS = 16
 
 
+def chunks(n: int, example_bytes: int) -> list[tuple[int, int]]:
+    """(start, stop) spans of a batch of ``n`` examples, each span's window columns
+    (``example_bytes`` per example) at most ``IM2COL_CHUNK_BYTES`` (one example at least)."""
+    size = max(1, IM2COL_CHUNK_BYTES // max(1, example_bytes))
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
     """The convolution as batched GEMMs over the im2col matrix, built a chunk of examples
     at a time; by rows (``conv_rows_np``) when the first axis has stride 1 and the other
@@ -177,13 +184,12 @@ def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
     if stride[0] == 1 and kernel[0] > 1 and w.shape[1] * math.prod(kernel[1:]) >= ROWS_MIN_COLUMNS:
         return conv_rows_np(x, w, stride, pads, dilation, groups, out)
     wg = w.reshape(groups, o // groups, -1)
-    chunk = max(1, IM2COL_CHUNK_BYTES // (x.shape[1] * math.prod(kernel) * math.prod(out) * x.itemsize))
-    if chunk >= n:
+    spans = chunks(n, x.shape[1] * math.prod(kernel) * math.prod(out) * x.itemsize)
+    if len(spans) == 1:
         return np.matmul(wg, im2col(x, kernel, stride, pads, dilation, groups, out)).reshape(n, o, *out)
     y = np.empty((n, groups, o // groups, math.prod(out)), np.result_type(x, w))
-    for start in range(0, n, chunk):
-        np.matmul(wg, im2col(x[start:start + chunk], kernel, stride, pads, dilation, groups, out),
-                  out=y[start:start + chunk])
+    for start, stop in spans:
+        np.matmul(wg, im2col(x[start:stop], kernel, stride, pads, dilation, groups, out), out=y[start:stop])
     return y.reshape(n, o, *out)
 
 
@@ -265,12 +271,11 @@ def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
         dyt = np.ascontiguousarray(dy.reshape(n, groups, og, -1).transpose(1, 2, 0, 3)).reshape(groups, og, -1)
         dw = np.stack([gemm.gemm_2d(d, cg.T) for d, cg in zip(dyt, cols)])  # [G, O/G, Cg*K]
         return dw.reshape(o, c // groups, *kernel)
-    chunk = max(1, IM2COL_CHUNK_BYTES // (c * math.prod(kernel) * math.prod(dy.shape[2:]) * x.itemsize))
     dyg = dy.reshape(n, groups, og, -1)
     per_example = np.empty((n, groups, og, (c // groups) * math.prod(kernel)), np.result_type(x, dy))
-    for start in range(0, n, chunk):  # the im2col matrix a chunk of examples at a time, as conv_np
-        cols = im2col(x[start:start + chunk], kernel, stride, pads, dilation, groups, dy.shape[2:])
-        np.matmul(dyg[start:start + chunk], cols.transpose(0, 1, 3, 2), out=per_example[start:start + chunk])
+    for start, stop in chunks(n, c * math.prod(kernel) * math.prod(dy.shape[2:]) * x.itemsize):  # as conv_np
+        cols = im2col(x[start:stop], kernel, stride, pads, dilation, groups, dy.shape[2:])
+        np.matmul(dyg[start:stop], cols.transpose(0, 1, 3, 2), out=per_example[start:stop])
     return per_example.sum(axis=0).reshape(o, c // groups, *kernel)
 
 
