@@ -269,8 +269,9 @@ def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
     if (c // groups) * math.prod(kernel) >= WGRAD_ONE_GEMM_COLUMNS:
         cols = im2col_by_channel(x, kernel, stride, pads, dilation, groups, dy.shape[2:])  # [G, Cg*K, N*P]
         dyt = np.ascontiguousarray(dy.reshape(n, groups, og, -1).transpose(1, 2, 0, 3)).reshape(groups, og, -1)
-        dw = np.stack([gemm.gemm_2d(d, cg.T) for d, cg in zip(dyt, cols)])  # [G, O/G, Cg*K]
-        return dw.reshape(o, c // groups, *kernel)
+        # [G, Cg*K, O/G]: this orientation (the short side last) is 1.5x faster in MKL at LeNet's shapes
+        dw = np.stack([gemm.gemm_2d(cg, d.T) for d, cg in zip(dyt, cols)])
+        return np.ascontiguousarray(dw.transpose(0, 2, 1)).reshape(o, c // groups, *kernel)
     dyg = dy.reshape(n, groups, og, -1)
     per_example = np.empty((n, groups, og, (c // groups) * math.prod(kernel)), np.result_type(x, dy))
     for start, stop in chunks(n, c * math.prod(kernel) * math.prod(dy.shape[2:]) * x.itemsize):  # as conv_np
