@@ -11,10 +11,11 @@ from dlc.compiler.ops import nn  # noqa: F401  (registers the window ops)
 from dlc.compiler.ops.nn import conv_np, deconv_np, deconv_rows_np, wgrad_np
 from dlc.compiler.ops.pool import Window, flat_argmax, max_np
 from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
-from dlc.compiler.ops.windows import fold, windows, windows_in_two_steps
+from dlc.compiler.ops.windows import fold, im2col, windows, windows_in_two_steps
 
 # (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the input gradient by rows,
-# stride 2 the general col2im
+# stride 2 the general col2im; the first two have Cg*prod(k) >= nn.WGRAD_ONE_GEMM_COLUMNS (the
+# weight gradient as one GEMM over the batch)
 CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
              ((2, 9, 7, 6), (3, 9, 3, 3), (2, 1), ((0, 1), (1, 1)), (1, 2), 1),
              ((2, 4, 9), (6, 2, 3), (1,), ((2, 1),), (2,), 2),
@@ -23,6 +24,35 @@ CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
              ((2, 4, 4, 5, 4), (4, 1, 2, 3, 2), (1, 1, 1), ((1, 0), (1, 1), (0, 1)), (1, 1, 2), 4),
              ((2, 3, 7, 6), (4, 3, 3, 2), (2, 1), ((1, 1), (0, 1)), (1, 2), 1)]
 STRIDE_1 = [row for row in CONV_ROWS if set(row[2]) == {1}]
+
+
+@pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", CONV_ROWS)
+@pytest.mark.parametrize("path", ["by rows", "a chunk of one example at a time"])
+def test_the_conv_by_rows_or_by_chunks_equals_one_gemm_over_the_whole_im2col(xs, ws, stride, pads, dilation, groups,
+                                                                               path, monkeypatch):
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    out = tuple((m + a + b - d * (k - 1) - 1) // s + 1 for m, (a, b), k, d, s in zip(xs[2:], pads, ws[2:], dilation, stride))
+    cols = im2col(x, ws[2:], stride, pads, dilation, groups, out)
+    want = np.matmul(w.reshape(groups, ws[0] // groups, -1), cols).reshape(xs[0], ws[0], *out)
+    monkeypatch.setattr(nn, "ROWS_MIN_COLUMNS", 1 if path == "by rows" else 10 ** 9)
+    monkeypatch.setattr(nn, "IM2COL_CHUNK_BYTES", 1)
+    np.testing.assert_allclose(conv_np(x, w, stride, pads, dilation, groups), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", CONV_ROWS)
+def test_weight_gradient_as_one_gemm_over_the_batch_equals_the_sum_per_example(xs, ws, stride, pads, dilation,
+                                                                                groups, monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs)
+    dy = rng.standard_normal(conv_np(x, np.zeros(ws), stride, pads, dilation, groups).shape)
+    monkeypatch.setattr(nn, "WGRAD_ONE_GEMM_COLUMNS", 1)
+    one = wgrad_np(x, dy, ws[2:], stride, pads, dilation, groups)
+    monkeypatch.setattr(nn, "WGRAD_ONE_GEMM_COLUMNS", 10 ** 9)
+    monkeypatch.setattr(nn, "IM2COL_CHUNK_BYTES", 1)  # and the im2col matrix one example at a time
+    per_example = wgrad_np(x, dy, ws[2:], stride, pads, dilation, groups)
+    assert one.shape == ws
+    np.testing.assert_allclose(one, per_example, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", STRIDE_1)
@@ -105,3 +135,8 @@ def test_windows_in_two_steps_copies_the_window_view_exactly(shape, kernel, stri
     got = windows_in_two_steps(xp, kernel, stride, dilation, out)
     assert got.flags.c_contiguous
     np.testing.assert_array_equal(got, windows(xp, kernel, stride, dilation, out))
+    k = len(kernel)
+    by_channel = windows_in_two_steps(xp, kernel, stride, dilation, out, by_channel=True)
+    assert by_channel.flags.c_contiguous
+    want = windows(xp, kernel, stride, dilation, out).transpose(1, *range(2, 2 + k), 0, *range(2 + k, 2 + 2 * k))
+    np.testing.assert_array_equal(by_channel, want)  # [C, *kernel, N, *out]

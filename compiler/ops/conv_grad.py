@@ -7,8 +7,8 @@ import), one class each for every rank k in ``nn.RANKS``:
   for stride 1).  ONNX: ``ConvTranspose`` whose
   pads and ``output_padding`` cut or extend the far edge to ``size``.
 - ``conv{k}d_grad_weight(x[N, C, *S], dy[N, O, *out], kernel=k, ...)`` →
-  ``dw[O, C/groups, *k]``: one GEMM of ``dy`` with the im2col matrix of
-  ``x``.  ONNX: a ``Conv`` with the roles swapped — the batch becomes the
+  ``dw[O, C/groups, *k]``: GEMMs of ``dy`` with the im2col matrix of ``x``
+  (``nn.wgrad_np``: per example, or one over the whole batch).  ONNX: a ``Conv`` with the roles swapped — the batch becomes the
   channel axis, ``dy`` the kernel, stride and dilation trade places — then a
   ``Slice`` to ``kernel`` (a strided conv may leave edge rows no window used)
   and a ``Transpose`` back to ``[O, Cg, *k]``.

@@ -22,8 +22,12 @@ Shapes: batch, channels and spatial dims may be symbolic; a strided window
 over a symbolic axis gives a floor-division dim (``(H + 1)//2``).
 
 Kernels: im2col as a strided view copied once, in its own order, into an
-``[N, G, Cg*prod(k), prod(out)]`` matrix, then one batched GEMM (forward and
-weight gradient); the input gradient is one batched GEMM then col2im
+``[N, G, Cg*prod(k), prod(out)]`` matrix (a chunk of examples at a time when
+it is big), then one batched GEMM (forward and weight gradient; a weight
+gradient over many window columns is one GEMM over the whole batch, from
+``[G, Cg*prod(k), N*prod(out)]``; a forward with stride 1 along the first
+axis goes by rows, ``conv_rows_np``: im2col over the other axes, a GEMM per
+tap of the first); the input gradient is one batched GEMM then col2im
 (``windows.fold``, a loop over the kernel offsets only).  No Python loop
 runs over output positions.
 
@@ -42,7 +46,8 @@ import numpy as np
 from ..dims import Sym, dim_str, shape_str
 from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
-from .windows import axis_names, fold, im2col, ntuple, out_dim, resolve_pads, windows
+from . import gemm
+from .windows import axis_names, fold, im2col, im2col_by_channel, ntuple, out_dim, pad_image, resolve_pads, windows
 
 RANKS = (1, 2, 3)
 
@@ -153,16 +158,60 @@ def onnx_error(op: str, exc: Exception):
 # Layout: the im2col matrix is [N, G, Cg*prod(k), prod(out)], so every kernel is one batched
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
-# per-example products over N (one GEMM over the whole batch, in another summation order,
-# was faster for LeNet's second conv but moves fp32 rounding in the weight gradient, which
-# Adam after batch norm amplifies: the resnet epoch test of ONNX against NumPy then fails).
+# per-example products over N, or is one GEMM over the whole batch (WGRAD_ONE_GEMM_COLUMNS).
 # Stride 1: the input gradient by rows (deconv_rows_np).
+# The batch's im2col matrix from which conv_np builds it a chunk of examples at a time (each
+# chunk's GEMMs read it from cache): LeNet's first conv (1 MB per 12 examples) 0.53 -> 0.40 ms.
+IM2COL_CHUNK_BYTES = 1 << 20
+# Window columns off the first axis (Cg*prod(k[1:])) from which the stride-1 conv goes by rows
+# (conv_rows_np): LeNet's second conv (30) 0.62 -> 0.47 ms; its first (5) is 1.4x slower.
+ROWS_MIN_COLUMNS = 16
+
+
+def chunks(n: int, example_bytes: int) -> list[tuple[int, int]]:
+    """(start, stop) spans of a batch of ``n`` examples, each span's window columns
+    (``example_bytes`` per example) at most ``IM2COL_CHUNK_BYTES`` (one example at least)."""
+    size = max(1, IM2COL_CHUNK_BYTES // max(1, example_bytes))
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+
 def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
-    """The convolution as one batched GEMM over the im2col matrix."""
+    """The convolution as batched GEMMs over the im2col matrix, built a chunk of examples
+    at a time; by rows (``conv_rows_np``) when the first axis has stride 1 and the other
+    axes' windows have enough columns."""
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
     out = conv_out("conv", x.shape[2:], kernel, stride, pads, dilation)
-    cols = im2col(x, kernel, stride, pads, dilation, groups, out)
-    return np.matmul(w.reshape(groups, o // groups, -1), cols).reshape(n, o, *out)
+    if stride[0] == 1 and kernel[0] > 1 and w.shape[1] * math.prod(kernel[1:]) >= ROWS_MIN_COLUMNS:
+        return conv_rows_np(x, w, stride, pads, dilation, groups, out)
+    wg = w.reshape(groups, o // groups, -1)
+    spans = chunks(n, x.shape[1] * math.prod(kernel) * math.prod(out) * x.itemsize)
+    if len(spans) == 1:
+        return np.matmul(wg, im2col(x, kernel, stride, pads, dilation, groups, out)).reshape(n, o, *out)
+    y = np.empty((n, groups, o // groups, math.prod(out)), np.result_type(x, w))
+    for start, stop in spans:
+        np.matmul(wg, im2col(x[start:stop], kernel, stride, pads, dilation, groups, out), out=y[start:stop])
+    return y.reshape(n, o, *out)
+
+
+def conv_rows_np(x, w, stride, pads, dilation, groups, out) -> np.ndarray:
+    """The convolution with stride 1 along the first axis, by rows: im2col over the other
+    axes only (``[N, G, Cg*prod(k[1:]), padded0*prod(out[1:])]``, k0 times smaller than
+    the full one), then per tap i of the first axis one batched GEMM with the rows from
+    i*d0 on (a strided view, no copy), summed."""
+    n, c, o, kernel = x.shape[0], x.shape[1], w.shape[0], w.shape[2:]
+    cg, og = c // groups, o // groups
+    xp = pad_image(x, pads)
+    rest = math.prod(out[1:])
+    view = windows(xp, (1, *kernel[1:]), (1, *stride[1:]), (1, *dilation[1:]), (xp.shape[2], *out[1:]))
+    cols = np.ascontiguousarray(view).reshape(n, groups, cg * math.prod(kernel[1:]), xp.shape[2] * rest)
+    wr = np.ascontiguousarray(w.reshape(groups, og, cg, kernel[0], -1).transpose(3, 0, 1, 2, 4))
+    wr = wr.reshape(kernel[0], groups, og, -1)  # [k0, G, O/G, Cg*prod(k[1:])]
+    y = None
+    for i in range(kernel[0]):
+        at = i * dilation[0] * rest
+        part = np.matmul(wr[i], cols[..., at:at + out[0] * rest])
+        y = part if y is None else np.add(y, part, out=y)
+    return y.reshape(n, o, *out)
 
 
 def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
@@ -204,12 +253,31 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
+# Window columns (Cg*prod(k)) from which the weight gradient is one GEMM per group over the
+# whole batch rather than a GEMM per example summed over the batch.  Measured with 1 thread at
+# LeNet-5's shapes (benchmarks/windows.py): with 25 columns (its first conv, 1 channel 5x5) the
+# skinny [O, N*P] x [N*P, 25] product is slower as one GEMM; with 150 (its second) it is faster.
+WGRAD_ONE_GEMM_COLUMNS = 64
+
+
 def wgrad_np(x, dy, kernel, stride, pads, dilation, groups) -> np.ndarray:
-    """conv_grad_weight: ``[O, Cg, *k]``, one batched GEMM of dy with the im2col matrix."""
+    """conv_grad_weight: ``[O, Cg, *k]``, GEMMs of dy with the im2col matrix: one per
+    group over the whole batch when the windows have many columns, else one per
+    example, summed."""
     n, o, c = dy.shape[0], dy.shape[1], x.shape[1]
-    cols = im2col(x, kernel, stride, pads, dilation, groups, dy.shape[2:])
-    dw = np.matmul(dy.reshape(n, groups, o // groups, -1), cols.transpose(0, 1, 3, 2)).sum(axis=0)
-    return dw.reshape(o, c // groups, *kernel)
+    og = o // groups
+    if (c // groups) * math.prod(kernel) >= WGRAD_ONE_GEMM_COLUMNS:
+        cols = im2col_by_channel(x, kernel, stride, pads, dilation, groups, dy.shape[2:])  # [G, Cg*K, N*P]
+        dyt = np.ascontiguousarray(dy.reshape(n, groups, og, -1).transpose(1, 2, 0, 3)).reshape(groups, og, -1)
+        # [G, Cg*K, O/G]: this orientation (the short side last) is 1.5x faster in MKL at LeNet's shapes
+        dw = np.stack([gemm.gemm_2d(cg, d.T) for d, cg in zip(dyt, cols)])
+        return np.ascontiguousarray(dw.transpose(0, 2, 1)).reshape(o, c // groups, *kernel)
+    dyg = dy.reshape(n, groups, og, -1)
+    per_example = np.empty((n, groups, og, (c // groups) * math.prod(kernel)), np.result_type(x, dy))
+    for start, stop in chunks(n, c * math.prod(kernel) * math.prod(dy.shape[2:]) * x.itemsize):  # as conv_np
+        cols = im2col(x[start:stop], kernel, stride, pads, dilation, groups, dy.shape[2:])
+        np.matmul(dyg[start:stop], cols.transpose(0, 1, 3, 2), out=per_example[start:stop])
+    return per_example.sum(axis=0).reshape(o, c // groups, *kernel)
 
 
 def rank_of(xs) -> int:

@@ -19,10 +19,11 @@ row-major order, the element ONNX ``MaxPool``'s ``Indices`` output names.
 The gradient is a scatter of ``dy`` onto each window's argmax, found once.
 When the windows tile the image (stride = kernel, no padding: LeNet's 2x2
 pools) the image is viewed as ``[N, C, o0, k0, o1, k1, ...]`` without a
-copy, each kernel offset's slice of it copied to a contiguous plane, and the
-first maximum is a mask per plane (``first_max_masks``); the gradient is
-``dy`` times each mask, written into that offset's slice of the output, with
-no scatter.  Otherwise the argmax is one ``np.argmax`` over the window axis
+copy, each kernel offset's slice of it copied to a contiguous plane, the
+first maximum found one window axis at a time (``_winners``) and turned into
+a mask per kernel offset (``first_max_masks``); the gradient is
+``dy`` selected by each mask (``select_bits``), written into that offset's
+slice of the output, with no scatter.  Otherwise the argmax is one ``np.argmax`` over the window axis
 of the im2col view and the scatter a ``bincount``.  Two primitives carry it,
 each the other's gradient with respect to its second input (both are
 piecewise constant in ``x``):
@@ -155,27 +156,80 @@ def _tiles(x: np.ndarray, win: Window):
     return view, [(slice(None), slice(None), *(v for i in offset for v in (slice(None), i))) for offset in offsets]
 
 
-def first_max_masks(x: np.ndarray, win: Window):
-    """When the windows tile ``x``: ``(masks, view, slices)`` with ``masks`` a bool array
-    ``[prod(kernel), N, C, *out]``, true at each window's first maximum (row-major) and
-    nowhere else, and ``view, slices`` from ``_tiles``.  Each kernel offset's strided slice
-    is copied once into a contiguous plane; the maximum, the comparison and the
-    first-match rule then run on contiguous planes (numpy is several times slower on
-    the stride-``k`` slices themselves)."""
+def _winners(planes: np.ndarray, kernel, nan: bool):
+    """Each window's first maximum found one window axis at a time, last first, from
+    ``planes`` (``[*kernel, N, C, *out]``: every kernel offset's values, contiguous) —
+    ``(best, winners)`` with ``best`` the maxima ``[N, C, *out]`` and ``winners[a]`` the
+    winning offset along axis ``a`` (bool for 2 taps: is it the second?, int8 otherwise,
+    None for 1), shaped ``[*kernel[:a], N, C, *out]``: one per window and choice along
+    the axes before ``a``.  The row-major first maximum is the first row holding the
+    maximum, then the first maximum in that row, so a later tap wins only if strictly
+    greater (or, with ``nan``, a NaN over a non-NaN: NaN is the maximum, as np.argmax
+    has it)."""
+    v, winners = planes, []
+    for axis in reversed(range(len(kernel))):
+        at = (slice(None),) * axis
+        best, idx = v[(*at, 0)], None
+        for i in range(1, kernel[axis]):
+            tap = v[(*at, i)]
+            better = tap > best
+            if nan:
+                better |= np.isnan(tap) & ~np.isnan(best)
+            if kernel[axis] == 2:
+                idx = better
+            else:
+                idx = np.zeros(better.shape, np.int8) if idx is None else idx
+                idx[better] = i
+            best = np.maximum(best, tap)
+        winners.append(idx)
+        v = best
+    return v, winners[::-1]
+
+
+def first_max_masks(x: np.ndarray, win: Window) -> list[np.ndarray]:
+    """When the windows tile ``x``: per kernel offset in row-major order (the order of
+    ``_tiles``' slices), a bool ``[N, C, *out]`` true where that offset is its window's
+    first maximum; exactly one offset is true per window.  Each offset's strided slice
+    is copied once into a contiguous plane (numpy is several times slower on the
+    stride-``k`` slices themselves); then ``_winners`` (a comparison and a maximum per
+    tap), redone NaN-aware only when a window's maximum is NaN, and the masks as the
+    conjunctions of the winners along each axis."""
     view, slices = _tiles(x, win)
-    planes = np.empty((len(slices), *x.shape[:2], *win.out), x.dtype)
-    for plane, idx in zip(planes, slices):
+    planes = np.empty((*win.kernel, *x.shape[:2], *win.out), x.dtype)
+    for plane, idx in zip(planes.reshape(-1, *x.shape[:2], *win.out), slices):
         np.copyto(plane, view[idx])
-    best = planes.max(axis=0)
-    masks = planes == best
-    nan = np.isnan(best)
-    if nan.any():  # as np.argmax (the general path): a NaN is the maximum, the first one wins
-        np.copyto(masks, np.isnan(planes), where=nan)
-    seen = masks[0].copy()
-    for mask in masks[1:]:  # a later equal maximum does not win
-        mask &= ~seen
-        seen |= mask
-    return masks, view, slices
+    best, winners = _winners(planes, win.kernel, nan=False)
+    if np.isnan(best).any():
+        best, winners = _winners(planes, win.kernel, nan=True)
+    masks: list = [None]  # the masks of the offsets chosen so far, along the axes before this one
+    for axis, kk in enumerate(win.kernel):
+        idx, grown = winners[axis], []
+        for n, mask in enumerate(masks):
+            pick = None if idx is None else idx[np.unravel_index(n, win.kernel[:axis]) if axis else ()]
+            for t in range(kk):
+                if pick is None:
+                    grown.append(mask)
+                elif kk == 2 and mask is not None:  # mask & ~pick as mask ^ (mask & pick): no negation
+                    second = mask & pick
+                    grown.extend((mask ^ second, second))
+                    break
+                else:
+                    here = (pick if t else ~pick) if kk == 2 else pick == t
+                    grown.append(here if mask is None else mask & here)
+        masks = grown
+    return [np.ones(best.shape, bool) if m is None else m for m in masks]
+
+
+def select_bits(mask: np.ndarray, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``values`` where ``mask``, +0 elsewhere, bit for bit (whatever ``values`` holds:
+    inf, NaN, -0): the bit patterns as unsigned integers times 0 or 1 (into ``out``,
+    an array of ``values``' dtype, when given).  np.where and a masked copyto take ~15x
+    longer on the unpredictable masks of max pooling."""
+    bits = np.dtype(f"u{values.dtype.itemsize}")
+    if out is None:
+        return np.multiply(values.view(bits), mask).view(values.dtype)
+    np.multiply(values.view(bits), mask, out=out.view(bits))
+    return out
 
 
 def window_argmax(x: np.ndarray, win: Window) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from ..types import ShapeError, np_dtype, same_dtype
 from .nn import check_image, onnx_error, per_rank, transpose_to_size
 from .pool import (AVG_ATTRS, AVG_CASES, MAX_ATTRS, MAX_CASES, TIE_ROWS, Window, _given, _pooled, _tiles, _without,
-                   first_max_masks, flat_argmax, pool_shape)
+                   first_max_masks, flat_argmax, pool_shape, select_bits)
 from .registry import Arg, Attr, Op, Sample
 from .shape import i64
 from .windows import fold
@@ -20,15 +20,13 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
     """``dy`` scattered onto each window's argmax: written slice by slice when the
     windows tile ``x`` (every element is in one window), else one ``bincount``."""
     if win.tiles():
-        masks, _, slices = first_max_masks(x, win)
         out = np.empty_like(x)
-        view, _ = _tiles(out, win)
-        # computed contiguously, then written into each strided slice; a select, not masks * dy,
-        # so a position that is not its window's maximum gets +0 whatever dy holds (inf, NaN,
-        # a negative value) — as the general path's scatter and onnxruntime's ScatterElements
-        grads = np.where(masks, dy, np.zeros((), x.dtype))
-        for grad, idx in zip(grads, slices):
-            np.copyto(view[idx], grad)
+        view, slices = _tiles(out, win)
+        # a select, not masks * dy, so a position that is not its window's maximum gets +0
+        # whatever dy holds (inf, NaN, a negative value) — as the general path's scatter and
+        # onnxruntime's ScatterElements; written straight into each offset's strided slice
+        for mask, idx in zip(first_max_masks(x, win), slices):
+            select_bits(mask, dy, out=view[idx])
         return out
     flat = np.bincount(flat_argmax(x, win).ravel(), weights=dy.ravel(), minlength=x.size)
     return flat.reshape(x.shape).astype(x.dtype, copy=False)
@@ -36,12 +34,12 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
 
 def max_pick_np(x: np.ndarray, t: np.ndarray, win: Window) -> np.ndarray:
     if win.tiles():
-        masks, _, slices = first_max_masks(x, win)
-        view, _ = _tiles(t, win)
-        out = np.empty(masks.shape[1:], dtype=t.dtype)
-        for mask, idx in zip(masks, slices):
-            np.copyto(out, view[idx], where=mask)
-        return out
+        view, slices = _tiles(t, win)
+        bits = None  # exactly one offset is selected per window: OR-ing the selections is exact
+        for mask, idx in zip(first_max_masks(x, win), slices):
+            picked = select_bits(mask, view[idx]).view(np.dtype(f"u{t.dtype.itemsize}"))
+            bits = picked if bits is None else np.bitwise_or(bits, picked, out=bits)
+        return bits.view(t.dtype)
     return t.reshape(-1)[flat_argmax(x, win)]
 
 

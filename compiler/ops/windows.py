@@ -10,8 +10,9 @@ these helpers, which never assume a rank:
   number of windows along an axis, floor or ceil, symbolic where exact) and
   ``ceil_extra`` (what ``ceil_mode`` adds after an axis);
 - NumPy kernels: ``windows`` (a strided read-only view of every window —
-  im2col without a copy), ``im2col`` (that view as one GEMM operand; in two
-  copies when output rows are short, ``windows_in_two_steps``),
+  im2col without a copy), ``im2col`` (that view as one GEMM operand per
+  example; in two copies when output rows are short, ``windows_in_two_steps``),
+  ``im2col_by_channel`` (the same with the batch joined to the output positions),
   ``fold`` (col2im: window values summed back into the image),
   ``window_counts`` (the elements of each window inside given bounds).
 
@@ -148,20 +149,42 @@ def im2col(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> n
     return win.reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(out))
 
 
-def windows_in_two_steps(xp: np.ndarray, kernel, stride, dilation, out) -> np.ndarray:
-    """``windows(xp, ...)`` copied to a C-contiguous ``[N, C, *kernel, *out]`` array in two
-    steps: the windows along the last axis (``[N, C, k_last, *padded[:-1], o_last]``), then
-    the windows of that over the other axes, whose contiguous runs span whole output rows
+def im2col_by_channel(x: np.ndarray, kernel, stride, pads, dilation, groups: int, out) -> np.ndarray:
+    """The windows of ``x`` as ``[G, Cg*prod(kernel), N*prod(out)]``: the batch joins the
+    output positions, so a product over both is one GEMM per group (the weight
+    gradient's reduction) rather than one per example.  Short output rows: in two
+    copies, as ``im2col`` (LeNet's second conv: 0.41 -> 0.29 ms)."""
+    n, c = x.shape[:2]
+    k = len(kernel)
+    xp = pad_image(x, pads)
+    if k > 1 and out[-1] < SHORT_ROW:
+        win = windows_in_two_steps(xp, kernel, stride, dilation, out, by_channel=True)
+    else:
+        win = windows(xp, kernel, stride, dilation, out)  # [N, C, *kernel, *out]
+        win = np.ascontiguousarray(win.transpose(1, *range(2, 2 + k), 0, *range(2 + k, 2 + 2 * k)))
+    return win.reshape(groups, (c // groups) * math.prod(kernel), n * math.prod(out))
+
+
+def windows_in_two_steps(xp: np.ndarray, kernel, stride, dilation, out, by_channel: bool = False) -> np.ndarray:
+    """``windows(xp, ...)`` copied to a C-contiguous ``[N, C, *kernel, *out]`` array (with
+    ``by_channel``, ``[C, *kernel, N, *out]``) in two steps: the windows along the last
+    axis (``[N, C, k_last, *padded[:-1], o_last]``, or ``[C, k_last, N, ...]``), then the
+    windows of that over the other axes, whose contiguous runs span whole output rows
     (for 2-D the whole ``[o0, o1]`` block) instead of one."""
     k = len(kernel)
-    lead, spatial = xp.strides[:2], xp.strides[2:]
+    (n, c), (sn, sc), spatial = xp.shape[:2], xp.strides[:2], xp.strides[2:]
+    tap = spatial[-1] * dilation[-1]
+    lead, lead_strides = ((c, kernel[-1], n), (sc, tap, sn)) if by_channel else ((n, c, kernel[-1]), (sn, sc, tap))
     rows = np.ascontiguousarray(as_strided(
-        xp, (*xp.shape[:2], kernel[-1], *xp.shape[2:-1], out[-1]),
-        (*lead, spatial[-1] * dilation[-1], *spatial[:-1], spatial[-1] * stride[-1]), writeable=False))
-    st = rows.strides  # [N, C, j, *Y, x]
-    view = as_strided(rows, (*xp.shape[:2], *kernel, *out),
-                      (*st[:2], *(st[3 + a] * dilation[a] for a in range(k - 1)), st[2],
-                       *(st[3 + a] * stride[a] for a in range(k - 1)), st[-1]), writeable=False)
+        xp, (*lead, *xp.shape[2:-1], out[-1]), (*lead_strides, *spatial[:-1], spatial[-1] * stride[-1]),
+        writeable=False))
+    st = rows.strides  # [N, C, j, *Y, x] or [C, j, N, *Y, x]
+    taps = tuple(st[3 + a] * dilation[a] for a in range(k - 1))
+    steps = tuple(st[3 + a] * stride[a] for a in range(k - 1))
+    if by_channel:
+        view = as_strided(rows, (c, *kernel, n, *out), (st[0], *taps, st[1], st[2], *steps, st[-1]), writeable=False)
+    else:
+        view = as_strided(rows, (n, c, *kernel, *out), (st[0], st[1], *taps, st[2], *steps, st[-1]), writeable=False)
     return np.ascontiguousarray(view)
 
 
