@@ -152,6 +152,31 @@ def test_gemm_writes_into_or_accumulates_onto_a_given_buffer():
             MKL.gemm(a, b, out=bad)
 
 
+@needs_mkl
+def test_gemm_refuses_buffers_it_must_not_write_and_operands_it_cannot_read():
+    a, b = _rand((7, 5)), _rand((5, 6), 1)
+    frozen = np.zeros((7, 6), np.float32)
+    frozen.flags.writeable = False
+    immutable = np.frombuffer(bytes(7 * 6 * 4), np.float32).reshape(7, 6)  # a bytes object's memory
+    for bad in (frozen, immutable, [[0.0] * 6] * 7):
+        with pytest.raises(ValueError, match="out must be"):
+            MKL.gemm(a, b, out=bad)
+    assert not immutable.any()
+    square = _rand((6, 6), 2)
+    for alias in (square, square[:, :]):  # out = a, or a view of it: MKL would read its own writes
+        with pytest.raises(ValueError, match="overlap"):
+            MKL.gemm(square, _rand((6, 6), 3), out=alias, beta=1.0)
+    assert MKL.gemm(a, _rand((4, 6), 4)) is None  # inner dims differ: nothing read past b
+
+    class NotAnArray:  # array-like attributes, no NumPy array struct behind them
+        dtype, ndim, shape, strides, itemsize, size = np.dtype(np.float32), 2, (5, 6), (24, 4), 4, 30
+
+    assert MKL.gemm(a, NotAnArray()) is None and not MKL.supports(NotAnArray(), b)
+    row = np.zeros(6, np.float32)
+    assert MKL.gemm(a[:1], b, out=row[None, :]) is not None  # one row: its row stride is free
+    np.testing.assert_allclose(row, _exact(a[:1], b)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_data_pointers_are_read_right_for_views():
     base = _rand((6, 8))
     for x in (base, base[2:, 3:], base.T, base[::2], _rand((3, 4), dtype=np.float64)[1:]):

@@ -86,6 +86,20 @@ def _layout(x: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def _row_major_ld(out, dtype: np.dtype, m: int, n: int) -> int | None:
+    """The leading dimension of ``out`` as a row-major ``[m, n]`` output, or None when it is not
+    a writeable ndarray of that dtype and shape with unit column stride (one row: any row stride)."""
+    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (m, n) or not out.flags.writeable:
+        return None
+    item = out.itemsize
+    s0, s1 = out.strides
+    if s1 != item and n > 1:
+        return None
+    if m == 1:
+        return max(n, 1)
+    return s0 // item if s0 % item == 0 and n <= s0 // item <= _INT_MAX else None
+
+
 class MklGemm:
     """``a @ b`` (or ``out = a @ b + beta * out``) for 2-D float32 / float64 operands
     through cblas ``?gemm``.
@@ -113,9 +127,11 @@ class MklGemm:
 
     def _call(self, a: np.ndarray, b: np.ndarray):
         """(the cblas function, ta, lda, tb, ldb) for ``a @ b``, or None when MKL cannot take them."""
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            return None  # the pointer reader knows NumPy's array struct only
         fn = self._fns.get(a.dtype)
         if fn is None or b.dtype != a.dtype or a.ndim != 2 or b.ndim != 2 or not a.size or not b.size \
-                or max(a.shape[0], a.shape[1], b.shape[1]) > _INT_MAX:
+                or a.shape[1] != b.shape[0] or max(a.shape[0], a.shape[1], b.shape[1]) > _INT_MAX:
             return None
         la, lb = _layout(a), _layout(b)
         if la is None or lb is None:
@@ -127,11 +143,12 @@ class MklGemm:
         """``a @ b`` as a new C-contiguous array, or None when MKL cannot take the operands
         in place (then nothing is computed).
 
-        ``out``: an ``[M, N]`` array of the operands' dtype with unit column stride
-        (C-order, or rows of a wider one) to write into instead, returned; with ``beta``
-        the product is added onto ``beta * out`` (``beta=1``: ``out += a @ b`` in one
-        pass, rounded as MKL accumulates, not as a separate ``add``).  ``out`` must not
-        overlap ``a`` or ``b``."""
+        ``out``: a writeable ``[M, N]`` ndarray of the operands' dtype with unit column
+        stride (C-order, or rows of a wider one) to write into instead, returned; with
+        ``beta`` the product is added onto ``beta * out`` (``beta=1``: ``out += a @ b`` in
+        one pass, rounded as MKL accumulates, not as a separate ``add``).  An ``out`` that
+        is not such an array, or that may overlap ``a`` or ``b`` (MKL would read what it
+        has already written), raises ValueError."""
         call = self._call(a, b)
         if call is None:
             return None
@@ -141,11 +158,13 @@ class MklGemm:
         if out is None:
             out, ldc = np.empty((m, n), a.dtype), n
         else:
-            layout = _layout(out) if out.dtype == a.dtype and out.shape == (m, n) else None
-            if layout is None or layout[0] != _NO_TRANS:
-                raise ValueError(f"gemm: out must be a row-major {a.dtype}[{m}, {n}], got "
-                                 f"{out.dtype}{list(out.shape)} with strides {out.strides}")
-            ldc = layout[1]
+            ldc = _row_major_ld(out, a.dtype, m, n)
+            if ldc is None:
+                raise ValueError(f"gemm: out must be a writeable row-major {a.dtype}[{m}, {n}] ndarray, got "
+                                 f"{getattr(out, 'dtype', type(out).__name__)}{list(getattr(out, 'shape', ()))} "
+                                 f"with strides {getattr(out, 'strides', None)}")
+            if np.may_share_memory(out, a) or np.may_share_memory(out, b):
+                raise ValueError("gemm: out may overlap an operand")
         fn(_ROW_MAJOR, ta, tb, m, n, k, 1.0, _pointer(a), lda, _pointer(b), ldb, beta, _pointer(out), ldc)
         return out
 

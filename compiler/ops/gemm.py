@@ -50,6 +50,7 @@ import numpy as np
 from . import blas_mkl
 
 _MKL = blas_mkl.load()  # None: NumPy's BLAS only (no dlc[mkl], or DLC_BLAS=numpy)
+_MKL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # (checked before matmul_add copies c)
 _MKL_MIN_MKN = 1 << 21  # M*K*N from which MKL wins (64x512x10 and 128^3 did not, 32x128x512 did)
 _PAD_MIN_MK = 1 << 20  # M*K from which padding N pays for its copy of b (2708 x 2708 does, 64 x 512 not)
 _PAD_MAX_N = 16  # measured to pay for N = 3, 7, 10, 12; from N = 20 it was a wash
@@ -81,7 +82,7 @@ def matmul_add(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     if _MKL is not None and b.ndim == 2 and a.ndim >= 2 and (a.ndim == 2 or a.flags.c_contiguous):
         k, n = b.shape
         m = a.size // k if k else 0
-        if m * k * n >= _MKL_MIN_MKN and a.dtype == b.dtype == c.dtype:
+        if m * k * n >= _MKL_MIN_MKN and a.dtype == b.dtype == c.dtype and a.dtype in _MKL_DTYPES:
             out = np.empty(a.shape[:-1] + (n,), a.dtype)
             np.copyto(out, c)
             # None (nothing written) only for an operand MKL cannot take in place: then NumPy

@@ -8,7 +8,7 @@ read back by a separate add (compiler/ops/gemm.py).  A recurrent cell's
 added to the step's GEMM) and a bias added before a scan or a normalization
 are the cases.
 
-Left alone: an add whose result feeds an elementwise op — fusion
+Left alone: an add whose result feeds an elementwise op or a concat — fusion
 (fuse_elementwise.py) then does the add in the GEMM's own buffer as part of
 that chain, which costs the same memory traffic and one kernel call less than
 a copy of ``c``; a ``c`` that would enlarge the product (broadcasting the
@@ -19,7 +19,7 @@ O(nodes).
 from __future__ import annotations
 
 from ..graph import Graph, Value
-from ..ops.fused import ELEMENTWISE
+from ..ops.fused import FUSIBLE
 from ..ops.registry import get_op
 from ..types import FLOATS, ShapeError
 from .rewrite import Uses
@@ -31,7 +31,7 @@ def fold_matmul_add(graph: Graph) -> int:
     folded: list[int] = []
     for n in list(graph.nodes()):
         rec = graph[n]
-        if rec.op != "add" or any(graph[c].op in ELEMENTWISE for c in graph.consumers(n)):
+        if rec.op != "add" or any(graph[c].op in FUSIBLE for c in graph.consumers(n)):
             continue
         for i in (0, 1):
             product, c = rec.inputs[i], rec.inputs[1 - i]
