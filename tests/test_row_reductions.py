@@ -218,3 +218,39 @@ def test_the_layer_norm_grad_export_computes_float16_statistics_in_float32():
     for w, r in zip(want, got):
         assert r.dtype == np.float16 and np.isfinite(r).all()
         np.testing.assert_allclose(r.astype(np.float32), w.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_softmax_skips_the_shift_only_where_no_row_can_overflow_or_vanish():
+    from dlc.compiler.ops.activation import _exp_is_safe
+    from dlc.compiler.ops.registry import get_op
+
+    sm = get_op("softmax")
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((16, 4, 64, 64)) * 8).astype(np.float32)
+    assert _exp_is_safe(x)
+    exact = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    exact /= exact.sum(-1, keepdims=True)
+    got = sm.kernel(x, axis=-1)
+    # as accurate as the shifted form (which rounds x - max before exp)
+    shifted = np.exp(x - x.max(-1, keepdims=True))
+    shifted /= shifted.sum(-1, keepdims=True)
+    assert np.abs(got - exact).max() <= np.abs(shifted - exact).max() * 1.5
+    np.testing.assert_allclose(got, exact, rtol=2e-6, atol=1e-9)
+    # out of range, non-finite, or another dtype: the shifted path, stable as before
+    for big in (np.float32(65.0), np.float32(-65.0), np.float32(1e4), np.float32(np.inf), np.float32(np.nan)):
+        y = x.copy()
+        y[3, 1, 7, 9] = big
+        assert not _exp_is_safe(y)
+    y = x.copy()
+    y[0, 0, 0, 0] = 1e4  # a row that overflows exp unshifted
+    out = sm.kernel(y, axis=-1)
+    np.testing.assert_array_equal(out[0, 0, 0], np.eye(64, dtype=np.float32)[0])
+    assert np.isfinite(out).all()
+    assert not _exp_is_safe(x.astype(np.float16)) and not _exp_is_safe(np.float32(1.0))
+    assert not _exp_is_safe(x[0, :2])  # small: the shifted form, its rounding unchanged
+    z = x[0, :2] - max_keepdims(x[0, :2], -1)
+    np.exp(z, out=z)
+    np.testing.assert_array_equal(sm.kernel(x[0, :2], axis=-1), z / sum_keepdims(z, -1))
+    for axis in (0, 1, 2):  # any axis
+        np.testing.assert_allclose(sm.kernel(x, axis=axis), np.exp(x) / np.exp(x).sum(axis, keepdims=True),
+                                   rtol=2e-6)

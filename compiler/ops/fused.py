@@ -38,6 +38,7 @@ from ..types import ShapeError, broadcast_shapes, same_dtype
 from . import gemm
 from .activation import relu_grad
 from .registry import Arg, Attr, Op, Sample, get_op, register
+from .shape import _perm
 
 
 def _div(a, b, out=None):
@@ -263,6 +264,58 @@ class MatMulT(Op):
 
 def _swapped(t):
     return t.with_shape(t.shape[:-2] + (t.shape[-1], t.shape[-2]))
+
+
+@register
+class MatMulPermuted(Op):
+    """``matmul_permuted(a, b, ta, tb, perm)``: ``transpose(matmul_t(a, b, ta, tb), perm)``
+    for batched operands, the product written straight into the permuted layout — a
+    C-order result, so a following ``reshape`` (attention's heads merged back, ``[B, H,
+    T, D] -> [B, T, H·D]``) is a view, not a copy.  Made by the NumPy backend's optimizer
+    (compiler/passes/fold_product_transposes.py); ``perm`` keeps the last axis last.
+
+    Each matrix is the same BLAS call as ``matmul_t``'s with the output's row stride as
+    its leading dimension (compiler/ops/gemm.py ``matmul_into``), so the values are
+    ``matmul_t``'s.  Its gradient is ``matmul_t``'s for the cotangent transposed back."""
+
+    name, family = "matmul_permuted", "fused"
+    inputs = ("a", "b")
+    attrs = {"ta": Attr("bool", False), "tb": Attr("bool", False),
+             "perm": Attr("ints", doc="permutation of the product's axes; the last stays last")}
+    samples = [Sample((Arg((2, 3, 4, 5)), Arg((2, 3, 5, 2))), {"perm": (0, 2, 1, 3)}, note="heads merged"),
+               Sample((Arg((2, 3, 5, 4)), Arg((2, 3, 2, 5))), {"ta": True, "tb": True, "perm": (2, 0, 1, 3)}),
+               Sample((Arg((3, 4, 5)), Arg((3, 5, 2))), {"perm": (1, 0, 2)}),
+               Sample((Arg((3, 4, 5)), Arg((5, 2))), {"perm": (1, 0, 2)}, note="a matrix b")]
+
+    def shape(self, a, b, ta, tb, perm):
+        out = get_op("matmul_t").shape(a, b, ta=ta, tb=tb)
+        p = _perm(perm, out.rank)
+        if out.rank < 3 or p[-1] != out.rank - 1:
+            raise ShapeError(f"`matmul_permuted` needs a product of rank >= 3 and a perm that keeps its last "
+                             f"axis last, got {out} and {list(perm)}")
+        return out.with_shape(tuple(out.shape[i] for i in p))
+
+    def kernel(self, a, b, ta, tb, perm):
+        x = np.swapaxes(a, -1, -2) if ta else a
+        y = np.swapaxes(b, -1, -2) if tb else b
+        shape = np.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1])
+        perm = tuple(i % len(shape) for i in perm)  # (validated by the shape rule; negative axes allowed)
+        out = np.empty(tuple(shape[i] for i in perm), np.result_type(x, y))
+        view = np.transpose(out, np.argsort(perm))  # the product's axes, in out's memory
+        if x.ndim >= 3 and y.ndim >= 3:
+            gemm.matmul_into(x, y, view)
+        else:  # a product matmul_t computes otherwise (rows times one matrix): its values, copied
+            np.copyto(view, gemm.matmul(x, y))
+        return out
+
+    def grad(self, b, inputs, outputs, cts, ta, tb, perm):
+        back = tuple(int(i) for i in np.argsort(perm))
+        return get_op("matmul_t").grad(b, inputs, None, [b.transpose(cts[0], perm=back)], ta=ta, tb=tb)
+
+    def onnx(self, e, ins, outs, ta, tb, perm):
+        product = e.tmp("product")
+        get_op("matmul_t").onnx(e, ins, [product], ta=ta, tb=tb)  # (reads e.in_types: the same inputs)
+        e.node("Transpose", [product], outs, perm=list(perm))
 
 
 @register

@@ -71,6 +71,18 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
+def matmul_into(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` for batched operands (both of rank >= 3), with
+    :func:`matmul`'s rule for ``b``'s transposed matrices; ``out`` may be any strided
+    view of the product's shape (a transposed view of a C-order buffer: the product
+    written straight into a permuted layout).  NumPy calls BLAS once per matrix
+    whenever each ``out`` matrix has unit column stride, with ``ldc`` its row stride:
+    each element is the same dot product as in a fresh C-order result."""
+    if b.strides[-2] == b.itemsize and b.shape[-1] > 1 and b.dtype.kind == "f" and 0 not in b.strides[:-2]:
+        b = np.ascontiguousarray(b)  # as matmul does: NumPy's stacked loop is slow on transposed matrices
+    return np.matmul(a, b, out=out)
+
+
 def matmul_add(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """``np.matmul(a, b) + c`` (``c`` broadcasting to the product's shape, never enlarging it).
 

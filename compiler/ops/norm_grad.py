@@ -155,3 +155,171 @@ def _formula(b, dy, x, gamma, axis, eps):
     inner = b.sub(b.sub(g, b.mean(g, axes=ax, keepdims=True)),
                   b.mul(xhat, b.mean(b.mul(g, xhat), axes=ax, keepdims=True)))
     return b.mul(inv, inner), b.mul(dy, xhat)
+
+
+# -- the statistics shared between a layer norm and its gradient ------------------------------
+# ``layer_norm_grad`` recomputes x̂ and 1/σ from x (4 of its ~12 passes over the rows).  In a
+# training step the NumPy backend's optimizer (compiler/passes/share_layer_norm_stats.py)
+# computes them once, with ``layer_norm_stats``, for the forward affine part (primitive
+# ``mul`` / ``add``) and ``layer_norm_grad_stats``: the same functions in the same order, so
+# the values are the two kernels' bit for bit, at the cost of keeping x̂ until the backward pass.
+def _stats_shape(x, axis: int):
+    a = norm_axis(axis, x.rank)
+    return x.with_shape(x.shape[:a] + (1,) * (x.rank - a))
+
+
+def _vjp_of(b, formula, inputs, cts):
+    """The VJP of ``formula(b, *stand-ins)`` at ``inputs`` for the output cotangents ``cts``."""
+    from ..passes.backprop import vjp
+
+    proxies = [b.identity(v) for v in inputs]  # fresh stand-ins: the VJP is of the formula alone
+    results = formula(b, *proxies)
+    seeds = {r: ct for r, ct in zip(results, cts) if ct is not None}
+    grads = vjp(b.graph, seeds, proxies, b)
+    return [grads[p] for p in proxies]
+
+
+def _stats_formula(b, x, axis, eps):
+    """(x̂, 1/σ) of the rows from ``axis`` on, as graph nodes: what ``standardise`` computes."""
+    rank = b.type(x).rank
+    ax = tuple(range(norm_axis(axis, rank), rank))
+    xc = b.sub(x, b.mean(x, axes=ax, keepdims=True))
+    inv = b.div(1.0, b.sqrt(b.add(b.mean(b.mul(xc, xc), axes=ax, keepdims=True), eps)))
+    return b.mul(xc, inv), inv
+
+
+def _grad_stats_formula(b, dy, xhat, inv, gamma, axis):
+    """(dx, dy * x̂) of a layer norm from its statistics, as graph nodes."""
+    rank = b.type(xhat).rank
+    ax = tuple(range(norm_axis(axis, rank), rank))
+    g = b.mul(dy, gamma)
+    inner = b.sub(b.sub(g, b.mean(g, axes=ax, keepdims=True)),
+                  b.mul(xhat, b.mean(b.mul(g, xhat), axes=ax, keepdims=True)))
+    return b.mul(inv, inner), b.mul(dy, xhat)
+
+
+@register
+class LayerNormStats(Op):
+    """``layer_norm_stats(x, axis=-1, eps=1e-5)`` → (x̂, 1/σ): the standardised rows from
+    ``axis`` on and their reciprocal standard deviation (keepdims: 1 along the normalised
+    axes), as ``layer_norm`` and ``layer_norm_grad`` compute them (float16 in float32)."""
+
+    name, family = "layer_norm_stats", "norm"
+    inputs = ("x",)
+    outputs = ("xhat", "inv")
+    attrs = {"axis": Attr("int", -1, doc="first normalised axis"), "eps": Attr("float", 1e-5)}
+    samples = [Sample((Arg((2, 3, 4)),)), Sample((Arg((2, 3, 4)),), {"axis": 1}),
+               Sample((Arg((3, 1)),), note="one element: x̂ = 0")]
+
+    def shape(self, x, axis, eps):
+        if x.dtype not in FLOATS or x.rank == 0:
+            raise ShapeError(f"`layer_norm_stats` needs a float tensor of rank >= 1, got {x}")
+        if eps < 0:
+            raise ShapeError(f"`layer_norm_stats` needs eps >= 0, got {eps}")
+        return x, _stats_shape(x, axis)
+
+    def kernel(self, x, axis, eps):
+        a = norm_axis(axis, x.ndim)
+        xhat, inv = standardise(as_rows(x.astype(stats_dtype(x), copy=False), a), eps)
+        return (xhat.reshape(x.shape).astype(x.dtype, copy=False),
+                inv.reshape(x.shape[:a] + (1,) * (x.ndim - a)).astype(x.dtype, copy=False))
+
+    def grad(self, b, inputs, outputs, cts, axis, eps):
+        return _vjp_of(b, lambda b, x: _stats_formula(b, x, axis, eps), inputs, cts)
+
+    def onnx(self, e, ins, outs, axis, eps):
+        (x,), t = ins, e.in_types[0]
+        a = norm_axis(axis, t.rank)
+        stats = "f32" if t.dtype == "f16" else t.dtype
+        dt = np.dtype(np_dtype(stats))
+        if stats != t.dtype:
+            (x,) = e.node("Cast", [x], 1, to=e.onnx_dtype(stats))
+        mean = _onnx_rows_mean(e, x, t, a, stats)
+        (xc,) = e.node("Sub", [x, mean(x)], 1)
+        (var,) = e.node("Add", [mean(e.node("Mul", [xc, xc], 1)[0]), e.const(np.asarray(eps, dt))], 1)
+        (inv,) = e.node("Div", [e.const(np.asarray(1.0, dt)), e.node("Sqrt", [var], 1)[0]], 1)
+        (xhat,) = e.node("Mul", [xc, inv], 1)
+        for v, out in zip((xhat, inv), outs):
+            if stats == t.dtype:
+                e.node("Identity", [v], [out])
+            else:
+                e.node("Cast", [v], [out], to=e.onnx_dtype(t.dtype))
+
+
+@register
+class LayerNormGradStats(Op):
+    """``layer_norm_grad_stats(dy, xhat, inv, gamma, axis=-1)`` → (dx, dy * x̂): ``layer_norm_grad``
+    from the statistics ``layer_norm_stats`` computed (its kernel's second half)."""
+
+    name, family = "layer_norm_grad_stats", "norm"
+    inputs = ("dy", "xhat", "inv", "gamma")
+    outputs = ("dx", "dgamma_rows")
+    attrs = {"axis": Attr("int", -1, doc="first normalised axis")}
+    samples = [Sample((Arg((2, 3, 4)), Arg((2, 3, 4)), Arg((2, 3, 1), "positive"), Arg((4,)))),
+               Sample((Arg((2, 3, 4)), Arg((2, 3, 4)), Arg((2, 1, 1), "positive"), Arg((3, 4))), {"axis": 1})]
+
+    def shape(self, dy, xhat, inv, gamma, axis):
+        same_dtype("layer_norm_grad_stats", dy, xhat, inv, gamma)
+        if xhat.dtype not in FLOATS or xhat.rank == 0 or dy != xhat:
+            raise ShapeError(f"`layer_norm_grad_stats` needs float dy and x̂ of one type, got {dy} and {xhat}")
+        a = norm_axis(axis, xhat.rank)
+        if inv != _stats_shape(xhat, axis) or gamma.shape != xhat.shape[a:]:
+            raise ShapeError(f"`layer_norm_grad_stats`: 1/σ must have shape {shape_str(_stats_shape(xhat, axis).shape)} "
+                             f"and gamma {shape_str(xhat.shape[a:])}, got {shape_str(inv.shape)} and "
+                             f"{shape_str(gamma.shape)}")
+        return xhat, xhat
+
+    def kernel(self, dy, xhat, inv, gamma, axis):
+        a = norm_axis(axis, xhat.ndim)
+        st = stats_dtype(xhat)
+        xh = as_rows(xhat.astype(st, copy=False), a)
+        iv = inv.astype(st, copy=False).reshape(xh.shape[0], 1)
+        dys = dy.astype(st, copy=False)  # as layer_norm_grad's kernel, with x̂ left unchanged
+        g = np.multiply(dys, gamma.astype(st, copy=False), out=np.empty(xhat.shape, st))
+        dgamma = np.multiply(dys, xh.reshape(xhat.shape), out=np.empty(xhat.shape, st))
+        rows = g.reshape(xh.shape)
+        n = rows.shape[1]
+        mean_g = sum_keepdims(rows, -1) / n
+        mean_gx = dot_keepdims(rows, xh, -1) / n
+        rows -= mean_g
+        rows -= np.multiply(xh, mean_gx)
+        rows *= iv
+        return g.astype(xhat.dtype, copy=False), dgamma.astype(xhat.dtype, copy=False)
+
+    def grad(self, b, inputs, outputs, cts, axis):
+        return _vjp_of(b, lambda b, *v: _grad_stats_formula(b, *v, axis), inputs, cts)
+
+    def onnx(self, e, ins, outs, axis):
+        dy, xhat, inv, gamma = ins
+        t = e.in_types[1]
+        a = norm_axis(axis, t.rank)
+        stats = "f32" if t.dtype == "f16" else t.dtype
+        if stats != t.dtype:
+            dy, xhat, inv, gamma = (e.node("Cast", [v], 1, to=e.onnx_dtype(stats))[0] for v in ins)
+        mean = _onnx_rows_mean(e, xhat, t, a, stats)
+        (g,) = e.node("Mul", [dy, gamma], 1)
+        (centred,) = e.node("Sub", [g, mean(g)], 1)
+        (along,) = e.node("Mul", [xhat, mean(e.node("Mul", [g, xhat], 1)[0])], 1)
+        (inner,) = e.node("Sub", [centred, along], 1)
+        for (u, v), out in zip(((inv, inner), (dy, xhat)), outs):
+            if stats == t.dtype:
+                e.node("Mul", [u, v], [out])
+            else:
+                e.node("Cast", [e.node("Mul", [u, v], 1)[0]], [out], to=e.onnx_dtype(t.dtype))
+
+
+def _onnx_rows_mean(e, like: str, t, a: int, stats: str):
+    """A function emitting the mean over the axes ``a``.. (ReduceSum and Div, as ``mean``
+    exports) of values shaped like ``like`` (of type ``t``), in dtype ``stats``."""
+    dt = np.dtype(np_dtype(stats))
+    axes = i64(e, list(range(a, t.rank)))
+    n = prod_dims(t.shape[a:])
+    if isinstance(n, int):
+        count = e.const(np.asarray(n, dt))
+    else:  # a symbolic normalised dim: the count from the run-time shape
+        (dims,) = e.node("Gather", [e.node("Shape", [like], 1)[0], e.const(np.arange(a, t.rank))], 1, axis=0)
+        (count,) = e.node("Cast", [e.int_product(dims, t.rank - a)], 1, to=e.onnx_dtype(stats))
+
+    def mean(v):
+        return e.node("Div", [e.node("ReduceSum", [v, axes], 1, keepdims=1)[0], count], 1)[0]
+    return mean

@@ -78,8 +78,9 @@ def row_wise(graph, rec, sharded: list, batch: frozenset[str]) -> bool:
         return all(a == [0] for a in in_axes + out_axes if a)
     if op in ("matmul", "matmul_t"):
         return _matmul_keeps_batch(graph, rec, sharded, batch)
-    if op in ("layer_norm", "layer_norm_grad"):  # normalised along the axes from `axis` on of x (and dy)
-        mixed = rec.inputs[:1] if op == "layer_norm" else rec.inputs[:2]
+    if op in ("layer_norm", "layer_norm_grad", "layer_norm_stats", "layer_norm_grad_stats"):
+        # normalised along the axes from `axis` on of x (and dy; x̂ for the stats form)
+        mixed = rec.inputs[:1] if op in ("layer_norm", "layer_norm_stats") else rec.inputs[:2]
         x = graph.type_of(mixed[-1])
         axis = rec.attrs.get("axis", -1) % max(x.rank, 1)
         return not any(a for v, a in zip(sharded, in_axes) if v in mixed and a[0] >= axis)
