@@ -285,7 +285,8 @@ class MatMulPermuted(Op):
     samples = [Sample((Arg((2, 3, 4, 5)), Arg((2, 3, 5, 2))), {"perm": (0, 2, 1, 3)}, note="heads merged"),
                Sample((Arg((2, 3, 5, 4)), Arg((2, 3, 2, 5))), {"ta": True, "tb": True, "perm": (2, 0, 1, 3)}),
                Sample((Arg((3, 4, 5)), Arg((3, 5, 2))), {"perm": (1, 0, 2)}),
-               Sample((Arg((3, 4, 5)), Arg((5, 2))), {"perm": (1, 0, 2)}, note="a matrix b")]
+               Sample((Arg((3, 4, 5)), Arg((5, 2))), {"perm": (1, 0, 2)}, note="a matrix b"),
+               Sample((Arg((2, 3, 4, 5)), Arg((2, 3, 5, 2))), {"perm": (0, -2, 1, 3)}, note="negative axes")]
 
     def shape(self, a, b, ta, tb, perm):
         out = get_op("matmul_t").shape(a, b, ta=ta, tb=tb)
@@ -309,13 +310,13 @@ class MatMulPermuted(Op):
         return out
 
     def grad(self, b, inputs, outputs, cts, ta, tb, perm):
-        back = tuple(int(i) for i in np.argsort(perm))
+        back = tuple(int(i) for i in np.argsort(_perm(perm, len(perm))))
         return get_op("matmul_t").grad(b, inputs, None, [b.transpose(cts[0], perm=back)], ta=ta, tb=tb)
 
     def onnx(self, e, ins, outs, ta, tb, perm):
         product = e.tmp("product")
         get_op("matmul_t").onnx(e, ins, [product], ta=ta, tb=tb)  # (reads e.in_types: the same inputs)
-        e.node("Transpose", [product], outs, perm=list(perm))
+        e.node("Transpose", [product], outs, perm=list(_perm(perm, len(perm))))
 
 
 @register

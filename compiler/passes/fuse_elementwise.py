@@ -169,7 +169,7 @@ def _fuse(graph: Graph, uses: Uses, members: list[int]) -> None:
 
 # ops whose kernels always return a fresh array (never a view of an argument), so a value
 # they made that only one fused node reads is that node's to overwrite
-FRESH_RESULTS = frozenset({"matmul", "matmul_t", "matmul_add", "fused"})
+FRESH_RESULTS = frozenset({"matmul", "matmul_t", "matmul_add", "matmul_permuted", "fused"})
 
 
 def _donated(graph: Graph, uses: Uses, inputs: list[Value], members: set) -> tuple[int, ...]:
