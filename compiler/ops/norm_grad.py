@@ -49,6 +49,27 @@ def standardise(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     return xc, inv
 
 
+def grad_from_stats(dy, xhat: np.ndarray, inv: np.ndarray, gamma, shape: tuple, xhat_is_scratch: bool):
+    """(dx, dy * x̂) of a layer norm from its statistics, all in one float dtype: ``xhat`` as
+    [R, n] rows, ``inv`` (1/σ) as [R, 1], ``dy`` and ``gamma`` broadcasting to ``shape``.
+
+    dx = inv * (g - mean(g) - x̂ * mean(g * x̂)) with g = dy * gamma, computed in g's buffer;
+    ``xhat_is_scratch``: x̂'s buffer may hold the product x̂ * mean(g * x̂) (the same values
+    as a temporary would)."""
+    # the products with dy in x's shape, into C-order buffers: dy may be a broadcast view
+    # (a mean's gradient), which needs no copy that way
+    g = np.multiply(dy, gamma, out=np.empty(shape, xhat.dtype))
+    dgamma = np.multiply(dy, xhat.reshape(shape), out=np.empty(shape, xhat.dtype))
+    rows = g.reshape(xhat.shape)
+    n = rows.shape[1]
+    mean_g = sum_keepdims(rows, -1) / n
+    mean_gx = dot_keepdims(rows, xhat, -1) / n
+    rows -= mean_g
+    rows -= np.multiply(xhat, mean_gx, out=xhat if xhat_is_scratch else None)
+    rows *= inv
+    return g, dgamma
+
+
 @register
 class LayerNormGrad(Op):
     """``layer_norm_grad(dy, x, gamma, axis=-1, eps=1e-5)`` → (dx, dy * x̂): the gradient of
@@ -80,21 +101,9 @@ class LayerNormGrad(Op):
         a = norm_axis(axis, x.ndim)
         st = stats_dtype(x)
         xhat, inv = standardise(as_rows(x.astype(st, copy=False), a), eps)  # [R, n] and [R, 1]
-        # the products with dy in x's shape, into C-order buffers: dy may be a broadcast view
-        # (a mean's gradient), which needs no copy that way
-        dys = dy.astype(st, copy=False)
-        g = np.multiply(dys, gamma.astype(st, copy=False), out=np.empty(x.shape, st))
-        dgamma = np.multiply(dys, xhat.reshape(x.shape), out=np.empty(x.shape, st))
-        rows = g.reshape(xhat.shape)
-        n = rows.shape[1]
-        mean_g = sum_keepdims(rows, -1) / n
-        mean_gx = dot_keepdims(rows, xhat, -1) / n
-        # dx = inv * (g - mean(g) - x̂ * mean(g * x̂)), in g's buffer (x̂'s holds the product)
-        rows -= mean_g
-        xhat *= mean_gx
-        rows -= xhat
-        rows *= inv
-        return g.astype(x.dtype, copy=False), dgamma.astype(x.dtype, copy=False)
+        dx, dgamma = grad_from_stats(dy.astype(st, copy=False), xhat, inv, gamma.astype(st, copy=False),
+                                     x.shape, xhat_is_scratch=True)
+        return dx.astype(x.dtype, copy=False), dgamma.astype(x.dtype, copy=False)
 
     def grad(self, b, inputs, outputs, cts, axis, eps):
         from ..passes.backprop import vjp
@@ -274,17 +283,9 @@ class LayerNormGradStats(Op):
         st = stats_dtype(xhat)
         xh = as_rows(xhat.astype(st, copy=False), a)
         iv = inv.astype(st, copy=False).reshape(xh.shape[0], 1)
-        dys = dy.astype(st, copy=False)  # as layer_norm_grad's kernel, with x̂ left unchanged
-        g = np.multiply(dys, gamma.astype(st, copy=False), out=np.empty(xhat.shape, st))
-        dgamma = np.multiply(dys, xh.reshape(xhat.shape), out=np.empty(xhat.shape, st))
-        rows = g.reshape(xh.shape)
-        n = rows.shape[1]
-        mean_g = sum_keepdims(rows, -1) / n
-        mean_gx = dot_keepdims(rows, xh, -1) / n
-        rows -= mean_g
-        rows -= np.multiply(xh, mean_gx)
-        rows *= iv
-        return g.astype(xhat.dtype, copy=False), dgamma.astype(xhat.dtype, copy=False)
+        dx, dgamma = grad_from_stats(dy.astype(st, copy=False), xh, iv, gamma.astype(st, copy=False),
+                                     xhat.shape, xhat_is_scratch=False)  # x̂ is shared: left unchanged
+        return dx.astype(xhat.dtype, copy=False), dgamma.astype(xhat.dtype, copy=False)
 
     def grad(self, b, inputs, outputs, cts, axis):
         return _vjp_of(b, lambda b, *v: _grad_stats_formula(b, *v, axis), inputs, cts)
