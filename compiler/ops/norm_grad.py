@@ -119,37 +119,17 @@ class LayerNormGrad(Op):
         dy, x, gamma = ins
         t = e.in_types[1]
         a = norm_axis(axis, t.rank)
-        axes = i64(e, list(range(a, t.rank)))
         stats = "f32" if t.dtype == "f16" else t.dtype  # f16 computed in f32, as the kernel does
         dt = np.dtype(np_dtype(stats))
         if stats != t.dtype:
             dy, x, gamma = (e.node("Cast", [v], 1, to=e.onnx_dtype(stats))[0] for v in (dy, x, gamma))
-
-        n = prod_dims(t.shape[a:])
-        if isinstance(n, int):
-            count = e.const(np.asarray(n, dt))
-        else:  # a symbolic normalised dim: the count from x's run-time shape
-            (dims,) = e.node("Gather", [e.node("Shape", [x], 1)[0], e.const(np.arange(a, t.rank))], 1, axis=0)
-            (count,) = e.node("Cast", [e.int_product(dims, t.rank - a)], 1, to=e.onnx_dtype(stats))
-
-        def mean(v):  # ReduceSum and Div, as `mean` exports (onnxruntime's CUDA provider has no ReduceMean)
-            return e.node("Div", [e.node("ReduceSum", [v, axes], 1, keepdims=1)[0], count], 1)[0]
-
+        mean = _onnx_rows_mean(e, x, t, a, stats)
         (xc,) = e.node("Sub", [x, mean(x)], 1)
         (var,) = e.node("Mul", [xc, xc], 1)
         (var,) = e.node("Add", [mean(var), e.const(np.asarray(eps, dt))], 1)
         (inv,) = e.node("Div", [e.const(np.asarray(1.0, dt)), e.node("Sqrt", [var], 1)[0]], 1)
         (xhat,) = e.node("Mul", [xc, inv], 1)
-        (g,) = e.node("Mul", [dy, gamma], 1)
-        (gx,) = e.node("Mul", [g, xhat], 1)
-        (centred,) = e.node("Sub", [g, mean(g)], 1)
-        (along,) = e.node("Mul", [xhat, mean(gx)], 1)
-        (inner,) = e.node("Sub", [centred, along], 1)
-        for (u, v), out in zip(((inv, inner), (dy, xhat)), outs):
-            if stats == t.dtype:
-                e.node("Mul", [u, v], [out])
-            else:
-                e.node("Cast", [e.node("Mul", [u, v], 1)[0]], [out], to=e.onnx_dtype(t.dtype))
+        _onnx_grad_from_stats(e, dy, xhat, inv, gamma, mean, outs, stats, t.dtype)
 
 
 def _formula(b, dy, x, gamma, axis, eps):
@@ -297,16 +277,23 @@ class LayerNormGradStats(Op):
         stats = "f32" if t.dtype == "f16" else t.dtype
         if stats != t.dtype:
             dy, xhat, inv, gamma = (e.node("Cast", [v], 1, to=e.onnx_dtype(stats))[0] for v in ins)
-        mean = _onnx_rows_mean(e, xhat, t, a, stats)
-        (g,) = e.node("Mul", [dy, gamma], 1)
-        (centred,) = e.node("Sub", [g, mean(g)], 1)
-        (along,) = e.node("Mul", [xhat, mean(e.node("Mul", [g, xhat], 1)[0])], 1)
-        (inner,) = e.node("Sub", [centred, along], 1)
-        for (u, v), out in zip(((inv, inner), (dy, xhat)), outs):
-            if stats == t.dtype:
-                e.node("Mul", [u, v], [out])
-            else:
-                e.node("Cast", [e.node("Mul", [u, v], 1)[0]], [out], to=e.onnx_dtype(t.dtype))
+        _onnx_grad_from_stats(e, dy, xhat, inv, gamma, _onnx_rows_mean(e, xhat, t, a, stats), outs, stats, t.dtype)
+
+
+def _onnx_grad_from_stats(e, dy: str, xhat: str, inv: str, gamma: str, mean, outs: list[str], stats: str,
+                          dtype: str) -> None:
+    """Emit :func:`grad_from_stats`' formula into ``outs`` (dx, dy * x̂): the operands in dtype
+    ``stats``, the outputs cast back to ``dtype`` when it differs; ``mean`` from
+    :func:`_onnx_rows_mean`."""
+    (g,) = e.node("Mul", [dy, gamma], 1)
+    (centred,) = e.node("Sub", [g, mean(g)], 1)
+    (along,) = e.node("Mul", [xhat, mean(e.node("Mul", [g, xhat], 1)[0])], 1)
+    (inner,) = e.node("Sub", [centred, along], 1)
+    for (u, v), out in zip(((inv, inner), (dy, xhat)), outs):
+        if stats == dtype:
+            e.node("Mul", [u, v], [out])
+        else:
+            e.node("Cast", [e.node("Mul", [u, v], 1)[0]], [out], to=e.onnx_dtype(dtype))
 
 
 def _onnx_rows_mean(e, like: str, t, a: int, stats: str):
