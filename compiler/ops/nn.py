@@ -159,7 +159,8 @@ def onnx_error(op: str, exc: Exception):
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
 # per-example products over N, or is one GEMM over the whole batch (WGRAD_ONE_GEMM_COLUMNS).
-# Stride 1: the input gradient by rows (deconv_rows_np).
+# Stride 1: the input gradient by rows (deconv_rows_np), the batch inside the GEMM when it
+# has many rows (DECONV_BATCH_INSIDE_ROWS).
 # The batch's im2col matrix from which conv_np builds it a chunk of examples at a time (each
 # chunk's GEMMs read it from cache): LeNet's first conv (1 MB per 12 examples) 0.53 -> 0.40 ms.
 IM2COL_CHUNK_BYTES = 1 << 20
@@ -227,6 +228,14 @@ def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
     return fold(cols.reshape(n, groups * cg, *kernel, *out), size, kernel, stride, pads, dilation, dy.dtype)
 
 
+# GEMM rows (Cg*k0: input channels times first-axis taps) from which the stride-1 input
+# gradient puts the batch inside one GEMM per group ([Cg*k0, Og*prod(k[1:])] x
+# [Og*prod(k[1:]), N*o0*prod(padded[1:])], MKL through gemm_2d) instead of a batched GEMM per
+# example (bit-identical at LeNet's shapes): LeNet's second conv (30 rows) 0.84 -> 0.73 ms; at its
+# first (5 rows, a shape conv_transpose meets too) it is a wash (1.00 ms both), so that stays.
+DECONV_BATCH_INSIDE_ROWS = 16
+
+
 def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     """conv_grad_input for stride 1, by rows: along every axis but the first it is a
     full correlation of ``dy`` with the flipped kernel (im2col of ``dy`` zero-extended
@@ -239,17 +248,37 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     og, k = o // groups, len(kernel)
     padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
     ext = tuple(d * (kk - 1) for kk, d in zip(kernel[1:], dilation[1:]))
-    dz = np.zeros((n, o, out[0], *(m + 2 * e for m, e in zip(out[1:], ext))), dy.dtype)
-    dz[(slice(None), slice(None), slice(None), *(slice(e, e + m) for m, e in zip(out[1:], ext)))] = dy
-    # [N, O, 1, *k[1:], o0, *padded[1:]]: tap j of axis a reads dy at X + j d - e = X - (k - 1 - j) d
-    view = windows(dz, (1, *kernel[1:]), (1,) * k, (1, *dilation[1:]), (out[0], *padded[1:]))
-    cols = np.ascontiguousarray(view).reshape(n, groups, -1, out[0] * math.prod(padded[1:]))
     flipped = w[(slice(None), slice(None), slice(None), *(slice(None, None, -1),) * (k - 1))]
     wr = flipped.reshape(groups, og, cg, kernel[0], -1).transpose(0, 2, 3, 1, 4).reshape(groups, cg * kernel[0], -1)
-    rows = np.matmul(wr, cols).reshape(n, groups * cg, kernel[0], out[0], *padded[1:])  # [N, C, k0, o0, ...]
-    image = np.zeros((n, groups * cg, *padded), dy.dtype)
-    for i in range(kernel[0]):
-        image[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, :, i]
+    batch_inside = cg * kernel[0] >= DECONV_BATCH_INSIDE_ROWS
+    # dy zero-extended by the dilated kernel on both sides of every axis but the first; with
+    # the batch inside the GEMM, channel-major ([O, N, ...]: the copy transposes as it fills)
+    lead = (o, n) if batch_inside else (n, o)
+    dz = np.zeros((*lead, out[0], *(m + 2 * e for m, e in zip(out[1:], ext))), dy.dtype)
+    dz[(slice(None), slice(None), slice(None), *(slice(e, e + m) for m, e in zip(out[1:], ext)))] = \
+        dy.transpose(1, 0, *range(2, k + 2)) if batch_inside else dy
+    # [N, O, 1, *k[1:], o0, *padded[1:]] (N and O swapped with the batch inside): tap j of axis a
+    # reads dy at X + j d - e = X - (k - 1 - j) d
+    view = windows(dz, (1, *kernel[1:]), (1,) * k, (1, *dilation[1:]), (out[0], *padded[1:]))
+    rest = out[0] * math.prod(padded[1:])
+    if batch_inside:
+        # [G, Og*prod(k[1:]), N*o0*prod(padded[1:])]: one GEMM per group, the batch along its columns
+        cols = np.ascontiguousarray(view.transpose(0, *range(2, k + 2), 1, *range(k + 2, 2 * k + 2)))
+        cols = cols.reshape(groups, -1, n * rest)
+        rows = [gemm.gemm_2d(a, b).reshape(cg, kernel[0], n, out[0], *padded[1:]) for a, b in zip(wr, cols)]
+        rows = np.concatenate(rows) if groups > 1 else rows[0]  # [C, k0, N, o0, ...]
+        image = np.empty((n, groups * cg, *padded), dy.dtype)
+        target = image.transpose(1, 0, *range(2, k + 2))  # [C, N, *padded]: a view of the image
+        target[:, :, :out[0]] = rows[:, 0]  # tap 0 copied, not added to zeros (the same values)
+        target[:, :, out[0]:] = 0
+        for i in range(1, kernel[0]):
+            target[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, i]
+    else:
+        image = np.zeros((n, groups * cg, *padded), dy.dtype)
+        cols = np.ascontiguousarray(view).reshape(n, groups, -1, rest)
+        rows = np.matmul(wr, cols).reshape(n, groups * cg, kernel[0], out[0], *padded[1:])  # [N, C, k0, o0, ...]
+        for i in range(kernel[0]):
+            image[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, :, i]
     return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
