@@ -16,7 +16,8 @@ Conventions (PyTorch's and ONNX's):
   ``"same"`` | ``"valid"`` | an int | a list of k | k pairs
   ``[[before, after], ...]`` (``windows.resolve_pads``); ``groups`` splits the
   channels;
-- bias is not part of the op: add ``reshape(b, [1, O, 1, 1])``.
+- bias is not part of the op: add ``reshape(b, [1, O, 1, 1])`` (the NumPy backend's
+  optimizer folds that add into ``conv{k}d_add``, compiler/passes/fold_conv_add.py).
 
 Shapes: batch, channels and spatial dims may be symbolic; a strided window
 over a symbolic axis gives a floor-division dim (``(H + 1)//2``).
@@ -44,7 +45,7 @@ import math
 import numpy as np
 
 from ..dims import Sym, dim_str, shape_str
-from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
+from ..types import FLOATS, AttrError, ShapeError, TensorType, broadcast_shapes, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
 from . import gemm
 from .windows import axis_names, fold, im2col, im2col_by_channel, ntuple, out_dim, pad_image, resolve_pads, windows
@@ -176,22 +177,30 @@ def chunks(n: int, example_bytes: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
+def conv_np(x, w, stride, pads, dilation, groups, c=None) -> np.ndarray:
     """The convolution as batched GEMMs over the im2col matrix, built a chunk of examples
     at a time; by rows (``conv_rows_np``) when the first axis has stride 1 and the other
-    axes' windows have enough columns."""
+    axes' windows have enough columns.  ``c`` (of the output's dtype, broadcasting to the
+    output without enlarging it): added in place to each chunk of the output while the
+    chunk is in cache — per element the one addition a separate ``add`` makes."""
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
     out = conv_out("conv", x.shape[2:], kernel, stride, pads, dilation)
     if stride[0] == 1 and kernel[0] > 1 and w.shape[1] * math.prod(kernel[1:]) >= ROWS_MIN_COLUMNS:
-        return conv_rows_np(x, w, stride, pads, dilation, groups, out)
+        y = conv_rows_np(x, w, stride, pads, dilation, groups, out)
+        return y if c is None else np.add(y, c, out=y)
     wg = w.reshape(groups, o // groups, -1)
     spans = chunks(n, x.shape[1] * math.prod(kernel) * math.prod(out) * x.itemsize)
     if len(spans) == 1:
-        return np.matmul(wg, im2col(x, kernel, stride, pads, dilation, groups, out)).reshape(n, o, *out)
+        y = np.matmul(wg, im2col(x, kernel, stride, pads, dilation, groups, out)).reshape(n, o, *out)
+        return y if c is None else np.add(y, c, out=y)
     y = np.empty((n, groups, o // groups, math.prod(out)), np.result_type(x, w))
+    image = y.reshape(n, o, *out)  # a view of y
+    added = None if c is None else np.broadcast_to(c, image.shape)
     for start, stop in spans:
         np.matmul(wg, im2col(x[start:stop], kernel, stride, pads, dilation, groups, out), out=y[start:stop])
-    return y.reshape(n, o, *out)
+        if added is not None:
+            np.add(image[start:stop], added[start:stop], out=image[start:stop])
+    return image
 
 
 def conv_rows_np(x, w, stride, pads, dilation, groups, out) -> np.ndarray:
@@ -468,6 +477,44 @@ class ConvTranspose(Op):
         e.node("ConvTranspose", ins, outs, output_padding=list(q), **conv_onnx_attrs(w[2:], s, p, d, groups))
 
 
+class ConvAdd(Conv):
+    """``conv{k}d_add(x, w, c, stride, padding, dilation, groups)``: ``conv{k}d(x, w) + c``,
+    ``c`` (a bias ``[O, 1, ...]``, or any term broadcasting to the output without enlarging
+    it) added to each chunk of the output as the conv computes it, while the chunk is in
+    cache: per element the one addition the separate ``add`` makes, so bit-identical.  Made
+    by the NumPy backend's optimizer (compiler/passes/fold_conv_add.py) from an ``add`` of
+    a conv's only use."""
+
+    family = "fused"
+    inputs = ("x", "w", "c")
+
+    def flops(self, in_types, out_types, **attrs):
+        """The conv's multiply-adds and the add."""
+        n = 1
+        for d in out_types[0].shape:
+            n = n * d
+        return super().flops(in_types[:2], out_types, **attrs) + n
+
+    def shape(self, x, w, c, stride, padding, dilation, groups):
+        out = super().shape(x, w, stride, padding, dilation, groups)
+        same_dtype(self.name, out, c)
+        if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
+            raise ShapeError(f"`{self.name}`: {c} does not broadcast to the conv's output {out}")
+        return out
+
+    def kernel(self, x, w, c, stride, padding, dilation, groups):
+        return conv_np(x, w, *self.params(w.shape, stride, padding, dilation, groups), groups, c=c)
+
+    def grad(self, b, inputs, outputs, cts, stride, padding, dilation, groups):
+        dx, dw = super().grad(b, inputs[:2], outputs, cts, stride, padding, dilation, groups)
+        return [dx, dw, cts[0]]  # backprop sums c's cotangent over the axes it was broadcast along
+
+    def onnx(self, e, ins, outs, stride, padding, dilation, groups):
+        product = e.tmp("conv")
+        super().onnx(e, ins[:2], [product], stride, padding, dilation, groups)  # (reads e.in_types[1]: w)
+        e.node("Add", [product, ins[2]], outs)
+
+
 def per_rank(base: type, name: str, cases, sample) -> None:
     """Register ``base`` once per rank in RANKS as ``name.format(k=...)``, with
     the sample rows of that rank."""
@@ -478,6 +525,8 @@ def per_rank(base: type, name: str, cases, sample) -> None:
 
 
 per_rank(Conv, "conv{k}d", CONV_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
+per_rank(ConvAdd, "conv{k}d_add", CONV_CASES,
+         lambda xs, ws, a: Sample((Arg(xs), Arg(ws), Arg((ws[0],) + (1,) * (len(xs) - 2))), a, note="a bias"))
 per_rank(ConvTranspose, "conv_transpose{k}d", TRANSPOSE_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
 
 from . import conv_grad, pool, pool_grad, upsample  # noqa: E402,F401  (the gradient primitives; pooling, its gradients, upsampling)
