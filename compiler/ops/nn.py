@@ -239,9 +239,10 @@ def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
 
 # GEMM rows (Cg*k0: input channels times first-axis taps) from which the stride-1 input
 # gradient puts the batch inside one GEMM per group ([Cg*k0, Og*prod(k[1:])] x
-# [Og*prod(k[1:]), N*o0*prod(padded[1:])], MKL through gemm_2d) instead of a batched GEMM per
-# example (bit-identical at LeNet's shapes): LeNet's second conv (30 rows) 0.84 -> 0.73 ms; at its
-# first (5 rows, a shape conv_transpose meets too) it is a wash (1.00 ms both), so that stays.
+# [Og*prod(k[1:]), N*o0*prod(padded[1:])]) instead of a batched GEMM per example, when that
+# GEMM goes to MKL (bit-identical at LeNet's shapes): LeNet's second conv (30 rows) 0.84 ->
+# 0.73 ms; on NumPy's BLAS (DLC_BLAS=numpy) it is slower (0.85 -> 0.96 ms), and at the first
+# conv (5 rows, a shape conv_transpose meets too) a wash (1.00 ms both), so those stay.
 DECONV_BATCH_INSIDE_ROWS = 16
 
 
@@ -259,7 +260,9 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     ext = tuple(d * (kk - 1) for kk, d in zip(kernel[1:], dilation[1:]))
     flipped = w[(slice(None), slice(None), slice(None), *(slice(None, None, -1),) * (k - 1))]
     wr = flipped.reshape(groups, og, cg, kernel[0], -1).transpose(0, 2, 3, 1, 4).reshape(groups, cg * kernel[0], -1)
-    batch_inside = cg * kernel[0] >= DECONV_BATCH_INSIDE_ROWS
+    rest = out[0] * math.prod(padded[1:])
+    batch_inside = cg * kernel[0] >= DECONV_BATCH_INSIDE_ROWS and \
+        gemm.goes_to_mkl(cg * kernel[0], og * math.prod(kernel[1:]), n * rest, dy.dtype)
     # dy zero-extended by the dilated kernel on both sides of every axis but the first; with
     # the batch inside the GEMM, channel-major ([O, N, ...]: the copy transposes as it fills)
     lead = (o, n) if batch_inside else (n, o)
@@ -269,7 +272,6 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     # [N, O, 1, *k[1:], o0, *padded[1:]] (N and O swapped with the batch inside): tap j of axis a
     # reads dy at X + j d - e = X - (k - 1 - j) d
     view = windows(dz, (1, *kernel[1:]), (1,) * k, (1, *dilation[1:]), (out[0], *padded[1:]))
-    rest = out[0] * math.prod(padded[1:])
     if batch_inside:
         # [G, Og*prod(k[1:]), N*o0*prod(padded[1:])]: one GEMM per group, the batch along its columns
         cols = np.ascontiguousarray(view.transpose(0, *range(2, k + 2), 1, *range(k + 2, 2 * k + 2)))
