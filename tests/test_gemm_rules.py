@@ -100,3 +100,12 @@ def test_the_weight_gradient_of_a_batched_product_is_one_2d_gemm():
     kinds = collections.Counter(opt.op(n) for n in opt.nodes())
     assert kinds["sum_to"] == 0 and kinds["matmul_t"] == 1 and kinds["reshape"] == 2
     np.testing.assert_array_equal(Plan(opt).run({"x": xv}, {"w": wv})["dw"], got)
+
+
+def test_goes_to_mkl_answers_as_gemm_2d_chooses(monkeypatch):
+    big = (30, 80, 64 * 140)  # LeNet's second conv input gradient with the batch inside
+    assert not gemm.goes_to_mkl(6, 25, 784, np.float32)  # under the threshold
+    assert not gemm.goes_to_mkl(*big, np.int32)  # MKL multiplies floats only
+    assert gemm.goes_to_mkl(*big, np.float32) == (gemm._MKL is not None)
+    monkeypatch.setattr(gemm, "_MKL", None)  # DLC_BLAS=numpy, or no dlc[mkl]
+    assert not gemm.goes_to_mkl(*big, np.float32)

@@ -388,8 +388,8 @@ def test_levels_and_backends():
     assert passes_for(0) == ()
     assert [p.__name__ for p in passes_for(1)] == ["simplify", "fold_constants", "cse", "pool_before_relu", "simplify", "dce"]
     assert passes_for(2, "onnx") == passes_for(1)
-    assert [p.__name__ for p in passes_for(2)][-6:] == ["fold_transposes", "fold_product_transposes",
-                                                    "share_layer_norm_stats", "fold_matmul_add",
+    assert [p.__name__ for p in passes_for(2)][-7:] == ["fold_transposes", "fold_product_transposes",
+                                                    "share_layer_norm_stats", "fold_matmul_add", "fold_conv_add",
                                                     "fuse_elementwise", "dce"]
     with pytest.raises(ValueError):
         passes_for(3)

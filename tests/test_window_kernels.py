@@ -56,7 +56,12 @@ def test_weight_gradient_as_one_gemm_over_the_batch_equals_the_sum_per_example(x
 
 
 @pytest.mark.parametrize("xs, ws, stride, pads, dilation, groups", STRIDE_1)
-def test_input_gradient_by_rows_matches_the_general_col2im(xs, ws, stride, pads, dilation, groups):
+@pytest.mark.parametrize("batch_inside", [False, True])
+def test_input_gradient_by_rows_matches_the_general_col2im(xs, ws, stride, pads, dilation, groups, batch_inside,
+                                                           monkeypatch):
+    # by rows with a batched GEMM per example, or with the batch inside one GEMM per group
+    monkeypatch.setattr(nn, "DECONV_BATCH_INSIDE_ROWS", 1 if batch_inside else 10 ** 9)
+    monkeypatch.setattr(nn.gemm, "goes_to_mkl", lambda *shape_and_dtype: True)  # (with MKL or without)
     rng = np.random.default_rng(4)
     w = rng.standard_normal(ws)
     out = tuple(m + a + b - d * (k - 1) for m, (a, b), k, d in zip(xs[2:], pads, ws[2:], dilation))

@@ -133,3 +133,9 @@ def blas_name() -> str:
     if _MKL is None:
         return "NumPy's BLAS"
     return f"MKL ({os.path.basename(_MKL.path)}) from 2^21 multiply-adds, NumPy's BLAS below"
+
+
+def goes_to_mkl(m: int, k: int, n: int, dtype) -> bool:
+    """Would :func:`gemm_2d` hand an ``[m, k] x [k, n]`` product of ``dtype`` to MKL?  For
+    kernels that pick a formulation by it (a shape rule, the same on every run)."""
+    return _MKL is not None and np.dtype(dtype) in _MKL_DTYPES and m * k * n >= _MKL_MIN_MKN

@@ -16,7 +16,8 @@ Conventions (PyTorch's and ONNX's):
   ``"same"`` | ``"valid"`` | an int | a list of k | k pairs
   ``[[before, after], ...]`` (``windows.resolve_pads``); ``groups`` splits the
   channels;
-- bias is not part of the op: add ``reshape(b, [1, O, 1, 1])``.
+- bias is not part of the op: add ``reshape(b, [1, O, 1, 1])`` (the NumPy backend's
+  optimizer folds that add into ``conv{k}d_add``, compiler/passes/fold_conv_add.py).
 
 Shapes: batch, channels and spatial dims may be symbolic; a strided window
 over a symbolic axis gives a floor-division dim (``(H + 1)//2``).
@@ -44,7 +45,7 @@ import math
 import numpy as np
 
 from ..dims import Sym, dim_str, shape_str
-from ..types import FLOATS, AttrError, ShapeError, TensorType, same_dtype
+from ..types import FLOATS, AttrError, ShapeError, TensorType, broadcast_shapes, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
 from . import gemm
 from .windows import axis_names, fold, im2col, im2col_by_channel, ntuple, out_dim, pad_image, resolve_pads, windows
@@ -159,7 +160,8 @@ def onnx_error(op: str, exc: Exception):
 # GEMM (np.matmul broadcasting the weight over the batch) with no transposes of big operands:
 # the output [N, G, O/G, prod(out)] is already [N, O, *out]; the weight gradient sums the
 # per-example products over N, or is one GEMM over the whole batch (WGRAD_ONE_GEMM_COLUMNS).
-# Stride 1: the input gradient by rows (deconv_rows_np).
+# Stride 1: the input gradient by rows (deconv_rows_np), the batch inside the GEMM when it
+# has many rows (DECONV_BATCH_INSIDE_ROWS).
 # The batch's im2col matrix from which conv_np builds it a chunk of examples at a time (each
 # chunk's GEMMs read it from cache): LeNet's first conv (1 MB per 12 examples) 0.53 -> 0.40 ms.
 IM2COL_CHUNK_BYTES = 1 << 20
@@ -175,22 +177,30 @@ def chunks(n: int, example_bytes: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-def conv_np(x, w, stride, pads, dilation, groups) -> np.ndarray:
+def conv_np(x, w, stride, pads, dilation, groups, c=None) -> np.ndarray:
     """The convolution as batched GEMMs over the im2col matrix, built a chunk of examples
     at a time; by rows (``conv_rows_np``) when the first axis has stride 1 and the other
-    axes' windows have enough columns."""
+    axes' windows have enough columns.  ``c`` (of the output's dtype, broadcasting to the
+    output without enlarging it): added in place to each chunk of the output while the
+    chunk is in cache — per element the one addition a separate ``add`` makes."""
     n, o, kernel = x.shape[0], w.shape[0], w.shape[2:]
     out = conv_out("conv", x.shape[2:], kernel, stride, pads, dilation)
     if stride[0] == 1 and kernel[0] > 1 and w.shape[1] * math.prod(kernel[1:]) >= ROWS_MIN_COLUMNS:
-        return conv_rows_np(x, w, stride, pads, dilation, groups, out)
+        y = conv_rows_np(x, w, stride, pads, dilation, groups, out)
+        return y if c is None else np.add(y, c, out=y)
     wg = w.reshape(groups, o // groups, -1)
     spans = chunks(n, x.shape[1] * math.prod(kernel) * math.prod(out) * x.itemsize)
     if len(spans) == 1:
-        return np.matmul(wg, im2col(x, kernel, stride, pads, dilation, groups, out)).reshape(n, o, *out)
+        y = np.matmul(wg, im2col(x, kernel, stride, pads, dilation, groups, out)).reshape(n, o, *out)
+        return y if c is None else np.add(y, c, out=y)
     y = np.empty((n, groups, o // groups, math.prod(out)), np.result_type(x, w))
+    image = y.reshape(n, o, *out)  # a view of y
+    added = None if c is None else np.broadcast_to(c, image.shape)
     for start, stop in spans:
         np.matmul(wg, im2col(x[start:stop], kernel, stride, pads, dilation, groups, out), out=y[start:stop])
-    return y.reshape(n, o, *out)
+        if added is not None:
+            np.add(image[start:stop], added[start:stop], out=image[start:stop])
+    return image
 
 
 def conv_rows_np(x, w, stride, pads, dilation, groups, out) -> np.ndarray:
@@ -227,6 +237,15 @@ def deconv_np(dy, w, size, stride, pads, dilation, groups) -> np.ndarray:
     return fold(cols.reshape(n, groups * cg, *kernel, *out), size, kernel, stride, pads, dilation, dy.dtype)
 
 
+# GEMM rows (Cg*k0: input channels times first-axis taps) from which the stride-1 input
+# gradient puts the batch inside one GEMM per group ([Cg*k0, Og*prod(k[1:])] x
+# [Og*prod(k[1:]), N*o0*prod(padded[1:])]) instead of a batched GEMM per example, when that
+# GEMM goes to MKL (bit-identical at LeNet's shapes): LeNet's second conv (30 rows) 0.84 ->
+# 0.73 ms; on NumPy's BLAS (DLC_BLAS=numpy) it is slower (0.85 -> 0.96 ms), and at the first
+# conv (5 rows, a shape conv_transpose meets too) a wash (1.00 ms both), so those stay.
+DECONV_BATCH_INSIDE_ROWS = 16
+
+
 def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     """conv_grad_input for stride 1, by rows: along every axis but the first it is a
     full correlation of ``dy`` with the flipped kernel (im2col of ``dy`` zero-extended
@@ -239,17 +258,38 @@ def deconv_rows_np(dy, w, size, pads, dilation, groups) -> np.ndarray:
     og, k = o // groups, len(kernel)
     padded = tuple(m + a + b for m, (a, b) in zip(size, pads))
     ext = tuple(d * (kk - 1) for kk, d in zip(kernel[1:], dilation[1:]))
-    dz = np.zeros((n, o, out[0], *(m + 2 * e for m, e in zip(out[1:], ext))), dy.dtype)
-    dz[(slice(None), slice(None), slice(None), *(slice(e, e + m) for m, e in zip(out[1:], ext)))] = dy
-    # [N, O, 1, *k[1:], o0, *padded[1:]]: tap j of axis a reads dy at X + j d - e = X - (k - 1 - j) d
-    view = windows(dz, (1, *kernel[1:]), (1,) * k, (1, *dilation[1:]), (out[0], *padded[1:]))
-    cols = np.ascontiguousarray(view).reshape(n, groups, -1, out[0] * math.prod(padded[1:]))
     flipped = w[(slice(None), slice(None), slice(None), *(slice(None, None, -1),) * (k - 1))]
     wr = flipped.reshape(groups, og, cg, kernel[0], -1).transpose(0, 2, 3, 1, 4).reshape(groups, cg * kernel[0], -1)
-    rows = np.matmul(wr, cols).reshape(n, groups * cg, kernel[0], out[0], *padded[1:])  # [N, C, k0, o0, ...]
-    image = np.zeros((n, groups * cg, *padded), dy.dtype)
-    for i in range(kernel[0]):
-        image[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, :, i]
+    rest = out[0] * math.prod(padded[1:])
+    batch_inside = cg * kernel[0] >= DECONV_BATCH_INSIDE_ROWS and \
+        gemm.goes_to_mkl(cg * kernel[0], og * math.prod(kernel[1:]), n * rest, dy.dtype)
+    # dy zero-extended by the dilated kernel on both sides of every axis but the first; with
+    # the batch inside the GEMM, channel-major ([O, N, ...]: the copy transposes as it fills)
+    lead = (o, n) if batch_inside else (n, o)
+    dz = np.zeros((*lead, out[0], *(m + 2 * e for m, e in zip(out[1:], ext))), dy.dtype)
+    dz[(slice(None), slice(None), slice(None), *(slice(e, e + m) for m, e in zip(out[1:], ext)))] = \
+        dy.transpose(1, 0, *range(2, k + 2)) if batch_inside else dy
+    # [N, O, 1, *k[1:], o0, *padded[1:]] (N and O swapped with the batch inside): tap j of axis a
+    # reads dy at X + j d - e = X - (k - 1 - j) d
+    view = windows(dz, (1, *kernel[1:]), (1,) * k, (1, *dilation[1:]), (out[0], *padded[1:]))
+    if batch_inside:
+        # [G, Og*prod(k[1:]), N*o0*prod(padded[1:])]: one GEMM per group, the batch along its columns
+        cols = np.ascontiguousarray(view.transpose(0, *range(2, k + 2), 1, *range(k + 2, 2 * k + 2)))
+        cols = cols.reshape(groups, -1, n * rest)
+        rows = [gemm.gemm_2d(a, b).reshape(cg, kernel[0], n, out[0], *padded[1:]) for a, b in zip(wr, cols)]
+        rows = np.concatenate(rows) if groups > 1 else rows[0]  # [C, k0, N, o0, ...]
+        image = np.empty((n, groups * cg, *padded), dy.dtype)
+        target = image.transpose(1, 0, *range(2, k + 2))  # [C, N, *padded]: a view of the image
+        target[:, :, :out[0]] = rows[:, 0]  # tap 0 copied, not added to zeros (the same values)
+        target[:, :, out[0]:] = 0
+        for i in range(1, kernel[0]):
+            target[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, i]
+    else:
+        image = np.zeros((n, groups * cg, *padded), dy.dtype)
+        cols = np.ascontiguousarray(view).reshape(n, groups, -1, rest)
+        rows = np.matmul(wr, cols).reshape(n, groups * cg, kernel[0], out[0], *padded[1:])  # [N, C, k0, o0, ...]
+        for i in range(kernel[0]):
+            image[:, :, i * dilation[0]:i * dilation[0] + out[0]] += rows[:, :, i]
     return image[(slice(None), slice(None), *(slice(a, a + m) for m, (a, _) in zip(size, pads)))]
 
 
@@ -439,6 +479,44 @@ class ConvTranspose(Op):
         e.node("ConvTranspose", ins, outs, output_padding=list(q), **conv_onnx_attrs(w[2:], s, p, d, groups))
 
 
+class ConvAdd(Conv):
+    """``conv{k}d_add(x, w, c, stride, padding, dilation, groups)``: ``conv{k}d(x, w) + c``,
+    ``c`` (a bias ``[O, 1, ...]``, or any term broadcasting to the output without enlarging
+    it) added to each chunk of the output as the conv computes it, while the chunk is in
+    cache: per element the one addition the separate ``add`` makes, so bit-identical.  Made
+    by the NumPy backend's optimizer (compiler/passes/fold_conv_add.py) from an ``add`` of
+    a conv's only use."""
+
+    family = "fused"
+    inputs = ("x", "w", "c")
+
+    def flops(self, in_types, out_types, **attrs):
+        """The conv's multiply-adds and the add."""
+        n = 1
+        for d in out_types[0].shape:
+            n = n * d
+        return super().flops(in_types[:2], out_types, **attrs) + n
+
+    def shape(self, x, w, c, stride, padding, dilation, groups):
+        out = super().shape(x, w, stride, padding, dilation, groups)
+        same_dtype(self.name, out, c)
+        if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
+            raise ShapeError(f"`{self.name}`: {c} does not broadcast to the conv's output {out}")
+        return out
+
+    def kernel(self, x, w, c, stride, padding, dilation, groups):
+        return conv_np(x, w, *self.params(w.shape, stride, padding, dilation, groups), groups, c=c)
+
+    def grad(self, b, inputs, outputs, cts, stride, padding, dilation, groups):
+        dx, dw = super().grad(b, inputs[:2], outputs, cts, stride, padding, dilation, groups)
+        return [dx, dw, cts[0]]  # backprop sums c's cotangent over the axes it was broadcast along
+
+    def onnx(self, e, ins, outs, stride, padding, dilation, groups):
+        product = e.tmp("conv")
+        super().onnx(e, ins[:2], [product], stride, padding, dilation, groups)  # (reads e.in_types[1]: w)
+        e.node("Add", [product, ins[2]], outs)
+
+
 def per_rank(base: type, name: str, cases, sample) -> None:
     """Register ``base`` once per rank in RANKS as ``name.format(k=...)``, with
     the sample rows of that rank."""
@@ -449,6 +527,8 @@ def per_rank(base: type, name: str, cases, sample) -> None:
 
 
 per_rank(Conv, "conv{k}d", CONV_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
+per_rank(ConvAdd, "conv{k}d_add", CONV_CASES,
+         lambda xs, ws, a: Sample((Arg(xs), Arg(ws), Arg((ws[0],) + (1,) * (len(xs) - 2))), a, note="a bias"))
 per_rank(ConvTranspose, "conv_transpose{k}d", TRANSPOSE_CASES, lambda xs, ws, a: Sample((Arg(xs), Arg(ws)), a))
 
 from . import conv_grad, pool, pool_grad, upsample  # noqa: E402,F401  (the gradient primitives; pooling, its gradients, upsampling)

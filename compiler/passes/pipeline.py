@@ -10,7 +10,7 @@ level  passes
 1      hoist_scan_invariants, then in bodies and graph: simplify → fold_constants → cse →
        pool_before_relu → simplify → dce   (any backend)
 2      level 1, then, for ``backend="numpy"``, fold_transposes → fold_product_transposes →
-       share_layer_norm_stats → fold_matmul_add → fuse_elementwise → dce
+       share_layer_norm_stats → fold_matmul_add → fold_conv_add → fuse_elementwise → dce
 ====== ===========================================================================
 
 ``hoist_scan_invariants`` runs first, on the graph that holds the scans and
@@ -25,7 +25,8 @@ runner) stops after the cleanup passes at every level.  The cleanup passes,
 order; ``fold_product_transposes`` writes a batched product into its transposed
 layout, the same BLAS calls; ``share_layer_norm_stats`` hands a layer norm's x̂ and 1/σ
 to its gradient, the same functions); ``fold_matmul_add``'s GEMM accumulating onto the added term (with MKL) agrees
-within float32 rounding; ``pool_before_relu`` (a graph rewrite, both backends) moves a ReLU after
+within float32 rounding; ``fold_conv_add`` adds a conv's bias to its output chunk by chunk, the
+same additions; ``pool_before_relu`` (a graph rewrite, both backends) moves a ReLU after
 the max pool that reads it, which leaves values and gradients equal; hoisting's batched GEMMs agree within float32 rounding.  Every pass is
 linear in the graph size, or ``n log n`` where it sorts.  The input graph is not
 changed; the result passes ``Graph.verify()``.
@@ -44,6 +45,7 @@ from ..graph import Graph
 from .cse import cse
 from .dce import dce
 from .fold_constants import fold_constants
+from .fold_conv_add import fold_conv_add
 from .fold_matmul_add import fold_matmul_add
 from .fold_product_transposes import fold_product_transposes
 from .fold_transposes import fold_transposes
@@ -59,7 +61,7 @@ DEFAULT_LEVEL = 2
 BACKENDS = ("numpy", "onnx")
 CLEANUP: tuple[Callable[[Graph], int], ...] = (simplify, fold_constants, cse, pool_before_relu, simplify, dce)
 NUMPY_ONLY: tuple[Callable[[Graph], int], ...] = (fold_transposes, fold_product_transposes, share_layer_norm_stats,
-                                                  fold_matmul_add, fuse_elementwise, dce)
+                                                  fold_matmul_add, fold_conv_add, fuse_elementwise, dce)
 
 
 def passes_for(level: int, backend: str = "numpy") -> tuple[Callable[[Graph], int], ...]:
