@@ -290,6 +290,32 @@ def test_a_fresh_gradient_read_only_by_its_update_is_donated_to_it():
         np.testing.assert_array_equal(a, kept[name])
 
 
+def test_a_lone_elementwise_node_writes_into_the_fresh_product_only_it_reads():
+    g, b, (x, y) = small(TensorType("f32", (2, 3, 4)), TensorType("f32", (2, 4, 5)))
+    g.set_output("scaled", b.mul(b.matmul(x, y), 0.125))  # the attention scores times the scale
+    product = b.matmul(x, y)
+    g.set_output("kept", b.mul(product, 0.5))  # the product is read again: no donation
+    g.set_output("product", product)
+    g.set_output("of_feed", b.neg(x))  # a feed is never written
+    rng = np.random.default_rng(2)
+    feeds = {"x0": rng.standard_normal((2, 3, 4)).astype(np.float32),
+             "x1": rng.standard_normal((2, 4, 5)).astype(np.float32)}
+    want = run(g, feeds)
+    assert fuse_elementwise(g) == 0  # a one-op fused node absorbs no other node
+    g.verify()
+    fused = [n for n in g.nodes() if g.op(n) == "fused"]
+    assert len(fused) == 1 and g[fused[0]].attrs["program"] == (("mul", (0, 1), ()),)
+    assert g[fused[0]].attrs["donated"] == (0,) and g[fused[0]].attrs["reuse"] == (0,)
+    assert ops(g)["mul"] == 1 and ops(g)["neg"] == 1
+    kept = {k: a.copy() for k, a in feeds.items()}
+    got = run(g, feeds)
+    for k in want:  # the same ufunc on the same operands, in place
+        np.testing.assert_array_equal(got[k], want[k])
+    np.testing.assert_allclose(got["scaled"], feeds["x0"] @ feeds["x1"] * 0.125, rtol=1e-6)
+    for k, a in feeds.items():
+        np.testing.assert_array_equal(a, kept[k])
+
+
 def test_a_gradient_read_after_the_update_is_not_donated():
     g, feeds, params = _sgd_graph(grad_is_output=True)
     want = run(g, feeds, params)

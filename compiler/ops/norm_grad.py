@@ -59,14 +59,21 @@ def grad_from_stats(dy, xhat: np.ndarray, inv: np.ndarray, gamma, shape: tuple, 
     # the products with dy in x's shape, into C-order buffers: dy may be a broadcast view
     # (a mean's gradient), which needs no copy that way
     g = np.multiply(dy, gamma, out=np.empty(shape, xhat.dtype))
-    dgamma = np.multiply(dy, xhat.reshape(shape), out=np.empty(shape, xhat.dtype))
     rows = g.reshape(xhat.shape)
     n = rows.shape[1]
     mean_g = sum_keepdims(rows, -1) / n
     mean_gx = dot_keepdims(rows, xhat, -1) / n
+    if xhat_is_scratch:  # dy * x̂ before x̂'s buffer takes the product
+        dgamma = np.multiply(dy, xhat.reshape(shape), out=np.empty(shape, xhat.dtype))
+        along = np.multiply(xhat, mean_gx, out=xhat)
+    else:
+        along = np.multiply(xhat, mean_gx)
     rows -= mean_g
-    rows -= np.multiply(xhat, mean_gx, out=xhat if xhat_is_scratch else None)
+    rows -= along
     rows *= inv
+    if not xhat_is_scratch:
+        # the product's buffer, dead now, takes dy * x̂: two fresh buffers instead of three
+        dgamma = np.multiply(dy, xhat.reshape(shape), out=along.reshape(shape))
     return g, dgamma
 
 
