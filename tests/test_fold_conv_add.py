@@ -9,7 +9,7 @@ import pytest
 import dlc
 from dlc.compiler.builder import Builder
 from dlc.compiler.graph import Graph
-from dlc.compiler.ops import nn
+from dlc.compiler.ops import conv_kernels
 from dlc.compiler.passes.dce import dce
 from dlc.compiler.passes.fold_conv_add import fold_conv_add
 from dlc.compiler.passes.pipeline import optimize
@@ -62,12 +62,12 @@ def test_a_biased_conv_folds_and_gives_the_same_bits(xs, ws, conv_attrs):
 
 def test_the_chunked_conv_adds_the_term_to_every_chunk(monkeypatch):
     # one example per chunk: each chunk's add lands on its own rows (a full-shaped c checks the slicing)
-    monkeypatch.setattr(nn, "IM2COL_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv_kernels, "IM2COL_CHUNK_BYTES", 1)
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((3, 2, 6, 6)), rng.standard_normal((4, 2, 3, 3))
     c = rng.standard_normal((3, 4, 4, 4))
-    y = nn.conv_np(x, w, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
-    np.testing.assert_array_equal(nn.conv_np(x, w, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, c=c), y + c)
+    y = conv_kernels.conv_np(x, w, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    np.testing.assert_array_equal(conv_kernels.conv_np(x, w, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, c=c), y + c)
 
 
 def test_lenet_training_step_folds_both_biases():

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlc.compiler.ops import nn  # noqa: F401  (registers the window ops)
-from dlc.compiler.ops.nn import conv_np, deconv_np, deconv_rows_np, wgrad_np
+from dlc.compiler.ops import conv_kernels, nn  # noqa: F401  (nn registers the window ops)
+from dlc.compiler.ops.conv_kernels import conv_np, deconv_np, deconv_rows_np, wgrad_np
 from dlc.compiler.ops.pool import Window, flat_argmax, max_np
 from dlc.compiler.ops.pool_grad import max_grad_np, max_pick_np
 from dlc.compiler.ops.windows import fold, im2col, windows, windows_in_two_steps
 
 # (x shape, w shape, stride, pads, dilation, groups): stride 1 takes the input gradient by rows,
-# stride 2 the general col2im; the first two have Cg*prod(k) >= nn.WGRAD_ONE_GEMM_COLUMNS (the
+# stride 2 the general col2im; the first two have Cg*prod(k) >= conv_kernels.WGRAD_ONE_GEMM_COLUMNS (the
 # weight gradient as one GEMM over the batch)
 CONV_ROWS = [((2, 16, 6, 7), (4, 8, 3, 3), (1, 1), ((1, 1), (1, 0)), (1, 1), 2),
              ((2, 9, 7, 6), (3, 9, 3, 3), (2, 1), ((0, 1), (1, 1)), (1, 2), 1),
@@ -35,8 +35,8 @@ def test_the_conv_by_rows_or_by_chunks_equals_one_gemm_over_the_whole_im2col(xs,
     out = tuple((m + a + b - d * (k - 1) - 1) // s + 1 for m, (a, b), k, d, s in zip(xs[2:], pads, ws[2:], dilation, stride))
     cols = im2col(x, ws[2:], stride, pads, dilation, groups, out)
     want = np.matmul(w.reshape(groups, ws[0] // groups, -1), cols).reshape(xs[0], ws[0], *out)
-    monkeypatch.setattr(nn, "ROWS_MIN_COLUMNS", 1 if path == "by rows" else 10 ** 9)
-    monkeypatch.setattr(nn, "IM2COL_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv_kernels, "ROWS_MIN_COLUMNS", 1 if path == "by rows" else 10 ** 9)
+    monkeypatch.setattr(conv_kernels, "IM2COL_CHUNK_BYTES", 1)
     np.testing.assert_allclose(conv_np(x, w, stride, pads, dilation, groups), want, rtol=1e-12, atol=1e-12)
 
 
@@ -46,10 +46,10 @@ def test_weight_gradient_as_one_gemm_over_the_batch_equals_the_sum_per_example(x
     rng = np.random.default_rng(5)
     x = rng.standard_normal(xs)
     dy = rng.standard_normal(conv_np(x, np.zeros(ws), stride, pads, dilation, groups).shape)
-    monkeypatch.setattr(nn, "WGRAD_ONE_GEMM_COLUMNS", 1)
+    monkeypatch.setattr(conv_kernels, "WGRAD_ONE_GEMM_COLUMNS", 1)
     one = wgrad_np(x, dy, ws[2:], stride, pads, dilation, groups)
-    monkeypatch.setattr(nn, "WGRAD_ONE_GEMM_COLUMNS", 10 ** 9)
-    monkeypatch.setattr(nn, "IM2COL_CHUNK_BYTES", 1)  # and the im2col matrix one example at a time
+    monkeypatch.setattr(conv_kernels, "WGRAD_ONE_GEMM_COLUMNS", 10 ** 9)
+    monkeypatch.setattr(conv_kernels, "IM2COL_CHUNK_BYTES", 1)  # and the im2col matrix one example at a time
     per_example = wgrad_np(x, dy, ws[2:], stride, pads, dilation, groups)
     assert one.shape == ws
     np.testing.assert_allclose(one, per_example, rtol=1e-12, atol=1e-12)
@@ -60,8 +60,8 @@ def test_weight_gradient_as_one_gemm_over_the_batch_equals_the_sum_per_example(x
 def test_input_gradient_by_rows_matches_the_general_col2im(xs, ws, stride, pads, dilation, groups, batch_inside,
                                                            monkeypatch):
     # by rows with a batched GEMM per example, or with the batch inside one GEMM per group
-    monkeypatch.setattr(nn, "DECONV_BATCH_INSIDE_ROWS", 1 if batch_inside else 10 ** 9)
-    monkeypatch.setattr(nn.gemm, "goes_to_mkl", lambda *shape_and_dtype: True)  # (with MKL or without)
+    monkeypatch.setattr(conv_kernels, "DECONV_BATCH_INSIDE_ROWS", 1 if batch_inside else 10 ** 9)
+    monkeypatch.setattr(conv_kernels.gemm, "goes_to_mkl", lambda *shape_and_dtype: True)  # (with MKL or without)
     rng = np.random.default_rng(4)
     w = rng.standard_normal(ws)
     out = tuple(m + a + b - d * (k - 1) for m, (a, b), k, d in zip(xs[2:], pads, ws[2:], dilation))

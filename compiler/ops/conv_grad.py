@@ -3,12 +3,12 @@ import), one class each for every rank k in ``nn.RANKS``:
 
 - ``conv{k}d_grad_input(dy[N, O, *out], w[O, Cg, *k], size=S, ...)`` →
   ``dx[N, Cg*groups, *S]``; ``size`` is needed because a strided conv maps
-  several input sizes to one output size (NumPy: ``nn.deconv_np``, by rows
+  several input sizes to one output size (NumPy: ``conv_kernels.deconv_np``, by rows
   for stride 1).  ONNX: ``ConvTranspose`` whose
   pads and ``output_padding`` cut or extend the far edge to ``size``.
 - ``conv{k}d_grad_weight(x[N, C, *S], dy[N, O, *out], kernel=k, ...)`` →
   ``dw[O, C/groups, *k]``: GEMMs of ``dy`` with the im2col matrix of ``x``
-  (``nn.wgrad_np``: per example, or one over the whole batch).  ONNX: a ``Conv`` with the roles swapped — the batch becomes the
+  (``conv_kernels.wgrad_np``: per example, or one over the whole batch).  ONNX: a ``Conv`` with the roles swapped — the batch becomes the
   channel axis, ``dy`` the kernel, stride and dilation trade places — then a
   ``Slice`` to ``kernel`` (a strided conv may leave edge rows no window used)
   and a ``Transpose`` back to ``[O, Cg, *k]``.
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from ..dims import dim_str, shape_str
 from ..types import ShapeError, TensorType, same_dtype
-from .nn import (CONV_ATTRS, CONV_CASES, Op, check_fits, check_image, conv_out, conv_params, deconv_np, divisible,
-                 kernel_size, onnx_error, onnx_pads, per_rank, transpose_to_size, wgrad_np)
+from .conv_kernels import deconv_np, wgrad_np
+from .nn import (CONV_ATTRS, CONV_CASES, Op, check_fits, check_image, conv_params, divisible, kernel_size, onnx_error,
+                 onnx_pads, per_rank, transpose_to_size)
+from .windows import conv_out
 from .registry import Arg, Attr, Sample
 from .shape import i64
 

@@ -46,7 +46,8 @@ import math
 import numpy as np
 
 from ..types import ShapeError, TensorType, np_dtype
-from .nn import check_image, conv_out, onnx_error, onnx_pads, per_rank, rank_of
+from .nn import check_image, onnx_error, onnx_pads, per_rank, rank_of
+from .windows import conv_out
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .windows import axis_names, ceil_extra, ntuple, offset_slices, pad_image, resolve_pads, window_counts, windows
 

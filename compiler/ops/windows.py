@@ -108,6 +108,12 @@ def out_dim(op: str, axis: str, n, k: int, s: int, pads: tuple[int, int], d: int
     return out - 1 if (out - 1) * s >= n + pads[0] else out
 
 
+
+def conv_out(op: str, size, kernel, stride, pads, dilation, ceil: bool = False) -> tuple:
+    """The spatial output size of a window op over ``size``."""
+    return tuple(out_dim(op, axis, n, k, s, p, d, ceil) for axis, n, k, s, p, d
+                 in zip(axis_names(len(size)), size, kernel, stride, pads, dilation))
+
 def ceil_extra(n: int, k: int, s: int, pads: tuple[int, int], d: int, out: int) -> int:
     """The padding ``ceil_mode`` adds after an axis so that ``out`` windows fit."""
     return max(0, (out - 1) * s + d * (k - 1) + 1 - (n + pads[0] + pads[1]))
