@@ -18,43 +18,12 @@ O(nodes).
 """
 from __future__ import annotations
 
-from ..graph import Graph, Value
+from ..graph import Graph
 from ..ops.fused import FUSIBLE
-from ..ops.registry import get_op
-from ..types import FLOATS, ShapeError
-from .rewrite import Uses
+from .rewrite import fold_adds
 
 
 def fold_matmul_add(graph: Graph) -> int:
     """Rewrite every qualifying ``add(c, matmul(a, b))`` as ``matmul_add``; returns how many."""
-    uses = Uses(graph)
-    folded: list[int] = []
-    for n in list(graph.nodes()):
-        rec = graph[n]
-        if rec.op != "add" or any(graph[c].op in FUSIBLE for c in graph.consumers(n)):
-            continue
-        for i in (0, 1):
-            product, c = rec.inputs[i], rec.inputs[1 - i]
-            if not _only_use(graph, uses, product, n) or c == product:
-                continue
-            a, b = graph[product.node].inputs
-            try:
-                t = get_op("matmul_add").shape(graph.type_of(a), graph.type_of(b), graph.type_of(c))
-            except ShapeError:
-                continue
-            if t != rec.types[0] or t.dtype not in FLOATS:
-                continue
-            m = graph.add_node("matmul_add", [a, b, c], {}, (t,), loc=rec.loc, scope=rec.scope, role=rec.role,
-                               grad_of=rec.grad_of)
-            uses.replace(n, [Value(m)])
-            folded.append(n)
-            break
-    graph.remove_nodes(folded)
-    return len(folded)
-
-
-def _only_use(graph: Graph, uses: Uses, v: Value, reader: int) -> bool:
-    """``v`` is a ``matmul``'s output that node ``reader`` alone reads (once), and no output names."""
-    src = graph[v.node]
-    return (src.op == "matmul" and graph.consumers(v.node) == [reader]
-            and sum(u == v for u in graph[reader].inputs) == 1 and not uses.external_indices(v.node))
+    return fold_adds(graph, {"matmul": "matmul_add"}.get,
+                     skip=lambda n: any(graph[c].op in FUSIBLE for c in graph.consumers(n)))

@@ -8,12 +8,14 @@ over the whole graph; every pass that replaces nodes goes through it.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..dims import Sym
 from ..graph import Graph, Value
+from ..ops.registry import get_op
+from ..types import FLOATS, ShapeError
 
 
 class Uses:
@@ -106,3 +108,38 @@ def topo_order(graph: Graph) -> list[int]:
                     done.add(n)
                     order.append(n)
     return order
+
+
+def fold_adds(graph: Graph, fused_op: Callable[[str], str | None], skip: Callable[[int], bool] = lambda n: False) -> int:
+    """Rewrite ``add(c, f(*args))`` as ``fused(*args, c)`` with ``f``'s attrs, where
+    ``fused_op(f)`` names the fused op (None: not foldable), ``f``'s output is read by that
+    add alone (once, under no output name), and the fused op's shape rule gives the add's
+    own float type (so ``c`` never enlarges the result); ``skip(add node)`` leaves an add
+    alone.  The shared mechanism of ``fold_matmul_add`` and ``fold_conv_add``; returns how
+    many adds were folded.  One sweep: O(nodes)."""
+    uses = Uses(graph)
+    folded: list[int] = []
+    for n in list(graph.nodes()):
+        rec = graph[n]
+        if rec.op != "add" or skip(n):
+            continue
+        for i in (0, 1):
+            v, c = rec.inputs[i], rec.inputs[1 - i]
+            src = graph[v.node]
+            name = fused_op(src.op)
+            if name is None or c == v or graph.consumers(v.node) != [n] \
+                    or sum(u == v for u in rec.inputs) != 1 or uses.external_indices(v.node):
+                continue
+            try:
+                t = get_op(name).shape(*(graph.type_of(u) for u in (*src.inputs, c)), **src.attrs)
+            except ShapeError:
+                continue
+            if t != rec.types[0] or t.dtype not in FLOATS:
+                continue
+            m = graph.add_node(name, [*src.inputs, c], src.attrs, (t,), loc=rec.loc, scope=rec.scope,
+                               role=rec.role, grad_of=rec.grad_of)
+            uses.replace(n, [Value(m)])
+            folded.append(n)
+            break
+    graph.remove_nodes(folded)
+    return len(folded)
