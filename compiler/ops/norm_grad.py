@@ -113,44 +113,25 @@ class LayerNormGrad(Op):
         return dx.astype(x.dtype, copy=False), dgamma.astype(x.dtype, copy=False)
 
     def grad(self, b, inputs, outputs, cts, axis, eps):
-        from ..passes.backprop import vjp
-
-        # fresh stand-ins, so the VJP is of the formula alone: dy may itself depend on x
-        proxies = [b.identity(v) for v in inputs]
-        results = _formula(b, *proxies, axis, eps)
-        seeds = {r: ct for r, ct in zip(results, cts) if ct is not None}
-        grads = vjp(b.graph, seeds, proxies, b)
-        return [grads[p] for p in proxies]
+        # fresh stand-ins (in _vjp_of), so the VJP is of the formula alone: dy may itself depend on x
+        return _vjp_of(b, lambda b, dy, x, gamma: _formula(b, dy, x, gamma, axis, eps), inputs, cts)
 
     def onnx(self, e, ins, outs, axis, eps):
         dy, x, gamma = ins
         t = e.in_types[1]
         a = norm_axis(axis, t.rank)
-        stats = "f32" if t.dtype == "f16" else t.dtype  # f16 computed in f32, as the kernel does
-        dt = np.dtype(np_dtype(stats))
+        stats = onnx_stats_dtype(t.dtype)
         if stats != t.dtype:
             dy, x, gamma = (e.node("Cast", [v], 1, to=e.onnx_dtype(stats))[0] for v in (dy, x, gamma))
-        mean = _onnx_rows_mean(e, x, t, a, stats)
-        (xc,) = e.node("Sub", [x, mean(x)], 1)
-        (var,) = e.node("Mul", [xc, xc], 1)
-        (var,) = e.node("Add", [mean(var), e.const(np.asarray(eps, dt))], 1)
-        (inv,) = e.node("Div", [e.const(np.asarray(1.0, dt)), e.node("Sqrt", [var], 1)[0]], 1)
-        (xhat,) = e.node("Mul", [xc, inv], 1)
+        xhat, inv, mean = _onnx_stats(e, x, t, a, stats, eps)
         _onnx_grad_from_stats(e, dy, xhat, inv, gamma, mean, outs, stats, t.dtype)
 
 
 def _formula(b, dy, x, gamma, axis, eps):
-    """(dx, dy * x̂) of a layer norm as graph nodes: what the kernel computes."""
-    rank = b.type(x).rank
-    ax = tuple(range(norm_axis(axis, rank), rank))
-    # x̂ recomputed from x (not (y - beta) / gamma, which fails where gamma is 0)
-    xc = b.sub(x, b.mean(x, axes=ax, keepdims=True))
-    inv = b.div(1.0, b.sqrt(b.add(b.mean(b.mul(xc, xc), axes=ax, keepdims=True), eps)))
-    xhat = b.mul(xc, inv)
-    g = b.mul(dy, gamma)
-    inner = b.sub(b.sub(g, b.mean(g, axes=ax, keepdims=True)),
-                  b.mul(xhat, b.mean(b.mul(g, xhat), axes=ax, keepdims=True)))
-    return b.mul(inv, inner), b.mul(dy, xhat)
+    """(dx, dy * x̂) of a layer norm as graph nodes: what the kernel computes (x̂ recomputed
+    from x, not (y - beta) / gamma, which fails where gamma is 0)."""
+    xhat, inv = _stats_formula(b, x, axis, eps)
+    return _grad_stats_formula(b, dy, xhat, inv, gamma, axis)
 
 
 # -- the statistics shared between a layer norm and its gradient ------------------------------
@@ -226,15 +207,10 @@ class LayerNormStats(Op):
     def onnx(self, e, ins, outs, axis, eps):
         (x,), t = ins, e.in_types[0]
         a = norm_axis(axis, t.rank)
-        stats = "f32" if t.dtype == "f16" else t.dtype
-        dt = np.dtype(np_dtype(stats))
+        stats = onnx_stats_dtype(t.dtype)
         if stats != t.dtype:
             (x,) = e.node("Cast", [x], 1, to=e.onnx_dtype(stats))
-        mean = _onnx_rows_mean(e, x, t, a, stats)
-        (xc,) = e.node("Sub", [x, mean(x)], 1)
-        (var,) = e.node("Add", [mean(e.node("Mul", [xc, xc], 1)[0]), e.const(np.asarray(eps, dt))], 1)
-        (inv,) = e.node("Div", [e.const(np.asarray(1.0, dt)), e.node("Sqrt", [var], 1)[0]], 1)
-        (xhat,) = e.node("Mul", [xc, inv], 1)
+        xhat, inv, _ = _onnx_stats(e, x, t, a, stats, eps)
         for v, out in zip((xhat, inv), outs):
             if stats == t.dtype:
                 e.node("Identity", [v], [out])
@@ -281,7 +257,7 @@ class LayerNormGradStats(Op):
         dy, xhat, inv, gamma = ins
         t = e.in_types[1]
         a = norm_axis(axis, t.rank)
-        stats = "f32" if t.dtype == "f16" else t.dtype
+        stats = onnx_stats_dtype(t.dtype)
         if stats != t.dtype:
             dy, xhat, inv, gamma = (e.node("Cast", [v], 1, to=e.onnx_dtype(stats))[0] for v in ins)
         _onnx_grad_from_stats(e, dy, xhat, inv, gamma, _onnx_rows_mean(e, xhat, t, a, stats), outs, stats, t.dtype)
@@ -301,6 +277,24 @@ def _onnx_grad_from_stats(e, dy: str, xhat: str, inv: str, gamma: str, mean, out
             e.node("Mul", [u, v], [out])
         else:
             e.node("Cast", [e.node("Mul", [u, v], 1)[0]], [out], to=e.onnx_dtype(dtype))
+
+
+def onnx_stats_dtype(dtype: str) -> str:
+    """The dtype the exported statistics are computed in: float32 for float16 (as the kernels'
+    ``stats_dtype``, and ONNX's ``stash_type``), else the input's."""
+    return "f32" if dtype == "f16" else dtype
+
+
+def _onnx_stats(e, x: str, t, a: int, stats: str, eps: float):
+    """Emit (x̂, 1/σ) of the rows of ``x`` (type ``t``, normalised from axis ``a``, already in
+    dtype ``stats``), two-pass as ``standardise``; also returns the rows' mean emitter."""
+    dt = np.dtype(np_dtype(stats))
+    mean = _onnx_rows_mean(e, x, t, a, stats)
+    (xc,) = e.node("Sub", [x, mean(x)], 1)
+    (var,) = e.node("Add", [mean(e.node("Mul", [xc, xc], 1)[0]), e.const(np.asarray(eps, dt))], 1)
+    (inv,) = e.node("Div", [e.const(np.asarray(1.0, dt)), e.node("Sqrt", [var], 1)[0]], 1)
+    (xhat,) = e.node("Mul", [xc, inv], 1)
+    return xhat, inv, mean
 
 
 def _onnx_rows_mean(e, like: str, t, a: int, stats: str):
