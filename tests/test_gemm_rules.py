@@ -107,5 +107,13 @@ def test_goes_to_mkl_answers_as_gemm_2d_chooses(monkeypatch):
     assert not gemm.goes_to_mkl(6, 25, 784, np.float32)  # under the threshold
     assert not gemm.goes_to_mkl(*big, np.int32)  # MKL multiplies floats only
     assert gemm.goes_to_mkl(*big, np.float32) == (gemm._MKL is not None)
+    if gemm._MKL is not None:  # the answer is gemm_2d's actual choice, below and above the threshold
+        calls = []
+        real = gemm._MKL.gemm
+        monkeypatch.setattr(gemm._MKL, "gemm", lambda a, b, **kw: calls.append(a.shape) or real(a, b, **kw))
+        for m, k, n in ((6, 25, 784), (128, 128, 128), (128, 128, 129), big):
+            calls.clear()
+            gemm.gemm_2d(np.ones((m, k), np.float32), np.ones((k, n), np.float32))
+            assert bool(calls) == gemm.goes_to_mkl(m, k, n, np.float32), (m, k, n)
     monkeypatch.setattr(gemm, "_MKL", None)  # DLC_BLAS=numpy, or no dlc[mkl]
     assert not gemm.goes_to_mkl(*big, np.float32)

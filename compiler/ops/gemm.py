@@ -50,7 +50,7 @@ import numpy as np
 from . import blas_mkl
 
 _MKL = blas_mkl.load()  # None: NumPy's BLAS only (no dlc[mkl], or DLC_BLAS=numpy)
-_MKL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # (checked before matmul_add copies c)
+_MKL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _MKL_MIN_MKN = 1 << 21  # M*K*N from which MKL wins (64x512x10 and 128^3 did not, 32x128x512 did)
 _PAD_MIN_MK = 1 << 20  # M*K from which padding N pays for its copy of b (2708 x 2708 does, 64 x 512 not)
 _PAD_MAX_N = 16  # measured to pay for N = 3, 7, 10, 12; from N = 20 it was a wash
@@ -94,7 +94,7 @@ def matmul_add(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     if _MKL is not None and b.ndim == 2 and a.ndim >= 2 and (a.ndim == 2 or a.flags.c_contiguous):
         k, n = b.shape
         m = a.size // k if k else 0
-        if m * k * n >= _MKL_MIN_MKN and a.dtype == b.dtype == c.dtype and a.dtype in _MKL_DTYPES:
+        if a.dtype == b.dtype == c.dtype and goes_to_mkl(m, k, n, a.dtype):
             out = np.empty(a.shape[:-1] + (n,), a.dtype)
             np.copyto(out, c)
             # None (nothing written) only for an operand MKL cannot take in place: then NumPy
@@ -107,7 +107,7 @@ def gemm_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D operands (either may be a transposed view)."""
     m, k = a.shape
     n = b.shape[1]
-    if _MKL is not None and m * k * n >= _MKL_MIN_MKN:
+    if goes_to_mkl(m, k, n, a.dtype):
         if n <= _SWAP_MAX_N and _transposed(a) and not _transposed(b):
             c = _MKL.gemm(b.T, a.T)  # MKL takes b.T, a.T exactly when it takes a, b
             if c is not None:
