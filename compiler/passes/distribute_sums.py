@@ -30,9 +30,10 @@ def distribute_sums(graph: Graph, batch: frozenset[str]) -> Graph:
     g = graph.copy()
     b = Builder(g, role="backward", scope="sync")
     memo: dict[tuple, Value] = {}
-    todo = [n for n in g.topo_order() if g.op(n) == "sum_to" and _mentions_batch(g.type_of(g.in_values(n)[0]), batch)
+    order = g.topo_order()
+    todo = [n for n in order if g.op(n) == "sum_to" and _mentions_batch(g.type_of(g.in_values(n)[0]), batch)
             and not _mentions_batch(g[n].types[0], batch)]
-    position = {n: i for i, n in enumerate(g.topo_order())}
+    position = {n: i for i, n in enumerate(order)}
     for n in todo:
         x, target = g.in_values(n)[0], tuple(g[n].attrs["shape"])
         # the terms this sum may move to, deepest first: each push then finds its terms' sums in
