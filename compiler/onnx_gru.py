@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Value
-from .onnx_rnn import emit_stacked, match_projection, rnn_scan_body, time_major
+from .onnx_rnn import emit_stacked, match_projection, rnn_cell, time_axis, time_major
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,11 @@ class GruMatch:
 
 def match_gru(graph: Graph, n: int) -> GruMatch | None:
     """The GRU that scan node ``n`` of ``graph`` computes, or None (see the module docstring)."""
-    body = rnn_scan_body(graph, n, n_carry=1, n_seq=3)
-    if body is None:
+    found = rnn_cell(graph, n, n_carry=1, n_seq=3, match_cell=_match_cell)
+    if found is None:
         return None
-    rec = graph[n]
+    rec, body, cell = found
     a = rec.attrs
-    cell = _match_cell(body)
-    if cell is None:
-        return None
     seq_of, h_chunks, wh_in, wn_in, hidden = cell  # seq_of: body seq index of z, r, n
     outer = list(rec.inputs)
     seqs = [outer[1 + j] for j in seq_of]
@@ -101,8 +98,8 @@ def match_gru(graph: Graph, n: int) -> GruMatch | None:
     if proj is None:
         return None
     x, wx, bias = proj
-    axis = a["axis"] % 3
-    if axis not in (0, 1):
+    axis = time_axis(a)
+    if axis is None:
         return None
     captured = list(body.inputs[4:])
     wh, wn = (outer[4 + captured.index(v)] for v in (wh_in, wn_in))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Value
-from .onnx_rnn import emit_stacked, match_projection, rnn_scan_body, time_major
+from .onnx_rnn import emit_stacked, match_projection, rnn_cell, time_axis, time_major
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,11 @@ class LstmMatch:
 
 def match_lstm(graph: Graph, n: int) -> LstmMatch | None:
     """The LSTM that scan node ``n`` of ``graph`` computes, or None (see the module docstring)."""
-    body = rnn_scan_body(graph, n, n_carry=2, n_seq=1)
-    if body is None:
+    found = rnn_cell(graph, n, n_carry=2, n_seq=1, match_cell=_match_cell)
+    if found is None:
         return None
-    rec = graph[n]
+    rec, body, cell = found
     a = rec.attrs
-    cell = _match_cell(body)
-    if cell is None:
-        return None
     h_index, gates, wh_input, hidden, offsets = cell
     outer = list(rec.inputs)
     k = 2
@@ -82,9 +79,8 @@ def match_lstm(graph: Graph, n: int) -> LstmMatch | None:
     if proj is None:
         return None
     x, wx, bias = proj
-    x_type = graph.type_of(x)
-    axis = a["axis"] % x_type.rank
-    if x_type.rank != 3 or axis not in (0, 1):
+    axis = time_axis(a)
+    if axis is None:
         return None
     captured = body.inputs[k + 1:]
     wh = outer[k + 1 + captured.index(wh_input)]

@@ -22,6 +22,21 @@ def rnn_scan_body(graph: Graph, n: int, n_carry: int, n_seq: int) -> Graph | Non
     return a["body"]
 
 
+def rnn_cell(graph: Graph, n: int, n_carry: int, n_seq: int, match_cell):
+    """(scan node record, body, ``match_cell(body)``) when scan node ``n`` has an RNN op's form
+    (:func:`rnn_scan_body`) and its body is the cell ``match_cell`` recognises; else None."""
+    body = rnn_scan_body(graph, n, n_carry, n_seq)
+    cell = None if body is None else match_cell(body)
+    return None if cell is None else (graph[n], body, cell)
+
+
+def time_axis(attrs: dict) -> int | None:
+    """The scan's time axis over a rank-3 sequence (what :func:`match_projection` admits) when the
+    ONNX RNN ops can read it (0: time-major, 1: batch-major), else None."""
+    axis = attrs["axis"] % 3
+    return axis if axis in (0, 1) else None
+
+
 def match_projection(graph: Graph, seq: Value, width: int):
     """(x, Wx, bias or None) when ``seq`` is ``x @ Wx + bias`` (either operand order) or ``x @ Wx``,
     with ``Wx: [I, width]`` and ``x`` of rank 3."""
