@@ -39,7 +39,7 @@ def fold_product_transposes(graph: Graph) -> int:
             continue
         (src,) = rec.inputs
         prod = graph[src.node]
-        if prod.op not in PRODUCTS or graph.consumers(src.node) != [n] or uses.external_indices(src.node):
+        if prod.op not in PRODUCTS or not uses.read_only_by(src, n):
             continue
         a, b = prod.inputs
         if graph.type_of(a).rank < 3 or graph.type_of(b).rank < 3:

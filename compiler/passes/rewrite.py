@@ -37,6 +37,13 @@ class Uses:
         return ({g.outputs[k].index for k in self._outputs.get(n, ())}
                 | {g.state[k][1].index for k in self._states.get(n, ())})
 
+    def read_only_by(self, v: Value, reader: int) -> bool:
+        """``v``'s node is read by node ``reader`` alone, which reads ``v`` once, and no named
+        output or next state refers to it: folding it into ``reader`` computes nothing twice."""
+        g = self.graph
+        return (g.consumers(v.node) == [reader] and sum(u == v for u in g[reader].inputs) == 1
+                and not self.external_indices(v.node))
+
     def replace(self, old: int, new: Sequence[Value]) -> None:
         """Make every use of ``Value(old, i)`` a use of ``new[i]`` (``old`` is left unused)."""
         g = self.graph
@@ -127,8 +134,7 @@ def fold_adds(graph: Graph, fused_op: Callable[[str], str | None], skip: Callabl
             v, c = rec.inputs[i], rec.inputs[1 - i]
             src = graph[v.node]
             name = fused_op(src.op)
-            if name is None or c == v or graph.consumers(v.node) != [n] \
-                    or sum(u == v for u in rec.inputs) != 1 or uses.external_indices(v.node):
+            if name is None or c == v or not uses.read_only_by(v, n):
                 continue
             try:
                 t = get_op(name).shape(*(graph.type_of(u) for u in (*src.inputs, c)), **src.attrs)
