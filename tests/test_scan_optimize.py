@@ -69,6 +69,10 @@ def test_a_training_step_sweeps_forward_once(spec, backend):
         assert fwd.attrs["residuals"] > 0  # the forward scan stacks what the VJP reads
     # optimized: no weight gradient accumulates in the loop, x @ Wx left it
     assert back.attrs["n_carry"] == fwd.attrs["n_carry"]
+    # and no sequence is sliced for nothing: x_t was read by dWx's increment alone
+    for scan in (fwd, back):
+        body, k, m_seq = scan.attrs["body"], scan.attrs["n_carry"], scan.attrs["n_seq"]
+        assert all(body.consumers(x) for x in body.inputs[k:k + m_seq])
     if backend == "onnx":  # unfused bodies: the recurrent products are all that is left of the GEMMs
         assert _ops(fwd.attrs["body"]).count("matmul") == RECURRENT_MATMULS[spec]
     length = 6

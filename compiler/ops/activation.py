@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..types import FLOATS, ShapeError, np_dtype
+from . import jit
 from .registry import Arg, Attr, Composite, Op, Sample, register
 from .rows import dot_keepdims, max_keepdims, sum_keepdims
 from .shape import i64, norm_axes
@@ -329,6 +330,14 @@ class SoftmaxGrad(_SoftmaxLike):
         return super().shape(y, axis)
 
     def kernel(self, dy, y, axis):
+        compiled = jit.kernels()
+        if compiled is not None and axis in (-1, np.ndim(y) - 1) and isinstance(y, np.ndarray):
+            dy = np.ascontiguousarray(dy)  # (a broadcast cotangent: its rows once)
+            if jit.rows_of(y, dy):
+                n = y.shape[-1]
+                dx = np.empty(y.shape, y.dtype)
+                compiled.softmax_grad_rows(dy.reshape(-1, n), y.reshape(-1, n), dx.reshape(-1, n))
+                return dx
         dx = dy - dot_keepdims(dy, y, axis)
         dx *= y  # dx is ours
         return dx

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..dims import shape_str
 from ..types import FLOATS, ShapeError, norm_axis, np_dtype, same_dtype
+from . import jit
 from .registry import Arg, Attr, Op, Sample, register
 from .rows import dot_keepdims, sum_keepdims
 from .shape import i64, prod_dims
@@ -42,6 +43,13 @@ def standardise(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     buffer, 1/σ as [R, 1].  The variance is the two-pass mean((x - mean)²), which does not
     cancel when |mean| >> std."""
     n = rows.shape[1]
+    compiled = jit.kernels()
+    if compiled is not None and jit.rows_of(rows):
+        xhat, inv = np.empty_like(rows), np.empty((rows.shape[0], 1), rows.dtype)
+        dt = rows.dtype
+        compiled.layer_norm_stats_rows(rows, jit.scalar(n, dt), jit.scalar(eps, dt), jit.scalar(1.0, dt),
+                                       xhat, inv.reshape(-1))
+        return xhat, inv
     xc = rows - sum_keepdims(rows, -1) / n
     var = dot_keepdims(xc, xc, -1) / n
     inv = 1.0 / np.sqrt(var + np.asarray(eps, rows.dtype))
@@ -56,6 +64,15 @@ def grad_from_stats(dy, xhat: np.ndarray, inv: np.ndarray, gamma, shape: tuple, 
     dx = inv * (g - mean(g) - x̂ * mean(g * x̂)) with g = dy * gamma, computed in g's buffer;
     ``xhat_is_scratch``: x̂'s buffer may hold the product x̂ * mean(g * x̂) (the same values
     as a temporary would)."""
+    compiled = jit.kernels()
+    if compiled is not None and jit.rows_of(xhat) and np.size(gamma) == xhat.shape[1]:  # gamma: one row's shape
+        rows = np.ascontiguousarray(np.broadcast_to(dy, shape)).reshape(xhat.shape)  # dy: maybe a broadcast view
+        dx, dgamma = np.empty(shape, xhat.dtype), np.empty(shape, xhat.dtype)
+        compiled.layer_norm_grad_rows(rows, xhat, np.ascontiguousarray(inv).reshape(-1),
+                                      np.ascontiguousarray(gamma, xhat.dtype).reshape(-1),
+                                      jit.scalar(xhat.shape[1], xhat.dtype), dx.reshape(xhat.shape),
+                                      dgamma.reshape(xhat.shape))
+        return dx, dgamma
     # the products with dy in x's shape, into C-order buffers: dy may be a broadcast view
     # (a mean's gradient), which needs no copy that way
     g = np.multiply(dy, gamma, out=np.empty(shape, xhat.dtype))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..builder import Builder
 from ..graph import Graph, Value
 from ..types import FLOATS
-from .scan_rewrite import Scan, rebuild
+from .scan_rewrite import Scan, drop_unread, rebuild
 
 
 # -- accumulated gradients -------------------------------------------------------------------
@@ -40,12 +40,20 @@ def hoist_accumulators(graph: Graph, n: int, step_major_stacks: bool = True) -> 
     new_body.remove_nodes([add for _, _, add in plans.values()] + [carry_nodes[c] for c in plans])
     new_body.set_inputs([v for c, v in enumerate(carry_nodes) if c not in plans] + list(body.inputs[s.k:]))
     new_body.prune({v.node for v in new_body.outputs.values()})  # the per-step increments are dead now
+    # a sequence only an increment read (the x_t of x_t^T @ dG_t) is no longer sliced at every
+    # step; the first one stays when none is read (a scan takes its length from a sequence)
+    seq_nodes = list(body.inputs[s.k:s.k + s.m])
+    read = [bool(new_body.consumers(x)) for x in seq_nodes]
+    seq_stay = drop_unread(new_body, seq_nodes, set() if any(read) else {seq_nodes[0]})
+    new_body.set_inputs([v for c, v in enumerate(carry_nodes) if c not in plans]
+                        + [v for v, ok in zip(seq_nodes, seq_stay) if ok] + list(body.inputs[s.k + s.m:]))
     kept = [c for c in range(s.k) if c not in plans]
     moved = {j: j for j in range(s.split)}
     moved.update({s.split + c: s.split + new_c for new_c, c in enumerate(kept)})
     k2 = len(kept)
     moved.update({s.out_index(j): s.split + k2 + (j - s.split) for j in range(s.split, s.n_y)})
-    new = rebuild(graph, s, new_body, [s.carries[c] for c in kept], s.seqs, s.captured, len(emitted), moved)
+    seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok]
+    new = rebuild(graph, s, new_body, [s.carries[c] for c in kept], seqs, s.captured, len(emitted), moved)
     # the sums over the steps, once, after the loop
     first_tail = s.split + k2 + s.res
     b = Builder(graph)

@@ -23,7 +23,8 @@ rounding):
    w_t)`` (→ one GEMM over the stacked ``u`` and ``w``, steps and batch
    merged into the contraction), ``sum_to(w_t)`` (→ one ``sum_to`` of the
    stacked ``w``) or ``w_t`` itself (→ a sum over the scanned axis): the scan
-   stacks ``w_t`` (and ``u_t`` unless it is a scanned sequence already).
+   stacks ``w_t`` (and ``u_t`` unless it is a scanned sequence already, which
+   the body stops reading when nothing else there reads it).
 
 What is left in the body of BPTT's reversed scan is the part of the cell's
 VJP that depends on the carried cotangents.  A rewritten scan is rebuilt as
