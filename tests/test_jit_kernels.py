@@ -18,7 +18,8 @@ RTOL = {np.float32: 2e-6, np.float64: 1e-14}
 
 
 def _both(monkeypatch, fn):
-    """fn() with the compiled kernels, then with NumPy's."""
+    """fn() with the compiled kernels (at every size), then with NumPy's."""
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
     monkeypatch.setattr(jit, "_kernels", COMPILED)
     fast = fn()
     monkeypatch.setattr(jit, "_kernels", None)
@@ -135,11 +136,17 @@ def test_dlc_jit_numpy_or_no_numba_means_numpy_alone(monkeypatch):
     np.testing.assert_allclose(xhat * (1 / inv), x - x.mean(-1, keepdims=True), rtol=1e-5, atol=1e-6)
 
 
+def test_small_kernels_stay_on_numpy():
+    assert jit.for_size(jit.MIN_ELEMENTS - 1) is None
+    assert jit.for_size(jit.MIN_ELEMENTS) is COMPILED
+
+
 def test_compiling_and_checking_never_import_numba():
-    """numba loads on the first call of a compiled kernel, not with the ops' modules."""
+    """numba loads on the first call of a compiled kernel big enough for it, not with the
+    ops' modules: compiling a model to its exported training step runs without it."""
     import subprocess
 
-    code = ("import sys, dlc\nm = dlc.load('specs/transformer.dl')\n"
+    code = ("import sys, dlc\nm = dlc.load('specs/transformer.dl', mode='train')\nm.to_onnx('train')\n"
             "print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=__import__("pathlib").Path(__file__).resolve().parent.parent)

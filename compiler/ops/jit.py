@@ -15,13 +15,17 @@ has no Intel SVML, so its ``exp`` / ``tanh`` are scalar libm calls, 7× slower
 than NumPy's SIMD loops (an LSTM cell's gates: 220 µs against 30 µs), and an
 inlined polynomial ``tanh`` still lost (50 µs).
 
-``kernels()`` is the compiled module, or None: numba not installed, or
-``DLC_JIT=numpy``; each caller then runs its NumPy formulation, so results
-without the extra agree within float rounding.  numba is imported on the first
-call of such a kernel (``dlc check`` and compiling never import it); each
-kernel compiles on its first use per dtype (~0.2 s) into numba's on-disk cache
-(``__pycache__`` beside the module, or numba's user cache when that is not
-writable), which later processes load in milliseconds.
+``for_size(n)`` is the compiled module for a kernel over ``n`` elements, or
+None: numba not installed, ``DLC_JIT=numpy``, or fewer than ``MIN_ELEMENTS``
+elements; each caller then runs its NumPy formulation, so results without the
+extra agree within float rounding.  numba is imported on the first call of
+such a kernel big enough to use it (``dlc check``, compiling and the small
+specs never import it): the import and the cached kernels' loading cost ~0.4 s
+per process, and a kernel below ``MIN_ELEMENTS`` saves under ~40 µs a call,
+which a short run would not win back.  Each kernel compiles on its first use
+per dtype (~0.3 s) into numba's on-disk cache (``__pycache__`` beside the
+module, or numba's user cache when that is not writable), which later
+processes load from.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from types import ModuleType
 import numpy as np
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+MIN_ELEMENTS = 1 << 15  # [256, 128] rows: the layer-norm gradient 55 -> 18 µs
 _UNSET = object()
 _kernels: object = _UNSET  # the loaded module, None, or not looked up yet
 
@@ -43,6 +48,11 @@ def kernels() -> ModuleType | None:
     if _kernels is _UNSET:
         _kernels = _load()
     return _kernels  # type: ignore[return-value]
+
+
+def for_size(n: int) -> ModuleType | None:
+    """The compiled kernels for a kernel call over ``n`` elements (see the module docstring)."""
+    return kernels() if n >= MIN_ELEMENTS else None
 
 
 def _load() -> ModuleType | None:

@@ -43,7 +43,7 @@ def standardise(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     buffer, 1/σ as [R, 1].  The variance is the two-pass mean((x - mean)²), which does not
     cancel when |mean| >> std."""
     n = rows.shape[1]
-    compiled = jit.kernels()
+    compiled = jit.for_size(rows.size)
     if compiled is not None and jit.rows_of(rows):
         xhat, inv = np.empty_like(rows), np.empty((rows.shape[0], 1), rows.dtype)
         dt = rows.dtype
@@ -64,7 +64,7 @@ def grad_from_stats(dy, xhat: np.ndarray, inv: np.ndarray, gamma, shape: tuple, 
     dx = inv * (g - mean(g) - x̂ * mean(g * x̂)) with g = dy * gamma, computed in g's buffer;
     ``xhat_is_scratch``: x̂'s buffer may hold the product x̂ * mean(g * x̂) (the same values
     as a temporary would)."""
-    compiled = jit.kernels()
+    compiled = jit.for_size(xhat.size)
     if compiled is not None and jit.rows_of(xhat) and np.size(gamma) == xhat.shape[1]:  # gamma: one row's shape
         rows = np.ascontiguousarray(np.broadcast_to(dy, shape)).reshape(xhat.shape)  # dy: maybe a broadcast view
         dx, dgamma = np.empty(shape, xhat.dtype), np.empty(shape, xhat.dtype)
