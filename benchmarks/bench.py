@@ -258,10 +258,11 @@ def report(results: dict, torch_ok: bool, args) -> None:
 
     rounds = len(next(iter(results.values()))[1]["dlc numpy step"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    from dlc.compiler.ops import gemm
+    from dlc.compiler.ops import gemm, jit
 
     print(f"\nThreads: {args.threads} (BLAS, PyTorch, onnxruntime); NumPy backend's GEMMs: {gemm.blas_name()} "
-          f"(DLC_BLAS={os.environ.get('DLC_BLAS', 'unset')}); {rounds} round-robin bursts per candidate; "
+          f"(DLC_BLAS={os.environ.get('DLC_BLAS', 'unset')}); compiled row kernels: {jit.jit_name()}; "
+          f"{rounds} round-robin bursts per candidate; "
           f"ratios dlc / PyTorch eager, median (p25–p75) of the per-round ratios; lower is better.  "
           f"Load average at the end: {load} on {os.cpu_count()} CPUs.\n")
     if torch_ok:

@@ -151,3 +151,57 @@ def test_compiling_and_checking_never_import_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=__import__("pathlib").Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "False"
+
+
+@needs_numba
+def test_eps_zero_on_a_constant_row_gives_numpys_nan_not_an_exception(monkeypatch):
+    """A division by zero inside a kernel is inf / NaN (numba's error_model="numpy")."""
+    x = np.ones((256, 128), np.float32)
+    dy = _data((256, 128), np.float32)
+    for fn in (lambda: get_op("layer_norm_stats").kernel(x, axis=-1, eps=0.0),
+               lambda: get_op("layer_norm_grad").kernel(dy, x, np.ones(128, np.float32), axis=-1, eps=0.0)):
+        with np.errstate(all="ignore"):
+            fast, plain = _both(monkeypatch, fn)
+        for f, p in zip(fast, plain):
+            np.testing.assert_array_equal(np.isnan(f), np.isnan(p))
+            np.testing.assert_array_equal(np.isinf(f), np.isinf(p))
+            assert np.isnan(p).any() or np.isinf(p).any()
+
+
+@needs_numba
+def test_rows_longer_than_the_blas_sums_keep_numpys_pairwise_sums(monkeypatch):
+    from dlc.compiler.ops.rows import ROW_MAX_LEN
+
+    x = _data((4, ROW_MAX_LEN + 1), np.float32) + 3
+    calls = []
+    monkeypatch.setattr(COMPILED, "layer_norm_stats_rows", lambda *a: calls.append(a))
+    fast, plain = _both(monkeypatch, lambda: get_op("layer_norm_stats").kernel(x, axis=-1, eps=1e-5))
+    assert not calls
+    for f, p in zip(fast, plain):
+        np.testing.assert_array_equal(f, p)
+
+
+@needs_numba
+def test_a_smaller_broadcasting_cotangent_is_spread_before_the_kernel(monkeypatch):
+    y = get_op("softmax").kernel(_data((3, 4, 5), np.float32), axis=-1)
+    dy = _data((1, 1, 5), np.float32)
+    _close(*_both(monkeypatch, lambda: get_op("softmax_grad").kernel(dy, y, axis=-1)), np.float32, scale=1.0)
+
+
+def test_kernels_that_fail_to_load_fall_back_with_a_warning(monkeypatch):
+    import dlc.compiler.ops as ops_package
+
+    monkeypatch.setattr(jit, "_kernels", jit._UNSET)
+    monkeypatch.delenv("DLC_JIT", raising=False)
+    monkeypatch.delattr(ops_package, "jit_kernels", raising=False)
+
+    class Unloadable:
+        def find_spec(self, name, path=None, target=None):
+            if name == "dlc.compiler.ops.jit_kernels":
+                raise RuntimeError("cannot cache function '_row_sum': no locator available")
+            return None
+
+    monkeypatch.delitem(sys.modules, "dlc.compiler.ops.jit_kernels", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Unloadable(), *sys.meta_path])
+    with pytest.warns(RuntimeWarning, match="no locator available"):
+        assert jit.kernels() is None

@@ -74,10 +74,10 @@ def test_the_sum_kernel_takes_trailing_axes_as_rows_and_the_rest_as_numpy():
 
 
 def test_long_rows_are_summed_pairwise_not_sequentially():
-    from dlc.compiler.ops.rows import _ROW_MAX_LEN, dot_keepdims
+    from dlc.compiler.ops.rows import ROW_MAX_LEN, dot_keepdims
 
-    x = _rand((2, 1 << 16)) + 3.0  # rows far longer than _ROW_MAX_LEN: np.sum's pairwise order
-    assert row_sum(x) is None and x.shape[-1] > _ROW_MAX_LEN
+    x = _rand((2, 1 << 16)) + 3.0  # rows far longer than ROW_MAX_LEN: np.sum's pairwise order
+    assert row_sum(x) is None and x.shape[-1] > ROW_MAX_LEN
     np.testing.assert_array_equal(dot_keepdims(x, x, -1), np.sum(x * x, axis=-1, keepdims=True))
     y = get_op("layer_norm").kernel(x, np.ones(x.shape[-1], np.float32), np.zeros(x.shape[-1], np.float32),
                                     axis=-1, eps=0.0)

@@ -331,13 +331,13 @@ class SoftmaxGrad(_SoftmaxLike):
 
     def kernel(self, dy, y, axis):
         compiled = jit.for_size(np.size(y))
-        if compiled is not None and axis in (-1, np.ndim(y) - 1) and isinstance(y, np.ndarray):
-            dy = np.ascontiguousarray(dy)  # (a broadcast cotangent: its rows once)
-            if jit.rows_of(y, dy):
-                n = y.shape[-1]
-                dx = np.empty(y.shape, y.dtype)
-                compiled.softmax_grad_rows(dy.reshape(-1, n), y.reshape(-1, n), dx.reshape(-1, n))
-                return dx
+        if compiled is not None and axis in (-1, np.ndim(y) - 1) and jit.rows_of(y) \
+                and isinstance(dy, np.ndarray) and dy.dtype == y.dtype:
+            rows = np.ascontiguousarray(np.broadcast_to(dy, y.shape))  # a broadcast cotangent: its rows once
+            n = y.shape[-1]
+            dx = np.empty(y.shape, y.dtype)
+            compiled.softmax_grad_rows(rows.reshape(-1, n), y.reshape(-1, n), dx.reshape(-1, n))
+            return dx
         dx = dy - dot_keepdims(dy, y, axis)
         dx *= y  # dx is ours
         return dx

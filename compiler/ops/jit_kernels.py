@@ -8,19 +8,23 @@ a count or a constant arrives as a one-element array of the dtype.
 
 Rounding: the elementwise steps are the NumPy kernels' operations in their order
 (``fastmath`` off: no FMA contraction, no reciprocal rewrite), so they round as NumPy
-does.  The row sums are the one liberty (``_SUM``: LLVM may reassociate them into
-vector partial sums), so they round as a SIMD sum does, like the BLAS / einsum row sums
-they replace (compiler/ops/rows.py) — within float rounding of ``np.sum``, and the same
-bits on every run for a given row length.  NaN and infinities propagate as in NumPy (no
-``nnan`` / ``ninf``).
+does.  The row sums are the one liberty (``_SUM``: LLVM may reassociate the helpers that
+compute them, their products included, into vector partial sums), so they round as a SIMD
+sum does, like the BLAS / einsum row sums they replace (compiler/ops/rows.py) — within
+float rounding of ``np.sum`` for rows of up to ``rows.ROW_MAX_LEN`` elements (longer ones
+stay on NumPy, whose pairwise sum is more accurate there), and the same bits on every run
+for a given row length.  NaN and infinities propagate as in NumPy (no ``nnan`` / ``ninf``;
+a division by zero gives inf or NaN, ``error_model="numpy"``).
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-_SUM = {"reassoc"}  # the adds of a row sum may run in any order (vectorised); nothing else
-_JIT = {"cache": True, "nogil": True, "boundscheck": False}
+_SUM = {"reassoc"}  # the row-sum helpers may reassociate (vectorise) their sums; nothing else
+# error_model "numpy": a division by zero gives inf / NaN as NumPy's does (numba's default,
+# "python", raises ZeroDivisionError: a constant row with eps = 0)
+_JIT = {"cache": True, "nogil": True, "boundscheck": False, "error_model": "numpy"}
 
 
 @numba.njit(fastmath=_SUM, **_JIT)

@@ -21,7 +21,7 @@ its activations [16, 64, 128] 1024 rows of 128, the GCN's logits [2708, 7].
 Rounding: BLAS and einsum add a row in their own orders, not ``np.sum``'s
 pairwise one, so the sums differ from ``np.sum``'s by float rounding — a few
 ulps of the row's magnitude for the rows taken here, whose length is at most
-``_ROW_MAX_LEN``: a sequential sum's error grows with the length (einsum over
+``ROW_MAX_LEN``: a sequential sum's error grows with the length (einsum over
 rows of 4M: 1e-4 relative), and beyond a few thousand elements NumPy's per-row
 cost is amortised anyway, so longer rows go to ``np.sum``.  For a given layout
 the order depends only on the shape (same bits on every run and buffer
@@ -39,7 +39,7 @@ import numpy as np
 _MAX_LEN = 128  # beyond it np.max's per-row cost is amortised
 _MAX_MIN_ROWS = 64  # below it the extra calls cost more than they save
 _TRANSPOSE_LEN = 16  # halve down to this many columns, then transpose the rest
-_ROW_MAX_LEN = 4096  # row sums and dots by BLAS / einsum up to this length (see Rounding above)
+ROW_MAX_LEN = 4096  # row sums and dots by BLAS / einsum up to this length (see Rounding above)
 _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -73,9 +73,9 @@ def row_sum(x: np.ndarray, keepdims: bool = True) -> np.ndarray | None:
     """The sums of the rows of ``x`` along its last axis (``np.sum(x, axis=-1, keepdims=...)``
     within float rounding), or None where the BLAS route does not apply: ``x`` must be a
     C-contiguous float32/float64 array of rank >= 2 with at least one row, of 2 to
-    ``_ROW_MAX_LEN`` elements."""
+    ``ROW_MAX_LEN`` elements."""
     if not isinstance(x, np.ndarray) or x.ndim < 2 or x.dtype not in _BLAS_FLOATS \
-            or not x.flags.c_contiguous or not 2 <= x.shape[-1] <= _ROW_MAX_LEN or x.size == 0:
+            or not x.flags.c_contiguous or not 2 <= x.shape[-1] <= ROW_MAX_LEN or x.size == 0:
         return None
     n = x.shape[-1]
     sums = np.matmul(x.reshape(-1, n), _ones(n, x.dtype.char))
@@ -93,11 +93,11 @@ def sum_keepdims(x: np.ndarray, axis: int) -> np.ndarray:
 
 def dot_keepdims(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
     """``np.sum(a * b, axis=axis, keepdims=True)`` for arrays of one shape; over the last axis of
-    C-contiguous floats with rows of at most ``_ROW_MAX_LEN`` as one ``einsum`` pass (no product
+    C-contiguous floats with rows of at most ``ROW_MAX_LEN`` as one ``einsum`` pass (no product
     array; einsum's own order of adds)."""
     if axis in (-1, np.ndim(a) - 1) and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) \
             and a.ndim >= 1 and a.shape == b.shape and a.dtype == b.dtype and a.dtype.kind == "f" \
-            and a.flags.c_contiguous and b.flags.c_contiguous and a.size and a.shape[-1] <= _ROW_MAX_LEN:
+            and a.flags.c_contiguous and b.flags.c_contiguous and a.size and a.shape[-1] <= ROW_MAX_LEN:
         n = a.shape[-1]
         rows = np.einsum("ij,ij->i", a.reshape(-1, n), b.reshape(-1, n))
         return rows.reshape(a.shape[:-1] + (1,))
