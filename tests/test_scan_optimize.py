@@ -5,6 +5,7 @@ backends."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -225,3 +226,51 @@ def test_an_lstm_step_is_few_kernel_calls_and_agrees_with_mkl_accumulating(monke
     assert 1.0 in calls  # matmul_add really accumulated on MKL
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+RUNNING_TOTAL = """
+use "lib/nn.dl"
+
+layer total(x: f32[B, I], s: f32[B, I]) {
+    return s + x
+}
+
+model pooled {
+    input xs: f32[B, T, 2]
+    input y:  i64[B]
+    ys, s = scan total over xs axis 1 init (zeros([B, 2]) + 1.0)
+    logits = dense(tanh(s), 2)
+    output sums = s
+    output loss = cross_entropy(logits, y)
+}
+
+train pooled {
+    data      = adding(n = 64, T = 5, seed = 0)
+    inputs    = map(xs = x, y = y_cls)
+    loss      = loss
+    optimizer = adam(lr = 1e-2)
+    batch     = 16
+    epochs    = 1
+}
+"""
+
+
+def test_a_scan_that_only_sums_its_sequence_leaves_no_loop(tmp_path):
+    """A running total whose per-step outputs nobody reads: hoisting turns every output of
+    the loop into a sum over the steps, and the scan disappears (it used to crash the
+    rebuild of a scan with no outputs) — at every level, on both backends, and in the
+    exported training step."""
+    shutil.copytree(ROOT / "specs" / "lib", tmp_path / "lib")
+    (tmp_path / "m.dl").write_text(RUNNING_TOTAL)
+    m = dlc.load(tmp_path / "m.dl", mode="train")
+    xs = np.random.default_rng(1).standard_normal((3, 5, 2)).astype(np.float32)
+    feeds = {"xs": xs, "y": np.array([0, 1, 1])}
+    optimized = _optimized(m.graph)
+    assert "scan" not in _ops(optimized)
+    for level in (0, 2):
+        m.opt_level = level
+        for backend in ("numpy", "onnxruntime"):
+            np.testing.assert_allclose(m.run(feeds, backend=backend)["sums"], xs.sum(1) + 1, rtol=1e-6, atol=1e-6)
+    step = build_steps(m, m.train_spec(), steps_per_epoch=4)[0]
+    assert "scan" not in _ops(_optimized(step.graph))
+    check_training_step(m, {**feeds, "__rng": np.int64(0)}, label="running total")

@@ -10,8 +10,9 @@ from .scan_rewrite import Scan, drop_unread, rebuild
 
 
 # -- accumulated gradients -------------------------------------------------------------------
-def hoist_accumulators(graph: Graph, n: int, step_major_stacks: bool = True) -> int:
-    """Hoist the accumulator carries of scan ``n``; returns the new node.  ``step_major_stacks``:
+def hoist_accumulators(graph: Graph, n: int, step_major_stacks: bool = True) -> int | None:
+    """Hoist the accumulator carries of scan ``n``; returns the new node (None when nothing of
+    the loop is left: every output was such a sum over the sequences).  ``step_major_stacks``:
     the executor stacks per-step outputs step-major whatever the axis (the NumPy scan; an
     ONNX ``Scan`` stacks them at their axis), which the GEMMs' row order follows."""
     s = Scan(graph, n)
@@ -53,11 +54,14 @@ def hoist_accumulators(graph: Graph, n: int, step_major_stacks: bool = True) -> 
     k2 = len(kept)
     moved.update({s.out_index(j): s.split + k2 + (j - s.split) for j in range(s.split, s.n_y)})
     seqs = [v for v, ok in zip(s.seqs, seq_stay) if ok]
-    new = rebuild(graph, s, new_body, [s.carries[c] for c in kept], seqs, s.captured, len(emitted), moved)
+    if kept or emitted or s.n_y:
+        new = rebuild(graph, s, new_body, [s.carries[c] for c in kept], seqs, s.captured, len(emitted), moved)
+    else:  # every output was a sum of the sequences themselves (a running total): no loop is left
+        new = None
     # the sums over the steps, once, after the loop
     first_tail = s.split + k2 + s.res
     b = Builder(graph)
-    rec = graph[new]
+    rec = s.rec
 
     def stacked(v: Value) -> Value:
         if v.node in seq_inputs:
