@@ -273,14 +273,15 @@ class Graph:
 
     def ancestors(self, nodes: Iterable[int]) -> set[int]:
         """``nodes`` and everything they depend on (one walk for all of them: linear in the graph)."""
-        return self._reach(nodes, lambda n: [v.node for v in self._nodes[n].inputs if v.node in self._nodes])
+        return self.reach(nodes, lambda n: [v.node for v in self._nodes[n].inputs if v.node in self._nodes])
 
     def descendants(self, nodes: Iterable[int]) -> set[int]:
         """``nodes`` and everything that depends on them (one walk for all of them)."""
-        return self._reach(nodes, lambda n: self._users.get(n, ()))
+        return self.reach(nodes, lambda n: self._users.get(n, ()))
 
     @staticmethod
-    def _reach(nodes: Iterable[int], neighbours) -> set[int]:
+    def reach(nodes: Iterable[int], neighbours) -> set[int]:
+        """``nodes`` and every node reachable from them through ``neighbours(node)``."""
         out = set(nodes)
         todo = list(out)
         while todo:

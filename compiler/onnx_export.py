@@ -132,16 +132,8 @@ def lower_nodes(e: Emitter, graph: Graph, values: dict[Value, str], out_names: d
 def _live(graph: Graph, fused: dict) -> set[int]:
     """The nodes the outputs need; a fused node needs what its fusion reads, not its own inputs
     (an LSTM reads the unprojected sequence: the projection outside the loop is not exported)."""
-    out = {v.node for v in graph.outputs.values()}
-    todo = list(out)
-    while todo:
-        n = todo.pop()
-        preds = [v.node for v in fused[n].inputs] if n in fused else [v.node for v in graph[n].inputs]
-        for m in preds:
-            if m not in out:
-                out.add(m)
-                todo.append(m)
-    return out
+    return Graph.reach((v.node for v in graph.outputs.values()),
+                       lambda n: [v.node for v in (fused[n] if n in fused else graph[n]).inputs])
 
 
 def _lower(e: Emitter, graph: Graph, n: int, ins: list[str], outs: list[str], stem: str) -> None:

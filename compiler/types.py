@@ -100,6 +100,14 @@ def same_dtype(op: str, *types: TensorType) -> str:
     return dtypes.pop()
 
 
+
+def check_addend(op: str, out: "TensorType", c: "TensorType", what: str) -> None:
+    """``c``, which a fused op adds onto its result ``out`` (``what`` names it in the error),
+    must have ``out``'s dtype and broadcast to it without enlarging it."""
+    same_dtype(op, out, c)
+    if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
+        raise ShapeError(f"`{op}`: {c} does not broadcast to {what} {out}")
+
 def norm_axis(axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise ShapeError(f"axis {axis} is out of range for rank {rank}")

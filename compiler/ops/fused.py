@@ -34,11 +34,11 @@ import functools
 
 import numpy as np
 
-from ..types import ShapeError, broadcast_shapes, same_dtype
+from ..types import ShapeError, check_addend
 from . import gemm
 from .activation import relu_grad
 from .registry import Arg, Attr, Op, Sample, get_op, register
-from .shape import _perm
+from .shape import _perm, prod_dims
 
 
 def _div(a, b, out=None):
@@ -337,18 +337,14 @@ class MatMulAdd(Op):
 
     def flops(self, in_types, out_types, **attrs):
         """The product's multiply-adds and the add."""
-        n = 1
-        for d in out_types[0].shape:
-            n = n * d
+        n = prod_dims(out_types[0].shape)
         return 2 * n * in_types[0].shape[-1] + n
 
     def shape(self, a, b, c):
         if a.rank < 2 or b.rank != 2:
             raise ShapeError(f"`matmul_add` needs a of rank >= 2 and a matrix b, got {a} and {b}")
         out = get_op("matmul").shape(a, b)
-        same_dtype("matmul_add", out, c)
-        if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
-            raise ShapeError(f"`matmul_add`: {c} does not broadcast to the product {out}")
+        check_addend("matmul_add", out, c, "the product")
         return out
 
     def kernel(self, a, b, c):

@@ -43,9 +43,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..dims import Sym, dim_str, shape_str
-from ..types import FLOATS, AttrError, ShapeError, TensorType, broadcast_shapes, same_dtype
+from ..types import FLOATS, AttrError, ShapeError, TensorType, check_addend, same_dtype
 from .registry import Arg, Attr, Op, Sample, register
 from .conv_kernels import conv_np, deconv_np
+from .shape import prod_dims
 from .windows import axis_names, conv_out, ntuple, resolve_pads
 
 RANKS = (1, 2, 3)
@@ -187,10 +188,7 @@ class Conv(Op):
 
     def flops(self, in_types, out_types, **attrs):
         """A multiply-add (2 FLOPs) per output element and weight of its window."""
-        n = 1
-        for d in (*out_types[0].shape, *in_types[1].shape[1:]):
-            n = n * d
-        return 2 * n
+        return 2 * prod_dims((*out_types[0].shape, *in_types[1].shape[1:]))
 
     def shape(self, x, w, stride, padding, dilation, groups):
         dtype = same_dtype(self.name, x, w)
@@ -269,10 +267,7 @@ class ConvTranspose(Op):
 
     def flops(self, in_types, out_types, **attrs):
         """A multiply-add (2 FLOPs) per input element and weight it spreads over."""
-        n = 1
-        for d in (*in_types[0].shape, *in_types[1].shape[1:]):
-            n = n * d
-        return 2 * n
+        return 2 * prod_dims((*in_types[0].shape, *in_types[1].shape[1:]))
 
     def shape(self, x, w, stride, padding, output_padding, dilation, groups):
         dtype = same_dtype(self.name, x, w)
@@ -319,16 +314,11 @@ class ConvAdd(Conv):
 
     def flops(self, in_types, out_types, **attrs):
         """The conv's multiply-adds and the add."""
-        n = 1
-        for d in out_types[0].shape:
-            n = n * d
-        return super().flops(in_types[:2], out_types, **attrs) + n
+        return super().flops(in_types[:2], out_types, **attrs) + prod_dims(out_types[0].shape)
 
     def shape(self, x, w, c, stride, padding, dilation, groups):
         out = super().shape(x, w, stride, padding, dilation, groups)
-        same_dtype(self.name, out, c)
-        if c.rank > out.rank or broadcast_shapes(out.shape, c.shape) != out.shape:
-            raise ShapeError(f"`{self.name}`: {c} does not broadcast to the conv's output {out}")
+        check_addend(self.name, out, c, "the conv's output")
         return out
 
     def kernel(self, x, w, c, stride, padding, dilation, groups):
