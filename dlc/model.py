@@ -59,7 +59,7 @@ class Model:
     def opt_level(self, level: int) -> None:
         from dlc.compiler.passes.pipeline import LEVELS
 
-        if level not in LEVELS:
+        if type(level) is not int or level not in LEVELS:  # (2.0 == 2 and True == 1: not levels)
             raise DlcError("E0110", f"opt_level must be one of {', '.join(map(str, LEVELS))}, got {level!r}")
         self._opt_level = level
         self._plans.clear()  # plans and sessions were built at the old level

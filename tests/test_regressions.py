@@ -156,3 +156,28 @@ def test_a_dotted_name_in_a_train_block_number_is_an_error_not_a_crash(tmp_path)
     with pytest.raises(_Err) as e:
         _dlc.compile(text, mode="train").check_train()
     assert e.value.code == "E0103" and "use.05" in e.value.message
+
+
+@pytest.mark.parametrize("expr", ["p - q", "p / q", "p + q", "p * q", "p ** q", "p % q", "p // q",
+                                  "maximum(p, q)", "abs(p)", "sign(p)"])
+def test_arithmetic_on_booleans_is_a_type_error_at_its_operator(expr):
+    """NumPy's arithmetic on bools raises (``-``) or gives other dtypes than the declared bool
+    (``/`` float64, ``%`` int8): an error at compile time, pointing at the expression."""
+    text = f"model m {{\n    input x: f32[B, 3]\n    p = x > 0.0\n    q = x < 1.0\n    output o = {expr}\n}}\n"
+    with pytest.raises(DlcError) as err:
+        dlc.compile(text)
+    shown = err.value.render() if hasattr(err.value, "render") else str(err.value)
+    assert "needs numbers" in shown and "`and`, `or`, `not`" in shown
+    assert err.value.loc is not None and err.value.loc.line == 5
+    ok = dlc.compile(text.replace(f"output o = {expr}", "output o = cast(p, f32) - cast(q, f32)"))
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    np.testing.assert_array_equal(ok.run({"x": x})["o"], [[-1.0, 0.0, 1.0]])
+
+
+def test_opt_level_takes_only_the_integers_it_names():
+    m = dlc.compile("model m {\n    input x: f32[B, 3]\n    output y = x * 2.0\n}\n")
+    for bad in (2.0, True, "2", 3):
+        with pytest.raises(DlcError, match="opt_level must be one of 0, 1, 2"):
+            m.opt_level = bad
+    m.opt_level = 1
+    assert m.opt_level == 1

@@ -37,10 +37,20 @@ class _Binary(Op):
     onnx_op = ""
 
     def shape(self, a, b):
-        return TensorType(same_dtype(self.name, a, b), broadcast_shapes(a.shape, b.shape))
+        dtype = same_dtype(self.name, a, b)
+        _numbers(self.name, a)
+        return TensorType(dtype, broadcast_shapes(a.shape, b.shape))
 
     def onnx(self, e, ins, outs):
         e.node(self.onnx_op, ins, outs)
+
+
+def _numbers(op: str, t: TensorType) -> None:
+    """Arithmetic needs numbers: on bools NumPy's results are not bools (``/`` gives floats,
+    ``-`` raises) and onnxruntime has no kernels for most of them."""
+    if t.dtype == "bool":
+        raise ShapeError(f"`{op}` needs numbers, got {t}; combine booleans with `and`, `or`, `not`, "
+                         "or cast them first (`cast(m, f32)`)")
 
 
 @register
@@ -227,6 +237,10 @@ class Neg(_Unary):
 class Abs(_Unary):
     name, onnx_op = "abs", "Abs"
 
+    def shape(self, x):
+        _numbers(self.name, x)
+        return x
+
     def kernel(self, x):
         return np.abs(x)
 
@@ -238,6 +252,10 @@ class Abs(_Unary):
 class Sign(_Unary):
     name, onnx_op = "sign", "Sign"
     differentiable = False
+
+    def shape(self, x):
+        _numbers(self.name, x)
+        return x
 
     def kernel(self, x):
         return np.sign(x)
