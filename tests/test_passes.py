@@ -99,6 +99,25 @@ def test_count_of_a_static_shape_folds_whatever_its_input():
     assert run(g, {"x0": np.ones((2, 3), np.float32)})["n"] == 3.0
 
 
+@pytest.mark.parametrize("expr, message", [
+    ("cast(ones([3], i64) ** -1, f32)", "negative integer powers"),
+    ("gather(ones([3]), arange(5), axis = 0)[0:3]", "out of bounds"),
+])
+def test_a_constant_whose_kernel_fails_is_left_to_run_time(expr, message):
+    """Folding must not raise: the node runs (and fails, E0401) at run time, as at -O0,
+    while the constants around it still fold."""
+    m = dlc.compile(f"model m() {{ input x: f32[B, 3]\n output o = x + {expr}\n output k = x * (2.0 + 1.0) }}")
+    g = optimize(m.graph, 2, "numpy", check=True)
+    assert any(g[n].op == "const" and g[n].attrs["value"] == np.float32(3.0) for n in g.nodes())
+    x = np.ones((2, 3), np.float32)
+    for level in (0, 1, 2):
+        m.opt_level = level
+        np.testing.assert_array_equal(m.run({"x": x}, outputs=["k"])["k"], np.full((2, 3), 3.0, np.float32))
+        with pytest.raises(DlcError, match=message) as e:
+            m.run({"x": x}, outputs=["o"])
+        assert e.value.code == "E0401"
+
+
 # -- common subexpressions ---------------------------------------------------------
 def test_cse_merges_equal_computations_and_their_constants():
     g, b, (x, w) = small(F32, TensorType("f32", (3, 4)))
