@@ -186,6 +186,31 @@ def test_identities_at_their_types_disappear():
     assert g.outputs["y"] == x and ops(g) == {"input": 1}
 
 
+def test_a_reshape_round_trip_that_regroups_a_strided_value_stays():
+    """reshape(reshape(t, [B, 192]), [B, 3, 64]) of a transposed view copies it into C order
+    at -O0, and the row sums below add in memory order: dropping the round trip would
+    change their rounding.  A round trip through axes of size 1 only (a view) still goes."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 64, 3]
+    t = transpose(x, [0, 2, 1])
+    output s = sum(reshape(reshape(t, [B, 192]), [B, 3, 64]), axis = [0, 2])
+    output u = sum(reshape(reshape(t, [B, 1, 3, 64]), [B, 3, 64]) * 2.0, axis = [0, 2])
+}
+""")
+    x = np.random.default_rng(0).standard_normal((7, 64, 3)).astype(np.float32)
+    m.opt_level = 0
+    want = m.run({"x": x})
+    np.testing.assert_array_equal(want["s"], np.ascontiguousarray(x.transpose(0, 2, 1)).sum(axis=(0, 2)))
+    for level in (1, 2):
+        m.opt_level = level
+        got = m.run({"x": x})
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"-O{level} {k}")
+    g = optimize(m.graph, 1, "numpy", check=True)
+    assert ops(g)["reshape"] == 2  # the regrouping round trip stays, the size-1 one went
+
+
 def test_double_transposes_cancel_or_compose():
     g, b, (x,) = small(TensorType("f32", (2, 3, 4)))
     g.set_output("same", b.transpose(b.transpose(x, perm=(1, 0, 2)), perm=(1, 0, 2)))
