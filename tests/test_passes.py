@@ -13,7 +13,7 @@ import dlc
 from dlc.compiler.builder import Builder
 from dlc.compiler.graph import Graph
 from dlc.compiler.onnx_export import export_graph
-from dlc.compiler.ops.registry import Arg, Sample
+from dlc.compiler.ops.registry import Arg, Sample, get_op
 from dlc.compiler.passes.cse import cse
 from dlc.compiler.passes.dce import dce
 from dlc.compiler.passes.fold_constants import fold_constants
@@ -399,6 +399,53 @@ def test_a_chain_member_that_is_an_output_becomes_an_output_of_the_fused_node():
     after = Plan(g).run(feeds)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_a_chain_over_a_transposed_input_allocates_as_the_ops_do():
+    """NumPy allocates ``u + y`` in the memory order of its operands; a buffer reused from
+    ``exp(t * 0.01)`` of a transposed view would impose the view's order on ``w``, and the
+    row sums below add in memory order: another rounding than -O0's."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 64, 32]
+    input y: f32[B, 32, 64]
+    u = exp(transpose(x, [0, 2, 1]) * 0.01)
+    w = tanh(u + y) * y
+    output s = sum(w, axis = [0, 2])
+    output out = w
+}
+""")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((7, 64, 32)).astype(np.float32),
+             "y": rng.standard_normal((7, 32, 64)).astype(np.float32)}
+    m.opt_level = 0
+    want = m.run(feeds)
+    m.opt_level = 2
+    got = m.run(feeds)
+    fused = [n for n in m._plans[("s", "out")].graph.nodes() if m._plans[("s", "out")].graph.op(n) == "fused"]
+    assert len(fused) == 1  # one chain, planned to reuse its buffers
+    assert any(r >= 0 for r in m._plans[("s", "out")].graph[fused[0]].attrs["reuse"])
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert got["out"].strides == want["out"].strides
+
+
+def test_a_chain_reuses_its_buffers_only_over_inputs_of_one_memory_order():
+    from dlc.compiler.ops.fused import c_ordered, one_layout
+
+    a = np.zeros((4, 6, 8), np.float32)
+    assert c_ordered(a) and c_ordered(a[:, 1:5, ::2]) and c_ordered(np.broadcast_to(a[:1], a.shape))
+    assert c_ordered(a[:, :1].transpose(1, 0, 2)) and c_ordered(np.float32(1)) and c_ordered(a[0, 0, ::-1])
+    assert not c_ordered(a.transpose(0, 2, 1)) and not c_ordered(np.asfortranarray(a)) and not c_ordered(a[:, ::-1])
+    t = np.zeros((4, 8, 6), np.float32).transpose(0, 2, 1)
+    assert one_layout(a, a[0, 0], np.float32(2)) and one_layout(t, t, a[0, 0], np.float32(2))  # one order
+    assert not one_layout(a, t) and not one_layout(t, np.asfortranarray(a)) and not one_layout(a[:, ::-1], a[:, ::-1])
+    # a chain over a transposed and a C-order input computes what the unfused ops do, in their layout
+    program = (("exp", (0,), ()), ("add", (2, 1), ()), ("tanh", (3,), ()))
+    fused = get_op("fused").kernel(t + 0.5, a + 1.0, program=program, outputs=(4,), reuse=(-1, 2, 3))[0]
+    want = np.tanh(np.exp(t + 0.5) + (a + 1.0))
+    np.testing.assert_array_equal(fused, want)
+    assert fused.strides == want.strides
 
 
 def test_a_value_read_again_later_leaves_the_chain_as_an_extra_output():
