@@ -131,6 +131,25 @@ def test_cse_merges_equal_computations_and_their_constants():
     assert ops(g) == {"input": 2, "matmul": 1, "const": 1, "mul": 1, "add": 2, "transpose": 2}
 
 
+def test_attrs_of_zero_and_negative_zero_do_not_merge():
+    """-0.0 == 0.0, yet a pad or clip by them gives zeros of another sign (1 / x: -inf, inf)."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 3]
+    output a = 1.0 / pad(x, [[0, 0], [0, 1]], value = 0.0)
+    output b = 1.0 / pad(x, [[0, 0], [0, 1]], value = -0.0)
+    output c = 1.0 / clip(x * 0.0 - 1.0, -0.0, 1.0)
+    output d = 1.0 / clip(x * 0.0 - 1.0, 0.0, 1.0)
+}
+""")
+    x = np.ones((2, 3), np.float32)
+    for level in (0, 1, 2):
+        m.opt_level = level
+        got = m.run({"x": x})
+        assert (got["a"][:, 3] == np.inf).all() and (got["b"][:, 3] == -np.inf).all(), level
+        assert (got["c"] == -np.inf).all() and (got["d"] == np.inf).all(), level
+
+
 def test_cse_merges_random_ops_only_with_equal_salts():
     g, b, (x,) = small(F32)
     key = b.rng_key()
