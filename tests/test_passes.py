@@ -118,6 +118,29 @@ def test_a_constant_whose_kernel_fails_is_left_to_run_time(expr, message):
         assert e.value.code == "E0401"
 
 
+def test_a_constant_view_in_another_layout_is_left_to_run_time():
+    """transpose(const) is a strided view at -O0; folded, it would be a C-order copy, and the
+    row sums of c * 1.5 would add in another order (an ulp off -O0's)."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 60]
+    c = transpose(sin(reshape(cast(arange(3840), f32), [64, 60])), [1, 0])
+    output s = sum(c * 1.5, axis = 1) + x[0]
+}
+""")
+    x = np.zeros((1, 60), np.float32)
+    m.opt_level = 0
+    want = m.run({"x": x})["s"]
+    c = np.sin(np.arange(3840, dtype=np.int64).astype(np.float32).reshape(64, 60)).T
+    np.testing.assert_array_equal(want, np.sum(c * np.float32(1.5), axis=1))
+    for level in (1, 2):
+        m.opt_level = level
+        np.testing.assert_array_equal(m.run({"x": x})["s"], want, err_msg=f"-O{level}")
+    g = optimize(m.graph, 1, "numpy", check=True)
+    assert ops(g)["transpose"] == 1  # left to run time; the sin under it still folds
+    assert any(g[n].op == "const" and g[n].attrs["value"].shape == (64, 60) for n in g.nodes())
+
+
 # -- common subexpressions ---------------------------------------------------------
 def test_cse_merges_equal_computations_and_their_constants():
     g, b, (x, w) = small(F32, TensorType("f32", (3, 4)))

@@ -10,7 +10,9 @@ unfolded one; results larger than :data:`MAX_FOLDED` elements are left to run
 time, so a folded model file does not grow by a materialised ``zeros``.  A kernel
 that fails on its constants (an index out of range, an integer to a negative
 power) is left to run time too, which reports it (E0401) as the unoptimized
-graph does.
+graph does, and so is a result that is not C-contiguous (a transposed, broadcast or
+strided view of a constant): a folded constant is a C-order array, and NumPy
+reduces in memory order, so a ``sum`` downstream of the view would round otherwise.
 """
 from __future__ import annotations
 
@@ -55,6 +57,8 @@ def fold_constants(graph: Graph) -> int:
         value = np.asarray(value[0] if isinstance(value, tuple) else value)  # a one-output op may return a 1-tuple
         if value.dtype != np_dtype(t.dtype) or value.shape != tuple(t.shape):
             continue  # a kernel whose result type differs from its rule: leave it to run time
+        if not value.flags.c_contiguous:
+            continue  # a view in another layout (a transpose, a broadcast): a C-order copy would sum otherwise
         value = value.copy()
         value.setflags(write=False)
         c = graph.add_node("const", (), {"value": value}, (t,), loc=rec.loc, scope=rec.scope, role=rec.role,
