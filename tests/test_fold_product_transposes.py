@@ -87,3 +87,30 @@ def test_attention_heads_are_merged_by_the_products_in_a_training_step():
     # the forward's weights @ v, and the gradients of q and v (k's moves the last axis)
     assert ops(g)["matmul_permuted"] >= 3
     assert ops(optimize(step.graph, 2, "onnx"))["matmul_permuted"] == 0  # onnxruntime gets primitives
+
+
+def test_a_transposed_product_read_by_a_reduction_keeps_its_layout():
+    """At -O0 the transpose is a strided view and ``sum`` adds in memory order; a C-order
+    ``matmul_permuted`` would add in another order (1 ulp on this loss).  Only a reshape
+    merging the last two axes (a C-order copy at -O0) lets the product be folded."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 1, 3, 4]
+    param P: [2, 4, 5] = normal(1.0)
+    param Q: [2, 4, 5] = normal(1.0)
+    a = transpose(x @ P, [0, 2, 1, 3])
+    output view = a
+    output loss = sum(a * a)
+    output merged = reshape(transpose(x @ Q, [0, 2, 1, 3]), [B, 3, 10])
+}
+""")
+    x = np.random.default_rng(0).standard_normal((3, 1, 3, 4)).astype(np.float32)
+    m.opt_level = 0
+    want = m.run({"x": x})
+    m.opt_level = 2
+    got = m.run({"x": x})
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert want["loss"] == np.sum(want["view"] * want["view"])  # a strided sum, as NumPy adds it
+    g = optimize(m.graph, 2, "numpy", check=True)
+    assert ops(g)["matmul_permuted"] == 1  # the heads-merge pattern still folds

@@ -13,7 +13,7 @@ import dlc
 from dlc.compiler.builder import Builder
 from dlc.compiler.graph import Graph
 from dlc.compiler.onnx_export import export_graph
-from dlc.compiler.ops.registry import Arg, Sample
+from dlc.compiler.ops.registry import Arg, Sample, get_op
 from dlc.compiler.passes.cse import cse
 from dlc.compiler.passes.dce import dce
 from dlc.compiler.passes.fold_constants import fold_constants
@@ -99,6 +99,48 @@ def test_count_of_a_static_shape_folds_whatever_its_input():
     assert run(g, {"x0": np.ones((2, 3), np.float32)})["n"] == 3.0
 
 
+@pytest.mark.parametrize("expr, message", [
+    ("cast(ones([3], i64) ** -1, f32)", "negative integer powers"),
+    ("gather(ones([3]), arange(5), axis = 0)[0:3]", "out of bounds"),
+])
+def test_a_constant_whose_kernel_fails_is_left_to_run_time(expr, message):
+    """Folding must not raise: the node runs (and fails, E0401) at run time, as at -O0,
+    while the constants around it still fold."""
+    m = dlc.compile(f"model m() {{ input x: f32[B, 3]\n output o = x + {expr}\n output k = x * (2.0 + 1.0) }}")
+    g = optimize(m.graph, 2, "numpy", check=True)
+    assert any(g[n].op == "const" and g[n].attrs["value"] == np.float32(3.0) for n in g.nodes())
+    x = np.ones((2, 3), np.float32)
+    for level in (0, 1, 2):
+        m.opt_level = level
+        np.testing.assert_array_equal(m.run({"x": x}, outputs=["k"])["k"], np.full((2, 3), 3.0, np.float32))
+        with pytest.raises(DlcError, match=message) as e:
+            m.run({"x": x}, outputs=["o"])
+        assert e.value.code == "E0401"
+
+
+def test_a_constant_view_in_another_layout_is_left_to_run_time():
+    """transpose(const) is a strided view at -O0; folded, it would be a C-order copy, and the
+    row sums of c * 1.5 would add in another order (an ulp off -O0's)."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 60]
+    c = transpose(sin(reshape(cast(arange(3840), f32), [64, 60])), [1, 0])
+    output s = sum(c * 1.5, axis = 1) + x[0]
+}
+""")
+    x = np.zeros((1, 60), np.float32)
+    m.opt_level = 0
+    want = m.run({"x": x})["s"]
+    c = np.sin(np.arange(3840, dtype=np.int64).astype(np.float32).reshape(64, 60)).T
+    np.testing.assert_array_equal(want, np.sum(c * np.float32(1.5), axis=1))
+    for level in (1, 2):
+        m.opt_level = level
+        np.testing.assert_array_equal(m.run({"x": x})["s"], want, err_msg=f"-O{level}")
+    g = optimize(m.graph, 1, "numpy", check=True)
+    assert ops(g)["transpose"] == 1  # left to run time; the sin under it still folds
+    assert any(g[n].op == "const" and g[n].attrs["value"].shape == (64, 60) for n in g.nodes())
+
+
 # -- common subexpressions ---------------------------------------------------------
 def test_cse_merges_equal_computations_and_their_constants():
     g, b, (x, w) = small(F32, TensorType("f32", (3, 4)))
@@ -110,6 +152,25 @@ def test_cse_merges_equal_computations_and_their_constants():
     dce(g)
     g.verify()
     assert ops(g) == {"input": 2, "matmul": 1, "const": 1, "mul": 1, "add": 2, "transpose": 2}
+
+
+def test_attrs_of_zero_and_negative_zero_do_not_merge():
+    """-0.0 == 0.0, yet a pad or clip by them gives zeros of another sign (1 / x: -inf, inf)."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 3]
+    output a = 1.0 / pad(x, [[0, 0], [0, 1]], value = 0.0)
+    output b = 1.0 / pad(x, [[0, 0], [0, 1]], value = -0.0)
+    output c = 1.0 / clip(x * 0.0 - 1.0, -0.0, 1.0)
+    output d = 1.0 / clip(x * 0.0 - 1.0, 0.0, 1.0)
+}
+""")
+    x = np.ones((2, 3), np.float32)
+    for level in (0, 1, 2):
+        m.opt_level = level
+        got = m.run({"x": x})
+        assert (got["a"][:, 3] == np.inf).all() and (got["b"][:, 3] == -np.inf).all(), level
+        assert (got["c"] == -np.inf).all() and (got["d"] == np.inf).all(), level
 
 
 def test_cse_merges_random_ops_only_with_equal_salts():
@@ -165,6 +226,31 @@ def test_identities_at_their_types_disappear():
     dce(g)
     g.verify()
     assert g.outputs["y"] == x and ops(g) == {"input": 1}
+
+
+def test_a_reshape_round_trip_that_regroups_a_strided_value_stays():
+    """reshape(reshape(t, [B, 192]), [B, 3, 64]) of a transposed view copies it into C order
+    at -O0, and the row sums below add in memory order: dropping the round trip would
+    change their rounding.  A round trip through axes of size 1 only (a view) still goes."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 64, 3]
+    t = transpose(x, [0, 2, 1])
+    output s = sum(reshape(reshape(t, [B, 192]), [B, 3, 64]), axis = [0, 2])
+    output u = sum(reshape(reshape(t, [B, 1, 3, 64]), [B, 3, 64]) * 2.0, axis = [0, 2])
+}
+""")
+    x = np.random.default_rng(0).standard_normal((7, 64, 3)).astype(np.float32)
+    m.opt_level = 0
+    want = m.run({"x": x})
+    np.testing.assert_array_equal(want["s"], np.ascontiguousarray(x.transpose(0, 2, 1)).sum(axis=(0, 2)))
+    for level in (1, 2):
+        m.opt_level = level
+        got = m.run({"x": x})
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"-O{level} {k}")
+    g = optimize(m.graph, 1, "numpy", check=True)
+    assert ops(g)["reshape"] == 2  # the regrouping round trip stays, the size-1 one went
 
 
 def test_double_transposes_cancel_or_compose():
@@ -355,6 +441,53 @@ def test_a_chain_member_that_is_an_output_becomes_an_output_of_the_fused_node():
     after = Plan(g).run(feeds)
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_a_chain_over_a_transposed_input_allocates_as_the_ops_do():
+    """NumPy allocates ``u + y`` in the memory order of its operands; a buffer reused from
+    ``exp(t * 0.01)`` of a transposed view would impose the view's order on ``w``, and the
+    row sums below add in memory order: another rounding than -O0's."""
+    m = dlc.compile("""
+model m() {
+    input x: f32[B, 64, 32]
+    input y: f32[B, 32, 64]
+    u = exp(transpose(x, [0, 2, 1]) * 0.01)
+    w = tanh(u + y) * y
+    output s = sum(w, axis = [0, 2])
+    output out = w
+}
+""")
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((7, 64, 32)).astype(np.float32),
+             "y": rng.standard_normal((7, 32, 64)).astype(np.float32)}
+    m.opt_level = 0
+    want = m.run(feeds)
+    m.opt_level = 2
+    got = m.run(feeds)
+    fused = [n for n in m._plans[("s", "out")].graph.nodes() if m._plans[("s", "out")].graph.op(n) == "fused"]
+    assert len(fused) == 1  # one chain, planned to reuse its buffers
+    assert any(r >= 0 for r in m._plans[("s", "out")].graph[fused[0]].attrs["reuse"])
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert got["out"].strides == want["out"].strides
+
+
+def test_a_chain_reuses_its_buffers_only_over_inputs_of_one_memory_order():
+    from dlc.compiler.ops.fused import c_ordered, one_layout
+
+    a = np.zeros((4, 6, 8), np.float32)
+    assert c_ordered(a) and c_ordered(a[:, 1:5, ::2]) and c_ordered(np.broadcast_to(a[:1], a.shape))
+    assert c_ordered(a[:, :1].transpose(1, 0, 2)) and c_ordered(np.float32(1)) and c_ordered(a[0, 0, ::-1])
+    assert not c_ordered(a.transpose(0, 2, 1)) and not c_ordered(np.asfortranarray(a)) and not c_ordered(a[:, ::-1])
+    t = np.zeros((4, 8, 6), np.float32).transpose(0, 2, 1)
+    assert one_layout(a, a[0, 0], np.float32(2)) and one_layout(t, t, a[0, 0], np.float32(2))  # one order
+    assert not one_layout(a, t) and not one_layout(t, np.asfortranarray(a)) and not one_layout(a[:, ::-1], a[:, ::-1])
+    # a chain over a transposed and a C-order input computes what the unfused ops do, in their layout
+    program = (("exp", (0,), ()), ("add", (2, 1), ()), ("tanh", (3,), ()))
+    fused = get_op("fused").kernel(t + 0.5, a + 1.0, program=program, outputs=(4,), reuse=(-1, 2, 3))[0]
+    want = np.tanh(np.exp(t + 0.5) + (a + 1.0))
+    np.testing.assert_array_equal(fused, want)
+    assert fused.strides == want.strides
 
 
 def test_a_value_read_again_later_leaves_the_chain_as_an_extra_output():

@@ -12,7 +12,12 @@ never written in a spec.  Attrs:
   (``out=``), or -1 to allocate.  The pass plans it from the types — a buffer
   of equal type whose value is dead by then and that the chain itself
   allocated (never an input: kernels must not modify their inputs) — and the
-  shape rule checks the plan, so ``verify()`` rejects an unsafe one.
+  shape rule checks the plan, so ``verify()`` rejects an unsafe one.  The kernel
+  follows it only when its inputs share one memory order (:func:`one_layout`,
+  checked per call): a buffer reused under inputs in different orders (a transposed
+  view and a C-order array) could hold a value in another layout than the unfused
+  op's result, and a reduction downstream adds in memory order, so its rounding
+  would differ; such a call allocates every result as the unfused ops do.
 - ``donated``: the input indices whose buffers the chain may overwrite too, as
   ``reuse`` targets: a fresh array that an earlier kernel of the same graph
   made (``matmul``'s result, a gradient) and that only this node reads.  The
@@ -191,6 +196,38 @@ def _check_program(types, program, outputs, reuse, donated=()):
     return values, owned
 
 
+def c_ordered(a) -> bool:
+    """Are ``a``'s axes in C order in memory (strides decreasing over the axes of size > 1
+    that it does not broadcast)?"""
+    if getattr(a, "ndim", 0) < 2 or a.flags.c_contiguous:  # (a Python number has no axes)
+        return True
+    last = None
+    for n, stride in zip(a.shape, a.strides):
+        if n == 1 or stride == 0:
+            continue
+        if stride < 0 or (last is not None and stride >= last):
+            return False
+        last = stride
+    return True
+
+
+def one_layout(*arrays) -> bool:
+    """May a chain over ``arrays`` write into the buffers it planned (``reuse``) and still
+    give every value the memory order NumPy gives the unfused op's result?  NumPy allocates
+    a ufunc's result in its operands' memory order, so yes when every input is in C order,
+    or when those of rank >= 2 share one shape and positive strides: every buffer of the
+    chain (allocated or donated) is then in that one order."""
+    for a in arrays:  # the common case first: C-contiguous arrays and scalars
+        if getattr(a, "ndim", 0) > 1 and not a.flags.c_contiguous:
+            break
+    else:
+        return True
+    if all(c_ordered(a) for a in arrays):
+        return True
+    big = [a for a in arrays if getattr(a, "ndim", 0) >= 2]
+    return all(a.shape == big[0].shape and a.strides == big[0].strides for a in big) and min(big[0].strides) >= 0
+
+
 _CACHE: dict[int, tuple] = {}  # id(program) → (program, key, function); the entry keeps the program alive
 _CACHE_LIMIT = 4096
 
@@ -206,15 +243,24 @@ def _compiled(program, outputs, reuse, n_in: int):
     hit = _CACHE.get(id(program))
     if hit is not None and hit[0] is program and hit[1] == key:
         return hit[2]
-    env, lines = {}, [f"def fused({', '.join(f'v{i}' for i in range(n_in))}):"]
-    for j, (op, args, kw) in enumerate(program):
-        if op in INPLACE:
-            env[f"f{j}"] = functools.partial(INPLACE[op], **dict(kw)) if kw else INPLACE[op]
-        else:
-            env[f"f{j}"] = (lambda k, a: lambda *xs, out=None: k(*xs, **a))(get_op(op).kernel, dict(kw))
-        out = f", out=v{reuse[j]}" if reuse and reuse[j] >= 0 else ""
-        lines.append(f"    v{n_in + j} = f{j}({', '.join(f'v{int(a)}' for a in args)}{out})")
-    lines.append(f"    return ({', '.join(f'v{int(o)}' for o in outputs)},)")
+    params = ", ".join(f"v{i}" for i in range(n_in))
+    env, lines = {"one_layout": one_layout}, []
+    for name, planned in (("fused", reuse), ("fresh", ())):
+        lines.append(f"def {name}({params}):")
+        if name == "fused" and any(r >= 0 for r in reuse):
+            # inputs in different memory orders: a reused buffer could give a value another
+            # layout than the op's own result has, and a reduction downstream adds in memory
+            # order (another rounding); so allocate as the unfused ops do
+            lines.append(f"    if not one_layout({params}):")
+            lines.append(f"        return fresh({params})")
+        for j, (op, args, kw) in enumerate(program):
+            if op in INPLACE:
+                env[f"f{j}"] = functools.partial(INPLACE[op], **dict(kw)) if kw else INPLACE[op]
+            else:
+                env[f"f{j}"] = (lambda k, a: lambda *xs, out=None: k(*xs, **a))(get_op(op).kernel, dict(kw))
+            out = f", out=v{planned[j]}" if planned and planned[j] >= 0 else ""
+            lines.append(f"    v{n_in + j} = f{j}({', '.join(f'v{int(a)}' for a in args)}{out})")
+        lines.append(f"    return ({', '.join(f'v{int(o)}' for o in outputs)},)")
     exec("\n".join(lines), env)  # noqa: S102  (generated from integers and fixed names only)
     if len(_CACHE) >= _CACHE_LIMIT:  # programs of graphs long gone: start again rather than grow
         _CACHE.clear()

@@ -1,7 +1,8 @@
 """Common-subexpression elimination: one node per distinct computation.
 
 Two nodes compute the same values when they apply the same op with equal
-attrs to the same input values (after earlier merges), with the same types.
+attrs (floats compared by their bits: ``-0.0`` is not ``0.0``) to the same input
+values (after earlier merges), with the same types.
 Random ops are pure functions of (key input, ``salt`` attr, shape), so two of
 them merge only when their salts are equal too — which is exactly when they
 draw the same numbers (a dropout mask and its recomputation in the

@@ -7,7 +7,12 @@ with no symbolic dim in its attrs.  ``count`` of a statically shaped value
 folds whatever that value is (it reads only the shape).  The op's own NumPy
 kernel computes the value, so a folded graph gives the same numbers as the
 unfolded one; results larger than :data:`MAX_FOLDED` elements are left to run
-time, so a folded model file does not grow by a materialised ``zeros``.
+time, so a folded model file does not grow by a materialised ``zeros``.  A kernel
+that fails on its constants (an index out of range, an integer to a negative
+power) is left to run time too, which reports it (E0401) as the unoptimized
+graph does, and so is a result that is not C-contiguous (a transposed, broadcast or
+strided view of a constant): a folded constant is a C-order array, and NumPy
+reduces in memory order, so a ``sum`` downstream of the view would round otherwise.
 """
 from __future__ import annotations
 
@@ -44,11 +49,16 @@ def fold_constants(graph: Graph) -> int:
         t = rec.types[0]
         if not is_static(t.shape) or int(np.prod(t.shape, dtype=np.int64)) > MAX_FOLDED:
             continue
-        with np.errstate(all="ignore"):  # a folded 1/0 is inf, as it would be at run time
-            value = opdef.kernel(*args, **rec.attrs)
+        try:
+            with np.errstate(all="ignore"):  # a folded 1/0 is inf, as it would be at run time
+                value = opdef.kernel(*args, **rec.attrs)
+        except Exception:  # noqa: BLE001  (a failing kernel, e.g. an index out of range: run time reports it as E0401)
+            continue
         value = np.asarray(value[0] if isinstance(value, tuple) else value)  # a one-output op may return a 1-tuple
         if value.dtype != np_dtype(t.dtype) or value.shape != tuple(t.shape):
             continue  # a kernel whose result type differs from its rule: leave it to run time
+        if not value.flags.c_contiguous:
+            continue  # a view in another layout (a transpose, a broadcast): a C-order copy would sum otherwise
         value = value.copy()
         value.setflags(write=False)
         c = graph.add_node("const", (), {"value": value}, (t,), loc=rec.loc, scope=rec.scope, role=rec.role,

@@ -16,7 +16,12 @@ column stride for BLAS.  (A ``perm`` that moves it — ``[B, H, D, T] -> [B, T, 
 D]``, the gradient of ``k`` as backprop writes it — could be the swapped operands'
 product ``Y^T X^T`` written in place; at tiny_bert's sizes OpenBLAS rounds that
 orientation differently, which breaks ``-O2``'s bit-for-bit agreement with
-``-O0``, so it is left alone.)  The values are the two ops' (a test holds every
+``-O0``, so it is left alone.)  And every reader of the transpose must be a reshape
+that merges its last two axes (the heads merge): at ``-O0`` that reshape copies the
+strided view into C order, the layout ``matmul_permuted`` writes.  A reader of the
+strided view itself (a ``sum``; an elementwise op, whose result keeps its input's
+layout) would see another memory order than at ``-O0``, and NumPy reduces in memory
+order: another rounding.  The values are the two ops' (a test holds every
 spec's training steps at ``-O2`` to ``-O0``'s bits, tiny_bert's attention among them).  One sweep: O(nodes).
 """
 from __future__ import annotations
@@ -48,6 +53,8 @@ def fold_product_transposes(graph: Graph) -> int:
         perm = list(_perm(rec.attrs["perm"], rank))
         if perm[-1] != rank - 1 or perm == list(range(rank)):
             continue  # (the last axis moved: the swapped operands' product would round otherwise)
+        if not _merged_by_copying_reshapes(graph, uses, n, perm):
+            continue  # a reader would see another memory layout than -O0's (see the module docstring)
         ta, tb = prod.attrs.get("ta", False), prod.attrs.get("tb", False)
         attrs = {"ta": ta, "tb": tb, "perm": tuple(perm)}
         types = (get_op("matmul_permuted").shape(graph.type_of(a), graph.type_of(b), **attrs),)
@@ -59,3 +66,23 @@ def fold_product_transposes(graph: Graph) -> int:
         folded.extend((n, src.node))
     graph.remove_nodes(folded)
     return len(folded) // 2
+
+
+def _merged_by_copying_reshapes(graph: Graph, uses: Uses, n: int, perm: list[int]) -> bool:
+    """Is transpose node ``n`` read only by reshapes that merge its last two axes, so -O0 reads
+    it through a C-order copy just as -O2 reads ``matmul_permuted``'s C-order result?
+
+    The transposed view merges without a copy only when the axes it moved ``perm[-2]``
+    past all have size 1; then the axes of size > 1 must be in order for that view to be
+    C-order too (``perm`` with those axes left out is increasing)."""
+    if uses.external_indices(n):
+        return False
+    t = graph[n].types[0]
+    p = perm[-2]
+    if p == t.rank - 2:  # only leading axes move: the merge is a view of -O0's strided layout
+        return False
+    rest = [a for a in perm if not p < a < t.rank - 1]
+    if rest != sorted(rest):
+        return False
+    merged = t.shape[:-2] + (t.shape[-2] * t.shape[-1],)
+    return all(graph.op(c) == "reshape" and tuple(graph[c].types[0].shape) == merged for c in graph.consumers(n))

@@ -21,7 +21,9 @@ The fused kernel writes into buffers it allocated itself whenever a value of
 the same type is dead (planned here from the static types, checked by the
 op's shape rule), and into the buffers of its donated inputs: fresh arrays of
 a product, ``fused`` or ``softmax_grad`` (:data:`FRESH_RESULTS`) that only the group
-reads (a gradient that the update consumes); see compiler/ops/fused.py.  A lone
+reads (a gradient that the update consumes); see compiler/ops/fused.py (whose kernel
+allocates instead when its inputs are in different memory orders, so every value has
+the layout, hence every reduction downstream the rounding, of ``-O0``).  A lone
 elementwise node with such an input of its own type is a group too (a one-op
 ``fused`` node computing in place: the attention scores times their scale).  One reverse topological sweep,
 each edge counted once per group reaching it, with a binary search over its

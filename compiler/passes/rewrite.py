@@ -65,12 +65,13 @@ class Uses:
 def hashable(value: Any):
     """A hashable, equality-preserving key for an attr value (None when there is none).
 
-    Arrays key by dtype, shape and bytes; graphs (scan bodies) by identity,
+    Floats key by their value's bits (``-0.0`` and ``0.0`` differ: ``1 / x`` tells them
+    apart), arrays by dtype, shape and bytes; graphs (scan bodies) by identity,
     since two bodies are only known equal when they are one object."""
     if isinstance(value, (bool, int, str, Sym)) or value is None:
         return (type(value).__name__, value)
-    if isinstance(value, float):
-        return None if value != value else ("float", value)  # NaN never equals itself
+    if isinstance(value, float):  # by its bits: -0.0 == 0.0, but pad(value = -0.0) is not pad(value = 0.0)
+        return None if value != value else ("float", value.hex())  # NaN never equals itself
     if isinstance(value, (tuple, list)):
         parts = tuple(hashable(v) for v in value)
         return None if any(p is None for p in parts) else ("seq", parts)

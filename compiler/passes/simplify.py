@@ -11,8 +11,12 @@ simplified already:
   the same dtype, ``reshape`` / ``broadcast_to`` / ``sum_to`` to the same
   shape, ``transpose`` by the identity permutation;
 - chains of pure reshapes (``reshape``, ``squeeze``, ``unsqueeze``; they keep
-  the row-major element order) that end at the type they started from, such
-  as ``squeeze(unsqueeze(x))``, and ``neg(neg(x))`` → ``x``;
+  the row-major element order) that end at the type they started from and
+  only add or remove axes of size 1 on the way, such as ``squeeze(unsqueeze(x))``,
+  and ``neg(neg(x))`` → ``x``.  (Such steps are views of any input.  A reshape
+  that regroups elements copies a strided input — a transposed view — into C
+  order, which later reductions add up in another order, so a chain through one
+  stays: dropping it would change the rounding of a ``sum`` downstream.)
 - ``transpose(transpose(x, p), q)`` → one transpose (or ``x``).
 
 Every rule is exact (``x + 0`` may turn ``-0.0`` into ``0.0``, nothing else).
@@ -47,6 +51,11 @@ def simplify(graph: Graph) -> int:
     return len(replaced)
 
 
+def _non_unit(shape) -> tuple:
+    """``shape`` without its axes of static size 1."""
+    return tuple(d for d in shape if d != 1)
+
+
 def _rewrite(graph: Graph, n: int) -> Value | None:
     """The value that may replace node ``n``, or None."""
     rec = graph[n]
@@ -66,8 +75,8 @@ def _rewrite(graph: Graph, n: int) -> Value | None:
     if op in _RESHAPES:
         src = rec.inputs[0]
         for _ in range(_MAX_CHAIN):  # bounded, so the sweep stays linear
-            if graph.op(src.node) not in _RESHAPES:
-                break
+            if graph.op(src.node) not in _RESHAPES or _non_unit(graph.type_of(src).shape) != _non_unit(t.shape):
+                break  # (a step that regroups elements may copy a strided input into C order)
             src = graph[src.node].inputs[0]
             if graph.type_of(src) == t:
                 return src
