@@ -274,3 +274,45 @@ def test_a_scan_that_only_sums_its_sequence_leaves_no_loop(tmp_path):
     step = build_steps(m, m.train_spec(), steps_per_epoch=4)[0]
     assert "scan" not in _ops(_optimized(step.graph))
     check_training_step(m, {**feeds, "__rng": np.int64(0)}, label="running total")
+
+
+SUM_READ_TWICE = """
+layer cell(x: f32[B, I], h: f32[B, I], b: f32[I]) {
+    t = x + h
+    return t, tanh(t + b)          # t per step, and (x + h) + b the carry
+}
+
+model m {
+    input xs: f32[B, T, 2]
+    param b: [2]
+    ts, h = scan cell(b = b) over xs init (zeros([B, 2]))
+    output steps = ts
+    output last  = h
+    output loss  = sum(ts) + sum(h * h)
+}
+"""
+
+
+def test_a_bias_is_not_reassociated_into_a_sum_the_cell_returns():
+    """``(x_t + h) + b`` becomes ``(x_t + b) + h`` so that the bias joins the hoisted input
+    projection — but here ``x_t + h`` is also the per-step output: the rewrite changed its
+    value (every optimized level, both backends, and the gradients disagreed with -O0)."""
+    m = dlc.compile(SUM_READ_TWICE, mode="train")
+    xs = np.random.default_rng(2).standard_normal((3, 4, 2)).astype(np.float32)
+    b = np.array([0.5, -1.0], np.float32)
+    m.params["b"] = b
+    h, ts = np.zeros((3, 2), np.float32), []
+    for t in range(4):
+        ts.append(xs[:, t] + h)
+        h = np.tanh(ts[-1] + b)
+    want = {"steps": np.stack(ts, 1), "last": h}
+    grads = {}
+    for level in (0, 1, 2):
+        m.opt_level = level
+        m._plans.clear()
+        for backend in ("numpy", "onnxruntime"):
+            got = m.run({"xs": xs}, backend=backend)
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=f"-O{level} {backend} {k}")
+        grads[level] = m.gradients({"xs": xs})["b"]
+    np.testing.assert_allclose(grads[2], grads[0], rtol=1e-5, atol=1e-6)

@@ -259,16 +259,19 @@ def _map_operand(body: Graph, s: Scan, v: Value, out, mapped: set, caps: dict) -
 
 def _reassociate_biases(graph: Graph, n: int) -> int:
     """``(p_t + q_t) + b`` → ``(p_t + b) + q_t`` in the body, with ``p_t`` a
-    sequence slice, ``b`` captured and the inner sum read nowhere else."""
+    sequence slice, ``b`` captured and the inner sum read nowhere else (not by another
+    node, nor as a carry or per-step output: the rewrite changes its value)."""
     s = Scan(graph, n)
     body = s.body
     slices = set(body.inputs[s.k:s.k + s.m])
     caps = set(body.inputs[s.k + s.m:])
+    outputs = set(body.outputs.values())
     plans = []
     for node, rec, inner, bias in binary_nodes(body, "add"):
         if inner.node in caps:
             inner, bias = bias, inner
-        if bias.node not in caps or body.op(inner.node) != "add" or body.consumers(inner.node) != [node]:
+        if bias.node not in caps or body.op(inner.node) != "add" or body.consumers(inner.node) != [node] \
+                or inner in outputs:
             continue
         p, q = body[inner.node].inputs
         if q.node in slices:
