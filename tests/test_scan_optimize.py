@@ -316,3 +316,33 @@ def test_a_bias_is_not_reassociated_into_a_sum_the_cell_returns():
                 np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=f"-O{level} {backend} {k}")
         grads[level] = m.gradients({"xs": xs})["b"]
     np.testing.assert_allclose(grads[2], grads[0], rtol=1e-5, atol=1e-6)
+
+
+UNUSED_MAP = """
+layer scaled(x: f32[B, I], k: float = 1.0) {
+    return x * k
+}
+
+model m {
+    input xs: f32[B, T, 2]
+    param w: [2]
+    doubled = scan scaled(k = 2.0) over xs       # a map (no carries) nobody reads
+    output y    = xs[:, 0] * w
+    output loss = sum(xs[:, 0] * w)
+}
+"""
+
+
+def test_a_map_nobody_reads_is_left_to_dce():
+    """Dropping the unread per-step outputs of a scan with no carries left a scan with
+    no outputs to rebuild (IndexError at -O1/-O2, inference and gradients alike)."""
+    m = dlc.compile(UNUSED_MAP, mode="train")
+    xs = np.random.default_rng(5).standard_normal((3, 4, 2)).astype(np.float32)
+    m.params["w"] = np.array([2.0, -1.0], np.float32)
+    assert "scan" in _ops(m.graph) and "scan" not in _ops(_optimized(m.graph))
+    for level in (0, 1, 2):
+        m.opt_level = level
+        m._plans.clear()
+        for backend in ("numpy", "onnxruntime"):
+            np.testing.assert_allclose(m.run({"xs": xs}, backend=backend)["y"], xs[:, 0] * [2.0, -1.0], rtol=1e-6)
+        np.testing.assert_allclose(m.gradients({"xs": xs})["w"], xs[:, 0].sum(0), rtol=1e-5)
