@@ -346,3 +346,41 @@ def test_a_map_nobody_reads_is_left_to_dce():
         for backend in ("numpy", "onnxruntime"):
             np.testing.assert_allclose(m.run({"xs": xs}, backend=backend)["y"], xs[:, 0] * [2.0, -1.0], rtol=1e-6)
         np.testing.assert_allclose(m.gradients({"xs": xs})["w"], xs[:, 0].sum(0), rtol=1e-5)
+
+
+PREFIX_SUM = """
+layer prefix(x: f32[B, I], c: f32[B, I]) {
+    return c, c + x                # the total before each step, then the running total
+}
+
+model m {
+    input xs: f32[B, T, 2]
+    param w: [2]
+    bs, t = scan prefix over (xs * w) init (zeros([B, 2]))
+    output before = bs
+    output total  = t
+    output loss   = sum(bs * bs) + sum(t)
+}
+"""
+
+
+def test_an_accumulator_read_at_every_step_stays_in_the_loop():
+    """An exclusive prefix sum: the carry ``c`` only feeds ``c + x_t`` but is also the
+    per-step output.  Hoisting the accumulator removed the carry's body input the output
+    still named (KeyError at -O1/-O2: inference, gradients — BPTT's ``dx_t = dc`` is the
+    same pattern — and the training step)."""
+    m = dlc.compile(PREFIX_SUM, mode="train")
+    xs = np.random.default_rng(6).standard_normal((3, 4, 2)).astype(np.float32)
+    w = m.params["w"] = np.array([0.5, 2.0], np.float32)
+    inclusive = np.cumsum(xs * w, axis=1)
+    before = inclusive - xs * w
+    for level in (0, 1, 2):
+        m.opt_level = level
+        m._plans.clear()
+        for backend in ("numpy", "onnxruntime"):
+            got = m.run({"xs": xs}, backend=backend)
+            np.testing.assert_allclose(got["before"], before, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got["total"], inclusive[:, -1], rtol=1e-5, atol=1e-6)
+        prior = np.cumsum(xs, axis=1) - xs  # d before[b, t] / d w, per channel
+        want = (2 * before * prior).sum((0, 1)) + xs.sum((0, 1))
+        np.testing.assert_allclose(m.gradients({"xs": xs})["w"], want, rtol=1e-5, atol=1e-5)
