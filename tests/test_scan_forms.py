@@ -273,3 +273,37 @@ def test_per_step_values_of_rank_below_the_axis_backpropagate(tmp_path):
     for k, g in m.gradients(f).items():
         np.testing.assert_allclose(g, want[k], rtol=1e-5, atol=1e-6, err_msg=k)
     check_training_step(m, {**f, "__rng": np.int64(0)}, label="low-rank steps")
+
+
+PENALTY_THROUGH_RNN = """
+layer rnn(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H]
+    param Wh: [H, H] = orthogonal()
+    return tanh(x @ Wx + h @ Wh)
+}
+
+model m {
+    input xs: f32[B, T, 3]
+    input y:  f32[B, 4]
+    hs, h = scan rnn over xs init (zeros([B, 4]))
+    gx = grad(sum(h * h), xs)                 # BPTT inside the loss: the loss's gradient is second order
+    output loss = mse(h, y) + mean(gx * gx)
+}
+train m { data = "d.npz"  loss = loss  epochs = 1  batch = 4 }
+"""
+
+
+def test_a_gradient_penalty_through_a_scan_exports(tmp_path):
+    """Differentiating BPTT's reversed scan makes it stack residuals of its own; they were
+    named `res0`.. like that body's inputs, and the ONNX export of the training step failed
+    (E0501: two values named `.../body/res0`)."""
+    rng = np.random.default_rng(4)
+    f = {"xs": rng.standard_normal((4, 5, 3)).astype(np.float32),
+         "y": rng.standard_normal((4, 4)).astype(np.float32)}
+    np.savez(tmp_path / "d.npz", **f)
+    (tmp_path / "m.dl").write_text(PENALTY_THROUGH_RNN)
+    m = dlc.load(tmp_path / "m.dl", mode="train")
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-5
+    for level in (0, 2):
+        m.opt_level = level
+        check_training_step(m, {**f, "__rng": np.int64(0)}, label=f"penalty -O{level}")

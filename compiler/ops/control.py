@@ -234,11 +234,12 @@ def emit_residuals(graph: Graph, node: int, sources: list[Value]) -> list[Value]
         new_body = body.copy()
         nb = Builder(new_body, role=body[missing[0].node].role)
         carried = set(list(body.outputs.values())[:k])
-        names = set(new_body.outputs)
-        for u in missing:
-            name = next(f"res{i}" for i in range(len(names) + 1) if f"res{i}" not in names)
-            names.add(name)
-            index[u] = len(rec.types) + len(names) - len(body.outputs) - 1
+        # an ONNX body names its inputs and outputs alike: a backward body has inputs `res{i}`
+        taken = set(new_body.outputs) | {body[n].attrs["name"] for n in body.inputs}
+        for j, u in enumerate(missing):
+            name = next(f"res{i}" for i in range(len(taken) + 1) if f"res{i}" not in taken)
+            taken.add(name)
+            index[u] = len(rec.types) + j
             # an output already naming this value is a carry: give the residual its own node
             new_body.set_output(name, nb.identity(u) if u in carried else u)
         new_attrs = {**attrs, "body": new_body, "residuals": attrs["residuals"] + len(missing)}
