@@ -207,4 +207,7 @@ def _match_cell(body: Graph):
     hidden = hsplit.types[0].shape[-1]
     if not isinstance(hidden, int) or hsplit.types[0].rank != 2:
         return None
+    if body.type_of(mm_h.inputs[1]).shape != (hidden, 2 * hidden) or \
+            body.type_of(mm_n.inputs[1]).shape != (hidden, hidden):
+        return None  # a narrower Wn ([H, 1]) broadcasts in the body; GRU's R is [3H, H]
     return (z[0], r[0], n_gate[0]), (hz.index, hr.index), mm_h.inputs[1].node, mm_n.inputs[1].node, hidden

@@ -194,8 +194,8 @@ def _match_cell(body: Graph):
     if set(ops) != seen | {pre, pv.node}:
         return None
     hidden = sp.types[0].shape[1]
-    if not isinstance(hidden, int):
-        return None
+    if not isinstance(hidden, int) or body.type_of(w_val).shape != (hidden, 4 * hidden):
+        return None  # a narrower Wh ([H, 1]) broadcasts in the body; LSTM's R is [4H, H]
     offsets = tuple(None if chunks[j][2] is None else
                     np.broadcast_to(np.asarray(ops[chunks[j][2]].attrs["value"], np.float32), (hidden,))
                     for j in range(4))

@@ -85,6 +85,8 @@ def test_carries_in_the_other_order():
     spec(forget="sigmoid(f) * 0.5"),  # an extra node in the cell
     spec(order="c2, h2"),  # h and c swap every step: not an LSTM
     spec(order="c2, h2", carries="c: f32[B, H], h: f32[B, H]"),  # stacked c, which LSTM does not return
+    # h @ Wh of one column broadcasts over the gates: LSTM's R would be [4H, H] (onnxruntime rejected the Gather)
+    spec().replace("param Wh: [H, 4 * H]", "param Wh: [H, 1]"),
 ])
 def test_other_cells_keep_the_generic_scan(text):
     proto = check(text)

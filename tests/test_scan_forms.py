@@ -221,3 +221,89 @@ def test_time_major_scans_and_scans_over_a_vector(tmp_path, backend):
     np.testing.assert_allclose(got["running"], run, rtol=1e-6)
     np.testing.assert_allclose(got["total"], run[-1], rtol=1e-6)
     assert got["padded"].shape == (5, 3, 4)
+
+
+LOW_RANK_STEPS = """
+layer energy(x: f32[B, I], h: f32[B, I]) {
+    param w: [I] = ones()
+    h2 = tanh(h + x * w)
+    return sum(h2 * h2), h2                # a scalar per-step output, then the carry
+}
+
+layer level(x: f32[B, I], s: f32[]) {
+    param w: [I] = ones()
+    return tanh(s + sum(x * w))            # a scalar carry
+}
+
+layer decode(h: f32[B, I]) {
+    param W: [I, I] = orthogonal()
+    h2 = tanh(h @ W)
+    return sum(h2), h2
+}
+
+model m {
+    input xs: f32[B, T, 3]
+    input y:  f32[B, 3]
+    es, e_last = scan energy over xs init (zeros([B, 3]))
+    ls, l_last = scan level over xs init (zeros([]))
+    ds, d_last = scan decode steps 4 init (e_last)
+    output loss = mse(d_last * l_last, y) + 0.1 * sum(es) + 0.1 * sum(ls) + 0.1 * sum(ds)
+}
+train m { data = "d.npz"  loss = loss  epochs = 1  batch = 4 }
+"""
+
+
+def test_per_step_values_of_rank_below_the_axis_backpropagate(tmp_path):
+    """Over `axis 1`, a scalar per-step output or carry is stacked as [T] (its steps last):
+    BPTT fed its cotangent (or the carry's residual) to the reversed scan as a sequence
+    over axis 1, which a rank-1 tensor has not (E0104 building the gradient).  Gradients
+    against finite differences, at -O0 and -O2, and the exported training step."""
+    rng = np.random.default_rng(3)
+    f = {"xs": rng.standard_normal((4, 5, 3)).astype(np.float32),
+         "y": rng.standard_normal((4, 3)).astype(np.float32)}
+    np.savez(tmp_path / "d.npz", **f)
+    (tmp_path / "m.dl").write_text(LOW_RANK_STEPS)
+    m = dlc.load(tmp_path / "m.dl", mode="train")
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-5
+    m.opt_level = 0
+    want = m.gradients(f)
+    assert set(want) == {"es.w", "ls.w", "ds.W"} and all(np.abs(g).sum() > 0 for g in want.values())
+    m.opt_level = 2
+    m._plans.clear()
+    for k, g in m.gradients(f).items():
+        np.testing.assert_allclose(g, want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    check_training_step(m, {**f, "__rng": np.int64(0)}, label="low-rank steps")
+
+
+PENALTY_THROUGH_RNN = """
+layer rnn(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H]
+    param Wh: [H, H] = orthogonal()
+    return tanh(x @ Wx + h @ Wh)
+}
+
+model m {
+    input xs: f32[B, T, 3]
+    input y:  f32[B, 4]
+    hs, h = scan rnn over xs init (zeros([B, 4]))
+    gx = grad(sum(h * h), xs)                 # BPTT inside the loss: the loss's gradient is second order
+    output loss = mse(h, y) + mean(gx * gx)
+}
+train m { data = "d.npz"  loss = loss  epochs = 1  batch = 4 }
+"""
+
+
+def test_a_gradient_penalty_through_a_scan_exports(tmp_path):
+    """Differentiating BPTT's reversed scan makes it stack residuals of its own; they were
+    named `res0`.. like that body's inputs, and the ONNX export of the training step failed
+    (E0501: two values named `.../body/res0`)."""
+    rng = np.random.default_rng(4)
+    f = {"xs": rng.standard_normal((4, 5, 3)).astype(np.float32),
+         "y": rng.standard_normal((4, 4)).astype(np.float32)}
+    np.savez(tmp_path / "d.npz", **f)
+    (tmp_path / "m.dl").write_text(PENALTY_THROUGH_RNN)
+    m = dlc.load(tmp_path / "m.dl", mode="train")
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-5
+    for level in (0, 2):
+        m.opt_level = level
+        check_training_step(m, {**f, "__rng": np.int64(0)}, label=f"penalty -O{level}")

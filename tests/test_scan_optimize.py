@@ -274,3 +274,113 @@ def test_a_scan_that_only_sums_its_sequence_leaves_no_loop(tmp_path):
     step = build_steps(m, m.train_spec(), steps_per_epoch=4)[0]
     assert "scan" not in _ops(_optimized(step.graph))
     check_training_step(m, {**feeds, "__rng": np.int64(0)}, label="running total")
+
+
+SUM_READ_TWICE = """
+layer cell(x: f32[B, I], h: f32[B, I], b: f32[I]) {
+    t = x + h
+    return t, tanh(t + b)          # t per step, and (x + h) + b the carry
+}
+
+model m {
+    input xs: f32[B, T, 2]
+    param b: [2]
+    ts, h = scan cell(b = b) over xs init (zeros([B, 2]))
+    output steps = ts
+    output last  = h
+    output loss  = sum(ts) + sum(h * h)
+}
+"""
+
+
+def test_a_bias_is_not_reassociated_into_a_sum_the_cell_returns():
+    """``(x_t + h) + b`` becomes ``(x_t + b) + h`` so that the bias joins the hoisted input
+    projection — but here ``x_t + h`` is also the per-step output: the rewrite changed its
+    value (every optimized level, both backends, and the gradients disagreed with -O0)."""
+    m = dlc.compile(SUM_READ_TWICE, mode="train")
+    xs = np.random.default_rng(2).standard_normal((3, 4, 2)).astype(np.float32)
+    b = np.array([0.5, -1.0], np.float32)
+    m.params["b"] = b
+    h, ts = np.zeros((3, 2), np.float32), []
+    for t in range(4):
+        ts.append(xs[:, t] + h)
+        h = np.tanh(ts[-1] + b)
+    want = {"steps": np.stack(ts, 1), "last": h}
+    grads = {}
+    for level in (0, 1, 2):
+        m.opt_level = level
+        m._plans.clear()
+        for backend in ("numpy", "onnxruntime"):
+            got = m.run({"xs": xs}, backend=backend)
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6, err_msg=f"-O{level} {backend} {k}")
+        grads[level] = m.gradients({"xs": xs})["b"]
+    np.testing.assert_allclose(grads[2], grads[0], rtol=1e-5, atol=1e-6)
+
+
+UNUSED_MAP = """
+layer scaled(x: f32[B, I], k: float = 1.0) {
+    return x * k
+}
+
+model m {
+    input xs: f32[B, T, 2]
+    param w: [2]
+    doubled = scan scaled(k = 2.0) over xs       # a map (no carries) nobody reads
+    output y    = xs[:, 0] * w
+    output loss = sum(xs[:, 0] * w)
+}
+"""
+
+
+def test_a_map_nobody_reads_is_left_to_dce():
+    """Dropping the unread per-step outputs of a scan with no carries left a scan with
+    no outputs to rebuild (IndexError at -O1/-O2, inference and gradients alike)."""
+    m = dlc.compile(UNUSED_MAP, mode="train")
+    xs = np.random.default_rng(5).standard_normal((3, 4, 2)).astype(np.float32)
+    m.params["w"] = np.array([2.0, -1.0], np.float32)
+    assert "scan" in _ops(m.graph) and "scan" not in _ops(_optimized(m.graph))
+    for level in (0, 1, 2):
+        m.opt_level = level
+        m._plans.clear()
+        for backend in ("numpy", "onnxruntime"):
+            np.testing.assert_allclose(m.run({"xs": xs}, backend=backend)["y"], xs[:, 0] * [2.0, -1.0], rtol=1e-6)
+        np.testing.assert_allclose(m.gradients({"xs": xs})["w"], xs[:, 0].sum(0), rtol=1e-5)
+
+
+PREFIX_SUM = """
+layer prefix(x: f32[B, I], c: f32[B, I]) {
+    return c, c + x                # the total before each step, then the running total
+}
+
+model m {
+    input xs: f32[B, T, 2]
+    param w: [2]
+    bs, t = scan prefix over (xs * w) init (zeros([B, 2]))
+    output before = bs
+    output total  = t
+    output loss   = sum(bs * bs) + sum(t)
+}
+"""
+
+
+def test_an_accumulator_read_at_every_step_stays_in_the_loop():
+    """An exclusive prefix sum: the carry ``c`` only feeds ``c + x_t`` but is also the
+    per-step output.  Hoisting the accumulator removed the carry's body input the output
+    still named (KeyError at -O1/-O2: inference, gradients — BPTT's ``dx_t = dc`` is the
+    same pattern — and the training step)."""
+    m = dlc.compile(PREFIX_SUM, mode="train")
+    xs = np.random.default_rng(6).standard_normal((3, 4, 2)).astype(np.float32)
+    w = m.params["w"] = np.array([0.5, 2.0], np.float32)
+    inclusive = np.cumsum(xs * w, axis=1)
+    before = inclusive - xs * w
+    for level in (0, 1, 2):
+        m.opt_level = level
+        m._plans.clear()
+        for backend in ("numpy", "onnxruntime"):
+            got = m.run({"xs": xs}, backend=backend)
+            np.testing.assert_allclose(got["before"], before, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(got["total"], inclusive[:, -1], rtol=1e-5, atol=1e-6)
+        prior = np.cumsum(xs, axis=1) - xs  # d before[b, t] / d w, per channel
+        want = (2 * before * prior).sum((0, 1)) + xs.sum((0, 1))
+        np.testing.assert_allclose(m.gradients({"xs": xs})["w"], want, rtol=1e-5, atol=1e-5)

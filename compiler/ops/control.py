@@ -143,11 +143,13 @@ class Scan(Op):
         float_cap = [i for i, v in enumerate(captured) if b.type(v).dtype in FLOATS]
         back = _backward_body(body, k, m, used_y, float_cap, ax)
         # the forward node stacks what the VJP reads: no second forward sweep
-        stacked = emit_residuals(b.graph, outputs[0].node, back.residuals)
+        stacked = [_steps_at_axis(b, v, body.type_of(u), ax)
+                   for v, u in zip(emit_residuals(b.graph, outputs[0].node, back.residuals), back.residuals)]
         zeros = [ct if ct is not None else b.zeros(shape=b.type(c).shape, dtype=b.type(c).dtype)
                  for c, ct in zip(carries, ct_final)]
         acc = [b.zeros(shape=b.type(captured[i]).shape, dtype=b.type(captured[i]).dtype) for i in float_cap]
-        per_step = stacked + [seqs[i] for i in back.seqs] + [ct_ys[j] for j in used_y]
+        per_step = stacked + [seqs[i] for i in back.seqs] + \
+            [_steps_at_axis(b, ct_ys[j], body.type_of(list(body.outputs.values())[k + j]), ax) for j in used_y]
         out = b.apply("scan", *zeros, *acc, *per_step, *[captured[i] for i in back.captured],
                       body=back.graph, n_carry=k + len(float_cap), n_seq=len(per_step), axis=ax,
                       reverse=not reverse)
@@ -178,6 +180,16 @@ class Scan(Op):
         e.node("Scan", list(ins[:k + m]), list(outs[split:split + k]) + scan_outs, body=graph_proto,
                num_scan_inputs=m, scan_input_axes=ax, scan_input_directions=[int(reverse)] * m,
                scan_output_axes=out_ax, scan_output_directions=[int(reverse)] * n_y)
+
+
+def _steps_at_axis(b: Builder, stacked: Value, t: TensorType, ax: int) -> Value:
+    """A per-step value of type ``t`` stacked by a scan over ``axis`` ``ax``, as a sequence
+    a scan over the same axis reads.  A value of rank < ``ax`` is stacked with its steps
+    last (``[*t.shape, T]``): unit axes up to ``ax`` put them there, and the reading body
+    squeezes them off (:func:`_backward_body`, ``step_input``)."""
+    if t.rank >= ax:
+        return stacked
+    return b.unsqueeze(stacked, axes=tuple(range(t.rank, ax)))
 
 
 def _read_sequences(graph_proto, k: int, m: int) -> list[int]:
@@ -222,11 +234,12 @@ def emit_residuals(graph: Graph, node: int, sources: list[Value]) -> list[Value]
         new_body = body.copy()
         nb = Builder(new_body, role=body[missing[0].node].role)
         carried = set(list(body.outputs.values())[:k])
-        names = set(new_body.outputs)
-        for u in missing:
-            name = next(f"res{i}" for i in range(len(names) + 1) if f"res{i}" not in names)
-            names.add(name)
-            index[u] = len(rec.types) + len(names) - len(body.outputs) - 1
+        # an ONNX body names its inputs and outputs alike: a backward body has inputs `res{i}`
+        taken = set(new_body.outputs) | {body[n].attrs["name"] for n in body.inputs}
+        for j, u in enumerate(missing):
+            name = next(f"res{i}" for i in range(len(taken) + 1) if f"res{i}" not in taken)
+            taken.add(name)
+            index[u] = len(rec.types) + j
             # an output already naming this value is a carry: give the residual its own node
             new_body.set_output(name, nb.identity(u) if u in carried else u)
         new_attrs = {**attrs, "body": new_body, "residuals": attrs["residuals"] + len(missing)}
@@ -266,14 +279,24 @@ def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: li
         g.add_input(n)
         return Value(n)
 
+    def step_input(name: str, t: TensorType) -> tuple[Value, Value]:
+        """(input, its value of type ``t``) for a per-step slice of a stacked value: one of
+        rank < ``ax`` arrives with unit axes up to the scanned axis (:func:`_steps_at_axis`)."""
+        if t.rank >= ax:
+            v = add_input(name, t)
+            return v, v
+        v = add_input(name, t.with_shape(t.shape + (1,) * (ax - t.rank)))
+        return v, b.squeeze(v, axes=tuple(range(t.rank, ax)))
+
     in_types = [body[n].types[0] for n in body.inputs]
     outs = list(body.outputs.values())
     ct_carry = [add_input(f"dcarry{i}", in_types[i]) for i in range(k)]
     cap_types = in_types[k + m:]
     acc = [add_input(f"dcap{i}", cap_types[i]) for i in float_cap]
-    res = [add_input(f"res{i}", in_types[i]) for i in range(k)]  # the carry each step started from
+    res_in, res = zip(*[step_input(f"res{i}", in_types[i]) for i in range(k)]) if k else ((), ())
+    res_in, res = list(res_in), list(res)  # the carry each step started from
     xs = [add_input(f"x{i}", in_types[k + i]) for i in range(m)]
-    ct_y = [add_input(f"dy{j}", body.type_of(outs[k + j])) for j in used_y]
+    ct_y_in, ct_y = zip(*[step_input(f"dy{j}", body.type_of(outs[k + j])) for j in used_y]) if used_y else ((), ())
     cap = [add_input(f"cap{i}", t) for i, t in enumerate(cap_types)]
     mapping = dict(zip(body.inputs, res + xs + cap))
     fwd = _inline(body, g, mapping)
@@ -326,16 +349,16 @@ def _backward_body(body: Graph, k: int, m: int, used_y: list[int], float_cap: li
     def read(v: Value) -> bool:
         return bool(g.consumers(v.node)) or v in g.outputs.values()
 
-    used_res = [i for i in range(k) if read(res[i])]
+    used_res = [i for i in range(k) if read(res_in[i])]
     used_xs = [i for i in range(m) if read(xs[i])]
     if not (stash or used_res or used_xs or used_y):
         used_xs = [0]  # a scan needs a sequence to count its steps
     used_cap = [i for i in range(len(cap)) if read(cap[i])]
-    g.remove_nodes([v.node for i, v in enumerate(res) if i not in used_res]
+    g.remove_nodes([v.node for i, v in enumerate(res_in) if i not in used_res]
                    + [v.node for i, v in enumerate(xs) if i not in used_xs]
                    + [v.node for i, v in enumerate(cap) if i not in used_cap])
-    g.set_inputs([v.node for v in ct_carry + acc + list(stash.values())] + [res[i].node for i in used_res]
-                 + [xs[i].node for i in used_xs] + [v.node for v in ct_y] + [cap[i].node for i in used_cap])
+    g.set_inputs([v.node for v in ct_carry + acc + list(stash.values())] + [res_in[i].node for i in used_res]
+                 + [xs[i].node for i in used_xs] + [v.node for v in ct_y_in] + [cap[i].node for i in used_cap])
     residuals = [source_of[v] for v in stash] + [Value(body.inputs[i]) for i in used_res]
     return _Backward(g, residuals, used_xs, used_cap)
 

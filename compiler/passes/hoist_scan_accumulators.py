@@ -123,9 +123,9 @@ def _accumulator(body: Graph, s: Scan, c: int, out: Value):
     if t.dtype not in FLOATS or body[out.node].op != "add" or out.index != 0:
         return None
     add = out.node
-    if body.consumers(cin) != [add] or body.consumers(add) or \
+    if body.consumers(cin) != [add] or body.consumers(add) or Value(cin) in body.outputs.values() or \
             sum(v == out for v in body.outputs.values()) != 1:
-        return None
+        return None  # the running value is read at every step (an exclusive prefix sum returns `acc`)
     a, g = body[add].inputs
     if g == Value(cin):
         a, g = g, a

@@ -45,6 +45,8 @@ def hoist_scan_invariants(graph: Graph, backend: str = "numpy") -> int:
     layout of their stacked outputs decides the weight-gradient GEMMs' row order)."""
     changed = 0
     for n in [n for n in graph.topo_order() if graph.op(n) == "scan"]:
+        if not _read_outputs(graph, n):
+            continue  # dead (a map whose result nobody uses): dce removes it; rebuilt, it would have no outputs
         first = n
         n = _drop_unread_outputs(graph, n)
         n = _hoist_projections(graph, n)
@@ -59,9 +61,7 @@ def _drop_unread_outputs(graph: Graph, n: int) -> int:
     """Stop stacking per-step outputs the graph never reads (BPTT's cotangent of a
     sequence that is an input, a cell output only its last carry is used of)."""
     s = Scan(graph, n)
-    read = {v for u in graph.consumers(n) for v in graph[u].inputs if v.node == n}
-    read |= {v for v in graph.outputs.values() if v.node == n}
-    read |= {v for _, v in graph.state.values() if v is not None and v.node == n}
+    read = _read_outputs(graph, n)
     dead = [j for j in range(s.n_y) if Value(n, s.out_index(j)) not in read]
     if not dead:
         return n
@@ -77,6 +77,14 @@ def _drop_unread_outputs(graph: Graph, n: int) -> int:
     new = rebuild(graph, s, new_body, s.carries, s.seqs, s.captured, 0, moved)
     graph.remove_nodes([n])
     return new
+
+
+def _read_outputs(graph: Graph, n: int) -> set[Value]:
+    """The outputs of node ``n`` that another node, a graph output or a next state reads."""
+    read = {v for u in graph.consumers(n) for v in graph[u].inputs if v.node == n}
+    read |= {v for v in graph.outputs.values() if v.node == n}
+    read |= {v for _, v in graph.state.values() if v is not None and v.node == n}
+    return read
 
 
 # -- step-invariant nodes ---------------------------------------------------------------------------
@@ -259,16 +267,19 @@ def _map_operand(body: Graph, s: Scan, v: Value, out, mapped: set, caps: dict) -
 
 def _reassociate_biases(graph: Graph, n: int) -> int:
     """``(p_t + q_t) + b`` → ``(p_t + b) + q_t`` in the body, with ``p_t`` a
-    sequence slice, ``b`` captured and the inner sum read nowhere else."""
+    sequence slice, ``b`` captured and the inner sum read nowhere else (not by another
+    node, nor as a carry or per-step output: the rewrite changes its value)."""
     s = Scan(graph, n)
     body = s.body
     slices = set(body.inputs[s.k:s.k + s.m])
     caps = set(body.inputs[s.k + s.m:])
+    outputs = set(body.outputs.values())
     plans = []
     for node, rec, inner, bias in binary_nodes(body, "add"):
         if inner.node in caps:
             inner, bias = bias, inner
-        if bias.node not in caps or body.op(inner.node) != "add" or body.consumers(inner.node) != [node]:
+        if bias.node not in caps or body.op(inner.node) != "add" or body.consumers(inner.node) != [node] \
+                or inner in outputs:
             continue
         p, q = body[inner.node].inputs
         if q.node in slices:
