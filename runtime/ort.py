@@ -85,6 +85,7 @@ class OrtSession:
             self.session = ort.InferenceSession(bytes(data), sess_options=opts, providers=providers)
         except Exception as exc:
             raise DlcError("E0401", f"onnxruntime cannot load the model: {_short(exc)}") from exc
+        self.empty_aborts = _has_recurrent_op(model)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         # inputs with an initializer (a training export's parameters and state): fed when given
         self.defaulted = {i.name: i for i in self.session.get_overridable_initializers()}
@@ -116,8 +117,27 @@ class OrtSession:
             if want is not None and arr.dtype != want:
                 arr = arr.astype(want)
             _check_shape(name, arr, meta.shape, bound)
+            if self.empty_aborts and arr.size == 0:
+                raise DlcError("E0401", f"input `{name}` is empty ({list(arr.shape)}): onnxruntime's LSTM and GRU "
+                                        "kernels abort the whole process on an empty batch",
+                               hint="run an empty batch on the numpy backend, or skip it")
             converted[name] = arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)  # (keeps 0-d arrays 0-d)
         return converted
+
+
+def _has_recurrent_op(model) -> bool:
+    """Does the model (a ModelProto or its bytes) hold an ``LSTM`` or ``GRU`` node, in any
+    subgraph?  onnxruntime's kernels for them end the process (``std::terminate``) when
+    the batch is empty, where every other op returns empty results."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_model_from_string(bytes(model))
+
+    def walk(graph) -> bool:
+        return any(n.op_type in ("LSTM", "GRU") or any(a.type == onnx.AttributeProto.GRAPH and walk(a.g)
+                                                        for a in n.attribute) for n in graph.node)
+
+    return walk(proto.graph)
 
 
 class ResidentValues:

@@ -103,3 +103,36 @@ def test_a_training_step_keeps_its_scans():
     """The forward scan of BPTT stacks the gate values, which LSTM does not return."""
     counts = ops_of(dlc.load("specs/lstm.dl").to_onnx("train"))
     assert counts["LSTM"] == 0 and counts["Scan"] == 2
+
+
+@pytest.mark.parametrize("spec", ["lstm", "gru"])
+def test_an_empty_batch_is_an_error_on_onnxruntime_not_an_abort(spec):
+    """onnxruntime's LSTM / GRU kernels end the process on an empty batch (std::terminate):
+    the runner refuses it with E0401 first, so the caller's process lives; the NumPy backend
+    runs it.  In a subprocess, so a regression fails this test rather than the whole run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys
+sys.path.insert(0, "tests")
+import dlc
+from dlc.grammar.errors import DlcError
+from test_onnx_specs import feeds_for
+m = dlc.load("specs/{spec}.dl")
+feeds = feeds_for(m, 0, 5)
+out = m.run(feeds)
+print("numpy", sorted((k, v.shape[0]) for k, v in out.items() if v.ndim))
+try:
+    m.run(feeds, backend="onnxruntime")
+    print("ran")
+except DlcError as e:
+    print("E0401" if e.code == "E0401" else e.code, "abort the whole process" in str(e))
+"""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "E0401 True"
+    assert lines[0].startswith("numpy") and all(n == 0 for _, n in eval(lines[0][len("numpy "):]))

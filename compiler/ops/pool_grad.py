@@ -19,6 +19,8 @@ from .windows import fold
 def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
     """``dy`` scattered onto each window's argmax: written slice by slice when the
     windows tile ``x`` (every element is in one window), else one ``bincount``."""
+    if x.size == 0:  # an empty batch (or channel axis): nothing to scatter
+        return np.zeros_like(x)
     if win.tiles():
         out = np.empty_like(x)
         view, slices = _tiles(out, win)
@@ -33,6 +35,9 @@ def max_grad_np(x: np.ndarray, dy: np.ndarray, win: Window) -> np.ndarray:
 
 
 def max_pick_np(x: np.ndarray, t: np.ndarray, win: Window) -> np.ndarray:
+    """``t`` read at each window's first maximum of ``x``: shaped like the pooled output."""
+    if x.size == 0:
+        return np.empty((*x.shape[:2], *win.out), t.dtype)
     if win.tiles():
         view, slices = _tiles(t, win)
         bits = None  # exactly one offset is selected per window: OR-ing the selections is exact
