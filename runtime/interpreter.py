@@ -32,7 +32,7 @@ from dlc.compiler import budget
 from dlc.compiler.dims import Sym, evaluate_shape, mentions_sym, solve
 from dlc.compiler.graph import Graph, Value
 from dlc.compiler.ops.registry import get_op
-from dlc.compiler.types import FLOATS, dtype_name, np_dtype
+from dlc.compiler.types import FLOATS, ShapeError, dtype_name, np_dtype
 from dlc.grammar.errors import DlcError
 
 from .plan_codegen import generate
@@ -41,6 +41,9 @@ from .plan_values import as_declared, resolve_dims, run_dtype
 from .run_context import RunContext
 
 _NO_CONTEXT: dict = {}
+# what a kernel raises on values its node's types admit but it cannot compute (an index past the
+# end, a squeeze of a dim the feeds made 0): E0401 at the node's location, never a traceback
+KERNEL_FAILURES = (ValueError, IndexError, FloatingPointError, KeyError, ShapeError)
 # Debug mode: every value's run-time shape and dtype is compared with its declared type (the test
 # suite turns it on for every run; see tests/conftest.py).
 CHECK_TYPES_ENV = "DLC_CHECK_TYPES"
@@ -209,7 +212,7 @@ class Plan:
                 results = self._fast(values, resolved, self._context(env))
             except DlcError:
                 raise
-            except (ValueError, IndexError, FloatingPointError, KeyError) as e:
+            except KERNEL_FAILURES as e:
                 raise self._failure(e) from e
         return dict(zip(self.output_names, results))
 
@@ -267,7 +270,7 @@ class Plan:
                 return fast(src, resolved, context)
             except DlcError:
                 raise
-            except (ValueError, IndexError, FloatingPointError, KeyError) as e:
+            except KERNEL_FAILURES as e:
                 raise failure(e) from e
         return run_bound
 
@@ -315,7 +318,7 @@ class Plan:
                     entry[1] += 1
             except DlcError:
                 raise
-            except (ValueError, IndexError, FloatingPointError, KeyError) as e:
+            except KERNEL_FAILURES as e:
                 data = self.graph[st.node]
                 raise DlcError("E0401", f"`{data.op}` failed at run time: {e}", data.loc) from e
             if not isinstance(result, tuple):

@@ -181,3 +181,18 @@ def test_opt_level_takes_only_the_integers_it_names():
             m.opt_level = bad
     m.opt_level = 1
     assert m.opt_level == 1
+
+
+def test_a_constant_index_past_the_fed_size_is_a_located_error_on_both_backends():
+    """``xs[:, 2]`` type-checks for any T; fed T = 2 the kernel's own shape check failed with a
+    bare ShapeError traceback on NumPy (onnxruntime already gave E0401)."""
+    m = dlc.compile("model m {\n    input xs: f32[B, T, 3]\n    output y = xs[:, 2]\n}\n")
+    for backend in ("numpy", "onnxruntime"):
+        with pytest.raises(DlcError) as err:
+            m.run({"xs": np.zeros((2, 2, 3), np.float32)}, backend=backend)
+        assert err.value.code == "E0401"
+    assert err.value.loc is None or err.value.loc.line == 3
+    with pytest.raises(DlcError) as err:
+        m.run({"xs": np.zeros((2, 2, 3), np.float32)})
+    assert err.value.loc.line == 3 and "squeeze" in str(err.value)
+    np.testing.assert_array_equal(m.run({"xs": np.ones((2, 3, 3), np.float32)})["y"], np.ones((2, 3)))
