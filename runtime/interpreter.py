@@ -373,6 +373,7 @@ class Plan:
         if not symbolic and got == shape and dt == want_dt:
             return
         data = self.graph[st.node]
+        t = data.types[i]
         want = evaluate_shape(shape, env)
         shape_ok = len(got) == len(want) and all(isinstance(w, Sym) or w == g for w, g in zip(want, got))
         if not shape_ok or dt != want_dt:
