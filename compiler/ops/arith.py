@@ -94,8 +94,14 @@ class Div(_Binary):
 
     def kernel(self, a, b):
         if a.dtype.kind in "iu":
-            return a // b  # integer division floors, as ONNX Div does for non-negative ints
+            return a // b  # integer division floors (ONNX Div truncates: see onnx)
         return a / b
+
+    def onnx(self, e, ins, outs):
+        if e.in_types[0].dtype in FLOATS:
+            e.node("Div", ins, outs)
+        else:  # ONNX's integer Div truncates toward zero, the kernel floors: lower as floor_div
+            FloorDiv.onnx(self, e, ins, outs)
 
     def grad(self, b, inputs, outputs, cts):
         x, y = inputs
