@@ -32,3 +32,12 @@ def test_integer_true_division_floors_in_onnx(dtype):
     src = f"model m {{ input a: {dtype}[4]\n input b: {dtype}[4]\n output y = a / b }}"
     feeds = {"a": np.array([7, -7, 7, -7], np_dt), "b": np.array([2, 2, -2, -2], np_dt)}
     assert_both(src, feeds, {"y": np.array([3, -4, -4, 3], np_dt)})
+
+
+def test_where_on_bool_branches():
+    """onnxruntime has no Where kernel for bool branches: the model must still load and select."""
+    src = ("model m { input c: bool[1, 3]\n input a: bool[2, 1]\n input b: bool[3]\n"
+           " output y = where(c, a, b) }")
+    feeds = {"c": np.array([[True, False, True]]), "a": np.array([[True], [False]]),
+             "b": np.array([False, True, True])}
+    assert_both(src, feeds, {"y": np.array([[True, True, True], [False, True, False]])})

@@ -68,7 +68,14 @@ class Where(Op):
         return [None, b.where(c, cts[0], 0.0), b.where(c, 0.0, cts[0])]
 
     def onnx(self, e, ins, outs):
-        e.node("Where", ins, outs)
+        if e.out_types[0].dtype != "bool":
+            e.node("Where", ins, outs)
+            return
+        # onnxruntime has no Where kernel for bool branches: select on int32 and cast back
+        (a,) = e.node("Cast", [ins[1]], 1, to=e.onnx_dtype("i32"))
+        (b,) = e.node("Cast", [ins[2]], 1, to=e.onnx_dtype("i32"))
+        (w,) = e.node("Where", [ins[0], a, b], 1)
+        e.node("Cast", [w], outs, to=e.onnx_dtype("bool"))
 
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
