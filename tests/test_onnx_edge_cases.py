@@ -41,3 +41,30 @@ def test_where_on_bool_branches():
     feeds = {"c": np.array([[True, False, True]]), "a": np.array([[True], [False]]),
              "b": np.array([False, True, True])}
     assert_both(src, feeds, {"y": np.array([[True, True, True], [False, True, False]])})
+
+
+def test_integer_sum_keeps_its_declared_dtype():
+    """sum of i32 is i32 (the shape rule, ReduceSum); NumPy's own sum would give i64."""
+    src = "model m { input a: i32[2, 3]\n output y = sum(a, axes = 1)\n output z = sum(a) }"
+    a = np.arange(6, dtype=np.int32).reshape(2, 3)
+    assert_both(src, {"a": a}, {"y": np.array([3, 12], np.int32), "z": np.int32(15)})
+
+
+def test_bool_extremes_and_arg_extremes_export():
+    """reduce_max/min (any/all) and argmax/argmin of bools: ONNX's kernels take no bools."""
+    src = ("model m { input x: bool[2, 3]\n output any = reduce_max(x, axes = 1)\n"
+           " output all = reduce_min(x, axes = [0, 1], keepdims = true)\n"
+           " output first = argmax(x, axis = 1)\n output none = argmin(x, axis = 0, keepdims = true) }")
+    x = np.array([[False, True, True], [False, False, False]])
+    assert_both(src, {"x": x}, {"any": np.array([True, False]), "all": np.array([[False]]),
+                                "first": np.array([1, 0]), "none": np.array([[0, 1, 1]])})
+
+
+@pytest.mark.parametrize("expr, message", [("sum(a)", "`sum` needs numbers"),
+                                           ("logsumexp(i)", "`logsumexp` needs a float tensor")])
+def test_reductions_reject_what_they_cannot_type(expr, message):
+    """sum of bools (NumPy counts them, an i64, not the bool the type said) and logsumexp of ints
+    (ONNX's Exp takes no ints) are compile errors, not exports that fail the checker."""
+    with pytest.raises(DlcError, match=message) as info:
+        dlc.compile(f"model m {{ input a: bool[3]\n input i: i32[3]\n output y = {expr} }}")
+    assert info.value.code == "E0104"
