@@ -68,3 +68,16 @@ def test_reductions_reject_what_they_cannot_type(expr, message):
     with pytest.raises(DlcError, match=message) as info:
         dlc.compile(f"model m {{ input a: bool[3]\n input i: i32[3]\n output y = {expr} }}")
     assert info.value.code == "E0104"
+
+
+@pytest.mark.parametrize("name, feed", [("i", np.array([0.5, 1.0])), ("i", np.array(["0", "1"])),
+                                        ("x", np.ones((2, 3), np.complex128))])
+def test_onnxruntime_refuses_lossy_feed_conversions(name, feed):
+    """As the interpreter does: a feed that would change value on conversion (0.5 → 0 as an index,
+    complex → real, text) is E0401 on the onnxruntime backend too, not a silent cast or a traceback."""
+    m = dlc.compile("model m { input x: f32[2, 3]\n input i: i64[2]\n output z = gather(x, i) }")
+    feeds = {"x": np.ones((2, 3), np.float32), "i": np.array([0, 1]), name: feed}
+    for backend in ("numpy", "onnxruntime"):
+        with pytest.raises(DlcError, match=f"input `{name}` is {feed.dtype}, which cannot become") as info:
+            m.run(feeds, backend=backend)
+        assert info.value.code == "E0401"
