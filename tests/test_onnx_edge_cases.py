@@ -126,3 +126,28 @@ def test_exported_training_steps_follow_the_schedule_for_several_steps(optimizer
     before = dict(m.params)
     after = check_groups_after_k_steps(m, batches, rtol=1e-5, atol=1e-6)
     assert all(not np.allclose(after[k], before[k]) for k in ("W", "V"))  # the steps trained
+
+
+@pytest.mark.parametrize("shape, target, want", [
+    ((0, 3, 2), "[B, T * 2]", (0, 6)),  # a copied B beside an inferred T * 2: -1 beside a 0
+    ((3, 0, 2), "[2, T, B]", (2, 0, 3)),  # a copied T = 0 beside an inferred B
+    ((3, 0, 2), "[T, B, 2]", (0, 3, 2)),  # computed dims: a run-time 0 read as "copy"
+    ((3, 4, 2), "[2, T, B]", (2, 4, 3)),
+])
+def test_reshape_to_dims_that_are_zero_at_run_time(shape, target, want):
+    """A symbolic dim may be 0 at run time; ONNX Reshape reads a 0 as "copy the input's dim"
+    (without allowzero) and cannot infer a -1 beside one."""
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    src = f"model m {{ input x: f32[B, T, 2]\n output y = reshape(x, {target}) }}"
+    assert_both(src, {"x": x}, {"y": x.reshape(want)})
+
+
+def test_a_linear_layer_over_an_empty_sequence():
+    """The fused Gemm of `x @ W + b` on [B, T, K] reshapes its rows back to [B, T, N]: T = 0 too."""
+    src = ("model m { input x: f32[B, T, 3]\n param W: [3, 4] = ones()\n param b: [4] = ones()\n"
+           " output y = x @ W + b }")
+    m = dlc.compile(src)
+    assert "Gemm" in {n.op_type for n in m.to_onnx().graph.node}
+    for shape in ((3, 0, 3), (2, 5, 3)):
+        x = np.ones(shape, np.float32)
+        assert_both(src, {"x": x}, {"y": np.full(shape[:2] + (4,), 4.0, np.float32)})
