@@ -151,3 +151,12 @@ def test_a_linear_layer_over_an_empty_sequence():
     for shape in ((3, 0, 3), (2, 5, 3)):
         x = np.ones(shape, np.float32)
         assert_both(src, {"x": x}, {"y": np.full(shape[:2] + (4,), 4.0, np.float32)})
+
+
+def test_reshape_between_static_empty_shapes():
+    """[2, 0] -> [0, 5]: both hold no element (the shape rule cancelled the 0s as common factors
+    and compared 2 with 5)."""
+    assert_both("model m { input x: f32[2, 0]\n output y = reshape(x, [0, 5]) }",
+                {"x": np.zeros((2, 0), np.float32)}, {"y": np.zeros((0, 5), np.float32)})
+    with pytest.raises(DlcError, match="15 elements"):
+        dlc.compile("model m { input x: f32[2, 0]\n output y = reshape(x, [3, 5]) }")

@@ -153,7 +153,7 @@ class Reshape(Op):
         # cancel dims common to both sides first, so (T - 1) on both needs no polynomial division
         rest_in, rest_out = list(x.shape), []
         for d in shape:
-            if d in rest_in:
+            if d in rest_in and d != 0:  # (a 0 is no common factor: [2, 0] -> [0, 5] is fine)
                 rest_in.remove(d)
             elif d != -1:
                 rest_out.append(d)
