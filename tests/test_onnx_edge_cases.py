@@ -160,3 +160,25 @@ def test_reshape_between_static_empty_shapes():
                 {"x": np.zeros((2, 0), np.float32)}, {"y": np.zeros((0, 5), np.float32)})
     with pytest.raises(DlcError, match="15 elements"):
         dlc.compile("model m { input x: f32[2, 0]\n output y = reshape(x, [3, 5]) }")
+
+
+@pytest.mark.parametrize("op", ["gather_grad", "max_pool1d_grad", "max_pool2d_grad", "max_pool3d_grad"])
+def test_f16_scatter_add_gradients_run_in_onnxruntime(op):
+    """The gradients of gather/embedding and max pooling scatter-add; onnxruntime's CPU
+    ScatterElements has no f16 add (a run-time error): they must still give the kernel's values."""
+    from dlc.compiler.onnx_export import export_graph, verify
+    from dlc.compiler.ops.registry import get_op
+    from dlc.runtime.ort import OrtSession
+    from op_harness import materialise, seed_of
+    from test_onnx_ops import build, kernel_outputs
+
+    cls = get_op(op)
+    for i, sample in enumerate(cls.samples):
+        arrays = materialise(sample, np.float16, seed_of(f"{op}-{i}"))
+        g, feeds, node = build(cls, sample, arrays)
+        (want,) = kernel_outputs(g, feeds, node)
+        model = export_graph(g, params={}, name=op)
+        verify(model, g)
+        got = OrtSession(model).run(feeds)["y0"]
+        assert got.dtype == np.float16 and got.shape == want.shape
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)
