@@ -50,6 +50,13 @@ def test_integer_sum_keeps_its_declared_dtype():
     assert_both(src, {"a": a}, {"y": np.array([3, 12], np.int32), "z": np.int32(15)})
 
 
+def test_integer_sum_to_keeps_its_declared_dtype():
+    """sum_to (the un-broadcast of gradients, also an op of the language) of i32 is i32 too."""
+    src = "model m { input a: i32[3, 2]\n output y = sum_to(a, [1, 2])\n output z = sum_to(a, []) }"
+    a = np.array([[1, 2], [3, 4], [5, 7]], np.int32)
+    assert_both(src, {"a": a}, {"y": np.array([[9, 13]], np.int32), "z": np.int32(22)})
+
+
 def test_bool_extremes_and_arg_extremes_export():
     """reduce_max/min (any/all) and argmax/argmin of bools: ONNX's kernels take no bools."""
     src = ("model m { input x: bool[2, 3]\n output any = reduce_max(x, axes = 1)\n"
@@ -61,10 +68,12 @@ def test_bool_extremes_and_arg_extremes_export():
 
 
 @pytest.mark.parametrize("expr, message", [("sum(a)", "`sum` needs numbers"),
-                                           ("logsumexp(i)", "`logsumexp` needs a float tensor")])
+                                           ("logsumexp(i)", "`logsumexp` needs a float tensor"),
+                                           ("sigmoid_xent(i, i)", "`sigmoid_xent` needs float tensors")])
 def test_reductions_reject_what_they_cannot_type(expr, message):
-    """sum of bools (NumPy counts them, an i64, not the bool the type said) and logsumexp of ints
-    (ONNX's Exp takes no ints) are compile errors, not exports that fail the checker."""
+    """sum of bools (NumPy counts them, an i64, not the bool the type said), logsumexp and
+    sigmoid_xent of ints (ONNX's Exp and Softplus take no ints) are compile errors, not exports
+    that fail the checker."""
     with pytest.raises(DlcError, match=message) as info:
         dlc.compile(f"model m {{ input a: bool[3]\n input i: i32[3]\n output y = {expr} }}")
     assert info.value.code == "E0104"

@@ -317,9 +317,10 @@ class SumTo(Op):
 
     def kernel(self, x, shape):
         lead, inner = self.plan(x.shape, tuple(shape))
+        dtype = x.dtype  # (NumPy sums i32 as i64)
         if inner:
-            x = np.sum(x, axis=inner, keepdims=True)
-        return np.sum(x, axis=lead) if lead else x
+            x = np.sum(x, axis=inner, keepdims=True, dtype=dtype)
+        return np.sum(x, axis=lead, dtype=dtype) if lead else x
 
     def grad(self, b, inputs, outputs, cts, shape):
         return [b.broadcast_to(cts[0], shape=b.type(inputs[0]).shape)]
