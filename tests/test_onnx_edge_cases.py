@@ -67,13 +67,23 @@ def test_bool_extremes_and_arg_extremes_export():
                                 "first": np.array([1, 0]), "none": np.array([[0, 1, 1]])})
 
 
+def test_ordering_comparisons_of_bools():
+    """False < True as in NumPy; ONNX's Less & co. take no bools."""
+    src = ("model m { input a: bool[4]\n input b: bool[4]\n output lt = a < b\n output le = a <= b\n"
+           " output gt = a > b\n output ge = a >= b }")
+    a, b = np.array([False, False, True, True]), np.array([False, True, False, True])
+    assert_both(src, {"a": a, "b": b}, {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b})
+
+
 @pytest.mark.parametrize("expr, message", [("sum(a)", "`sum` needs numbers"),
                                            ("logsumexp(i)", "`logsumexp` needs a float tensor"),
-                                           ("sigmoid_xent(i, i)", "`sigmoid_xent` needs float tensors")])
-def test_reductions_reject_what_they_cannot_type(expr, message):
-    """sum of bools (NumPy counts them, an i64, not the bool the type said), logsumexp and
-    sigmoid_xent of ints (ONNX's Exp and Softplus take no ints) are compile errors, not exports
-    that fail the checker."""
+                                           ("sigmoid_xent(i, i)", "`sigmoid_xent` needs float tensors"),
+                                           ("a @ a", "`@` needs numbers"), ("clip(a, 0, 1)", "`clip` needs numbers"),
+                                           ("sum_to(a, [1])", "`sum_to` needs numbers")])
+def test_ops_reject_the_dtypes_they_cannot_type(expr, message):
+    """sum and sum_to of bools (NumPy counts them, an i64, not the bool the type said), `@` and
+    clip of bools, logsumexp and sigmoid_xent of ints (ONNX's MatMul, Clip, ReduceSum, Exp and
+    Softplus take none) are compile errors, not exports that fail the checker."""
     with pytest.raises(DlcError, match=message) as info:
         dlc.compile(f"model m {{ input a: bool[3]\n input i: i32[3]\n output y = {expr} }}")
     assert info.value.code == "E0104"

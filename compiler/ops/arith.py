@@ -314,6 +314,7 @@ class Clip(Op):
     samples = [Sample((Arg((3, 4)),), {"lo": -0.5, "hi": 0.5})]
 
     def shape(self, x, lo, hi):
+        _numbers("clip", x)
         if lo > hi:
             raise ShapeError(f"clip range is empty: lo = {lo} > hi = {hi}")
         return x
@@ -350,6 +351,7 @@ class MatMul(Op):
 
     def shape(self, a, b):
         dtype = same_dtype("@", a, b)
+        _numbers("@", a)  # (NumPy's bool matmul is an any-of-ands; ONNX's MatMul takes no bools)
         if a.rank == 0 or b.rank == 0:
             raise ShapeError(f"`@` needs tensors of rank >= 1, got {a} @ {b}")
         ka = a.shape[-1]

@@ -23,6 +23,8 @@ def _compare(name: str, onnx_op: str, fn, negate: str | None = None):
     """Register a comparison op; ONNX lacks NotEqual so ``ne`` lowers as Not(Equal)."""
 
     def onnx(self, e, ins, outs):
+        if onnx_op not in ("", "Equal") and e.in_types[0].dtype == "bool":  # Less & co. take no bools: 0/1 ints
+            ins = [e.node("Cast", [v], 1, to=e.onnx_dtype("i32"))[0] for v in ins]
         if negate:
             (tmp,) = e.node(negate, ins, 1)
             e.node("Not", [tmp], outs)

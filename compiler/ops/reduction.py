@@ -312,6 +312,8 @@ class SumTo(Op):
         return tuple(range(lead)), tuple(inner)
 
     def shape(self, x, shape):
+        if x.dtype == "bool":  # as for `sum`: NumPy would count the trues
+            raise ShapeError(f"`sum_to` needs numbers, got {x}")
         self.plan(x.shape, tuple(shape))
         return x.with_shape(tuple(shape))
 
