@@ -201,3 +201,16 @@ def test_f16_scatter_add_gradients_run_in_onnxruntime(op):
         got = OrtSession(model).run(feeds)["y0"]
         assert got.dtype == np.float16 and got.shape == want.shape
         np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_f16_arange_exports():
+    """ONNX's Range takes no f16 (the export failed the checker at -O0, and always for a dim bound)."""
+    src = "model m { input x: f32[T]\n output y = arange(T, dtype = f16)\n output z = arange(1, 7, 2, dtype = f16) }"
+    m = dlc.compile(src)
+    m.opt_level = 0
+    m.to_onnx()
+    for backend in ("numpy", "onnxruntime"):
+        out = m.run({"x": np.zeros(4, np.float32)}, backend=backend)
+        assert out["y"].dtype == np.float16 and out["z"].dtype == np.float16
+        np.testing.assert_array_equal(out["y"], [0, 1, 2, 3])
+        np.testing.assert_array_equal(out["z"], [1, 3, 5])

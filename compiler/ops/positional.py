@@ -73,7 +73,12 @@ class Arange(Op):
 
     def onnx(self, e, ins, outs, start, stop, step, dtype):
         lo, hi = self._bounds(start, stop)
-        e.node("Range", [_scalar(e, lo, dtype), _scalar(e, hi, dtype), _scalar(e, step, dtype)], outs)
+        if dtype != "f16":
+            e.node("Range", [_scalar(e, lo, dtype), _scalar(e, hi, dtype), _scalar(e, step, dtype)], outs)
+            return
+        # ONNX's Range takes no f16: count in i64 (the bounds are integers) and cast
+        (count,) = e.node("Range", [_scalar(e, lo, "i64"), _scalar(e, hi, "i64"), _scalar(e, step, "i64")], 1)
+        e.node("Cast", [count], outs, to=e.onnx_dtype("f16"))
 
 
 @register
