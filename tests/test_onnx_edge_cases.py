@@ -214,3 +214,9 @@ def test_f16_arange_exports():
         assert out["y"].dtype == np.float16 and out["z"].dtype == np.float16
         np.testing.assert_array_equal(out["y"], [0, 1, 2, 3])
         np.testing.assert_array_equal(out["z"], [1, 3, 5])
+
+
+def test_flip_of_a_scalar():
+    """flip of a rank-0 tensor is itself; its export was a Slice, which onnxruntime refuses on scalars."""
+    src = "model m { input s: f32[]\n output y = flip(s)\n output z = flip(s * 2.0) }"
+    assert_both(src, {"s": np.float32(1.5)}, {"y": np.float32(1.5), "z": np.float32(3.0)})

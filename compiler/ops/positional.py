@@ -204,13 +204,16 @@ class Flip(Op):
         return x
 
     def kernel(self, x, axes):
-        return np.ascontiguousarray(np.flip(x, self._axes(x.ndim, axes)))
+        return np.array(np.flip(x, self._axes(x.ndim, axes)), order="C")  # (ascontiguousarray makes 0-d 1-d)
 
     def grad(self, b, inputs, outputs, cts, axes):
         return [b.flip(cts[0], axes=axes)]
 
     def onnx(self, e, ins, outs, axes):
         axes = self._axes(e.in_types[0].rank, axes)
+        if not axes:  # a scalar (or no axis named): nothing to reverse, and Slice takes no scalars
+            e.node("Identity", ins, outs)
+            return
         big = np.iinfo(np.int64).max
         e.node("Slice", [ins[0], i64(e, [-1] * len(axes)), i64(e, [-big] * len(axes)), i64(e, axes),
                          i64(e, [-1] * len(axes))], outs)
