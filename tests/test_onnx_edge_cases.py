@@ -220,3 +220,20 @@ def test_flip_of_a_scalar():
     """flip of a rank-0 tensor is itself; its export was a Slice, which onnxruntime refuses on scalars."""
     src = "model m { input s: f32[]\n output y = flip(s)\n output z = flip(s * 2.0) }"
     assert_both(src, {"s": np.float32(1.5)}, {"y": np.float32(1.5), "z": np.float32(3.0)})
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_float_floor_division_and_mod_follow_numpy_at_rounding_boundaries(dtype):
+    """NumPy's float // and % start from fmod (exact); the export floored a rounded a / b:
+    1.5 // 0.3 (0.3 a little above 3/10) was 5 with remainder 0 where NumPy gives 4 and ~0.3."""
+    np_dt = np.dtype({"f32": np.float32, "f64": np.float64}[dtype])
+    a = np.array([1.5, -1.5, 1.5, 7.0, -7.5, 0.0, 1.0, -1.0, 0.0], np_dt)
+    b = np.array([0.3, 0.3, -0.3, -0.7, 2.0, 0.3, 0.0, 0.0, 0.0], np_dt)
+    src = f"model m {{ input a: {dtype}[9]\n input b: {dtype}[9]\n output q = a // b\n output r = a % b }}"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want_q, want_r = np.floor_divide(a, b), np.mod(a, b)
+    if dtype == "f32":
+        assert want_q[0] == 4  # the boundary case this is about (in f64, 0.3 rounds the other way)
+    for backend, out in both(src, {"a": a, "b": b}).items():
+        np.testing.assert_array_equal(out["q"], want_q, err_msg=backend)  # (nan == nan here)
+        np.testing.assert_allclose(out["r"], want_r, rtol=1e-6, atol=0, err_msg=backend)
