@@ -72,7 +72,8 @@ class Linear:
     def lower(self, e, names: dict, outs: list[str]) -> None:
         (rows,) = e.node("Reshape", [names[self.x], e.const(np.array([-1, self.k], np.int64))], [e.tmp("rows")])
         (y,) = e.node("Gemm", [rows, names[self.w], names[self.bias]], [e.tmp("gemm")])
-        e.node("Reshape", [y, e.shape_tensor(e.out_types[0].shape)], outs)
+        # allowzero: the dims are sizes (T may be 0 at run time), never "copy the input's"
+        e.node("Reshape", [y, e.shape_tensor(e.out_types[0].shape)], outs, allowzero=1)
 
 
 def _linear(graph: Graph, n: int) -> Linear | None:

@@ -26,6 +26,8 @@ from dlc.compiler.onnx_emit import check_runtime
 from dlc.compiler.optional import import_optional
 from dlc.grammar.errors import DlcError
 
+from .plan_values import as_declared
+
 # onnxruntime's type strings for the element types dlc exports
 _NP = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64,
        "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}
@@ -112,10 +114,9 @@ class OrtSession:
         bound: dict[str, tuple[int, str]] = {}  # dim name → (size, the input that set it)
         for name in names:  # extra feeds are ignored, as by the interpreter
             meta = self.inputs[name] if name in self.inputs else self.defaulted[name]
-            arr = np.asarray(feeds[name])
             want = _NP.get(meta.type)
-            if want is not None and arr.dtype != want:
-                arr = arr.astype(want)
+            # as the interpreter takes feeds: a cast that would change values (2.5 → 2) is E0401
+            arr = np.asarray(feeds[name]) if want is None else as_declared(feeds[name], np.dtype(want), name)
             _check_shape(name, arr, meta.shape, bound)
             if self.empty_aborts and arr.size == 0:
                 raise DlcError("E0401", f"input `{name}` is empty ({list(arr.shape)}): onnxruntime's LSTM and GRU "

@@ -10,6 +10,12 @@ from dlc.runtime.runner import make_runner
 from dlc.runtime.trainer import build_steps
 
 
+def steps_per_epoch(proto) -> int:
+    """The schedule's steps per epoch the exported step was built with (its ``dlc.steps_per_epoch``):
+    the NumPy step must use the same, or every schedule but `constant` disagrees after a step."""
+    return int({p.key: p.value for p in proto.metadata_props}["dlc.steps_per_epoch"])
+
+
 def check_training_step(m, feeds: dict, *, label: str = "", rtol: float = 1e-5, atol: float = 2e-5,
                         proto=None) -> tuple[dict, dict]:
     """Run the first step group's training step on ``feeds`` (a batch, ``__rng`` included)
@@ -17,7 +23,7 @@ def check_training_step(m, feeds: dict, *, label: str = "", rtol: float = 1e-5, 
     checker); assert every output agrees; return (numpy outputs, onnxruntime outputs)."""
     proto = proto if proto is not None else m.to_onnx("train")
     onnx.checker.check_model(proto, full_check=True)
-    step = build_steps(m, m.train_spec(), steps_per_epoch=10)[0]
+    step = build_steps(m, m.train_spec(), steps_per_epoch=steps_per_epoch(proto))[0]
     state = {**m.state, **initial_state(step)}  # the spec's running statistics and the optimizer's slots
     want = make_runner(step.graph, "numpy")(feeds, m.params, state)
     got = OrtSession(proto).run({**feeds, **m.params, **state})
@@ -36,8 +42,8 @@ def check_groups_after_k_steps(m, batches: list[dict], *, rtol: float = 1e-4, at
     from dlc.compiler.graph import RNG_INPUT
 
     spec = m.train_spec()
-    steps = build_steps(m, spec, steps_per_epoch=10)
-    protos = [m.to_onnx("train", group=s.group) for s in steps]
+    protos = [m.to_onnx("train", group=group.name) for group in spec.steps]
+    steps = build_steps(m, spec, steps_per_epoch=steps_per_epoch(protos[0]))
     for p in protos:
         onnx.checker.check_model(p, full_check=True)
     runs = {"numpy": [make_runner(s.graph, "numpy") for s in steps],

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import FLOATS, ShapeError, TensorType, broadcast_shapes, same_dtype
+from ..types import FLOATS, ShapeError, TensorType, broadcast_shapes, np_dtype, same_dtype
 from . import gemm
 from .registry import Arg, Attr, Op, Sample, register
 
@@ -94,8 +94,14 @@ class Div(_Binary):
 
     def kernel(self, a, b):
         if a.dtype.kind in "iu":
-            return a // b  # integer division floors, as ONNX Div does for non-negative ints
+            return a // b  # integer division floors (ONNX Div truncates: see onnx)
         return a / b
+
+    def onnx(self, e, ins, outs):
+        if e.in_types[0].dtype in FLOATS:
+            e.node("Div", ins, outs)
+        else:  # ONNX's integer Div truncates toward zero, the kernel floors: lower as floor_div
+            FloorDiv.onnx(self, e, ins, outs)
 
     def grad(self, b, inputs, outputs, cts):
         x, y = inputs
@@ -147,6 +153,24 @@ class Minimum(_Binary):
         return [b.where(pick, cts[0], 0.0), b.where(pick, 0.0, cts[0])]
 
 
+def _float_fmod(e, a: str, b: str) -> tuple[str, str]:
+    """(C's fmod(a, b), which takes the dividend's sign; where NumPy's mod adds ``b`` to it:
+    a nonzero remainder of the other sign than ``b``).  NumPy's float ``%`` and ``//`` start
+    from fmod, exact in floating point; ``a - b * floor(a / b)`` rounds ``a / b`` first, so at
+    1.5 // 0.3 it gives 5 where NumPy gives 4 (0.3 is a little above 3/10 in binary).
+    (Signs by Greater and Where, not Less/Not/And: onnxruntime's CUDA provider lacks those.)"""
+    dtype = np_dtype(e.in_types[0].dtype)
+    zero, one, minus = (e.const(np.asarray(v, dtype)) for v in (0.0, 1.0, -1.0))
+
+    def sign(v: str) -> str:  # -1, 0 or 1, exactly (a product of the values could underflow to 0)
+        (pos,) = e.node("Where", [e.node("Greater", [v, zero], 1)[0], one, zero], 1)
+        return e.node("Where", [e.node("Greater", [zero, v], 1)[0], minus, pos], 1)[0]
+
+    (r,) = e.node("Mod", [a, b], 1, fmod=1)
+    (fix,) = e.node("Greater", [zero, e.node("Mul", [sign(r), sign(b)], 1)[0]], 1)
+    return r, fix
+
+
 @register
 class Mod(_Binary):
     """``a % b`` as Python and NumPy define it: the result takes the divisor's sign."""
@@ -164,11 +188,9 @@ class Mod(_Binary):
         if e.in_types[0].dtype not in FLOATS:
             e.node("Mod", ins, outs, fmod=0)  # integer Mod already follows the divisor's sign
             return
-        # float Mod needs fmod=1, which follows the dividend's sign: write a - b * floor(a / b) instead
-        (q,) = e.node("Div", ins, 1)
-        (fl,) = e.node("Floor", [q], 1)
-        (bf,) = e.node("Mul", [ins[1], fl], 1)
-        e.node("Sub", [ins[0], bf], outs)
+        r, fix = _float_fmod(e, *ins)
+        (moved,) = e.node("Add", [r, ins[1]], 1)
+        e.node("Where", [fix, moved, r], outs)
 
 
 @register
@@ -186,9 +208,17 @@ class FloorDiv(_Binary):
         return np.floor_divide(a, b)
 
     def onnx(self, e, ins, outs):
-        if e.in_types[0].dtype in FLOATS:
-            (q,) = e.node("Div", ins, 1)
-            e.node("Floor", [q], outs)
+        if e.in_types[0].dtype in FLOATS:  # NumPy's npy_divmod, step for step
+            a, b = ins
+            r, fix = _float_fmod(e, a, b)
+            one, half, zero = (e.const(np.asarray(v, np_dtype(e.in_types[0].dtype))) for v in (1.0, 0.5, 0.0))
+            (q,) = e.node("Div", [e.node("Sub", [a, r], 1)[0], b], 1)  # exact: a - fmod(a, b) is a multiple of b
+            (q,) = e.node("Where", [fix, e.node("Sub", [q, one], 1)[0], q], 1)
+            (fl,) = e.node("Floor", [q], 1)
+            (up,) = e.node("Greater", [e.node("Sub", [q, fl], 1)[0], half], 1)
+            (fl,) = e.node("Where", [up, e.node("Add", [fl, one], 1)[0], fl], 1)
+            (by_zero,) = e.node("Equal", [b, zero], 1)  # a / 0: NumPy gives a / b (inf or nan), fmod a nan
+            e.node("Where", [by_zero, e.node("Div", ins, 1)[0], fl], outs)
             return
         # integer Div truncates toward zero; a - a % b (Mod follows the divisor's sign) is an exact multiple
         (m,) = e.node("Mod", ins, 1, fmod=0)
@@ -308,6 +338,7 @@ class Clip(Op):
     samples = [Sample((Arg((3, 4)),), {"lo": -0.5, "hi": 0.5})]
 
     def shape(self, x, lo, hi):
+        _numbers("clip", x)
         if lo > hi:
             raise ShapeError(f"clip range is empty: lo = {lo} > hi = {hi}")
         return x
@@ -344,6 +375,7 @@ class MatMul(Op):
 
     def shape(self, a, b):
         dtype = same_dtype("@", a, b)
+        _numbers("@", a)  # (NumPy's bool matmul is an any-of-ands; ONNX's MatMul takes no bools)
         if a.rank == 0 or b.rank == 0:
             raise ShapeError(f"`@` needs tensors of rank >= 1, got {a} @ {b}")
         ka = a.shape[-1]

@@ -23,6 +23,8 @@ def _compare(name: str, onnx_op: str, fn, negate: str | None = None):
     """Register a comparison op; ONNX lacks NotEqual so ``ne`` lowers as Not(Equal)."""
 
     def onnx(self, e, ins, outs):
+        if onnx_op not in ("", "Equal") and e.in_types[0].dtype == "bool":  # Less & co. take no bools: 0/1 ints
+            ins = [e.node("Cast", [v], 1, to=e.onnx_dtype("i32"))[0] for v in ins]
         if negate:
             (tmp,) = e.node(negate, ins, 1)
             e.node("Not", [tmp], outs)
@@ -68,7 +70,14 @@ class Where(Op):
         return [None, b.where(c, cts[0], 0.0), b.where(c, 0.0, cts[0])]
 
     def onnx(self, e, ins, outs):
-        e.node("Where", ins, outs)
+        if e.out_types[0].dtype != "bool":
+            e.node("Where", ins, outs)
+            return
+        # onnxruntime has no Where kernel for bool branches: select on int32 and cast back
+        (a,) = e.node("Cast", [ins[1]], 1, to=e.onnx_dtype("i32"))
+        (b,) = e.node("Cast", [ins[2]], 1, to=e.onnx_dtype("i32"))
+        (w,) = e.node("Where", [ins[0], a, b], 1)
+        e.node("Cast", [w], outs, to=e.onnx_dtype("bool"))
 
 
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}

@@ -320,7 +320,17 @@ class GatherGrad(Op):
         (shp,) = e.node("Shape", [dy], 1)
         (idx,) = e.node("Expand", [idx, shp], 1)
         (zeros,) = e.node("ConstantOfShape", [i64(e, shape)], 1, value=np.zeros(1, _np(e.in_types[0].dtype)))
-        e.node("ScatterElements", [zeros, idx, dy], outs, axis=a, reduction="add")
+        scatter_add(e, zeros, idx, dy, outs, axis=a, dtype=e.in_types[0].dtype)
+
+
+def scatter_add(e, data: str, indices: str, updates: str, outs, *, axis: int, dtype: str) -> list[str]:
+    """``ScatterElements(data, indices, updates, reduction="add")`` of ``dtype`` values into ``outs``.
+    onnxruntime's CPU kernel has no f16 add reduction (a run-time error): f16 sums in f32, rounded once."""
+    if dtype != "f16":
+        return e.node("ScatterElements", [data, indices, updates], outs, axis=axis, reduction="add")
+    data, updates = (e.node("Cast", [v], 1, to=e.onnx_dtype("f32"))[0] for v in (data, updates))
+    (total,) = e.node("ScatterElements", [data, indices, updates], 1, axis=axis, reduction="add")
+    return e.node("Cast", [total], outs, to=e.onnx_dtype("f16"))
 
 
 @register

@@ -134,7 +134,10 @@ class SigmoidXent(Op):
     def shape(self, x, t):
         from ..types import broadcast_shapes, same_dtype
 
-        return TensorType(same_dtype("sigmoid_xent", x, t), broadcast_shapes(x.shape, t.shape))
+        dtype = same_dtype("sigmoid_xent", x, t)
+        if dtype not in FLOATS:
+            raise ShapeError(f"`sigmoid_xent` needs float tensors, got {x}")
+        return TensorType(dtype, broadcast_shapes(x.shape, t.shape))
 
     def kernel(self, x, t):
         return np.maximum(x, 0) - x * t + np.logaddexp(np.zeros((), x.dtype), -np.abs(x))

@@ -12,6 +12,7 @@ from ..types import ShapeError, np_dtype, same_dtype
 from .nn import check_image, onnx_error, per_rank, transpose_to_size
 from .pool import (AVG_ATTRS, AVG_CASES, MAX_ATTRS, MAX_CASES, TIE_ROWS, Window, _given, _pooled, _tiles, _without,
                    first_max_masks, flat_argmax, pool_shape, select_bits)
+from .indexing import scatter_add
 from .registry import Arg, Attr, Op, Sample
 from .shape import i64
 from .windows import fold
@@ -82,8 +83,8 @@ class MaxPoolGrad(Op):
         flat = i64(e, (-1,))
         shape = e.node("Shape", [x], 1)[0]
         zeros = e.node("ConstantOfShape", [shape], 1, value=np.zeros(1, np_dtype(e.in_types[0].dtype)))[0]
-        dx = e.node("ScatterElements", [e.node("Reshape", [zeros, flat], 1)[0], e.node("Reshape", [ind, flat], 1)[0],
-                                        e.node("Reshape", [dy, flat], 1)[0]], 1, axis=0, reduction="add")[0]
+        (dx,) = scatter_add(e, e.node("Reshape", [zeros, flat], 1)[0], e.node("Reshape", [ind, flat], 1)[0],
+                            e.node("Reshape", [dy, flat], 1)[0], 1, axis=0, dtype=e.in_types[0].dtype)
         e.node("Reshape", [dx, shape], outs)
 
 

@@ -73,7 +73,12 @@ class Arange(Op):
 
     def onnx(self, e, ins, outs, start, stop, step, dtype):
         lo, hi = self._bounds(start, stop)
-        e.node("Range", [_scalar(e, lo, dtype), _scalar(e, hi, dtype), _scalar(e, step, dtype)], outs)
+        if dtype != "f16":
+            e.node("Range", [_scalar(e, lo, dtype), _scalar(e, hi, dtype), _scalar(e, step, dtype)], outs)
+            return
+        # ONNX's Range takes no f16: count in i64 (the bounds are integers) and cast
+        (count,) = e.node("Range", [_scalar(e, lo, "i64"), _scalar(e, hi, "i64"), _scalar(e, step, "i64")], 1)
+        e.node("Cast", [count], outs, to=e.onnx_dtype("f16"))
 
 
 @register
@@ -199,13 +204,16 @@ class Flip(Op):
         return x
 
     def kernel(self, x, axes):
-        return np.ascontiguousarray(np.flip(x, self._axes(x.ndim, axes)))
+        return np.array(np.flip(x, self._axes(x.ndim, axes)), order="C")  # (ascontiguousarray makes 0-d 1-d)
 
     def grad(self, b, inputs, outputs, cts, axes):
         return [b.flip(cts[0], axes=axes)]
 
     def onnx(self, e, ins, outs, axes):
         axes = self._axes(e.in_types[0].rank, axes)
+        if not axes:  # a scalar (or no axis named): nothing to reverse, and Slice takes no scalars
+            e.node("Identity", ins, outs)
+            return
         big = np.iinfo(np.int64).max
         e.node("Slice", [ins[0], i64(e, [-1] * len(axes)), i64(e, [-big] * len(axes)), i64(e, axes),
                          i64(e, [-1] * len(axes))], outs)

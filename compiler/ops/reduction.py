@@ -57,7 +57,13 @@ class _Reduce(Op):
         if not ax:  # nothing to reduce: ONNX would reduce everything for empty axes
             e.node("Identity", ins, outs)
             return
-        e.node(self.onnx_op, [ins[0], i64(e, ax)], outs, keepdims=int(keepdims))
+        if e.in_types[0].dtype != "bool":
+            e.node(self.onnx_op, [ins[0], i64(e, ax)], outs, keepdims=int(keepdims))
+            return
+        # reduce_max/min of bools (any/all): ONNX's reductions take no bools, so reduce 0/1 ints
+        (x,) = e.node("Cast", ins, 1, to=e.onnx_dtype("i32"))
+        (r,) = e.node(self.onnx_op, [x, i64(e, ax)], 1, keepdims=int(keepdims))
+        e.node("Cast", [r], outs, to=e.onnx_dtype("bool"))
 
 
 @register
@@ -66,13 +72,19 @@ class Sum(_Reduce):
 
     name, onnx_op = "sum", "ReduceSum"
 
+    def shape(self, x, axes, keepdims):
+        if x.dtype == "bool":  # NumPy would count the trues (an i64), not give the bool the type says
+            raise ShapeError(f"`sum` needs numbers, got {x}; cast booleans first (`sum(cast(m, i64))`)")
+        return super().shape(x, axes, keepdims)
+
     def kernel(self, x, axes, keepdims):
         ax = reduced_axes("sum", axes, x.ndim)
         if ax and ax[0] > 0 and ax == tuple(range(ax[0], x.ndim)):  # trailing axes: row sums
             sums = _trailing_sum(x, ax[0], keepdims)
             if sums is not None:
                 return sums
-        return np.sum(x, axis=ax, keepdims=keepdims)
+        # (NumPy sums i32 as i64: keep the declared dtype, as ReduceSum does)
+        return np.sum(x, axis=ax, keepdims=keepdims, dtype=x.dtype if x.dtype.kind in "iu" else None)
 
     def grad(self, b, inputs, outputs, cts, axes, keepdims):
         x = inputs[0]
@@ -127,6 +139,11 @@ class LogSumExp(_Reduce):
 
     name = "logsumexp"
 
+    def shape(self, x, axes, keepdims):
+        if x.dtype not in FLOATS:
+            raise ShapeError(f"`logsumexp` needs a float tensor, got {x}")
+        return super().shape(x, axes, keepdims)
+
     def kernel(self, x, axes, keepdims):
         ax = reduced_axes(self.name, axes, x.ndim)
         if x.size == 0:
@@ -177,6 +194,8 @@ class _ArgExtreme(Op):
 
     def onnx(self, e, ins, outs, axis, keepdims):
         (ax,) = norm_axes(self.name, axis, e.in_types[0].rank)
+        if e.in_types[0].dtype == "bool":  # ONNX's ArgMax/ArgMin take no bools: compare 0/1 ints
+            ins = e.node("Cast", ins, 1, to=e.onnx_dtype("i32"))
         e.node(self.onnx_op, ins, outs, axis=ax, keepdims=int(keepdims), select_last_index=0)
 
 
@@ -293,14 +312,17 @@ class SumTo(Op):
         return tuple(range(lead)), tuple(inner)
 
     def shape(self, x, shape):
+        if x.dtype == "bool":  # as for `sum`: NumPy would count the trues
+            raise ShapeError(f"`sum_to` needs numbers, got {x}")
         self.plan(x.shape, tuple(shape))
         return x.with_shape(tuple(shape))
 
     def kernel(self, x, shape):
         lead, inner = self.plan(x.shape, tuple(shape))
+        dtype = x.dtype  # (NumPy sums i32 as i64)
         if inner:
-            x = np.sum(x, axis=inner, keepdims=True)
-        return np.sum(x, axis=lead) if lead else x
+            x = np.sum(x, axis=inner, keepdims=True, dtype=dtype)
+        return np.sum(x, axis=lead, dtype=dtype) if lead else x
 
     def grad(self, b, inputs, outputs, cts, shape):
         return [b.broadcast_to(cts[0], shape=b.type(inputs[0]).shape)]

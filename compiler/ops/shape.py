@@ -108,23 +108,26 @@ def div_exact(total, known):
 
 
 def _copy_or_dim(out_shape, in_shape, infer: int | None):
-    """The ONNX Reshape target for ``out_shape``: literal ints, ``-1`` at the
-    inferred position, ``0`` (copy) where a symbolic dim equals the input's
-    at the same index, and the remaining Syms (computed by ``e.shape_tensor``).
-    A literal 0 dim needs ``allowzero=1``, which turns copying off."""
+    """The ONNX Reshape target for ``out_shape`` and its ``allowzero``: literal ints, ``-1``
+    at the inferred position, ``0`` (copy) where a symbolic dim equals the input's at the
+    same index, and the remaining Syms (computed by ``e.shape_tensor``).
+
+    A symbolic dim may be 0 at run time (an empty batch, T = 0), and Reshape reads a 0 in
+    its target as "copy the input's dim" unless ``allowzero=1`` (which turns copying off),
+    and cannot infer a ``-1`` beside a 0.  So copies are used only where every symbolic dim
+    is one, a single symbolic dim becomes ``-1`` only beside nonzero literal ints, and any
+    other target is computed in full with ``allowzero=1`` (a -1 is then only the spec's)."""
     allowzero = any(d == 0 for i, d in enumerate(out_shape) if i != infer)
-    target = []
-    for i, d in enumerate(out_shape):
-        if i == infer:
-            target.append(-1)
-        elif isinstance(d, Sym) and not allowzero and i < len(in_shape) and in_shape[i] == d:
-            target.append(0)
-        else:
-            target.append(d)
+    target = [-1 if i == infer else d for i, d in enumerate(out_shape)]
     syms = [i for i, d in enumerate(target) if isinstance(d, Sym)]
+    if not syms:
+        return target, allowzero
     if infer is None and len(syms) == 1 and not allowzero:
-        target[syms[0]] = -1  # one unknown dim: let Reshape infer it instead of computing it
-    return target, allowzero
+        target[syms[0]] = -1  # one unknown dim beside nonzero ints: let Reshape infer it
+        return target, False
+    if not allowzero and all(i < len(in_shape) and in_shape[i] == target[i] for i in syms):
+        return [0 if i in syms else d for i, d in enumerate(target)], False
+    return target, True
 
 
 @register
@@ -150,7 +153,7 @@ class Reshape(Op):
         # cancel dims common to both sides first, so (T - 1) on both needs no polynomial division
         rest_in, rest_out = list(x.shape), []
         for d in shape:
-            if d in rest_in:
+            if d in rest_in and d != 0:  # (a 0 is no common factor: [2, 0] -> [0, 5] is fine)
                 rest_in.remove(d)
             elif d != -1:
                 rest_out.append(d)
