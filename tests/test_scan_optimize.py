@@ -384,3 +384,67 @@ def test_an_accumulator_read_at_every_step_stays_in_the_loop():
         prior = np.cumsum(xs, axis=1) - xs  # d before[b, t] / d w, per channel
         want = (2 * before * prior).sum((0, 1)) + xs.sum((0, 1))
         np.testing.assert_allclose(m.gradients({"xs": xs})["w"], want, rtol=1e-5, atol=1e-5)
+
+
+DEAD_GATES = """
+layer cell(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, 3 * H] = glorot_uniform()
+    param Wh: [H, 2 * H] = orthogonal()
+    param Wn: [H, H]     = orthogonal()
+    param b:  [3 * H]    = uniform(-0.5, 0.5)
+    xz, xr, xn = split(x @ Wx + b, 3, axis = -1)
+    hz, hr = split(h @ Wh, 2, axis = -1)
+    z = sigmoid(xz + hz)
+    r = sigmoid(hr + xr)                 # never read: the candidate below ignores it
+    n = tanh(xn + (z * h) @ Wn)
+    return (1.0 - z) * n + z * h
+}
+model m() {
+    input xs: f32[B, T, 3]
+    input y: f32[B, 5]
+    seq, h_last = scan cell over xs axis 1 init (zeros([B, 5]))
+    output hs = seq
+    output loss = mean((h_last - y) * (h_last - y))
+}
+"""
+
+
+DEAD_INVARIANT = """
+layer cell(x: f32[B, I], h: f32[B, H]) {
+    param Wx: [I, H] = glorot_uniform()
+    param Wh: [H, H] = orthogonal()
+    param Wd: [H, H] = orthogonal()
+    unused = h @ transpose(Wd)           # never read: a step-invariant transpose only it reads
+    return tanh(x @ Wx + h @ Wh)
+}
+model m() {
+    input xs: f32[B, T, 3]
+    input y: f32[B, 5]
+    seq, h_last = scan cell over xs axis 1 init (zeros([B, 5]))
+    output hs = seq
+    output loss = mean((h_last - y) * (h_last - y))
+}
+"""
+
+
+@pytest.mark.parametrize("text", [DEAD_GATES, DEAD_INVARIANT], ids=["dead gate", "dead invariant"])
+def test_a_cell_with_dead_nodes_compiles_at_every_level(text):
+    """Hoisting moves out a split piece (the GRU's reset gate when the candidate ignores it) or a
+    step-invariant transpose that only dead nodes of the cell read: pruning the body removed
+    the input made for it, which the rebuilt scan still listed (KeyError at -O1/-O2)."""
+    m = dlc.compile(text)
+    rng = np.random.default_rng(0)
+    feeds = {"xs": rng.standard_normal((2, 4, 3)).astype(np.float32),
+             "y": rng.standard_normal((2, 5)).astype(np.float32)}
+    m.opt_level = 0
+    want, grads = m.run(feeds), m.gradients(feeds)
+    for level in (1, 2):
+        m.opt_level = level
+        for backend in ("numpy", "onnxruntime"):
+            got = m.run(feeds, backend=backend)
+            for k in want:
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{level} {backend} {k}")
+        for k, g in m.gradients(feeds).items():
+            np.testing.assert_allclose(g, grads[k], rtol=1e-5, atol=1e-7, err_msg=f"{level} d{k}")
+    for k in (k for k in grads if k.endswith(".Wd")):
+        assert not np.any(grads[k])  # a weight only dead nodes read has a zero gradient

@@ -125,6 +125,7 @@ def _hoist_invariant_nodes(graph: Graph, n: int) -> int:
         new_body.replace_uses(v, Value(p))
         new_caps.append((p, vmap[v]))
     new_body.prune({v.node for v in new_body.outputs.values()})
+    new_caps = [(p, v) for p, v in new_caps if p in new_body]  # (one only dead nodes read went with them)
     stay = drop_unread(new_body, cap_nodes, set())
     new_body.set_inputs(list(body.inputs[:s.k + s.m]) + [c for c, ok in zip(cap_nodes, stay) if ok]
                         + [p for p, _ in new_caps])
@@ -241,6 +242,9 @@ def _hoist_maps(graph: Graph, n: int) -> int:
         new_body.replace_uses(v, Value(p))
         inputs.append(p)
     new_body.prune({v.node for v in new_body.outputs.values()})
+    # a mapped value only dead nodes of the cell read (the GRU's reset gate when the candidate
+    # ignores it) went with them: its input is gone, and the scan does not read it
+    frontier, inputs = [v for v, p in zip(frontier, inputs) if p in new_body], [p for p in inputs if p in new_body]
     seq_nodes, cap_nodes = list(body.inputs[s.k:s.k + s.m]), list(body.inputs[s.k + s.m:])
     seq_stay = drop_unread(new_body, seq_nodes, set())
     cap_stay = drop_unread(new_body, cap_nodes, set())
