@@ -346,3 +346,19 @@ def test_export_weights_refuses_a_foreign_file(tmp_path):
     target.unlink()
     _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))
     _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))  # its own export: replaced
+
+
+def test_export_weights_targets_that_cannot_be_written(tmp_path):
+    """The same E0002 as `dlc compile -o`: no folder is created, a file in the way is no traceback."""
+    pytest.importorskip("safetensors")
+    dlc.load(regression(tmp_path, epochs=1), mode="train").train(checkpoint=tmp_path / "ck", **QUIET)
+    (tmp_path / "adir.safetensors").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = {tmp_path / "adir.safetensors": "is a directory",
+             tmp_path / "afile" / "w.safetensors": "is a file, not a folder",
+             tmp_path / "missing" / "w.safetensors": "does not exist"}
+    for target, words in cases.items():
+        r = _cli("export-weights", str(tmp_path / "ck"), "-o", str(target), code=2)
+        assert "E0002" in r.output and words in r.output, r.output
+    assert not (tmp_path / "missing").exists()
+    assert (tmp_path / "afile").read_text() == "x"
