@@ -254,7 +254,7 @@ def summary(file, fmt, model_name, hyper):
 @click.argument("file", type=click.Path())
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="Feed an input from a .npy file.")
 @click.option("--bind", "binds", multiple=True, metavar="DIM=N", help="Value of a symbolic dim for random inputs.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
 @click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in --input files.")

@@ -13,6 +13,7 @@ resumed from a checkpoint is bit-identical to one never interrupted.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     ``address`` or on this machine (they check their own shards' data: ``allow_nonfinite`` is
     for the local trainer); ``debug`` checks every epoch that they all used the
     driver's parameters."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0):
+        raise DlcError("E0110", f"epochs must be an integer >= 0, got {epochs!r}")  # as the train block's
     if workers is None:
         trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
                                allow_nonfinite=allow_nonfinite)

@@ -191,3 +191,13 @@ def test_errors_are_coloured_on_request_and_plain_otherwise(monkeypatch):
     assert use_color(Tty())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_color(Tty())
+
+
+@pytest.mark.parametrize("args", [["train", "specs/xor.dl", "--seed", "-1"], ["train", "specs/xor.dl", "--epochs", "-1"],
+                                  ["run", "specs/xor.dl", "--seed", "-1"], ["gradcheck", "specs/xor.dl", "--seed", "-1"]])
+def test_a_negative_seed_or_epoch_count_is_a_usage_error(args):
+    """Both are integers >= 0 in the train block; on the command line -1 was NumPy's traceback
+    (seeds) or a silent run of no epochs."""
+    r = dlc(*args, code=64)
+    assert f"Invalid value for '{args[2]}': -1 is not in the range x>=0" in r.stderr
+    assert "epoch" not in r.stdout

@@ -210,3 +210,19 @@ def test_a_numpy_step_runs_blas_with_the_trainers_threads_whatever_the_process_a
     with threadpool_limits(limits=2, user_api="blas"):
         step(batch)
     assert seen == [{1}]
+
+
+@pytest.mark.parametrize("call", [lambda: dlc.load("specs/xor.dl", seed=-1),
+                                  lambda: dlc.load("specs/xor.dl", mode="train").trainer(seed=1.5),
+                                  lambda: dlc.load("specs/xor.dl", mode="train").train(epochs=-2),
+                                  lambda: dlc.load("specs/xor.dl", mode="train").train(epochs="3")])
+def test_seeds_and_epoch_counts_are_integers_at_least_zero(call):
+    """A coded E0110 naming the argument, not NumPy's ValueError/TypeError or a silent empty run."""
+    with pytest.raises(DlcError) as e:
+        call()
+    assert e.value.code == "E0110" and "must be an integer >= 0" in e.value.message
+
+
+def test_a_numpy_integer_seed_and_epoch_count_are_accepted():
+    m = dlc.load("specs/xor.dl", mode="train", seed=np.int64(3))
+    assert m.seed == 3 and len(m.train(epochs=np.int64(1), seed=np.int64(2), progress=False, echo=lambda *a: None).epochs) == 1
