@@ -74,7 +74,11 @@ def _bindings(pairs: tuple[str, ...], what: str) -> dict:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise usage(f"{what} `{pair}` is not of the form NAME=VALUE")
-        out[name.strip()] = value.strip()
+        name = name.strip()
+        if name in out:  # two values for one name: which one the user meant is a guess
+            raise usage(f"{what} `{name}` is given twice (`{name}={out[name]}` and `{pair.strip()}`)",
+                        hint="give each name once")
+        out[name] = value.strip()
     return out
 
 
