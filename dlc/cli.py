@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -334,19 +335,21 @@ def fmt_cmd(files, check_only):
     from dlc.grammar.formatter import format_source
     from dlc.grammar.parse import read_source
 
+    from dlc.runtime.files import write_atomic
+
     unformatted, failed = [], 0
     for f in files:
         try:
             text = read_source(f)
             formatted = format_source(text, f)
+            if formatted != text and not check_only:  # atomically, keeping the file's permissions
+                write_atomic(Path(f), formatted.encode("utf-8"), mode=stat.S_IMODE(os.stat(f).st_mode))
         except (DlcError, DlcErrors) as e:
             failed += 1
             echo_error(e)
             continue
         if formatted != text:
             unformatted.append(f)
-            if not check_only:
-                Path(f).write_text(formatted, encoding="utf-8")
     for f in unformatted:
         click.echo(f"{'would reformat' if check_only else 'reformatted'} {f}")
     if failed:
