@@ -87,6 +87,7 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
     spe = batches_per_epoch(n_train, spec.batch)
     history = History()
     stopper = _EarlyStop(spec.early_stop)
+    stopper.check_splits(splits)
     start_epoch, resumed = 0, False
     ckpt_dir = Path(checkpoint) if checkpoint else None
     if resume and ckpt_dir is not None:  # a folder (its newest valid checkpoint) or one manifest in it
@@ -175,6 +176,7 @@ def _epoch(trainer: Trainer, splits: dict, epoch: int, epochs: int, spe: int, pr
 class _EarlyStop:
     def __init__(self, spec):
         self.enabled = spec is not None
+        self.loc = spec.loc if spec else None
         kw = spec.kwargs if spec else {}
         self.patience = int(kw.get("patience", 0))
         self.monitor = kw.get("monitor", "val.loss")
@@ -195,7 +197,7 @@ class _EarlyStop:
             return
         if self.monitor not in row:
             raise DlcError("E0201", f"early stopping monitors `{self.monitor}`, which is not measured",
-                           hint="measured: " + ", ".join(k for k in row if k not in ("epoch", "time")))
+                           hint="measured: " + ", ".join(k for k in row if k not in ("epoch", "time")), loc=self.loc)
         value = row[self.monitor]
         better = self.best is None or (value < self.best - self.min_delta if self.lower_is_better
                                        else value > self.best + self.min_delta)
@@ -205,6 +207,13 @@ class _EarlyStop:
         else:
             self.bad += 1
             self.stopped = self.bad >= self.patience
+
+    def check_splits(self, splits: dict) -> None:
+        """A `val.` monitor needs validation examples: refused before the first epoch, not after it."""
+        if self.enabled and self.monitor.startswith("val.") and not len(next(iter(splits["val"].values()), ())):
+            raise DlcError("E0201", f"early stopping monitors `{self.monitor}`, but the validation split is empty",
+                           hint="give `split` a validation fraction, or monitor a training value such as "
+                                "`monitor = loss`", loc=self.loc)
 
     def snapshot(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "stopped": self.stopped}
