@@ -24,6 +24,9 @@ from dlc.runtime.params import check_seed, init_params, init_state
 
 from dlc.runtime.runner import BACKENDS
 
+# keys of Model._plans beside the NumPy plans' (tuples of output names): (PEAK or ORT, outputs)
+PEAK, ORT = object(), object()
+
 
 def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0,
          checkpoint: str | Path | None = None, **hyper) -> "Model":
@@ -111,7 +114,8 @@ class Model:
 
     def _forget_sessions(self) -> None:
         """Drop the onnxruntime session: it holds parameters and state as initializers."""
-        self._plans.pop(("ort",), None)
+        for key in [k for k in self._plans if k[0] is ORT]:
+            del self._plans[key]
 
     # -- description -------------------------------------------------------------
     @property
@@ -218,19 +222,22 @@ class Model:
                 self._plans[key] = Plan(optimize(self.graph, self.opt_level, "numpy"), wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
-            if ("peak",) not in self._plans:  # the interpreter's schedule stands in for onnxruntime's peak
+            key = tuple(wanted)
+            if (PEAK, key) not in self._plans:  # the interpreter's schedule stands in for onnxruntime's peak
                 from dlc.runtime.interpreter import Plan
 
-                self._plans[("peak",)] = Plan(self.graph, wanted)
-            self._plans[("peak",)].check_memory(feeds)
-            if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
+                self._plans[(PEAK, key)] = Plan(self.graph, wanted)
+            self._plans[(PEAK, key)].check_memory(feeds)
+            if (ORT, key) not in self._plans:  # the wanted outputs of this model's mode, parameters as initializers
                 from dlc.compiler.onnx_export import export_graph
                 from dlc.runtime.ort import OrtSession
 
-                graph = optimize(self.graph, self.opt_level, "onnx")
+                graph = self.graph.copy()  # only what `wanted` reads: no feeds for the other outputs' inputs
+                graph.set_outputs({k: self.graph.outputs[k] for k in wanted})
+                graph = optimize(graph, self.opt_level, "onnx")
                 proto = export_graph(graph, params=self.params, state=self.state, name=self.name)
-                self._plans[("ort",)] = OrtSession(proto)
-            return self._plans[("ort",)].run(feeds, wanted)
+                self._plans[(ORT, key)] = OrtSession(proto)
+            return self._plans[(ORT, key)].run(feeds, wanted)
         raise DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
 
     def gradients(self, feeds: Mapping[str, np.ndarray], *, loss: str | None = None, seed: int = 0) -> dict:
