@@ -205,6 +205,7 @@ def check(files, hyper):
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json", "svg", "png"]), default="text",
               show_default=True, help="svg/png are rendered by Graphviz (extra dlc[graphviz] and the `dot` program).")
 @click.option("-o", "output", type=click.Path(), default=None, help="Write to this file (needed for png).")
+@click.option("--force", is_flag=True, help="With -o: overwrite an existing file.")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
 @click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
@@ -212,13 +213,17 @@ def check(files, hyper):
                    "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
+def graph(file, fmt, output, force, grad, train_step, opt_level, model_name, hyper):
     """Print (or draw) the computation graph of FILE."""
     from dlc.compiler import printer
     from dlc.compiler.passes.pipeline import optimize
+    from dlc.runtime.files import check_target, write_atomic
 
     if fmt == "png" and not output:
         raise usage("--format png writes a binary file: give it with -o FILE.png")
+    if output and check_target(Path(output)) and not force:  # before the work; a drawing does not say who made it
+        raise DlcError("E0002", f"refusing to overwrite `{output}`: it exists",
+                       hint="choose another path, or pass --force to replace it")
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
     g = optimize(g, opt_level, "numpy")
@@ -227,14 +232,14 @@ def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
 
         data = render(printer.to_dot(g), fmt)
         if output:
-            Path(output).write_bytes(data)
+            write_atomic(Path(output), data)
             click.echo(f"wrote {output} ({len(data):,} bytes)")
         else:
             click.echo(data.decode("utf-8"))
         return
     text = {"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g)
     if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
+        write_atomic(Path(output), (text + "\n").encode("utf-8"))
         click.echo(f"wrote {output}")
     else:
         click.echo(text)

@@ -362,3 +362,22 @@ def test_export_weights_targets_that_cannot_be_written(tmp_path):
         assert "E0002" in r.output and words in r.output, r.output
     assert not (tmp_path / "missing").exists()
     assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_graph_o_never_overwrites_a_file_without_force(tmp_path):
+    """`dlc graph spec.dl -o spec.dl` replaced the user's spec with the graph text, and a missing
+    folder was a FileNotFoundError traceback."""
+    spec = tmp_path / "mine.dl"
+    spec.write_text("# my own spec\n")
+    before = spec.read_text()
+    r = _cli("graph", "specs/xor.dl", "-o", str(spec), code=2)
+    assert "E0002" in r.output and "refusing to overwrite" in r.output and spec.read_text() == before
+    r = _cli("graph", "specs/xor.dl", "-o", str(tmp_path / "missing" / "g.txt"), code=2)
+    assert "E0002" in r.output and "does not exist" in r.output and not (tmp_path / "missing").exists()
+    out = tmp_path / "g.dot"
+    _cli("graph", "specs/xor.dl", "--format", "dot", "-o", str(out))
+    assert out.read_text().startswith("digraph")
+    _cli("graph", "specs/xor.dl", "-o", str(out), code=2)
+    _cli("graph", "specs/xor.dl", "-o", str(out), "--force")
+    assert out.read_text().startswith("%0 = input x")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
