@@ -66,20 +66,21 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     if workers is None:
         trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
                                allow_nonfinite=allow_nonfinite)
-        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
+        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log, seed)
     from .distributed import DistributedTrainer
 
     trainer = DistributedTrainer(model, workers=workers, address=address, backend=backend, device=device,
                                  seed=seed, fresh=fresh, debug=debug)
     try:
         echo(f"data-parallel on {workers} Ray worker{'s' if workers > 1 else ''}")
-        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
+        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log, seed)
     finally:
         trainer.close()
 
 
-def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log) -> History:
-    """The epoch loop over ``trainer`` (a Trainer or a DistributedTrainer)."""
+def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log, seed=None) -> History:
+    """The epoch loop over ``trainer`` (a Trainer or a DistributedTrainer); ``seed``: the one the
+    caller asked for (None: the train block's, or on resume the checkpoint's)."""
     spec = trainer.spec
     epochs = spec.epochs if epochs is None else epochs
     splits = trainer.splits
@@ -97,6 +98,7 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
         for message in point.messages:
             echo(message)
         if point.checkpoint is not None:
+            _continue_seed(trainer, point.checkpoint, seed, echo)
             start_epoch, resumed = _resume(trainer, point.checkpoint, history, stopper), True
     if ckpt_dir is not None:
         claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
@@ -132,6 +134,21 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
     model.params = trainer.params
     model.state = trainer.store.get(trainer.model_state)
     return history
+
+
+def _continue_seed(trainer, c: ckpt.Checkpoint, asked: int | None, echo) -> None:
+    """Resume with the seed the run was trained with: batch order and random ops derive from it, so
+    another seed would silently make the resumed run differ from the uninterrupted one."""
+    saved = c.meta.get("seed")
+    if saved is None or saved == trainer.seed:
+        return
+    if asked is None and isinstance(trainer, Trainer):  # nothing asked for: the run's own seed
+        trainer.seed = int(saved)
+        echo(f"continuing with the run's seed {saved}")
+        return
+    raise DlcError("E0403", f"checkpoint `{c.path.name}` was trained with seed {saved}, not {trainer.seed}",
+                   hint=f"resume with --seed {saved} (the batches and random ops continue the run's), "
+                        "or start afresh in a new --checkpoint folder")
 
 
 def _resume(trainer: Trainer, c: ckpt.Checkpoint, history: History, stopper: "_EarlyStop") -> int:

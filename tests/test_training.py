@@ -346,3 +346,19 @@ def test_an_unmeasured_monitor_is_reported_at_early_stop(tmp_path):
         dlc.load(spec, mode="train").train(**QUIET)
     assert e.value.code == "E0201" and "`val.nosuch`, which is not measured" in e.value.message
     assert (e.value.loc.line, e.value.loc.col) == (19, 18)  # the line of `early_stop`
+
+
+def test_resume_continues_with_the_seed_the_run_was_trained_with(tmp_path):
+    """`dlc train --seed 3 --checkpoint ck`, interrupted, then `--resume` without --seed continued
+    with the train block's seed 0: other batches, so not the uninterrupted run's numbers."""
+    spec = regression(tmp_path, epochs=4)
+    whole = dlc.load(spec, mode="train").train(seed=3, checkpoint=tmp_path / "whole", **QUIET)
+    dlc.load(spec, mode="train").train(seed=3, epochs=2, checkpoint=tmp_path / "cut", **QUIET)
+    said = []
+    m = dlc.load(spec, mode="train")
+    resumed = m.train(checkpoint=tmp_path / "cut", resume=True, progress=False, echo=said.append)
+    assert "continuing with the run's seed 3" in said
+    assert [r["loss"] for r in resumed.epochs] == [r["loss"] for r in whole.epochs]
+    with pytest.raises(DlcError) as e:
+        dlc.load(spec, mode="train").train(seed=4, epochs=5, checkpoint=tmp_path / "cut", resume=True, **QUIET)
+    assert e.value.code == "E0403" and "was trained with seed 3, not 4" in e.value.message
