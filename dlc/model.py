@@ -210,7 +210,10 @@ class Model:
 
     # -- running -----------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray], *, outputs=None, seed: int = 0, backend: str = "numpy") -> dict:
-        """Run the model forward (in its mode); returns ``{output: array}``."""
+        """Run the model forward (in its mode); returns ``{output: array}`` of ``outputs`` (a name
+        or a list of names; default: every output)."""
+        if isinstance(outputs, str):  # one name, not its letters
+            outputs = [outputs]
         feeds = dict(feeds)
         feeds.setdefault(RNG_INPUT, np.int64(seed))
         wanted = [self._output(o) for o in outputs] if outputs else list(self.graph.outputs)

@@ -243,3 +243,13 @@ def test_onnxruntime_runs_need_only_the_inputs_the_wanted_outputs_read():
     e.params = {k: np.zeros_like(v) for k, v in e.params.items()}  # every session is rebuilt
     assert np.array_equal(e.run({"x": x}, outputs=["prob"], backend="onnxruntime")["prob"], np.full((4, 1), 0.5, np.float32))
     assert np.isclose(e.run({"x": x, "y": y}, backend="onnxruntime")["loss"], np.log(2), rtol=1e-6)
+
+
+def test_outputs_may_be_one_name():
+    """`outputs="prob"` was read letter by letter: "no output `p`"."""
+    x = np.array([[0, 0], [1, 1]], np.float32)
+    m = dlc.load("specs/xor.dl")
+    assert list(m.run({"x": x}, outputs="prob")) == ["prob"]
+    np.testing.assert_array_equal(m.predict({"x": x}, outputs="prob")["prob"], m.run({"x": x}, outputs=["prob"])["prob"])
+    assert list(m.run({"x": x}, outputs="prob", backend="onnxruntime")) == ["prob"]
+    assert [o.name for o in m.to_onnx(outputs="prob").graph.output] == ["prob"]
