@@ -116,6 +116,8 @@ def _exported_by_dlc(path: Path) -> bool:
 def read_safetensors(path: Path, *, expect_spec_hash: str | None = None) -> Checkpoint:
     """A ``.safetensors`` file of :func:`write_safetensors` as a Checkpoint (no optimizer state)."""
     st = _safetensors()
+    if not path.is_file():  # a FIFO would block the read forever
+        raise DlcError("E0403", f"cannot read `{path}`: it is not a regular file (a FIFO, socket or device)")
     try:
         data = path.read_bytes()
         tensors = st.load(data)

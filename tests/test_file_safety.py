@@ -381,3 +381,16 @@ def test_graph_o_never_overwrites_a_file_without_force(tmp_path):
     _cli("graph", "specs/xor.dl", "-o", str(out), "--force")
     assert out.read_text().startswith("%0 = input x")
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("name", ["ckpt", "w.safetensors"])
+def test_a_fifo_as_a_checkpoint_is_refused_not_read_forever(tmp_path, name):
+    """`dlc run --checkpoint FIFO` blocked in read() until killed; it is E0403 at once."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "dlc", "run", "specs/xor.dl", "--checkpoint", str(fifo)],
+                       capture_output=True, text=True, timeout=120)  # the timeout kills a blocked child
+    assert r.returncode == 2 and "error[E0403]" in r.stderr and "not a regular file" in r.stderr, r.stderr
