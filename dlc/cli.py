@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -74,7 +75,11 @@ def _bindings(pairs: tuple[str, ...], what: str) -> dict:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise usage(f"{what} `{pair}` is not of the form NAME=VALUE")
-        out[name.strip()] = value.strip()
+        name = name.strip()
+        if name in out:  # two values for one name: which one the user meant is a guess
+            raise usage(f"{what} `{name}` is given twice (`{name}={out[name]}` and `{pair.strip()}`)",
+                        hint="give each name once")
+        out[name] = value.strip()
     return out
 
 
@@ -200,6 +205,7 @@ def check(files, hyper):
 @click.option("--format", "fmt", type=click.Choice(["text", "dot", "json", "svg", "png"]), default="text",
               show_default=True, help="svg/png are rendered by Graphviz (extra dlc[graphviz] and the `dot` program).")
 @click.option("-o", "output", type=click.Path(), default=None, help="Write to this file (needed for png).")
+@click.option("--force", is_flag=True, help="With -o: overwrite an existing file.")
 @click.option("--grad", is_flag=True, help="Include the backward nodes.")
 @click.option("--train", "train_step", is_flag=True, help="The whole training step, optimizer included.")
 @click.option("-O", "opt_level", type=click.IntRange(0, 2), default=0, show_default=True,
@@ -207,13 +213,17 @@ def check(files, hyper):
                    "receives), 2 after fusion too (what the NumPy interpreter runs).")
 @_with_model_options
 @_report
-def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
+def graph(file, fmt, output, force, grad, train_step, opt_level, model_name, hyper):
     """Print (or draw) the computation graph of FILE."""
     from dlc.compiler import printer
     from dlc.compiler.passes.pipeline import optimize
+    from dlc.runtime.files import check_target, write_atomic
 
     if fmt == "png" and not output:
         raise usage("--format png writes a binary file: give it with -o FILE.png")
+    if output and check_target(Path(output)) and not force:  # before the work; a drawing does not say who made it
+        raise DlcError("E0002", f"refusing to overwrite `{output}`: it exists",
+                       hint="choose another path, or pass --force to replace it")
     m = _load(file, model_name, hyper, mode="train" if (grad or train_step) else "eval")
     g = m.train_graph(optimizer=train_step) if (grad or train_step) else m.graph
     g = optimize(g, opt_level, "numpy")
@@ -222,14 +232,14 @@ def graph(file, fmt, output, grad, train_step, opt_level, model_name, hyper):
 
         data = render(printer.to_dot(g), fmt)
         if output:
-            Path(output).write_bytes(data)
+            write_atomic(Path(output), data)
             click.echo(f"wrote {output} ({len(data):,} bytes)")
         else:
             click.echo(data.decode("utf-8"))
         return
     text = {"text": printer.to_text, "dot": printer.to_dot, "json": printer.to_json}[fmt](g)
     if output:
-        Path(output).write_text(text + "\n", encoding="utf-8")
+        write_atomic(Path(output), (text + "\n").encode("utf-8"))
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
@@ -254,7 +264,7 @@ def summary(file, fmt, model_name, hyper):
 @click.argument("file", type=click.Path())
 @click.option("--input", "inputs", multiple=True, metavar="NAME=FILE.npy", help="Feed an input from a .npy file.")
 @click.option("--bind", "binds", multiple=True, metavar="DIM=N", help="Value of a symbolic dim for random inputs.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(), default=None, help="Save the outputs to an .npz file.")
 @click.option("--force", is_flag=True, help="With --out: overwrite an existing file that dlc did not write.")
 @click.option("--allow-nonfinite", is_flag=True, help="Accept NaN and Inf in --input files.")
@@ -330,19 +340,21 @@ def fmt_cmd(files, check_only):
     from dlc.grammar.formatter import format_source
     from dlc.grammar.parse import read_source
 
+    from dlc.runtime.files import write_atomic
+
     unformatted, failed = [], 0
     for f in files:
         try:
             text = read_source(f)
             formatted = format_source(text, f)
+            if formatted != text and not check_only:  # atomically, keeping the file's permissions
+                write_atomic(Path(f), formatted.encode("utf-8"), mode=stat.S_IMODE(os.stat(f).st_mode))
         except (DlcError, DlcErrors) as e:
             failed += 1
             echo_error(e)
             continue
         if formatted != text:
             unformatted.append(f)
-            if not check_only:
-                Path(f).write_text(formatted, encoding="utf-8")
     for f in unformatted:
         click.echo(f"{'would reformat' if check_only else 'reformatted'} {f}")
     if failed:

@@ -10,8 +10,8 @@ from dlc.cli import _load, _report, _with_model_options, main, usage
 
 @main.command()
 @click.argument("file", type=click.Path())
-@click.option("--epochs", type=int, default=None, help="Override the train block's epochs.")
-@click.option("--seed", type=int, default=None, help="Override the train block's seed.")
+@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Override the train block's epochs.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Override the train block's seed.")
 @click.option("--checkpoint", type=click.Path(), default=None, help="Directory for per-epoch checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint directory.")
 @click.option("--backend", type=click.Choice(["numpy", "onnxruntime"]), default="numpy", show_default=True)
@@ -51,7 +51,7 @@ def train(file, epochs, seed, checkpoint, resume, backend, no_progress, log_file
 @main.command()
 @click.argument("file", type=click.Path())
 @click.option("--tol", type=float, default=1e-4, show_default=True, help="Max relative error allowed.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--loss", "loss_name", default=None, help="The scalar output to differentiate (default: the train "
                                                          "block's first loss, or `loss`).")
 @_with_model_options

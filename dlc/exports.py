@@ -75,6 +75,7 @@ def _inference(model, *, group, outputs):
     from dlc.model import load_eval_graph
 
     graph = model.graph if model.mode == "eval" else load_eval_graph(model)
+    outputs = [outputs] if isinstance(outputs, str) else outputs  # one name, not its letters
     wanted = [model._output(o) for o in outputs] if outputs else serving_outputs(model)
     g = graph.copy()
     g.set_outputs({k: graph.outputs[k] for k in wanted})

@@ -20,9 +20,12 @@ from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
-from dlc.runtime.params import init_params, init_state
+from dlc.runtime.params import check_seed, init_params, init_state
 
 from dlc.runtime.runner import BACKENDS
+
+# keys of Model._plans beside the NumPy plans' (tuples of output names): (PEAK or ORT, outputs)
+PEAK, ORT = object(), object()
 
 
 def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed: int = 0,
@@ -73,7 +76,7 @@ class Model:
         self.name = self.defn.name
         self.mode = mode
         self.hyper = dict(hyper or {})
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.lowered = compile_model(loaded, self.defn, mode, self.hyper)
         self.graph: Graph = self.lowered.graph
         self._params: dict[str, np.ndarray] | None = None  # drawn on first use (`dlc check` never needs them)
@@ -111,7 +114,8 @@ class Model:
 
     def _forget_sessions(self) -> None:
         """Drop the onnxruntime session: it holds parameters and state as initializers."""
-        self._plans.pop(("ort",), None)
+        for key in [k for k in self._plans if k[0] is ORT]:
+            del self._plans[key]
 
     # -- description -------------------------------------------------------------
     @property
@@ -206,7 +210,10 @@ class Model:
 
     # -- running -----------------------------------------------------------------
     def run(self, feeds: Mapping[str, np.ndarray], *, outputs=None, seed: int = 0, backend: str = "numpy") -> dict:
-        """Run the model forward (in its mode); returns ``{output: array}``."""
+        """Run the model forward (in its mode); returns ``{output: array}`` of ``outputs`` (a name
+        or a list of names; default: every output)."""
+        if isinstance(outputs, str):  # one name, not its letters
+            outputs = [outputs]
         feeds = dict(feeds)
         feeds.setdefault(RNG_INPUT, np.int64(seed))
         wanted = [self._output(o) for o in outputs] if outputs else list(self.graph.outputs)
@@ -218,19 +225,22 @@ class Model:
                 self._plans[key] = Plan(optimize(self.graph, self.opt_level, "numpy"), wanted)
             return self._plans[key].run(feeds, self.params, self.state)
         if backend == "onnxruntime":
-            if ("peak",) not in self._plans:  # the interpreter's schedule stands in for onnxruntime's peak
+            key = tuple(wanted)
+            if (PEAK, key) not in self._plans:  # the interpreter's schedule stands in for onnxruntime's peak
                 from dlc.runtime.interpreter import Plan
 
-                self._plans[("peak",)] = Plan(self.graph, wanted)
-            self._plans[("peak",)].check_memory(feeds)
-            if ("ort",) not in self._plans:  # the graph of this model's mode, parameters as initializers
+                self._plans[(PEAK, key)] = Plan(self.graph, wanted)
+            self._plans[(PEAK, key)].check_memory(feeds)
+            if (ORT, key) not in self._plans:  # the wanted outputs of this model's mode, parameters as initializers
                 from dlc.compiler.onnx_export import export_graph
                 from dlc.runtime.ort import OrtSession
 
-                graph = optimize(self.graph, self.opt_level, "onnx")
+                graph = self.graph.copy()  # only what `wanted` reads: no feeds for the other outputs' inputs
+                graph.set_outputs({k: self.graph.outputs[k] for k in wanted})
+                graph = optimize(graph, self.opt_level, "onnx")
                 proto = export_graph(graph, params=self.params, state=self.state, name=self.name)
-                self._plans[("ort",)] = OrtSession(proto)
-            return self._plans[("ort",)].run(feeds, wanted)
+                self._plans[(ORT, key)] = OrtSession(proto)
+            return self._plans[(ORT, key)].run(feeds, wanted)
         raise DlcError("E0110", f"unknown backend `{backend}`", hint="backends: " + ", ".join(BACKENDS))
 
     def gradients(self, feeds: Mapping[str, np.ndarray], *, loss: str | None = None, seed: int = 0) -> dict:

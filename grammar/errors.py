@@ -150,12 +150,13 @@ def _snippet(loc: Loc, label: str | None, paint: _Paint) -> list[str]:
     end = loc.end_col - 1 if loc.end_line == loc.line else len(text)
     width = max(end - start, 1)
     caret = ("^" * width + (f" {label}" if label else "")).rstrip()
+    lead = "".join("\t" if c == "\t" else " " for c in text[:start])  # a tab stays a tab: the caret lines up
     bar = paint("margin", "|")
     return [
         f"{pad}{paint('margin', '-->')} {loc}",
         f"{pad} {bar}",
         f"{paint('margin', number)} {bar} {text}",
-        f"{pad} {bar} {' ' * start}{paint('caret', caret)}",
+        f"{pad} {bar} {lead}{paint('caret', caret)}",
     ]
 
 

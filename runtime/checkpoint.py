@@ -177,6 +177,8 @@ def _find_manifest(path: Path) -> Path:
         if found is None:
             raise _err(f"no checkpoint in `{path}`", hint="train without resuming first, or check the path")
         return found
+    if not path.is_file():  # a FIFO would block the read forever, a device read without end
+        raise _err(f"no checkpoint at `{path}`: it is not a regular file (a FIFO, socket or device)")
     if path.suffix == ".npz":
         # An npz is only trusted through its manifest: a kill may have left it without one.
         for _, mpath, m in manifests(path.parent):

@@ -172,6 +172,7 @@ def split(ds, fractions=(0.8, 0.1, 0.1), seed: int = 0, *, same: bool = False) -
     one-example karate graph that is split by masks instead)."""
     arrays = _arrays(ds)
     if same:
+        _check_train_size(length_of(arrays), "the data set has no examples")
         return {k: dict(arrays) for k in ("train", "val", "test")}
     fr = [float(f) for f in fractions]
     if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1.0) > 1e-6:
@@ -179,11 +180,19 @@ def split(ds, fractions=(0.8, 0.1, 0.1), seed: int = 0, *, same: bool = False) -
     n = length_of(arrays)
     perm = np.random.default_rng(seed).permutation(n)
     n_train = int(np.floor(fr[0] * n + 0.5))
+    _check_train_size(n_train, f"split {tuple(fractions)} of {n} example{'s' * (n != 1)} leaves none to train on")
     n_val = n - n_train if fr[2] == 0 else min(n - n_train, int(np.floor(fr[1] * n + 0.5)))
     if fr[1] == 0:
         n_val = 0
     parts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
     return {k: {name: a[idx] for name, a in arrays.items()} for k, idx in parts.items()}
+
+
+def _check_train_size(n_train: int, why: str) -> None:
+    """An empty training split is E0201: epochs of no steps would report a loss of 0."""
+    if n_train == 0:
+        raise DlcError("E0201", f"the training split is empty: {why}",
+                       hint="give the training split a larger fraction, or use more examples")
 
 
 def batches(arrays, batch_size: int, *, shuffle: bool, seed: int, epoch: int,

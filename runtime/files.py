@@ -91,8 +91,9 @@ def temp_name(target: Path, prefix: str | None = None) -> Path:
     return target.parent / f"{prefix or '.' + target.name + '.'}{secrets.token_hex(8)}{TMP_SUFFIX}"
 
 
-def write_atomic(target: Path, data: bytes, *, prefix: str | None = None) -> None:
-    """Replace ``target`` with ``data`` atomically; temp files start with ``prefix``."""
+def write_atomic(target: Path, data: bytes, *, prefix: str | None = None, mode: int | None = None) -> None:
+    """Replace ``target`` with ``data`` atomically; temp files start with ``prefix``.  ``mode``:
+    the new file's permission bits (to keep a rewritten file's own), else the umask's."""
     target = Path(target)
     check_target(target)
     tmp = temp_name(target, prefix)
@@ -103,6 +104,8 @@ def write_atomic(target: Path, data: bytes, *, prefix: str | None = None) -> Non
         raise _err(f"cannot write `{target}`: {e.strerror}") from None
     try:
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

@@ -7,6 +7,7 @@ step (``compiler/training/step.py``'s ``initial_state``).
 """
 from __future__ import annotations
 
+import numbers
 import zlib
 
 import numpy as np
@@ -15,6 +16,14 @@ from dlc.compiler import budget
 from dlc.compiler.graph import Graph
 from dlc.compiler.ops.init import initialize, scratch_bytes
 from dlc.grammar.errors import DlcError
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as an int, or E0110: every generator takes an integer >= 0 (NumPy refuses others
+    with a bare ValueError, deep in the first draw)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise DlcError("E0110", f"{what} must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def init_params(graph: Graph, seed: int) -> dict[str, np.ndarray]:

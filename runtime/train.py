@@ -13,6 +13,7 @@ resumed from a checkpoint is bit-identical to one never interrupted.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,23 +61,26 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     ``address`` or on this machine (they check their own shards' data: ``allow_nonfinite`` is
     for the local trainer); ``debug`` checks every epoch that they all used the
     driver's parameters."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0):
+        raise DlcError("E0110", f"epochs must be an integer >= 0, got {epochs!r}")  # as the train block's
     if workers is None:
         trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
                                allow_nonfinite=allow_nonfinite)
-        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
+        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log, seed)
     from .distributed import DistributedTrainer
 
     trainer = DistributedTrainer(model, workers=workers, address=address, backend=backend, device=device,
                                  seed=seed, fresh=fresh, debug=debug)
     try:
         echo(f"data-parallel on {workers} Ray worker{'s' if workers > 1 else ''}")
-        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log)
+        return _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log, seed)
     finally:
         trainer.close()
 
 
-def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log) -> History:
-    """The epoch loop over ``trainer`` (a Trainer or a DistributedTrainer)."""
+def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, log, seed=None) -> History:
+    """The epoch loop over ``trainer`` (a Trainer or a DistributedTrainer); ``seed``: the one the
+    caller asked for (None: the train block's, or on resume the checkpoint's)."""
     spec = trainer.spec
     epochs = spec.epochs if epochs is None else epochs
     splits = trainer.splits
@@ -84,6 +88,7 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
     spe = batches_per_epoch(n_train, spec.batch)
     history = History()
     stopper = _EarlyStop(spec.early_stop)
+    stopper.check_splits(splits)
     start_epoch, resumed = 0, False
     ckpt_dir = Path(checkpoint) if checkpoint else None
     if resume and ckpt_dir is not None:  # a folder (its newest valid checkpoint) or one manifest in it
@@ -93,6 +98,7 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
         for message in point.messages:
             echo(message)
         if point.checkpoint is not None:
+            _continue_seed(trainer, point.checkpoint, seed, echo)
             start_epoch, resumed = _resume(trainer, point.checkpoint, history, stopper), True
     if ckpt_dir is not None:
         claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
@@ -128,6 +134,21 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
     model.params = trainer.params
     model.state = trainer.store.get(trainer.model_state)
     return history
+
+
+def _continue_seed(trainer, c: ckpt.Checkpoint, asked: int | None, echo) -> None:
+    """Resume with the seed the run was trained with: batch order and random ops derive from it, so
+    another seed would silently make the resumed run differ from the uninterrupted one."""
+    saved = c.meta.get("seed")
+    if saved is None or saved == trainer.seed:
+        return
+    if asked is None and isinstance(trainer, Trainer):  # nothing asked for: the run's own seed
+        trainer.seed = int(saved)
+        echo(f"continuing with the run's seed {saved}")
+        return
+    raise DlcError("E0403", f"checkpoint `{c.path.name}` was trained with seed {saved}, not {trainer.seed}",
+                   hint=f"resume with --seed {saved} (the batches and random ops continue the run's), "
+                        "or start afresh in a new --checkpoint folder")
 
 
 def _resume(trainer: Trainer, c: ckpt.Checkpoint, history: History, stopper: "_EarlyStop") -> int:
@@ -172,6 +193,7 @@ def _epoch(trainer: Trainer, splits: dict, epoch: int, epochs: int, spe: int, pr
 class _EarlyStop:
     def __init__(self, spec):
         self.enabled = spec is not None
+        self.loc = spec.loc if spec else None
         kw = spec.kwargs if spec else {}
         self.patience = int(kw.get("patience", 0))
         self.monitor = kw.get("monitor", "val.loss")
@@ -192,7 +214,7 @@ class _EarlyStop:
             return
         if self.monitor not in row:
             raise DlcError("E0201", f"early stopping monitors `{self.monitor}`, which is not measured",
-                           hint="measured: " + ", ".join(k for k in row if k not in ("epoch", "time")))
+                           hint="measured: " + ", ".join(k for k in row if k not in ("epoch", "time")), loc=self.loc)
         value = row[self.monitor]
         better = self.best is None or (value < self.best - self.min_delta if self.lower_is_better
                                        else value > self.best + self.min_delta)
@@ -202,6 +224,13 @@ class _EarlyStop:
         else:
             self.bad += 1
             self.stopped = self.bad >= self.patience
+
+    def check_splits(self, splits: dict) -> None:
+        """A `val.` monitor needs validation examples: refused before the first epoch, not after it."""
+        if self.enabled and self.monitor.startswith("val.") and not len(next(iter(splits["val"].values()), ())):
+            raise DlcError("E0201", f"early stopping monitors `{self.monitor}`, but the validation split is empty",
+                           hint="give `split` a validation fraction, or monitor a training value such as "
+                                "`monitor = loss`", loc=self.loc)
 
     def snapshot(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad": self.bad, "stopped": self.stopped}

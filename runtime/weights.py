@@ -97,9 +97,6 @@ def write_safetensors(target: Path, params: dict, state: dict, meta: dict) -> in
             **{k: str(v) for k, v in meta.items()}}
     data = st.save(tensors, metadata=info)
     target = Path(target)
-    if target.is_dir():
-        raise DlcError("E0110", f"`{target}` is a directory", hint="give a file name: -o weights.safetensors")
-    target.parent.mkdir(parents=True, exist_ok=True)
     refuse_foreign(target, _exported_by_dlc, force=False, code="E0501", flag="another -o path")
     write_atomic(target, data)
     return len(data)
@@ -119,6 +116,8 @@ def _exported_by_dlc(path: Path) -> bool:
 def read_safetensors(path: Path, *, expect_spec_hash: str | None = None) -> Checkpoint:
     """A ``.safetensors`` file of :func:`write_safetensors` as a Checkpoint (no optimizer state)."""
     st = _safetensors()
+    if not path.is_file():  # a FIFO would block the read forever
+        raise DlcError("E0403", f"cannot read `{path}`: it is not a regular file (a FIFO, socket or device)")
     try:
         data = path.read_bytes()
         tensors = st.load(data)

@@ -191,3 +191,30 @@ def test_errors_are_coloured_on_request_and_plain_otherwise(monkeypatch):
     assert use_color(Tty())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_color(Tty())
+
+
+@pytest.mark.parametrize("args", [["train", "specs/xor.dl", "--seed", "-1"], ["train", "specs/xor.dl", "--epochs", "-1"],
+                                  ["run", "specs/xor.dl", "--seed", "-1"], ["gradcheck", "specs/xor.dl", "--seed", "-1"]])
+def test_a_negative_seed_or_epoch_count_is_a_usage_error(args):
+    """Both are integers >= 0 in the train block; on the command line -1 was NumPy's traceback
+    (seeds) or a silent run of no epochs."""
+    r = dlc(*args, code=64)
+    assert f"Invalid value for '{args[2]}': -1 is not in the range x>=0" in r.stderr
+    assert "epoch" not in r.stdout
+
+
+@pytest.mark.parametrize("args, what", [
+    (["run", "specs/xor.dl", "--bind", "N=2", "--bind", "N=3"], "--bind `N`"),
+    (["train", "specs/mlp.dl", "--set", "lr=1", "--set", "lr=0.1", "--epochs", "1"], "--set `lr`"),
+    (["check", "specs/mlp.dl", "--set", "hidden=3", "--set", "hidden=3"], "--set `hidden`")])
+def test_one_name_given_two_values_is_a_usage_error(args, what):
+    """Contradictory options: which value was meant is a guess (the last one silently won)."""
+    r = dlc(*args, code=64)
+    assert f"error[E0110]: {what} is given twice" in r.stderr and "epoch" not in r.stdout
+
+
+def test_one_input_given_two_files_is_a_usage_error(tmp_path):
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((2, 2), np.float32))
+    r = dlc("run", "specs/xor.dl", "--input", f"x={tmp_path / 'a.npy'}", "--input", f"x={tmp_path / 'b.npy'}", code=64)
+    assert "--input `x` is given twice" in r.stderr

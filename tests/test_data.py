@@ -275,3 +275,26 @@ def test_check_fits_reports_rank_names_and_dims_without_data(tmp_path):
     with pytest.raises(DlcError) as e:
         check_fits(schema, {"a": TensorType("f32", (B, 3, 4))})
     assert "axis 2 differs" in e.value.notes[0][0]
+
+
+def test_an_empty_training_split_is_an_error_not_epochs_of_loss_zero(tmp_path):
+    """`split = [0, 0, 1]` (or a data set of no examples) trained nothing and printed `loss 0.0000`
+    every epoch; it is E0201 at the train block's `data`."""
+    import dlc
+
+    ds = {"x": np.arange(10, dtype=np.float32).reshape(10, 1)}
+    with pytest.raises(DlcError) as e:
+        split(ds, (0.0, 0.0, 1.0), seed=0)
+    assert e.value.code == "E0201" and "split (0.0, 0.0, 1.0) of 10 examples leaves none to train on" in e.value.message
+    with pytest.raises(DlcError) as e:
+        split({"x": np.zeros((0, 1), np.float32)}, same=True)
+    assert e.value.code == "E0201" and "no examples" in e.value.message
+    assert len(split(ds, (0.1, 0.0, 0.9), seed=0)["train"]["x"]) == 1  # one example is enough
+    np.savez(tmp_path / "d.npz", x=ds["x"], y=ds["x"])
+    spec = tmp_path / "t.dl"
+    spec.write_text("model m() {\n    input x: f32[B, 1]\n    input y: f32[B, 1]\n    param W: [1, 1] = zeros()\n"
+                    "    output loss = mean((x @ W - y) ** 2)\n}\ntrain m {\n"
+                    '    data = file("d.npz", split = [0, 0, 1])\n    loss = loss\n}\n')
+    with pytest.raises(DlcError) as e:
+        dlc.load(spec, mode="train").train(progress=False, echo=lambda *a: None)
+    assert e.value.code == "E0201" and (e.value.loc.line, e.value.loc.col) == (8, 12)

@@ -52,3 +52,14 @@ def test_an_error_in_a_layer_body_notes_every_call_on_the_way():
         dlc.compile(text)
     calls = [(n, loc.line) for n, loc in e.value.notes if n.startswith("in this call")]
     assert calls == [("in this call of `inner`", 6), ("in this call of `outer`", 10)]
+
+
+def test_the_caret_lines_up_under_a_tab_indented_line():
+    """The caret was padded with one space per tab, so a terminal (tab stops of 8) showed it
+    columns left of the error; the padding now repeats the line's tabs."""
+    with pytest.raises(DlcError) as e:
+        dlc.compile("model m() {\n\tinput x: f32[N, 2]\n\toutput y = x +* 2\n}\n")
+    lines = e.value.render().splitlines()
+    source, caret = lines[lines.index("3 | \toutput y = x +* 2") :][:2]
+    assert caret == "  | \t" + " " * 14 + "^"
+    assert source.expandtabs(8).index("*") == caret.expandtabs(8).index("^")

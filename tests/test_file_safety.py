@@ -346,3 +346,51 @@ def test_export_weights_refuses_a_foreign_file(tmp_path):
     target.unlink()
     _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))
     _cli("export-weights", str(tmp_path / "ck"), "-o", str(target))  # its own export: replaced
+
+
+def test_export_weights_targets_that_cannot_be_written(tmp_path):
+    """The same E0002 as `dlc compile -o`: no folder is created, a file in the way is no traceback."""
+    pytest.importorskip("safetensors")
+    dlc.load(regression(tmp_path, epochs=1), mode="train").train(checkpoint=tmp_path / "ck", **QUIET)
+    (tmp_path / "adir.safetensors").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = {tmp_path / "adir.safetensors": "is a directory",
+             tmp_path / "afile" / "w.safetensors": "is a file, not a folder",
+             tmp_path / "missing" / "w.safetensors": "does not exist"}
+    for target, words in cases.items():
+        r = _cli("export-weights", str(tmp_path / "ck"), "-o", str(target), code=2)
+        assert "E0002" in r.output and words in r.output, r.output
+    assert not (tmp_path / "missing").exists()
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_graph_o_never_overwrites_a_file_without_force(tmp_path):
+    """`dlc graph spec.dl -o spec.dl` replaced the user's spec with the graph text, and a missing
+    folder was a FileNotFoundError traceback."""
+    spec = tmp_path / "mine.dl"
+    spec.write_text("# my own spec\n")
+    before = spec.read_text()
+    r = _cli("graph", "specs/xor.dl", "-o", str(spec), code=2)
+    assert "E0002" in r.output and "refusing to overwrite" in r.output and spec.read_text() == before
+    r = _cli("graph", "specs/xor.dl", "-o", str(tmp_path / "missing" / "g.txt"), code=2)
+    assert "E0002" in r.output and "does not exist" in r.output and not (tmp_path / "missing").exists()
+    out = tmp_path / "g.dot"
+    _cli("graph", "specs/xor.dl", "--format", "dot", "-o", str(out))
+    assert out.read_text().startswith("digraph")
+    _cli("graph", "specs/xor.dl", "-o", str(out), code=2)
+    _cli("graph", "specs/xor.dl", "-o", str(out), "--force")
+    assert out.read_text().startswith("%0 = input x")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("name", ["ckpt", "w.safetensors"])
+def test_a_fifo_as_a_checkpoint_is_refused_not_read_forever(tmp_path, name):
+    """`dlc run --checkpoint FIFO` blocked in read() until killed; it is E0403 at once."""
+    import subprocess
+    import sys
+
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "dlc", "run", "specs/xor.dl", "--checkpoint", str(fifo)],
+                       capture_output=True, text=True, timeout=120)  # the timeout kills a blocked child
+    assert r.returncode == 2 and "error[E0403]" in r.stderr and "not a regular file" in r.stderr, r.stderr

@@ -57,6 +57,42 @@ def test_fmt_rewrites_and_check_reports(tmp_path, monkeypatch):
     assert CliRunner().invoke(main, ["fmt", "--check", "m.dl"]).exit_code == 0
 
 
+MESSY = "model m(){input  x:f32[B,4]\n  output y=relu( x )}\n"
+
+
+def test_fmt_rewrites_atomically_and_keeps_the_files_permissions(tmp_path, monkeypatch):
+    """A failure while writing leaves the user's spec whole (it was rewritten in place, so an
+    interrupted write truncated it); the rewritten file keeps its mode, not the umask's."""
+    import os
+
+    from dlc.runtime import files
+
+    monkeypatch.chdir(tmp_path)
+    Path("m.dl").write_text(MESSY)
+    os.chmod("m.dl", 0o640)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(files.os, "fsync", disk_full)
+        result = CliRunner().invoke(main, ["fmt", "m.dl"])
+    assert result.exit_code == 2 and "error[E0002]" in result.output and "No space left" in result.output
+    assert Path("m.dl").read_text() == MESSY and sorted(os.listdir()) == ["m.dl"]
+    assert CliRunner().invoke(main, ["fmt", "m.dl"]).exit_code == 0
+    assert Path("m.dl").read_text() == "model m() {\n    input x: f32[B, 4]\n    output y = relu(x)\n}\n"
+    assert os.stat("m.dl").st_mode & 0o777 == 0o640
+
+
+def test_fmt_does_not_write_through_a_symbolic_link(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("real.dl").write_text(MESSY)
+    Path("link.dl").symlink_to("real.dl")
+    result = CliRunner().invoke(main, ["fmt", "link.dl"])
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert Path("real.dl").read_text() == MESSY and Path("link.dl").is_symlink()
+
+
 def test_fmt_keeps_what_the_user_wrote():
     text = "model m() {\n    input x: f32[B, 4]\n    output y = (x |> relu |> sum(axis = 1)) * 3e-3\n}\n"
     assert format_source(text) == text  # pipelines and number spellings are not rewritten

@@ -210,3 +210,46 @@ def test_a_numpy_step_runs_blas_with_the_trainers_threads_whatever_the_process_a
     with threadpool_limits(limits=2, user_api="blas"):
         step(batch)
     assert seen == [{1}]
+
+
+@pytest.mark.parametrize("call", [lambda: dlc.load("specs/xor.dl", seed=-1),
+                                  lambda: dlc.load("specs/xor.dl", mode="train").trainer(seed=1.5),
+                                  lambda: dlc.load("specs/xor.dl", mode="train").train(epochs=-2),
+                                  lambda: dlc.load("specs/xor.dl", mode="train").train(epochs="3")])
+def test_seeds_and_epoch_counts_are_integers_at_least_zero(call):
+    """A coded E0110 naming the argument, not NumPy's ValueError/TypeError or a silent empty run."""
+    with pytest.raises(DlcError) as e:
+        call()
+    assert e.value.code == "E0110" and "must be an integer >= 0" in e.value.message
+
+
+def test_a_numpy_integer_seed_and_epoch_count_are_accepted():
+    m = dlc.load("specs/xor.dl", mode="train", seed=np.int64(3))
+    assert m.seed == 3 and len(m.train(epochs=np.int64(1), seed=np.int64(2), progress=False, echo=lambda *a: None).epochs) == 1
+
+
+def test_onnxruntime_runs_need_only_the_inputs_the_wanted_outputs_read():
+    """`predict({'x': x}, backend="onnxruntime")` failed with "missing input `y`": the session held
+    every output (the loss too), where the interpreter prunes to the wanted ones."""
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    m = dlc.load("specs/xor.dl", mode="train")
+    numpy_probs = m.predict({"x": x})["prob"]
+    np.testing.assert_allclose(m.predict({"x": x}, backend="onnxruntime")["prob"], numpy_probs, rtol=1e-6)
+    e = dlc.load("specs/xor.dl")
+    np.testing.assert_allclose(e.run({"x": x}, outputs=["prob"], backend="onnxruntime")["prob"], numpy_probs, rtol=1e-6)
+    y = np.array([[0], [1], [1], [0]], np.float32)
+    both = e.run({"x": x, "y": y}, backend="onnxruntime")
+    assert set(both) == {"prob", "loss", "acc"} and np.isclose(both["loss"], e.run({"x": x, "y": y})["loss"])
+    e.params = {k: np.zeros_like(v) for k, v in e.params.items()}  # every session is rebuilt
+    assert np.array_equal(e.run({"x": x}, outputs=["prob"], backend="onnxruntime")["prob"], np.full((4, 1), 0.5, np.float32))
+    assert np.isclose(e.run({"x": x, "y": y}, backend="onnxruntime")["loss"], np.log(2), rtol=1e-6)
+
+
+def test_outputs_may_be_one_name():
+    """`outputs="prob"` was read letter by letter: "no output `p`"."""
+    x = np.array([[0, 0], [1, 1]], np.float32)
+    m = dlc.load("specs/xor.dl")
+    assert list(m.run({"x": x}, outputs="prob")) == ["prob"]
+    np.testing.assert_array_equal(m.predict({"x": x}, outputs="prob")["prob"], m.run({"x": x}, outputs=["prob"])["prob"])
+    assert list(m.run({"x": x}, outputs="prob", backend="onnxruntime")) == ["prob"]
+    assert [o.name for o in m.to_onnx(outputs="prob").graph.output] == ["prob"]

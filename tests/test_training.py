@@ -322,3 +322,43 @@ def test_sigkill_during_checkpoint_write_then_resume(tmp_path):
     assert final.meta["epoch"] == 5
     for k in whole.params:
         assert np.array_equal(final.params[k], whole.params[k]), k
+
+
+def test_early_stopping_on_an_empty_validation_split_is_refused_before_the_first_epoch(tmp_path):
+    """It was E0201 without a location after a whole epoch; now at `early_stop`, before any epoch."""
+    regression(tmp_path)  # writes reg.npz
+    spec = tmp_path / "noval.dl"
+    spec.write_text(REGRESSION.format(data='file("reg.npz", split = [0.5, 0, 0.5])', opt="sgd(lr = 0.1)",
+                                      sched="constant()", epochs=3, extra="early_stop = patience(2)"))
+    lines = []
+    with pytest.raises(DlcError) as e:
+        dlc.load(spec, mode="train").train(progress=False, echo=lines.append)
+    assert e.value.code == "E0201" and "the validation split is empty" in e.value.message
+    assert (e.value.loc.line, e.value.loc.col) == (19, 18)  # the line of `early_stop`
+    assert not any(line.startswith("epoch") for line in lines)
+    spec.write_text(spec.read_text().replace("patience(2)", "patience(2, monitor = loss)"))
+    assert len(dlc.load(spec, mode="train").train(**QUIET).epochs) == 3  # a training value is fine
+
+
+def test_an_unmeasured_monitor_is_reported_at_early_stop(tmp_path):
+    spec = regression(tmp_path, epochs=2, extra="early_stop = patience(2, monitor = val.nosuch)")
+    with pytest.raises(DlcError) as e:
+        dlc.load(spec, mode="train").train(**QUIET)
+    assert e.value.code == "E0201" and "`val.nosuch`, which is not measured" in e.value.message
+    assert (e.value.loc.line, e.value.loc.col) == (19, 18)  # the line of `early_stop`
+
+
+def test_resume_continues_with_the_seed_the_run_was_trained_with(tmp_path):
+    """`dlc train --seed 3 --checkpoint ck`, interrupted, then `--resume` without --seed continued
+    with the train block's seed 0: other batches, so not the uninterrupted run's numbers."""
+    spec = regression(tmp_path, epochs=4)
+    whole = dlc.load(spec, mode="train").train(seed=3, checkpoint=tmp_path / "whole", **QUIET)
+    dlc.load(spec, mode="train").train(seed=3, epochs=2, checkpoint=tmp_path / "cut", **QUIET)
+    said = []
+    m = dlc.load(spec, mode="train")
+    resumed = m.train(checkpoint=tmp_path / "cut", resume=True, progress=False, echo=said.append)
+    assert "continuing with the run's seed 3" in said
+    assert [r["loss"] for r in resumed.epochs] == [r["loss"] for r in whole.epochs]
+    with pytest.raises(DlcError) as e:
+        dlc.load(spec, mode="train").train(seed=4, epochs=5, checkpoint=tmp_path / "cut", resume=True, **QUIET)
+    assert e.value.code == "E0403" and "was trained with seed 3, not 4" in e.value.message
