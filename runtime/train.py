@@ -21,7 +21,7 @@ from pathlib import Path
 from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
-from .ckpt_folder import claim
+from .ckpt_folder import claim, manifests
 from .runlog import EpochMeter, RunLog
 from .threads import training_threads
 from .trainer import Trainer, batches_per_epoch, make_trainer
@@ -102,6 +102,8 @@ def _run(model, trainer, epochs, checkpoint, resume, backend, progress, echo, lo
             start_epoch, resumed = _resume(trainer, point.checkpoint, history, stopper), True
     if ckpt_dir is not None:
         claim(ckpt_dir)  # refuse a folder of someone else's files before the first epoch, not after it
+        if not resume:
+            _refuse_earlier_run(ckpt_dir)
     runlog = RunLog(ckpt_dir, log, resume_epoch=start_epoch if resumed else None)
     meter = EpochMeter([s.group for s in trainer.steps])
     weights = sum(p.size for p in trainer.params.values())
@@ -149,6 +151,17 @@ def _continue_seed(trainer, c: ckpt.Checkpoint, asked: int | None, echo) -> None
     raise DlcError("E0403", f"checkpoint `{c.path.name}` was trained with seed {saved}, not {trainer.seed}",
                    hint=f"resume with --seed {saved} (the batches and random ops continue the run's), "
                         "or start afresh in a new --checkpoint folder")
+
+
+def _refuse_earlier_run(folder: Path) -> None:
+    """A run started afresh in a folder that holds an earlier run's checkpoints would prune
+    them as it saves its own (only the newest few are kept): E0403 before the first epoch."""
+    found = manifests(folder)
+    if found:
+        raise DlcError("E0403", f"`{folder}` holds {len(found)} checkpoint{'s' if len(found) > 1 else ''} of an "
+                                f"earlier run (newest: `{found[-1][1].name}`); training afresh there would delete "
+                                f"{'them' if len(found) > 1 else 'it'} as it saves its own",
+                       hint="pass --resume to continue that run, or give --checkpoint a new folder")
 
 
 def _resume(trainer: Trainer, c: ckpt.Checkpoint, history: History, stopper: "_EarlyStop") -> int:

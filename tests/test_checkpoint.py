@@ -235,3 +235,27 @@ def test_unreadable_npz_with_matching_hash(tmp_path):
     with pytest.raises(DlcError) as e:
         ck.load(tmp_path)
     assert e.value.code == "E0403" and "cannot be read" in e.value.message
+
+
+def test_a_fresh_run_never_prunes_an_earlier_runs_checkpoints(tmp_path):
+    """Training afresh into a folder of an earlier run's checkpoints is E0403 before any
+    epoch (its saves would have pruned them); --resume continues; a new folder starts afresh."""
+    from pathlib import Path
+
+    import dlc
+
+    spec = Path(__file__).resolve().parent.parent / "specs" / "xor.dl"
+    folder = tmp_path / "run"
+    m = dlc.load(spec, mode="train")
+    m.train(epochs=2, checkpoint=folder, progress=False, echo=lambda s: None)
+    before = sorted(p.name for p in folder.iterdir())
+    assert any(n.startswith("ckpt-") for n in before)
+    lines = []
+    with pytest.raises(DlcError) as err:
+        dlc.load(spec, mode="train").train(epochs=4, checkpoint=folder, progress=False,
+                                                                 echo=lines.append)
+    assert err.value.code == "E0403" and "--resume" in str(err.value)
+    assert sorted(p.name for p in folder.iterdir()) == before and not [s for s in lines if s.startswith("epoch")]
+    history = dlc.load(spec, mode="train").train(epochs=4, checkpoint=folder, resume=True,
+                                                                      progress=False, echo=lambda s: None)
+    assert [row["epoch"] for row in history.epochs] == [1, 2, 3, 4]  # epochs 1-2 restored, 3-4 trained on
