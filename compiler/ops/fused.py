@@ -251,7 +251,12 @@ def _compiled(program, outputs, reuse, n_in: int):
             # inputs in different memory orders: a reused buffer could give a value another
             # layout than the op's own result has, and a reduction downstream adds in memory
             # order (another rounding); so allocate as the unfused ops do
-            lines.append(f"    if not one_layout({params}):")
+            # the common case, every input C-contiguous, as one inline test (no call, no loop)
+            lines.append("    try:")
+            lines.append(f"        c_order = {' and '.join(f'v{i}.flags.c_contiguous' for i in range(n_in))}")
+            lines.append("    except AttributeError:  # a Python number among the inputs")
+            lines.append("        c_order = False")
+            lines.append(f"    if not c_order and not one_layout({params}):")
             lines.append(f"        return fresh({params})")
         for j, (op, args, kw) in enumerate(program):
             if op in INPLACE:
