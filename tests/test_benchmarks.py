@@ -42,3 +42,15 @@ def test_gemm_layouts_prints_its_table(capsys, monkeypatch):
     gemm_layouts.main(["--only", "mlp", "--rounds", "1", "--burst", "0.001"])
     out = capsys.readouterr().out
     assert "| mlp | x@W1 64x784 @ 784x512 | views a@b" in out and "bias grad" in out
+
+
+@pytest.mark.slow
+def test_ab_prints_the_ratio_of_one_change(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import ab
+
+    ab.main(["mlp", "--drop-pass", "fuse_elementwise", "--rounds", "2", "--burst", "1"])
+    out = capsys.readouterr().out
+    assert out.startswith("mlp, pass fuse_elementwise: with ") and "with / without" in out
+    with pytest.raises(SystemExit):
+        ab.main(["mlp", "--drop-pass", "no_such_pass"])
