@@ -42,11 +42,25 @@ def load(path: str | Path, *, mode: str = "eval", model: str | None = None, seed
 def compile(source: str, *, path: str = "<string>", mode: str = "eval", model: str | None = None, seed: int = 0,
             checkpoint: str | Path | None = None, **hyper) -> "Model":
     """Compile spec text (``use`` resolves relative to the current directory); ``checkpoint`` as for :func:`load`."""
+    if not isinstance(source, str):
+        raise DlcError("E0110", f"dlc.compile takes the spec's text (a str), got {type(source).__name__}",
+                       hint="for a file, use dlc.load(path)")
     m = Model(load_module(path if path != "<string>" else None, text=source), model, mode=mode, seed=seed,
               hyper=hyper)
     if checkpoint is not None:
         m.load_checkpoint(checkpoint)
     return m
+
+
+def _as_array(name: str, value):
+    """A feed given as (nested) lists as an array; ragged lists are E0401, not NumPy's ValueError."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError:
+        raise DlcError("E0401", f"input `{name}` is a ragged nested list: its rows differ in length",
+                       hint="feed an array, or lists whose rows all have one length") from None
 
 
 class Model:
@@ -214,7 +228,7 @@ class Model:
         or a list of names; default: every output)."""
         if isinstance(outputs, str):  # one name, not its letters
             outputs = [outputs]
-        feeds = dict(feeds)
+        feeds = {k: _as_array(k, v) for k, v in dict(feeds).items()}
         feeds.setdefault(RNG_INPUT, np.int64(seed))
         wanted = [self._output(o) for o in outputs] if outputs else list(self.graph.outputs)
         if backend == "numpy":

@@ -196,3 +196,16 @@ def test_a_constant_index_past_the_fed_size_is_a_located_error_on_both_backends(
         m.run({"xs": np.zeros((2, 2, 3), np.float32)})
     assert err.value.loc.line == 3
     np.testing.assert_array_equal(m.run({"xs": np.ones((2, 3, 3), np.float32)})["y"], np.ones((2, 3)))
+
+
+def test_ragged_feeds_and_non_text_specs_are_errors_not_tracebacks():
+    with pytest.raises(DlcError, match="takes the spec's text") as err:
+        dlc.compile(3)
+    assert err.value.code == "E0110"
+    m = dlc.compile("model m {\n    input x: f32[B, 2]\n    output y = x * 2.0\n}\n")
+    for backend in ("numpy", "onnxruntime"):
+        with pytest.raises(DlcError, match="ragged nested list") as err:
+            m.run({"x": [[1.0, 2.0], [3.0]]}, backend=backend)
+        assert err.value.code == "E0401"
+        np.testing.assert_array_equal(m.run({"x": [[1.0, 2.0], [3.0, 4.0]]}, backend=backend)["y"],
+                                      [[2.0, 4.0], [6.0, 8.0]])
