@@ -384,32 +384,5 @@ class Model:
         return "\n".join(lines)
 
 
-def check(path: str | Path, **hyper) -> str:
-    """Compile every model of the spec at ``path`` in both modes and build its
-    training steps; returns a one-line summary or raises the first error.
-    ``hyper`` sets hyperparameters of the models that declare them (a name no
-    model declares is an error)."""
-    loaded = load_module(str(path))
-    declared = {f.name for d in loaded.models.values() for f in d.formals}
-    unknown = [k for k in hyper if k not in declared]
-    if unknown and loaded.models:
-        Model(loaded, None, hyper={unknown[0]: hyper[unknown[0]]})  # raises E0102 with a suggestion
-    parts = []
-    for name, defn in loaded.models.items():
-        mine = {k: v for k, v in hyper.items() if k in {f.name for f in defn.formals}}
-        m = Model(loaded, name, mode="train", hyper=mine)
-        compile_model(loaded, m.defn, "eval", mine)
-        m.check_train()
-        parts.append(f"{name} ({m.param_count():,} weights{', trains' if name in loaded.trains else ''})")
-    for t in loaded.trains.values():
-        if t.model not in loaded.models:
-            from dlc.grammar.errors import suggest
-
-            raise DlcError("E0201", f"train block for unknown model `{t.model}`", t.loc,
-                           hint=suggest(t.model, loaded.models))
-    layers = len(loaded.env.layers)
-    return ", ".join(parts) if parts else f"no models, {layers} layer{'s' if layers != 1 else ''}"
-
-
 def load_eval_graph(model: Model) -> Graph:
     return compile_model(model.loaded, model.defn, "eval", model.hyper).graph
