@@ -20,7 +20,7 @@ from dlc.compiler.lower import Loaded, compile_model, load_module, pick_model
 from dlc.compiler.passes.pipeline import DEFAULT_LEVEL, optimize
 from dlc.compiler.types import TensorType
 from dlc.grammar.errors import DlcError
-from dlc.runtime.params import check_seed, init_params, init_state
+from dlc.runtime.params import nonnegative_int, init_params, init_state
 
 from dlc.runtime.runner import BACKENDS
 
@@ -90,7 +90,7 @@ class Model:
         self.name = self.defn.name
         self.mode = mode
         self.hyper = dict(hyper or {})
-        self.seed = check_seed(seed)
+        self.seed = nonnegative_int(seed)
         self.lowered = compile_model(loaded, self.defn, mode, self.hyper)
         self.graph: Graph = self.lowered.graph
         self._params: dict[str, np.ndarray] | None = None  # drawn on first use (`dlc check` never needs them)
