@@ -215,12 +215,7 @@ def one_layout(*arrays) -> bool:
     a ufunc's result in its operands' memory order, so yes when every input is in C order,
     or when those of rank >= 2 share one shape and positive strides: every buffer of the
     chain (allocated or donated) is then in that one order."""
-    for a in arrays:  # the common case first: C-contiguous arrays and scalars
-        if getattr(a, "ndim", 0) > 1 and not a.flags.c_contiguous:
-            break
-    else:
-        return True
-    if all(c_ordered(a) for a in arrays):
+    if all(c_ordered(a) for a in arrays):  # (the all-C-contiguous case is tested inline first, by _compiled)
         return True
     big = [a for a in arrays if getattr(a, "ndim", 0) >= 2]
     return all(a.shape == big[0].shape and a.strides == big[0].strides for a in big) and min(big[0].strides) >= 0
