@@ -185,7 +185,7 @@ def main(debug, max_memory, color):
 @_report
 def check(files, hyper):
     """Parse and type-check FILES; report every error found."""
-    from dlc.model import check as check_file
+    from dlc.check import check as check_file
 
     failed = 0
     values = _hyper(hyper)

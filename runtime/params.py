@@ -18,12 +18,12 @@ from dlc.compiler.ops.init import initialize, scratch_bytes
 from dlc.grammar.errors import DlcError
 
 
-def check_seed(seed, what: str = "seed") -> int:
-    """``seed`` as an int, or E0110: every generator takes an integer >= 0 (NumPy refuses others
-    with a bare ValueError, deep in the first draw)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise DlcError("E0110", f"{what} must be an integer >= 0, got {seed!r}")
-    return int(seed)
+def nonnegative_int(value, what: str = "seed") -> int:
+    """``value`` as an int, or E0110 naming ``what``: a seed (every generator takes an integer
+    >= 0; NumPy refuses others with a bare ValueError, deep in the first draw) or a count."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise DlcError("E0110", f"{what} must be an integer >= 0, got {value!r}")
+    return int(value)
 
 
 def init_params(graph: Graph, seed: int) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ resumed from a checkpoint is bit-identical to one never interrupted.
 """
 from __future__ import annotations
 
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from dlc.grammar.errors import DlcError
 
 from . import checkpoint as ckpt
 from .ckpt_folder import claim, manifests
+from .params import nonnegative_int
 from .runlog import EpochMeter, RunLog
 from .threads import training_threads
 from .trainer import Trainer, batches_per_epoch, make_trainer
@@ -61,8 +61,8 @@ def _train(model, *, epochs: int | None = None, seed: int | None = None, checkpo
     ``address`` or on this machine (they check their own shards' data: ``allow_nonfinite`` is
     for the local trainer); ``debug`` checks every epoch that they all used the
     driver's parameters."""
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0):
-        raise DlcError("E0110", f"epochs must be an integer >= 0, got {epochs!r}")  # as the train block's
+    if epochs is not None:
+        nonnegative_int(epochs, "epochs")  # as the train block's
     if workers is None:
         trainer = make_trainer(model, backend=backend, device=device, seed=seed, fresh=fresh,
                                allow_nonfinite=allow_nonfinite)

@@ -37,7 +37,7 @@ from . import checkpoint as ckpt
 from .allocator import keep_freed_memory
 from .data import batches
 from .train_data import load_splits
-from .params import check_seed, init_params, init_state
+from .params import nonnegative_int, init_params, init_state
 from .runner import bind, make_store
 from .threads import training_threads
 
@@ -335,7 +335,7 @@ def trainer_args(model, *, seed: int | None = None, fresh: bool = True, steps_pe
     """The :class:`Trainer` constructor's arguments for ``model``'s train block (the step
     graphs, initial values, data loader, evaluation graph); see :func:`make_trainer`."""
     spec = model.train_spec()
-    seed = spec.seed if seed is None else check_seed(seed)
+    seed = spec.seed if seed is None else nonnegative_int(seed)
     splits: dict = {}
 
     def loader():

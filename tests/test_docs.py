@@ -31,8 +31,9 @@ def test_the_doc_has_examples():
 
 @pytest.mark.parametrize("line,block", MODEL_BLOCKS, ids=[f"line{line}" for line, _ in MODEL_BLOCKS])
 def test_example_compiles(tmp_path, line, block):
+    from dlc.check import check
     from dlc.compiler.lower import load_module
-    from dlc.model import Model, check
+    from dlc.model import Model
     from dlc.runtime.train_data import load_splits
 
     path = tmp_path / "example.dl"

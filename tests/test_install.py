@@ -55,7 +55,7 @@ def test_import_dlc_loads_no_compiler_and_no_heavy_module():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == []
-    code = ("import sys\nfrom dlc.model import check\ncheck('specs/mlp.dl')\n"
+    code = ("import sys\nfrom dlc.check import check\ncheck('specs/mlp.dl')\n"
             "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('onnx', 'onnxruntime', 'tqdm', 'sklearn', 'scipy', 'networkx'))))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -253,18 +253,25 @@ train m { data = "d.npz"  loss = loss  epochs = 1  batch = 4 }
 """
 
 
+def _gradchecked(tmp_path, text: str, y_width: int, seed: int):
+    """The train-mode model of ``text`` with a 4-example data file beside it (``xs`` [4, 5, 3],
+    ``y`` [4, y_width]), its gradients checked against finite differences; (model, feeds)."""
+    rng = np.random.default_rng(seed)
+    f = {"xs": rng.standard_normal((4, 5, 3)).astype(np.float32),
+         "y": rng.standard_normal((4, y_width)).astype(np.float32)}
+    np.savez(tmp_path / "d.npz", **f)
+    (tmp_path / "m.dl").write_text(text)
+    m = dlc.load(tmp_path / "m.dl", mode="train")
+    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-5
+    return m, f
+
+
 def test_per_step_values_of_rank_below_the_axis_backpropagate(tmp_path):
     """Over `axis 1`, a scalar per-step output or carry is stacked as [T] (its steps last):
     BPTT fed its cotangent (or the carry's residual) to the reversed scan as a sequence
     over axis 1, which a rank-1 tensor has not (E0104 building the gradient).  Gradients
     against finite differences, at -O0 and -O2, and the exported training step."""
-    rng = np.random.default_rng(3)
-    f = {"xs": rng.standard_normal((4, 5, 3)).astype(np.float32),
-         "y": rng.standard_normal((4, 3)).astype(np.float32)}
-    np.savez(tmp_path / "d.npz", **f)
-    (tmp_path / "m.dl").write_text(LOW_RANK_STEPS)
-    m = dlc.load(tmp_path / "m.dl", mode="train")
-    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-5
+    m, f = _gradchecked(tmp_path, LOW_RANK_STEPS, y_width=3, seed=3)
     m.opt_level = 0
     want = m.gradients(f)
     assert set(want) == {"es.w", "ls.w", "ds.W"} and all(np.abs(g).sum() > 0 for g in want.values())
@@ -297,13 +304,7 @@ def test_a_gradient_penalty_through_a_scan_exports(tmp_path):
     """Differentiating BPTT's reversed scan makes it stack residuals of its own; they were
     named `res0`.. like that body's inputs, and the ONNX export of the training step failed
     (E0501: two values named `.../body/res0`)."""
-    rng = np.random.default_rng(4)
-    f = {"xs": rng.standard_normal((4, 5, 3)).astype(np.float32),
-         "y": rng.standard_normal((4, 4)).astype(np.float32)}
-    np.savez(tmp_path / "d.npz", **f)
-    (tmp_path / "m.dl").write_text(PENALTY_THROUGH_RNN)
-    m = dlc.load(tmp_path / "m.dl", mode="train")
-    assert max(gradcheck(m, echo=lambda s: None).values()) < 1e-5
+    m, f = _gradchecked(tmp_path, PENALTY_THROUGH_RNN, y_width=4, seed=4)
     for level in (0, 2):
         m.opt_level = level
         check_training_step(m, {**f, "__rng": np.int64(0)}, label=f"penalty -O{level}")

@@ -386,6 +386,16 @@ def test_an_accumulator_read_at_every_step_stays_in_the_loop():
         np.testing.assert_allclose(m.gradients({"xs": xs})["w"], want, rtol=1e-5, atol=1e-5)
 
 
+SCANNED_CELL = """
+model m() {
+    input xs: f32[B, T, 3]
+    input y: f32[B, 5]
+    seq, h_last = scan cell over xs axis 1 init (zeros([B, 5]))
+    output hs = seq
+    output loss = mean((h_last - y) * (h_last - y))
+}
+"""  # the model around each `cell` below: per-step outputs and a loss of the final state
+
 DEAD_GATES = """
 layer cell(x: f32[B, I], h: f32[B, H]) {
     param Wx: [I, 3 * H] = glorot_uniform()
@@ -399,14 +409,7 @@ layer cell(x: f32[B, I], h: f32[B, H]) {
     n = tanh(xn + (z * h) @ Wn)
     return (1.0 - z) * n + z * h
 }
-model m() {
-    input xs: f32[B, T, 3]
-    input y: f32[B, 5]
-    seq, h_last = scan cell over xs axis 1 init (zeros([B, 5]))
-    output hs = seq
-    output loss = mean((h_last - y) * (h_last - y))
-}
-"""
+""" + SCANNED_CELL
 
 
 DEAD_INVARIANT = """
@@ -417,14 +420,7 @@ layer cell(x: f32[B, I], h: f32[B, H]) {
     unused = h @ transpose(Wd)           # never read: a step-invariant transpose only it reads
     return tanh(x @ Wx + h @ Wh)
 }
-model m() {
-    input xs: f32[B, T, 3]
-    input y: f32[B, 5]
-    seq, h_last = scan cell over xs axis 1 init (zeros([B, 5]))
-    output hs = seq
-    output loss = mean((h_last - y) * (h_last - y))
-}
-"""
+""" + SCANNED_CELL
 
 
 @pytest.mark.parametrize("text", [DEAD_GATES, DEAD_INVARIANT], ids=["dead gate", "dead invariant"])
